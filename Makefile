@@ -1,0 +1,52 @@
+# badc-mpi: Make targets chain chunk-status checks, inference, aggregation and bundles.
+# `make help` lists every target. Variables: MANIFEST, NP, ARGS, MPI (pypi|system), PYTHON.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+MPI ?= pypi
+PY := $(VENV)/bin/python
+BADC := $(PY) -m badc_mpi
+MPIEXEC ?= $(if $(filter system,$(MPI)),mpiexec,$(VENV)/bin/mpiexec)
+NP ?=
+ARGS ?=
+MANIFEST ?=
+STAMP := $(VENV)/.badc-installed-$(MPI)
+
+.PHONY: help install test test-unit test-mpi man check-chunks infer resume demo bench clean
+
+help: ## list every target with one line
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: MANIFEST=path.csv NP=ranks ARGS='extra badc-mpi run flags' MPI=pypi|system"
+
+$(STAMP): setup.cfg setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+ifeq ($(MPI),system)
+	@command -v mpicc >/dev/null || { echo "make install MPI=system: no mpicc on PATH; load your MPI module first (e.g. module load openmpi)" >&2; exit 2; }
+	env MPICC="$$(command -v mpicc)" $(PY) -m pip install -q --no-binary=mpi4py --no-cache-dir mpi4py
+	$(PY) -m pip install -q -e '.[test]' git-annex
+else
+	$(PY) -m pip install -q -e '.[test,mpich]' git-annex
+endif
+	@rm -f $(VENV)/.badc-installed-*
+	@touch $@
+
+install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
+	@echo "installed: $(VENV) (MPI=$(MPI): $$($(MPIEXEC) --version 2>/dev/null | head -n 1))"
+
+test: install ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
+	$(PY) -m pytest -q
+	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi --only-mpi -p no:cacheprovider
+
+man: install ## man pages from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
+	@mkdir -p docs/man
+	$(PY) scripts/build_man.py docs/man
+
+check-chunks: install ## refuse unless every recording of MANIFEST is fully chunked (.chunk_status.json)
+	@test -n "$(MANIFEST)" || { echo "usage: make check-chunks MANIFEST=path/to/manifest.csv" >&2; exit 2; }
+	$(BADC) check-chunks $(MANIFEST) $(ARGS)
+
+clean: ## remove build leftovers (keeps .venv and outputs)
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,105 @@
+"""The runner interface: how a worker rank runs one attempt of one chunk.
+
+A runner is created once per worker rank, ``start()``-ed once with the rank's GPU binding, then
+asked to ``run()`` attempts one after another (never two at once), and ``close()``-d at the end.
+``run()`` blocks until the attempt ends and must enforce ``task.timeout_s`` itself, killing the
+whole process group of anything it started. It writes raw outputs only into ``task.scratch_dir``;
+the worker validates them, parses detections and moves them into place atomically.
+
+Failures are data: ``run()`` returns an :class:`AttemptResult`; it raises only for bugs.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+# Failure classes (``AttemptResult.failure_class``). ``input`` is never retried.
+TIMEOUT = "timeout"  #: ran past its timeout; process group killed
+CRASH = "crash"  #: killed by a signal (segfault, OOM killer, kill -9)
+EXIT = "exit"  #: non-zero exit status
+NO_OUTPUT = "no_output"  #: exit 0 but outputs missing or invalid
+INPUT = "input"  #: missing, unreadable, corrupt or non-audio input: retrying cannot help
+FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT)
+NOT_RETRIED = frozenset({INPUT})
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a worker rank runs on. Built by :mod:`badc_mpi.gpu`."""
+
+    host: str
+    rank: int
+    local_rank: int
+    worker: str  #: ``gpu<idx>@host`` or ``cpu<n>@host``
+    cuda_visible_devices: str  #: value for the runner's ``CUDA_VISIBLE_DEVICES`` ("" = CPU only)
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    gpu_name: str | None = None
+    gpu_memory_total_mib: int | None = None
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu_uuid is not None
+
+    def runner_env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` with this binding's GPU mask applied (a CPU rank sees no GPU at all)."""
+        env = dict(base)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
+        return env
+
+
+@dataclass(frozen=True)
+class Task:
+    """One attempt of one chunk, as handed to a runner."""
+
+    chunk: Any  #: :class:`badc_mpi.manifest.Chunk`
+    attempt: int  #: 1-based
+    scratch_dir: str  #: empty per-attempt folder the runner writes raw outputs into
+    timeout_s: float
+    run_id: str
+
+
+@dataclass
+class AttemptResult:
+    """How one attempt ended. ``ok`` means the runner believes it produced outputs."""
+
+    ok: bool
+    failure_class: str | None = None
+    reason: str = ""  #: tail of stderr or the runner's own error message
+    exit_code: int | None = None
+    signal: int | None = None
+    command: list[str] = field(default_factory=list)  #: argv, or the resident call and options
+    raw_output: str | None = None  #: path of the raw CSV in scratch_dir (None: no file output)
+    raw_format: str = "scores2"  #: ``scores2`` (HawkEars 2.x scores.csv) or ``labels1`` (1.x)
+    pid: int | None = None  #: process that did the work (for per-process VRAM accounting)
+    metrics: dict[str, Any] = field(default_factory=dict)  #: decode_s, score_s, peak_vram_mib, ...
+    model_version: str | None = None
+    hawkears_version: str | None = None
+
+
+class Runner(abc.ABC):
+    """Base class for runners. Subclasses: stub, command, hawkears."""
+
+    name: str = "runner"
+    #: whether a successful attempt must produce ``raw_output`` (False only for the stub)
+    produces_outputs: bool = True
+
+    def start(self, binding: Binding) -> None:  # noqa: B027 - optional hook
+        """Called once per rank before the first attempt (e.g. start a resident process)."""
+
+    @abc.abstractmethod
+    def run(self, task: Task) -> AttemptResult:
+        """Run one attempt; block until it ends; enforce ``task.timeout_s``."""
+
+    def active_pids(self) -> list[int]:
+        """PIDs whose GPU memory counts as this runner's (sampled during an attempt)."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Static facts for telemetry/summary (runner name, versions, options)."""
+        return {"runner": self.name}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once at the end; must not leave child processes behind."""
