@@ -20,7 +20,8 @@ CRASH = "crash"  #: killed by a signal (segfault, OOM killer, kill -9)
 EXIT = "exit"  #: non-zero exit status
 NO_OUTPUT = "no_output"  #: exit 0 but outputs missing or invalid
 INPUT = "input"  #: missing, unreadable, corrupt or non-audio input: retrying cannot help
-FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT)
+OOM = "oom"  #: out of GPU memory; the runner restarts its process before the retry
+FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT, OOM)
 NOT_RETRIED = frozenset({INPUT})
 
 
