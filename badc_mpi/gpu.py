@@ -1,0 +1,540 @@
+"""GPU discovery, the per-rank binding plan, and per-attempt GPU sampling.
+
+NVML is reached only through :mod:`badc_mpi.nvml` (set ``BADC_MPI_FAKE_NVML`` to fake it).
+Planning (:func:`parse_visible_devices`, :func:`select_visible`, :func:`plan_binding`,
+:func:`plan_node`, :func:`sharing_warnings`, the formatters) is pure; :func:`detect`,
+:func:`bind_rank`, :func:`gpus_report` and :class:`GpuSampler` do the I/O.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from badc_mpi.errors import UsageError
+from badc_mpi.logs import get_logger
+from badc_mpi.nvml import FAKE_ENV, NvmlBackend, NvmlUnavailable, open_backend
+from badc_mpi.runners.base import Binding
+
+log = get_logger(__name__)
+
+BINDING_HELP = """\
+How ranks get GPUs (per node; "local rank" = the rank's index among the ranks on its node):
+  - If the launcher already narrowed CUDA_VISIBLE_DEVICES to exactly one device (e.g. srun
+    --gpus-per-task=1), every rank on that node uses it as is.
+  - Otherwise the usable GPUs are those in CUDA_VISIBLE_DEVICES (indices, GPU-/MIG- UUIDs; all
+    GPUs when unset), in that order, capped by --max-gpus. With n usable GPUs there are
+    n x --workers-per-gpu GPU slots: local rank r < slots gets GPU r mod n, passed to the runner
+    as CUDA_VISIBLE_DEVICES=<its UUID> (with CUDA_DEVICE_ORDER=PCI_BUS_ID); worker gpu<idx>@host.
+  - Local ranks beyond the slots: the first --cpu-workers of them are CPU workers (cpu<k>@host,
+    CUDA_VISIBLE_DEVICES=""); any others share GPUs round-robin, with a warning (use fewer ranks
+    per node, or raise --workers-per-gpu).
+  - No GPU (none found, NVML unavailable, --max-gpus 0 or CUDA_VISIBLE_DEVICES=""): every rank
+    is a CPU worker cpu<local rank>@host.
+`badc-mpi gpus` shows what this node sees and the binding each local rank would get."""
+
+#: launcher variables giving a rank's node-local index / node-local count / world rank
+LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+
+_NO_DEVICE_WORDS = {"nodevfiles", "none", "void", "no"}
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A GPU (or MIG instance: ``uuid`` = the MIG id, ``index`` = its parent's NVML index)."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mib: int
+    pci_bus_id: str = ""
+    mig: bool = False  #: MIG-enabled parent, or a MIG instance
+    mig_uuids: tuple[str, ...] = ()  #: a MIG-enabled parent's instances
+
+
+@dataclass(frozen=True)
+class BindingOptions:
+    """``--max-gpus``, ``--workers-per-gpu``, ``--cpu-workers``."""
+
+    max_gpus: int | None = None
+    workers_per_gpu: int = 1
+    cpu_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_gpus is not None and self.max_gpus < 0:
+            raise UsageError(f"--max-gpus {self.max_gpus} is negative", fix="use 0 or more")
+        if self.workers_per_gpu < 1:
+            raise UsageError(f"--workers-per-gpu {self.workers_per_gpu} is below 1", fix="use 1 or more")
+        if self.cpu_workers < 0:
+            raise UsageError(f"--cpu-workers {self.cpu_workers} is negative", fix="use 0 or more")
+
+
+# ---------------------------------------------------------------------------- CUDA_VISIBLE_DEVICES
+
+
+def parse_visible_devices(value: str | None) -> list[str] | None:
+    """Parse ``CUDA_VISIBLE_DEVICES``: ``None`` when unset, ``[]`` when it hides every GPU.
+
+    Entries are indices (``"0"``), UUIDs or prefixes (``"GPU-8f3a"``) or MIG ids
+    (``"MIG-GPU-<uuid>/1/0"``, ``"MIG-<uuid>"``); spaces and duplicates are dropped. As in CUDA,
+    a negative index or ``NoDevFiles`` ends the list (``"-1"`` and ``"NoDevFiles"`` give ``[]``).
+    """
+    if value is None:
+        return None
+    out: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if entry.lower() in _NO_DEVICE_WORDS:
+            break
+        if entry.lstrip("+-").isdigit():
+            if int(entry) < 0:
+                break
+            entry = str(int(entry))
+        if entry not in out:
+            out.append(entry)
+    return out
+
+
+def _describe(gpus: list[GpuInfo]) -> str:
+    return ", ".join(f"{g.index}={g.uuid}" for g in gpus) or "none"
+
+
+def _unknown(entry: str, gpus: list[GpuInfo], why: str = "matches no GPU") -> UsageError:
+    return UsageError(
+        f"CUDA_VISIBLE_DEVICES entry {entry!r} {why} (NVML sees {_describe(gpus)})",
+        fix="unset CUDA_VISIBLE_DEVICES or list indices/UUIDs shown by `badc-mpi gpus`",
+    )
+
+
+def _by_uuid(entry: str, gpus: list[GpuInfo]) -> GpuInfo:
+    key = entry.lower()
+    exact = [g for g in gpus if g.uuid.lower() == key]
+    hits = exact or [g for g in gpus if g.uuid.lower().startswith(key)]
+    if len(hits) > 1:
+        raise _unknown(entry, gpus, "is a prefix of several GPU UUIDs")
+    if not hits:
+        raise _unknown(entry, gpus)
+    return hits[0]
+
+
+def _mig_instance(mig_id: str, parent: GpuInfo) -> GpuInfo:
+    return GpuInfo(parent.index, mig_id, f"{parent.name} MIG", parent.memory_total_mib,
+                   parent.pci_bus_id, mig=True)
+
+
+def _mig_parent(entry: str, gpus: list[GpuInfo]) -> GpuInfo:
+    if entry.upper().startswith("MIG-GPU-"):  # MIG-GPU-<parent uuid>/<gi>/<ci>
+        return _by_uuid(entry[4:].split("/")[0], gpus)
+    owners = [g for g in gpus if entry in g.mig_uuids]
+    if not owners:
+        owners = [g for g in gpus if g.mig] or gpus
+    if len(owners) != 1:
+        raise _unknown(entry, gpus, "belongs to no GPU NVML can tell")
+    return owners[0]
+
+
+def _resolve(entry: str, gpus: list[GpuInfo]) -> GpuInfo:
+    if entry.isdigit():
+        for g in gpus:
+            if g.index == int(entry):
+                return g
+        raise _unknown(entry, gpus)
+    if entry.upper().startswith("MIG-"):
+        return _mig_instance(entry, _mig_parent(entry, gpus))
+    if entry.upper().startswith("GPU-"):
+        return _by_uuid(entry, gpus)
+    raise _unknown(entry, gpus, "is neither an index nor a GPU-/MIG- UUID")
+
+
+def select_visible(gpus: list[GpuInfo], visible: list[str] | None) -> list[GpuInfo]:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` lets us use, in its order (all of ``gpus`` when unset).
+
+    Indices map to NVML indices, ``GPU-`` UUIDs (or unique prefixes) to UUIDs; MIG ids become
+    their own entries (``uuid`` = the MIG id, ``name`` = parent name + " MIG"). When unset, a
+    MIG-enabled GPU stands for its MIG instances. Returns ``[]`` when NVML saw no GPU.
+    Raises :class:`UsageError` for an entry that names no GPU here.
+    """
+    if not gpus:
+        return []
+    if visible is None:
+        out: list[GpuInfo] = []
+        for g in gpus:
+            if g.mig and g.mig_uuids:
+                out.extend(_mig_instance(m, g) for m in g.mig_uuids)
+            else:
+                out.append(g)
+        return out
+    chosen: list[GpuInfo] = []
+    for entry in visible:
+        g = _resolve(entry, gpus)
+        if g not in chosen:
+            chosen.append(g)
+    return chosen
+
+
+# ---------------------------------------------------------------------------- binding plan
+
+
+def _gpu_binding(host: str, rank: int, local_rank: int, g: GpuInfo, mask: str) -> Binding:
+    return Binding(host=host, rank=rank, local_rank=local_rank, worker=f"gpu{g.index}@{host}",
+                   cuda_visible_devices=mask, gpu_index=g.index, gpu_uuid=g.uuid,
+                   gpu_name=g.name, gpu_memory_total_mib=g.memory_total_mib)
+
+
+def _cpu_binding(host: str, rank: int, local_rank: int, k: int) -> Binding:
+    return Binding(host=host, rank=rank, local_rank=local_rank, worker=f"cpu{k}@{host}",
+                   cuda_visible_devices="")
+
+
+def plan_binding(
+    *,
+    host: str,
+    rank: int,
+    local_rank: int,
+    local_size: int,
+    visible: list[GpuInfo],
+    visible_env: list[str] | None,
+    options: BindingOptions,
+) -> tuple[Binding, list[str]]:
+    """The binding of one rank, and warnings. Pure.
+
+    ``visible`` is :func:`select_visible`'s result; ``visible_env`` the parsed
+    ``CUDA_VISIBLE_DEVICES`` (``None`` = unset). Rules:
+
+    1. The launcher narrowed ``CUDA_VISIBLE_DEVICES`` to exactly one device: every rank on the
+       node uses it, ``cuda_visible_devices`` = that entry unchanged (``--workers-per-gpu`` and
+       ``--cpu-workers`` do not apply; cross-rank sharing is caught by :func:`sharing_warnings`).
+    2. Otherwise ``usable = visible[:max_gpus]``, ``n = len(usable)``, ``slots = n *
+       workers_per_gpu``. ``local_rank < slots``: GPU ``usable[local_rank % n]``,
+       ``cuda_visible_devices`` = its UUID (or MIG id), worker ``gpu<NVML index>@host`` (a MIG
+       instance uses its parent's index).
+    3. Local ranks beyond the slots: the first ``cpu_workers`` are CPU workers ``cpu<k>@host``
+       (``k`` counts CPU workers on the node from 0, ``cuda_visible_devices=""``); the rest share
+       ``usable[local_rank % n]`` and get a warning.
+    4. No GPU (``n == 0``: none found, NVML unavailable, ``max_gpus == 0`` or
+       ``CUDA_VISIBLE_DEVICES=""``): CPU worker ``cpu<local_rank>@host``.
+
+    :meth:`Binding.runner_env` adds ``CUDA_DEVICE_ORDER=PCI_BUS_ID``.
+    """
+    if not 0 <= local_rank < max(local_size, 1):
+        raise ValueError(f"local_rank {local_rank} outside 0..{local_size - 1}")
+    warnings: list[str] = []
+    if options.max_gpus == 0:
+        visible = []
+    if visible_env is not None and len(visible_env) == 1 and len(visible) == 1:
+        if options.cpu_workers:
+            warnings.append(f"{host}: --cpu-workers {options.cpu_workers} ignored: the launcher "
+                            f"narrowed CUDA_VISIBLE_DEVICES to {visible_env[0]}")
+        return _gpu_binding(host, rank, local_rank, visible[0], visible_env[0]), warnings
+    usable = visible if options.max_gpus is None else visible[: options.max_gpus]
+    n = len(usable)
+    if n == 0:
+        return _cpu_binding(host, rank, local_rank, local_rank), warnings
+    wpg, cpus = options.workers_per_gpu, options.cpu_workers
+    slots = n * wpg
+    if local_rank < slots:
+        g = usable[local_rank % n]
+        return _gpu_binding(host, rank, local_rank, g, g.uuid), warnings
+    if local_rank - slots < cpus:
+        return _cpu_binding(host, rank, local_rank, local_rank - slots), warnings
+    g = usable[local_rank % n]
+    on_gpu = [r for r in range(local_size) if (r < slots or r >= slots + cpus) and r % n == local_rank % n]
+    need = math.ceil((local_size - cpus) / n)
+    warnings.append(
+        f"{host}: local rank {local_rank} shares GPU {g.index} ({g.uuid}) with "
+        f"{len(on_gpu) - 1} other rank(s) beyond --workers-per-gpu {wpg}: {local_size} ranks on "
+        f"this node for {n} GPU(s); use NP={slots + cpus} per node, --workers-per-gpu {need} "
+        f"or --cpu-workers {local_size - slots}"
+    )
+    return _gpu_binding(host, rank, local_rank, g, g.uuid), warnings
+
+
+def plan_node(
+    host: str,
+    local_size: int,
+    visible: list[GpuInfo],
+    visible_env: list[str] | None,
+    options: BindingOptions,
+    first_rank: int = 0,
+) -> list[Binding]:
+    """Bindings of all ``local_size`` ranks of one node (ranks ``first_rank``...)."""
+    return [
+        plan_binding(host=host, rank=first_rank + i, local_rank=i, local_size=local_size,
+                     visible=visible, visible_env=visible_env, options=options)[0]
+        for i in range(local_size)
+    ]
+
+
+def sharing_warnings(bindings: list[Binding], options: BindingOptions) -> list[str]:
+    """One warning per GPU used by more ranks than ``--workers-per-gpu`` (e.g. 2 with the default 1)."""
+    users: dict[tuple[str, str], list[Binding]] = {}
+    for b in bindings:
+        if b.uses_gpu:
+            users.setdefault((b.host, str(b.gpu_uuid)), []).append(b)
+    out = []
+    for (host, uuid), group in users.items():
+        if len(group) > options.workers_per_gpu:
+            ranks = ", ".join(str(b.rank) for b in group)
+            out.append(
+                f"{host}: ranks {ranks} share GPU {group[0].gpu_index} ({uuid}) but "
+                f"--workers-per-gpu is {options.workers_per_gpu}; start fewer ranks per node "
+                f"or pass --workers-per-gpu {len(group)} if this is deliberate"
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------- detection (I/O)
+
+
+def _gpu_from_device(d: Any) -> GpuInfo:
+    return GpuInfo(d.index, d.uuid, d.name, d.memory_total_mib, d.pci_bus_id, d.mig, tuple(d.mig_uuids))
+
+
+def detect(
+    env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None
+) -> tuple[list[GpuInfo], list[str] | None, str | None]:
+    """NVML's GPUs sorted by PCI bus id, parsed ``CUDA_VISIBLE_DEVICES``, and why NVML is
+    unavailable (``None`` when it works). Without NVML: one log line, no GPUs (CPU mode).
+    A given ``backend`` is used and left open; otherwise one is opened and shut down."""
+    visible_env = parse_visible_devices(env.get("CUDA_VISIBLE_DEVICES"))
+    try:
+        nv = open_backend(env) if backend is None else backend
+        try:
+            devices = nv.devices()
+        finally:
+            if backend is None:
+                nv.shutdown()
+    except NvmlUnavailable as exc:
+        level = 30 if visible_env else 20  # WARNING when GPUs were expected, else INFO
+        log.log(level, "no GPU: NVML unavailable (%s); ranks run on CPU", exc.reason)
+        return [], visible_env, exc.reason
+    gpus = sorted((_gpu_from_device(d) for d in devices), key=lambda g: (g.pci_bus_id.lower(), g.index))
+    return gpus, visible_env, None
+
+
+def bind_rank(
+    *,
+    host: str,
+    rank: int,
+    local_rank: int,
+    local_size: int,
+    options: BindingOptions,
+    env: Mapping[str, str] = os.environ,
+    backend: NvmlBackend | None = None,
+) -> tuple[Binding, list[str], str | None]:
+    """:func:`detect` + :func:`select_visible` + :func:`plan_binding`: (binding, warnings, NVML
+    reason or ``None``). Raises :class:`UsageError` for a bad ``CUDA_VISIBLE_DEVICES``."""
+    gpus, visible_env, reason = detect(env, backend)
+    visible = select_visible(gpus, visible_env)
+    binding, warnings = plan_binding(host=host, rank=rank, local_rank=local_rank, local_size=local_size,
+                                     visible=visible, visible_env=visible_env, options=options)
+    return binding, warnings, reason
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+class GpuSampler:
+    """Samples the binding's GPU about every ``interval_s`` during an attempt (daemon thread,
+    sleeping between samples), plus one sample at :meth:`begin` and one at :meth:`end`.
+
+    ``vram_used_mib`` counts only the runner's processes (``pids_fn()``); it is ``None`` when
+    NVML has no per-process accounting (MIG) or no runner process was seen. A MIG binding
+    reads device-wide figures from its parent GPU. Sampling errors never reach the caller.
+    """
+
+    KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
+
+    def __init__(self, backend: NvmlBackend | None, binding: Binding, interval_s: float = 1.0) -> None:
+        self.backend = backend if binding.uses_gpu else None
+        uuid = binding.gpu_uuid or ""
+        self.device: int | str | None = uuid if uuid.startswith("GPU-") else binding.gpu_index
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pids_fn: Callable[[], list[int]] = list
+        self._proc: list[float] = []
+        self._used: list[float] = []
+        self._util: list[float] = []
+        self._errors_logged = 0
+        self.samples = 0
+
+    def _try(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - a sampler must never break an attempt
+            if self._errors_logged < 3:
+                self._errors_logged += 1
+                log.debug("GPU sample failed on %s: %s", self.device, exc)
+            return None
+
+    def sample(self) -> None:
+        """Take one sample now (called by the thread; public for tests)."""
+        nv, dev = self.backend, self.device
+        if nv is None or dev is None:
+            return
+        pids = self._try(lambda: {int(p) for p in self._pids_fn()}) or set()
+        proc = self._try(lambda: nv.process_vram_mib(dev, pids)) if pids else None
+        used = self._try(lambda: nv.device_vram_used_mib(dev))
+        util = self._try(lambda: nv.utilization_pct(dev))
+        with self._lock:
+            self.samples += 1
+            for store, value in ((self._proc, proc), (self._used, used), (self._util, util)):
+                if value is not None:
+                    store.append(float(value))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def begin(self, pids_fn: Callable[[], list[int]]) -> None:
+        """Start sampling one attempt; ``pids_fn`` lists the runner's PIDs at each sample."""
+        self._halt()
+        with self._lock:
+            self._proc, self._used, self._util, self.samples = [], [], [], 0
+        self._pids_fn = pids_fn
+        if self.backend is None:
+            return
+        self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="badc-gpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _halt(self) -> bool:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return False
+        self._stop.set()
+        thread.join(timeout=self.interval_s + 10)
+        return True
+
+    def end(self) -> dict[str, float | None]:
+        """Stop sampling; peaks and means of the attempt (all ``None`` on a CPU binding)."""
+        if self._halt():
+            self.sample()
+        with self._lock:
+            proc, used, util = list(self._proc), list(self._used), list(self._util)
+        return {
+            "vram_used_mib": round(max(proc), 1) if proc else None,
+            "vram_device_mib": round(max(used), 1) if used else None,
+            "gpu_util_pct_mean": round(sum(util) / len(util), 1) if util else None,
+            "gpu_util_pct_max": round(max(util), 1) if util else None,
+        }
+
+
+# ---------------------------------------------------------------------------- `badc-mpi gpus`
+
+
+def _env_int(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[int | None, str | None]:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value.isdigit():
+            return int(value), name
+    return None, None
+
+
+def _binding_dict(b: Binding) -> dict[str, Any]:
+    return {**asdict(b), "uses_gpu": b.uses_gpu}
+
+
+def gpus_report(
+    env: Mapping[str, str] = os.environ,
+    options: BindingOptions = BindingOptions(),  # noqa: B008 - frozen, so a safe default
+    local_rank: int | None = None,
+    local_size: int | None = None,
+) -> dict[str, Any]:
+    """What ``badc-mpi gpus [--json]`` shows: GPUs, ``CUDA_VISIBLE_DEVICES``, NVML status, the
+    binding a rank here would get and the whole node's plan. ``error`` holds a bad-mask message
+    (then ``binding`` is ``None``); the caller decides the exit code."""
+    host = socket.gethostname()
+    source = "argument"
+    if local_rank is None:
+        local_rank, source = _env_int(env, LOCAL_RANK_VARS)
+        if local_rank is None:
+            local_rank, source = 0, "default"
+    if local_size is None:
+        local_size = _env_int(env, LOCAL_SIZE_VARS)[0] or 1
+    local_size = max(local_size, local_rank + 1)
+    rank = _env_int(env, RANK_VARS)[0]
+    rank = local_rank if rank is None else rank
+    gpus, visible_env, reason = detect(env)
+    report: dict[str, Any] = {
+        "host": host,
+        "nvml": {"available": reason is None, "reason": reason,
+                 "backend": f"fake ({env[FAKE_ENV]})" if env.get(FAKE_ENV) else "pynvml"},
+        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_visible_devices_parsed": visible_env,
+        "gpus": [asdict(g) for g in gpus],
+        "visible": [],
+        "options": asdict(options),
+        "rank": rank,
+        "local_rank": local_rank,
+        "local_rank_source": source,
+        "local_size": local_size,
+        "binding": None,
+        "node_bindings": [],
+        "warnings": [],
+        "error": None,
+    }
+    try:
+        visible = select_visible(gpus, visible_env)
+    except UsageError as exc:
+        report["error"] = str(exc)
+        return report
+    binding, warnings = plan_binding(host=host, rank=rank, local_rank=local_rank, local_size=local_size,
+                                     visible=visible, visible_env=visible_env, options=options)
+    node = plan_node(host, local_size, visible, visible_env, options, first_rank=rank - local_rank)
+    extra = [w for w in sharing_warnings(node, options) if w not in warnings]
+    report.update(visible=[asdict(g) for g in visible], binding=_binding_dict(binding),
+                  node_bindings=[_binding_dict(b) for b in node], warnings=warnings + extra)
+    return report
+
+
+def format_binding_table(bindings: list[Binding]) -> str:
+    """Aligned table: host, rank, local index, worker, GPU index, UUID, name."""
+    rows = [("host", "rank", "local", "worker", "gpu", "uuid", "name")]
+    for b in bindings:
+        rows.append((b.host, str(b.rank), str(b.local_rank), b.worker,
+                     "-" if b.gpu_index is None else str(b.gpu_index),
+                     b.gpu_uuid or "-", b.gpu_name or "CPU"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def format_gpus_report(report: dict[str, Any]) -> str:
+    """Human-readable form of :func:`gpus_report`."""
+    nv = report["nvml"]
+    lines = [f"host: {report['host']}"]
+    if nv["available"]:
+        lines.append(f"NVML: available ({nv['backend']}), {len(report['gpus'])} GPU(s)")
+    else:
+        lines.append(f"NVML: unavailable ({nv['reason']}); ranks here run on CPU")
+    cvd = report["cuda_visible_devices"]
+    lines.append("CUDA_VISIBLE_DEVICES: " + ("unset" if cvd is None else repr(cvd)))
+    for g in report["gpus"]:
+        mig = " MIG" if g["mig"] else ""
+        lines.append(f"  GPU {g['index']}  {g['uuid']}  {g['name']}  {g['memory_total_mib']} MiB"
+                     f"  {g['pci_bus_id']}{mig}")
+    if report["error"]:
+        lines.append(f"error: {report['error']}")
+        return "\n".join(lines)
+    b = report["binding"]
+    lines.append(f"visible to badc-mpi: {len(report['visible'])} device(s)")
+    lines.append(f"this rank (local rank {report['local_rank']} of {report['local_size']}, from "
+                 f"{report['local_rank_source']}): {b['worker']}, "
+                 f"CUDA_VISIBLE_DEVICES={b['cuda_visible_devices']!r}")
+    keys = ("host", "rank", "local_rank", "worker", "cuda_visible_devices", "gpu_index", "gpu_uuid",
+            "gpu_name", "gpu_memory_total_mib")
+    node = [Binding(**{k: d[k] for k in keys}) for d in report["node_bindings"]]
+    lines += ["node plan:", format_binding_table(node)]
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
