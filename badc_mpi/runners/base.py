@@ -94,6 +94,10 @@ class Runner(abc.ABC):
     def run(self, task: Task) -> AttemptResult:
         """Run one attempt; block until it ends; enforce ``task.timeout_s``."""
 
+    def command(self, chunk: Any, scratch_dir: str = "") -> list[str]:
+        """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""
+        return []
+
     def active_pids(self) -> list[int]:
         """PIDs whose GPU memory counts as this runner's (sampled during an attempt)."""
         return []

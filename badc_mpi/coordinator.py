@@ -1,0 +1,217 @@
+"""Rank 0's bookkeeping: which chunk goes next, retries with back-off, and final outcomes.
+
+Pure logic, no MPI and no I/O: the engine feeds it requests and results and turns its decisions
+into messages and telemetry. Time is passed in (``now``), so tests drive it with a fake clock.
+
+Invariants (checked by the property test in ``tests/test_coordinator.py``):
+
+- a chunk is in flight on at most one worker at a time;
+- every chunk is dispatched until it succeeds or has used ``1 + max_retries`` attempts
+  (``input`` failures are final at once);
+- each chunk ends exactly once, as ``success`` or ``failed``.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from badc_mpi.runners.base import NOT_RETRIED
+
+PENDING = "pending"
+IN_FLIGHT = "in_flight"
+BACKOFF = "backoff"
+SUCCESS = "success"
+FAILED = "failed"
+FINAL_STATES = frozenset({SUCCESS, FAILED})
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Retry delay: ``base_s * 2**(retry-1)``, capped at ``max_s``, with +/- ``jitter`` fraction."""
+
+    base_s: float = 5.0
+    max_s: float = 300.0
+    jitter: float = 0.25
+
+    def delay_s(self, retry: int, rng: random.Random) -> float:
+        raw = min(self.max_s, self.base_s * (2 ** max(0, retry - 1)))
+        if self.jitter and raw > 0:
+            raw *= 1.0 + rng.uniform(-self.jitter, self.jitter)
+        return round(max(0.0, raw), 3)
+
+
+@dataclass
+class ChunkState:
+    """Everything rank 0 knows about one chunk."""
+
+    chunk: Any  #: :class:`badc_mpi.manifest.Chunk`
+    status: str = PENDING
+    attempts: int = 0
+    retries: int = 0
+    worker: str | None = None
+    runtime_s: float = 0.0  #: of the last attempt
+    total_runtime_s: float = 0.0
+    last_backoff_s: float = 0.0
+    failure_class: str | None = None
+    last_error: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    detections: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to a chunk after an attempt ended."""
+
+    event: str  #: ``success`` | ``retry`` | ``failure`` | ``stale``
+    backoff_s: float = 0.0
+
+
+class Coordinator:
+    """The queue and retry policy over a fixed set of chunks (keys must be unique)."""
+
+    def __init__(
+        self,
+        chunks: Iterable[Any],
+        *,
+        max_retries: int = 2,
+        policy: BackoffPolicy | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.max_retries = max_retries
+        self.policy = policy or BackoffPolicy()
+        self._rng = random.Random(seed)
+        self.states: dict[str, ChunkState] = {}
+        self._queue: deque[str] = deque()
+        for chunk in chunks:
+            if chunk.key in self.states:
+                raise ValueError(f"duplicate chunk key {chunk.key}")
+            self.states[chunk.key] = ChunkState(chunk)
+            self._queue.append(chunk.key)
+        self._delayed: list[tuple[float, int, str]] = []  # (due, seq, key)
+        self._seq = 0
+        self._in_flight: dict[str, str] = {}  # key -> worker
+        self._final = 0
+        self.draining = False
+
+    # -- queries -------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        return len(self.states)
+
+    @property
+    def final_count(self) -> int:
+        return self._final
+
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._in_flight)
+
+    def in_flight(self) -> dict[str, str]:
+        return dict(self._in_flight)
+
+    @property
+    def finished(self) -> bool:
+        """All chunks final, or draining with nothing left in flight."""
+        if self._final == len(self.states):
+            return True
+        return self.draining and not self._in_flight
+
+    def has_ready(self, now: float) -> bool:
+        return not self.draining and (
+            bool(self._queue) or bool(self._delayed and self._delayed[0][0] <= now)
+        )  # may be True for a queue holding only pre-failed keys: take() then returns []
+
+    def next_due_s(self, now: float) -> float | None:
+        """Seconds until the earliest backed-off chunk is due (None when none waits)."""
+        if not self._delayed:
+            return None
+        return max(0.0, self._delayed[0][0] - now)
+
+    def counts(self) -> dict[str, int]:
+        out = {PENDING: 0, IN_FLIGHT: 0, BACKOFF: 0, SUCCESS: 0, FAILED: 0}
+        for state in self.states.values():
+            out[state.status] += 1
+        return out
+
+    # -- transitions ---------------------------------------------------------------------
+    def take(self, n: int, worker: str, now: float) -> list[tuple[Any, int]]:
+        """Up to ``n`` chunks for ``worker`` as ``(chunk, attempt)``: due retries first."""
+        out: list[tuple[Any, int]] = []
+        if self.draining:
+            return out
+        while len(out) < n:
+            if self._delayed and self._delayed[0][0] <= now:
+                key = heapq.heappop(self._delayed)[2]
+            elif self._queue:
+                key = self._queue.popleft()
+                if self.states[key].status != PENDING:
+                    continue  # failed before dispatch (mark_failed)
+            else:
+                break
+            state = self.states[key]
+            state.status = IN_FLIGHT
+            state.attempts += 1
+            state.worker = worker
+            self._in_flight[key] = worker
+            out.append((state.chunk, state.attempts))
+        return out
+
+    def finish(
+        self,
+        key: str,
+        attempt: int,
+        worker: str,
+        *,
+        ok: bool,
+        failure_class: str | None = None,
+        reason: str = "",
+        runtime_s: float = 0.0,
+        now: float = 0.0,
+    ) -> Decision:
+        """Record the end of an attempt and decide: success, retry (with back-off) or failure."""
+        state = self.states[key]
+        if self._in_flight.get(key) != worker or state.attempts != attempt:
+            return Decision("stale")  # a duplicate or late report: never counted twice
+        del self._in_flight[key]
+        state.runtime_s = runtime_s
+        state.total_runtime_s += runtime_s
+        if ok:
+            state.status = SUCCESS
+            state.failure_class = None
+            self._final += 1
+            return Decision("success")
+        state.failure_class = failure_class or "exit"
+        state.last_error = reason
+        retryable = state.failure_class not in NOT_RETRIED
+        if retryable and state.attempts <= self.max_retries:
+            state.retries += 1
+            delay = self.policy.delay_s(state.retries, self._rng)
+            state.last_backoff_s = delay
+            state.status = BACKOFF
+            self._seq += 1
+            heapq.heappush(self._delayed, (now + delay, self._seq, key))
+            return Decision("retry", delay)
+        state.status = FAILED
+        self._final += 1
+        return Decision("failure")
+
+    def drain(self) -> None:
+        """Stop dispatching; chunks already in flight may still finish."""
+        self.draining = True
+
+    def mark_failed(self, key: str, failure_class: str, reason: str) -> None:
+        """Fail a chunk before it is dispatched (e.g. its input is missing)."""
+        state = self.states[key]
+        if state.status != PENDING:
+            raise ValueError(f"{key} is {state.status}, not pending")
+        state.status = FAILED
+        state.failure_class = failure_class
+        state.last_error = reason
+        self._final += 1

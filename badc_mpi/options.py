@@ -1,0 +1,92 @@
+"""Run options: one typed record shared by the CLI, the Python API and every rank."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from badc_mpi.errors import UsageError
+
+ORDERS = ("manifest", "longest-first")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``badc-mpi run`` accepts (see ``badc-mpi run --help`` for each)."""
+
+    runner: str = "hawkears"  #: ``hawkears`` | ``command`` | ``stub`` (``dry_run`` forces stub)
+    dry_run: bool = False
+    stub_sleep_s: float = 0.0
+    runner_cmd: str | None = None
+    output_format: str = "scores2"
+    hawkears: Any = None  #: :class:`badc_mpi.runners.hawkears.HawkearsOptions`
+    output_dir: str | None = None
+    telemetry_dir: str | None = None
+    chunks_dir: str | None = None
+    scratch_dir: str | None = None
+    allow_missing: bool = False
+    allow_partial_chunks: bool = False
+    check_chunks: bool = True
+    max_retries: int = 2
+    backoff_s: float = 5.0
+    backoff_max_s: float = 300.0
+    timeout_s: float | None = None
+    timeout_factor: float = 5.0
+    timeout_min_s: float = 120.0
+    timeout_default_s: float = 900.0
+    order: str = "manifest"
+    inflight: int = 2
+    max_gpus: int | None = None
+    workers_per_gpu: int = 1
+    cpu_workers: int = 0
+    summary_interval_s: float = 30.0
+    progress_interval_s: float | None = None
+    poll_max_s: float | None = None
+    seed: int | None = None
+    resume: bool = False
+    resume_summaries: tuple[str, ...] = field(default_factory=tuple)
+    skip_failed: bool = False
+    grace_s: float = 60.0
+    force_unlock: bool = False
+
+    @property
+    def runner_kind(self) -> str:
+        return "stub" if self.dry_run else self.runner
+
+    def validate(self) -> RunOptions:
+        """Raise UsageError (with the fix) for impossible combinations; returns self."""
+        checks = [
+            (self.max_retries >= 0, "--max-retries must be >= 0", "use 0 to disable retries"),
+            (1 <= self.inflight <= 8, "--inflight must be between 1 and 8", "2 hides coordinator latency; more lets a slow worker hoard chunks"),
+            (self.workers_per_gpu >= 1, "--workers-per-gpu must be >= 1", "use 1 (one rank per GPU) unless sharing on purpose"),
+            (self.cpu_workers >= 0, "--cpu-workers must be >= 0", "use 0 for none"),
+            (self.max_gpus is None or self.max_gpus >= 0, "--max-gpus must be >= 0", "use 0 for CPU only"),
+            (self.timeout_s is None or self.timeout_s > 0, "--timeout-s must be > 0", "omit it to scale the timeout with each chunk's duration"),
+            (self.backoff_s >= 0 and self.backoff_max_s >= 0, "--backoff-s must be >= 0", "use 0 for immediate retries"),
+            (self.grace_s >= 0, "--grace-s must be >= 0", "use 0 to stop at once"),
+            (self.order in ORDERS, f"--order must be one of {', '.join(ORDERS)}", "use manifest or longest-first"),
+            (self.runner_kind in ("hawkears", "command", "stub"), f"unknown runner {self.runner!r}", "use hawkears, command or stub"),
+            (self.runner_kind != "command" or bool(self.runner_cmd), "--runner command needs --runner-cmd", "e.g. --runner-cmd 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'"),
+        ]
+        for ok, message, fix in checks:
+            if not ok:
+                raise UsageError(message, fix=fix)
+        return self
+
+    def timeout_for(self, duration_s: float | None) -> float:
+        """The attempt timeout: ``--timeout-s``, else ``max(min, factor x duration)``, else default."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        if duration_s is None:
+            return self.timeout_default_s
+        return max(self.timeout_min_s, self.timeout_factor * duration_s)
+
+    def public(self) -> dict[str, Any]:
+        """JSON-friendly view for the summary's metadata."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "hawkears" and value is not None:
+                value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else repr(value)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out

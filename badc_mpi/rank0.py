@@ -1,0 +1,324 @@
+"""Rank 0's run: prepare (manifests, guard, runner), dispatch, record, summarise, stop.
+
+Rank 0 is the only writer of telemetry and summaries. It also works on chunks with its own
+worker (a thread), so N ranks on N GPUs leave no GPU idle.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from badc_mpi import summary as summary_mod
+from badc_mpi import telemetry as tel
+from badc_mpi.coordinator import BackoffPolicy, Coordinator
+from badc_mpi.engine import RemoteWorkers, rank_config, start_worker
+from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
+from badc_mpi.logs import get_logger
+from badc_mpi.options import RunOptions
+from badc_mpi.planning import RunPlan, prepare_plan
+from badc_mpi.progress import Progress
+from badc_mpi.protocol import (
+    TAG_ASSIGN, TAG_FATAL, TAG_REPORT, TAG_SETUP, Assign, Backoff, Mailbox, ResultEvent, Setup, StartEvent, WireTask,
+)
+from badc_mpi.runners.base import Binding
+from badc_mpi.summary import WorkerStats
+from badc_mpi.worker import Worker
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    """What ``badc_mpi.run`` returns: the exit code on every rank; paths and summary on rank 0."""
+
+    exit_code: int
+    summary: dict[str, Any] | None = None
+    telemetry_path: str | None = None
+    summary_path: str | None = None
+    failed_csv: str | None = None
+    workers_csv: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def resume_command(manifest_paths: list[str]) -> str:
+    """The exact command that resumes this run (printed on SIGTERM/SIGINT)."""
+    import shlex
+
+    return "make resume MANIFEST=" + shlex.quote(" ".join(manifest_paths))
+
+
+class Rank0:
+    def __init__(self, comm: Any, manifests: list[str], options: RunOptions, binding: Binding) -> None:
+        self.comm = comm
+        self.options = options
+        self.binding = binding
+        self.manifest_paths = [os.path.abspath(p) for p in manifests]
+        self.box = Mailbox(comm)
+        self.remote = RemoteWorkers(comm, self.box)
+        self.run_id = f"{tel.utc_stamp(time.time())}-{uuid.uuid4().hex[:8]}"
+        self.workers: dict[int, WorkerStats] = {}
+        self.labels: dict[int, str] = {}
+        self.static: dict[int, dict[str, Any]] = {}
+        self.local: Worker | None = None
+        self.local_credit = 0
+        self.interrupted: str | None = None
+        self.fatal: str | None = None
+        self.plan: RunPlan | None = None
+        self.writer: tel.TelemetryWriter | None = None
+        self.t0 = time.monotonic()
+
+    # -- set-up ------------------------------------------------------------------------
+    def _register(self, rank: int, pid: int, binding: Binding) -> None:
+        self.labels[rank] = binding.worker
+        self.static[rank] = {
+            "rank": rank, "host": binding.host, "pid": pid, "worker": binding.worker,
+            "gpu_index": binding.gpu_index, "gpu_uuid": binding.gpu_uuid, "gpu_name": binding.gpu_name,
+        }
+        self.workers[rank] = WorkerStats(binding.worker, binding.host, rank, binding.gpu_uuid or "cpu",
+                                         binding.gpu_index, binding.gpu_name)
+
+    def _early_message(self, src: int, tag: int, msg: Any) -> None:
+        if tag == TAG_FATAL:
+            self.fatal = f"rank {msg.rank} on {msg.host}: {msg.message}"
+
+    def prepare(self) -> None:
+        """Everything that can fail on bad input, before any worker is set up."""
+        self._register(0, os.getpid(), self.binding)
+        backoff = Backoff(self.options.poll_max_s)
+        try:
+            self.plan = prepare_plan(self.manifest_paths, self.options, self.run_id)
+            self.remote.collect_hellos(backoff, self._early_message)
+        except BadcError as exc:
+            self.remote.collect_hellos(backoff, self._early_message)
+            self.remote.stop_all(int(exc.exit_code), str(exc))
+            raise
+        for rank, hello in sorted(self.remote.hellos.items()):
+            self._register(rank, hello.pid, hello.binding)
+        bindings = [self.binding] + [h.binding for _, h in sorted(self.remote.hellos.items())]
+        from badc_mpi import gpu as gpu_mod
+
+        log.info("binding table:\n%s", gpu_mod.format_binding_table(bindings))
+        bopts = gpu_mod.BindingOptions(self.options.max_gpus, self.options.workers_per_gpu, self.options.cpu_workers)
+        for warning in gpu_mod.sharing_warnings(bindings, bopts):
+            log.warning("%s", warning)
+
+    # -- the loop ----------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        self.prepare()
+        plan = self.plan
+        assert plan is not None
+        coord = Coordinator(plan.chunks, max_retries=self.options.max_retries,
+                            policy=BackoffPolicy(self.options.backoff_s, self.options.backoff_max_s),
+                            seed=self.options.seed)
+        self.coord = coord
+        self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        print(f"badc-mpi: run {self.run_id}: {coord.total} chunks on {self.comm.Get_size()} ranks; "
+              f"telemetry {plan.telemetry_path}", flush=True)
+        for chunk, reason in plan.unavailable:
+            coord.mark_failed(chunk.key, "input", reason)
+            self._final_record(chunk, "failure", None, 0, failure_class="input", reason=reason)
+        for dest in range(1, self.comm.Get_size()):
+            self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
+        self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
+        old_handlers = self._install_signals()
+        progress = Progress(coord.total, interval_s=self.options.progress_interval_s)
+        backoff = Backoff(self.options.poll_max_s)
+        last_summary = time.monotonic()
+        summary_every_s = self.options.summary_interval_s
+        drain_deadline: float | None = None
+        try:
+            while not coord.finished and self.fatal is None:
+                now = time.time()
+                progressed = self._pump_local(now)
+                while True:
+                    got = self.box.poll(None)
+                    if got is None:
+                        break
+                    progressed = True
+                    self._handle(*got)
+                progressed |= self._dispatch(now)
+                self.writer.flush()
+                if self.interrupted and drain_deadline is None:
+                    log.warning("%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
+                                self.interrupted, self.options.grace_s, coord.in_flight_count)
+                    coord.drain()
+                    drain_deadline = time.monotonic() + self.options.grace_s
+                if drain_deadline is not None and time.monotonic() > drain_deadline:
+                    log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+                    break
+                if time.monotonic() - last_summary >= summary_every_s:
+                    t0 = time.monotonic()
+                    self.write_summary("running")
+                    spent = time.monotonic() - t0
+                    summary_every_s = max(self.options.summary_interval_s, 20 * spent)
+                    last_summary = time.monotonic()
+                counts = coord.counts()
+                progress.update(coord.final_count, counts["failed"])
+                if progressed:
+                    backoff.reset()
+                else:
+                    backoff.sleep()
+        finally:
+            self._restore_signals(old_handlers)
+        progress.update(coord.final_count, coord.counts()["failed"], force=True)
+        progress.close()
+        return self.finish()
+
+    def _pump_local(self, now: float) -> bool:
+        local = self.local
+        assert local is not None
+        events = local.drain_events(now)
+        if local.fatal and self.fatal is None:
+            self.fatal = f"rank 0 on {self.binding.host}: {local.fatal}"
+        if events:
+            self._events(0, events)
+        if local.ready and not local.fatal:
+            self.local_credit = max(0, self.plan.worker_config.capacity - local.busy)  # type: ignore[union-attr]
+        return bool(events)
+
+    def _handle(self, src: int, tag: int, msg: Any) -> None:
+        if tag == TAG_REPORT:
+            self._events(src, msg.events)
+            self.remote.credit[src] = self.remote.credit.get(src, 0) + msg.want
+        elif tag == TAG_FATAL:
+            self.fatal = f"rank {msg.rank} on {msg.host}: {msg.message}"
+        else:
+            log.debug("ignoring message tag %s from rank %s", tag, src)
+
+    def _tasks(self, n: int, rank: int, now: float) -> list[WireTask]:
+        return [WireTask(chunk, attempt, self.options.timeout_for(chunk.duration_s))
+                for chunk, attempt in self.coord.take(n, self.labels[rank], now)]
+
+    def _dispatch(self, now: float) -> bool:
+        coord = self.coord
+        sent = False
+        if self.local_credit and coord.has_ready(now):
+            tasks = self._tasks(self.local_credit, 0, now)
+            if tasks:
+                self.local.submit(tasks)  # type: ignore[union-attr]
+                self.local_credit -= len(tasks)
+                sent = True
+        for rank, credit in self.remote.credit.items():
+            if credit <= 0 or not coord.has_ready(now):
+                continue
+            tasks = self._tasks(credit, rank, now)
+            if tasks:
+                self.box.send(rank, TAG_ASSIGN, Assign(tasks))
+                self.remote.credit[rank] = credit - len(tasks)
+                sent = True
+        return sent
+
+    # -- events --------------------------------------------------------------------------
+    def _events(self, rank: int, events: list[StartEvent | ResultEvent]) -> None:
+        coord, writer = self.coord, self.writer
+        for ev in events:
+            state = coord.states.get(ev.key)
+            if state is None:
+                continue
+            if isinstance(ev, StartEvent):
+                state.started_at = ev.started_at
+                writer.write(tel.start_record(self.run_id, self.static[rank], state.chunk, ev))  # type: ignore[union-attr]
+                continue
+            decision = coord.finish(ev.key, ev.attempt, self.labels[rank], ok=ev.ok, failure_class=ev.failure_class,
+                                    reason=ev.reason, runtime_s=ev.runtime_s, now=time.time())
+            if decision.event == "stale":
+                log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
+                continue
+            stats = self.workers[rank]
+            stats.attempts += 1
+            stats.busy_s += ev.runtime_s
+            if decision.event == "success":
+                stats.success += 1
+                stats.chunks += 1
+                state.outputs = ev.outputs
+                state.detections = ev.detections
+            elif decision.event == "retry":
+                stats.retries += 1
+                stats.failed_attempts += 1
+            else:
+                stats.failure += 1
+                stats.failed_attempts += 1
+                stats.chunks += 1
+            state.finished_at = ev.finished_at
+            writer.write(tel.result_record(self.run_id, self.static[rank], state.chunk, ev, decision.event,  # type: ignore[union-attr]
+                                           decision.backoff_s))
+
+    def _final_record(self, chunk: Any, event: str, rank: int | None, attempt: int, **fields: Any) -> None:
+        static = self.static.get(rank if rank is not None else 0, {})
+        record = tel.bare_record(self.run_id, event, static, chunk, attempt, **fields)
+        self.writer.write(record)  # type: ignore[union-attr]
+
+    # -- signals -----------------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        old: dict[int, Any] = {}
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.interrupted is None:
+                self.interrupted = signal.Signals(signum).name
+            else:  # a second signal: stop waiting for the grace period
+                self.options = self.options.__class__(**{**self.options.__dict__, "grace_s": 0.0})
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread (embedded use)
+                pass
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    # -- the end -------------------------------------------------------------------------
+    def write_summary(self, state: str) -> dict[str, Any]:
+        plan = self.plan
+        assert plan is not None
+        doc = summary_mod.build_summary(plan.meta, self.coord.states.values(), self.workers.values(),
+                                        state=state, run_id=self.run_id, carried=plan.carried)
+        summary_mod.write_summary(str(plan.summary_path), doc)
+        summary_mod.write_workers_csv(str(plan.workers_csv), self.workers.values())
+        if doc["counts"]["failed"]:
+            summary_mod.write_failed_csv(str(plan.failed_csv), self.coord.states.values(), plan.columns)
+        return doc
+
+    def finish(self) -> RunOutcome:
+        plan, coord = self.plan, self.coord
+        assert plan is not None
+        if self.fatal:
+            code, state = ExitCode.USAGE, "aborted"
+        elif self.interrupted:
+            code, state = ExitCode.INTERRUPTED, "interrupted"
+        elif coord.counts()["failed"]:
+            code, state = ExitCode.CHUNKS_FAILED, "finished"
+        else:
+            code, state = ExitCode.OK, "finished"
+        self.local.close()  # type: ignore[union-attr]
+        self.remote.stop_all(int(code), self.fatal or "")
+        doc = self.write_summary(state)
+        self.writer.close()  # type: ignore[union-attr]
+        outcome = RunOutcome(int(code), doc, str(plan.telemetry_path), str(plan.summary_path),
+                             str(plan.failed_csv) if doc["counts"]["failed"] else None, str(plan.workers_csv))
+        text, warn = summary_mod.format_final_report(
+            doc, self.workers.values(), self.coord.states.values(),
+            {"telemetry": outcome.telemetry_path, "summary": outcome.summary_path,
+             "workers": outcome.workers_csv, "failed": outcome.failed_csv, "outputs": plan.output_dir},
+            time.monotonic() - self.t0)
+        print(text, file=sys.stdout, flush=True)
+        if warn:
+            log.warning("%s", warn)
+        if self.interrupted:
+            print(f"badc-mpi: interrupted by {self.interrupted}; resume with:\n  {resume_command(self.manifest_paths)}",
+                  flush=True)
+        if self.fatal:
+            raise RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")
+        return outcome
+
+
+__all__ = ["Rank0", "RunOutcome", "socket"]

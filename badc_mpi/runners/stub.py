@@ -1,0 +1,39 @@
+"""The stub runner (``--dry-run``): simulates attempts without invoking anything.
+
+Each simulated attempt takes ``sleep_s`` (a deadline checked by the worker's loop, so no thread
+and no process is involved) and succeeds without writing outputs; telemetry and summaries are
+written as for a real run. Used for dry runs of big manifests and for the dispatch benchmark.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from badc_mpi.runners.base import AttemptResult, Runner, Task
+
+
+@dataclass(frozen=True)
+class StubOptions:
+    sleep_s: float = 0.0  #: simulated seconds per attempt
+
+
+class StubRunner(Runner):
+    name = "stub"
+    produces_outputs = False
+    inline = True  #: the worker advances it by deadline instead of in a thread
+
+    def __init__(self, options: StubOptions | None = None) -> None:
+        self.options = options or StubOptions()
+        self._pid = os.getpid()
+
+    def duration_s(self, chunk: object) -> float:
+        return self.options.sleep_s
+
+    def command(self, chunk: object, scratch_dir: str = "") -> list[str]:
+        return ["<stub>", f"sleep_s={self.options.sleep_s}"]
+
+    def run(self, task: Task) -> AttemptResult:
+        return AttemptResult(ok=True, command=self.command(task.chunk), pid=self._pid, exit_code=0)
+
+    def describe(self) -> dict[str, object]:
+        return {"runner": self.name, "sleep_s": self.options.sleep_s}

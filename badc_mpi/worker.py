@@ -1,0 +1,260 @@
+"""A rank's worker: runs attempts through its runner, supervises them, finalises outputs.
+
+The worker never touches MPI (the engine does). It owns one runner and one thread that runs
+attempts one after another; the engine's loop hands it tasks (:meth:`Worker.submit`) and collects
+events (:meth:`Worker.drain_events`) without blocking. The stub runner needs no thread: its
+simulated attempts complete by deadline, checked on each :meth:`drain_events`.
+
+An attempt counts as a success only when the runner says so *and* its outputs are valid and
+durable: raw CSV parsed, final files fsynced and renamed into place (:mod:`badc_mpi.outputs`).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from badc_mpi import outputs as outputs_mod
+from badc_mpi.logs import get_logger
+from badc_mpi.protocol import ResultEvent, StartEvent, WireTask
+from badc_mpi.runners.base import INPUT, NO_OUTPUT, AttemptResult, Binding, Runner, Task
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs to know about the run (sent by rank 0 in ``Setup``)."""
+
+    run_id: str
+    runner_kind: str  #: ``stub`` | ``command`` | ``hawkears``
+    runner_options: Any  #: the runner's own picklable options
+    output_dir: str
+    scratch_dir: str
+    capacity: int = 2  #: chunks in flight per worker (queued + running)
+    sample_gpu: bool = True
+    class_map: dict[str, str] | None = field(default=None, repr=False)
+
+
+def input_problem(path: str) -> str | None:
+    """Why an input file cannot be read, or None. A broken symlink is absent annexed content."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"input not present: {path} is a symlink to absent (annexed) content; run `datalad get` on it"
+    if not os.path.exists(path):
+        return f"input file not found: {path}"
+    if not os.path.isfile(path):
+        return f"input is not a file: {path}"
+    if not os.access(path, os.R_OK):
+        return f"input file not readable: {path}"
+    return None
+
+
+class Worker:
+    """One rank's worker. Thread-safe between the engine loop and the runner thread."""
+
+    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
+        self.config = config
+        self.binding = binding
+        self.runner = runner
+        self.sampler = sampler  # badc_mpi.gpu.GpuSampler or None
+        self._inline = bool(getattr(runner, "inline", False))
+        self._tasks: queue.Queue[WireTask | None] = queue.Queue()
+        self._events: collections.deque[StartEvent | ResultEvent] = collections.deque()
+        self._queued = 0
+        self._running = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.ready = False
+        self.fatal: str | None = None
+        self.fatal_exc: BaseException | None = None
+        self._inline_queue: collections.deque[WireTask] = collections.deque()
+        self._inline_current: tuple[WireTask, float, float] | None = None
+        self.attempts_run = 0
+
+    # -- engine side ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the runner (in the worker thread, so a slow model load never stalls rank 0)."""
+        if self._inline:
+            self.runner.start(self.binding)
+            self.ready = True
+            return
+        self._thread = threading.Thread(target=self._thread_main, name="badc-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            if self._inline:
+                return len(self._inline_queue) + (1 if self._inline_current else 0)
+            return self._queued + self._running
+
+    def submit(self, tasks: list[WireTask]) -> None:
+        if self._inline:
+            self._inline_queue.extend(tasks)
+            return
+        with self._lock:
+            self._queued += len(tasks)
+        for task in tasks:
+            self._tasks.put(task)
+
+    def drain_events(self, now: float | None = None) -> list[StartEvent | ResultEvent]:
+        if self._inline:
+            self._advance_inline(time.time() if now is None else now)
+        out = []
+        while True:
+            try:
+                out.append(self._events.popleft())
+            except IndexError:
+                return out
+
+    def close(self) -> None:
+        """Stop the thread after the current attempt and close the runner."""
+        if self._thread is not None:
+            # drop queued tasks: on close the engine is done with them (final or interrupted)
+            try:
+                while True:
+                    self._tasks.get_nowait()
+            except queue.Empty:
+                pass
+            self._tasks.put(None)
+            self.runner_interrupt()
+            self._thread.join(timeout=60)
+        try:
+            self.runner.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
+            log.exception("closing the %s runner failed", self.runner.name)
+
+    def runner_interrupt(self) -> None:
+        interrupt = getattr(self.runner, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
+    # -- stub (inline) path ----------------------------------------------------------------
+    def _advance_inline(self, now: float) -> None:
+        while True:
+            if self._inline_current is None:
+                if not self._inline_queue:
+                    return
+                task = self._inline_queue.popleft()
+                duration = float(self.runner.duration_s(task.chunk))  # type: ignore[attr-defined]
+                self._inline_current = (task, now, now + duration)
+                self._events.append(StartEvent(task.chunk.key, task.attempt, now, self.runner.command(task.chunk)))
+            task, started, due = self._inline_current
+            if due > now:
+                return
+            result = self.runner.run(self._runner_task(task, scratch=""))
+            self._inline_current = None
+            self._events.append(self._result_event(task, result, started, due, {}, {}, None))
+
+    # -- threaded path ----------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            self.runner.start(self.binding)
+            self.ready = True
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                with self._lock:
+                    self._queued -= 1
+                    self._running += 1
+                try:
+                    self._events.append(self._attempt(task))
+                finally:
+                    with self._lock:
+                        self._running -= 1
+        except BaseException as exc:  # noqa: BLE001 - reported to the engine, which aborts
+            self.fatal = f"{type(exc).__name__}: {exc}"
+            self.fatal_exc = exc
+            log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
+
+    def _scratch_for(self, task: WireTask) -> str:
+        chunk = task.chunk
+        name = f"{chunk.recording_id}__{chunk.chunk_id}__a{task.attempt}"
+        return os.path.join(self.config.scratch_dir, name)
+
+    def _runner_task(self, task: WireTask, scratch: str) -> Task:
+        return Task(task.chunk, task.attempt, scratch, task.timeout_s, self.config.run_id)
+
+    def _attempt(self, task: WireTask) -> ResultEvent:
+        chunk = task.chunk
+        started = time.time()
+        problem = input_problem(chunk.input_path)
+        if problem is not None:
+            self._events.append(StartEvent(chunk.key, task.attempt, started, []))
+            result = AttemptResult(ok=False, failure_class=INPUT, reason=problem)
+            return self._result_event(task, result, started, time.time(), {}, {}, None)
+        scratch = self._scratch_for(task)
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.makedirs(scratch, exist_ok=True)
+        outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
+        command = self.runner.command(chunk, scratch)
+        self._events.append(StartEvent(chunk.key, task.attempt, started, list(command)))
+        if self.sampler is not None:
+            self.sampler.begin(self.runner.active_pids)
+        try:
+            result = self.runner.run(self._runner_task(task, scratch))
+        finally:
+            gpu = self.sampler.end() if self.sampler is not None else {}
+        self.attempts_run += 1
+        finished = time.time()
+        outputs: dict[str, str] = {}
+        detections = None
+        if result.ok and self.runner.produces_outputs:
+            try:
+                if not result.raw_output or not os.path.exists(result.raw_output):
+                    raise FileNotFoundError("the runner reported success but wrote no output CSV")
+                final = outputs_mod.finalize_chunk_outputs(
+                    self.config.output_dir,
+                    chunk,
+                    result.raw_output,
+                    result.raw_format,
+                    run_id=self.config.run_id,
+                    hawkears_version=result.hawkears_version,
+                    model_version=result.model_version,
+                    class_map=self.config.class_map,
+                )
+                outputs = final.as_dict()
+                detections = final.detections
+            except Exception as exc:  # noqa: BLE001 - invalid output is a task failure (data)
+                result.ok = False
+                result.failure_class = NO_OUTPUT
+                result.reason = f"{exc}" + (f" | {result.reason}" if result.reason else "")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return self._result_event(task, result, started, finished, outputs, gpu, detections)
+
+    def _result_event(
+        self,
+        task: WireTask,
+        result: AttemptResult,
+        started: float,
+        finished: float,
+        outputs: dict[str, str],
+        gpu: dict[str, Any],
+        detections: int | None,
+    ) -> ResultEvent:
+        return ResultEvent(
+            key=task.chunk.key,
+            attempt=task.attempt,
+            started_at=started,
+            finished_at=finished,
+            ok=bool(result.ok),
+            failure_class=None if result.ok else (result.failure_class or "exit"),
+            reason=(result.reason or "")[-2000:],
+            exit_code=result.exit_code,
+            signal=result.signal,
+            command=list(result.command),
+            outputs=outputs,
+            detections=detections,
+            runner_pid=result.pid,
+            gpu=gpu,
+            metrics=dict(result.metrics),
+            model_version=result.model_version,
+            hawkears_version=result.hawkears_version,
+        )
