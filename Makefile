@@ -50,3 +50,28 @@ check-chunks: install ## refuse unless every recording of MANIFEST is fully chun
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache
+
+# --- hawkears (begin) ---
+# HawkEars runs in its own Python env (pins: vendor/HawkEars/requirements.txt), created once under
+# $${XDG_CACHE_HOME:-~/.cache}/badc-mpi/hawkears-<sha12 of the pins>-py<XY>/ and reused by every
+# checkout while the pins are unchanged. See vendor/HawkEars/README.md.
+# Variables: DEST=dir (hawkears-models), PYTHON (the python that owns the HawkEars venv).
+HAWKEARS_ENV := $(PYTHON) scripts/hawkears_env.py
+
+.PHONY: hawkears hawkears-tiny hawkears-python hawkears-models bench-hawkears
+
+hawkears: ## HawkEars' own env (torch, hawkears 2.3.0; ~3 min, ~9 GB once, then reused); prints its path
+	@$(HAWKEARS_ENV) create
+
+hawkears-tiny: hawkears ## tiny random-weight HawkEars data root for tests/demos (offline, seconds)
+	@$(HAWKEARS_ENV) tiny
+
+hawkears-python: ## print the HawkEars env's python
+	@$(HAWKEARS_ENV) python
+
+hawkears-models: hawkears ## stage real HawkEars models (internet, e.g. Sockeye login node): make hawkears-models [DEST=dir]
+	@$(HAWKEARS_ENV) models $(if $(DEST),--dest '$(DEST)')
+
+bench-hawkears: install hawkears-tiny ## HawkEars resident vs CLI vs bare in-process scoring (tiny model; JSON)
+	$(PY) scripts/bench_hawkears.py
+# --- hawkears (end) ---
