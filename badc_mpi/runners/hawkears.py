@@ -1,0 +1,602 @@
+"""The HawkEars runner (runner side): a resident HawkEars worker per rank, or one CLI call per chunk.
+
+``mode="resident"`` (default) starts ``hawkears_worker.py`` with the HawkEars environment's python
+once per rank (in its own process group, GPU mask from the binding), waits for its hello (models
+loaded), then sends one JSON request per chunk and waits for the reply with ``poll()`` and the
+attempt's timeout. A timeout, crash, EOF or CUDA OOM kills the worker's whole process group; the
+worker is started again lazily before the next attempt. ``mode="cli"`` runs
+``hawkears analyze INPUT -o SCRATCH --rtype csv ...`` per chunk: the baseline.
+
+Both modes run with the data root as current directory and a generated ``-c`` YAML that gives
+HawkEars absolute paths (merged with ``--hawkears-config``), so they score identically: the
+resident worker's ``scores.csv`` is byte-for-byte the CLI's. Success is judged from the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from badc_mpi import hawkears_env
+from badc_mpi.errors import RunnerSetupError, UsageError
+from badc_mpi.logs import get_logger
+from badc_mpi.runners.base import CRASH, EXIT, INPUT, NO_OUTPUT, OOM, TIMEOUT, AttemptResult, Binding, Runner, Task
+
+log = get_logger(__name__)
+
+WORKER_SCRIPT = Path(__file__).resolve().with_name("hawkears_worker.py")
+MODES = ("resident", "cli")
+LABELS = ("codes", "names", "alt-codes", "alt-names")
+CHUNK_OPTION_COLUMNS = ("lat", "lon", "date", "region")  #: manifest columns read per chunk
+_DATE_RE = re.compile(r"^(\d{8}|\d{4}|\d{4}-\d{2}-\d{2}|file)$")
+_INPUT_ERROR_MARKERS = ("Could not load recording", "Caught exception in audio load", "No audio stream", "No audio samples")
+_STDERR_LINES = 300
+_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class HawkearsOptions:
+    """HawkEars runner options (picklable: the MPI runtime broadcasts them)."""
+
+    mode: str = "resident"  #: ``resident`` | ``cli``
+    data_root: str | None = None  #: else HAWKEARS_DATA_ROOT, staged default, tiny root
+    python: str | None = None  #: HawkEars env python; else BADC_MPI_HAWKEARS_PYTHON, ``make hawkears`` env
+    min_score: float | None = None  #: HawkEars ``-m`` (default 0.7 from its YAML)
+    models: int | None = None  #: ensemble size 1..6 (HawkEars default: 6 on GPU, 3 on CPU)
+    low_band: bool | None = None  #: None = HawkEars default (on with a GPU, off on CPU)
+    label: str | None = None  #: codes | names | alt-codes | alt-names
+    region: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    date: str | None = None
+    include: str | None = None  #: species list file (absolute)
+    exclude: str | None = None
+    seg: float | None = None  #: fixed label length, seconds
+    config: str | None = None  #: extra HawkEars YAML merged over the generated one
+    threads: int | None = None  #: CPU threads for torch in the HawkEars process
+    start_timeout_s: float = 600.0
+    log_dir: str | None = None  #: per-rank worker stderr logs go here (else only an in-memory tail)
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> HawkearsOptions:
+        """From :func:`add_hawkears_arguments`'s parser; missing attributes keep the defaults."""
+        names = {
+            "mode": "hawkears_mode", "data_root": "hawkears_data_root", "python": "hawkears_python",
+            "min_score": "min_score", "models": "models", "low_band": "low_band", "label": "label",
+            "region": "region", "lat": "lat", "lon": "lon", "date": "date", "include": "include",
+            "exclude": "exclude", "seg": "seg", "config": "hawkears_config", "threads": "hawkears_threads",
+            "start_timeout_s": "hawkears_start_timeout_s", "log_dir": "hawkears_log_dir",
+        }
+        values = {f: getattr(args, a) for f, a in names.items() if getattr(args, a, None) is not None}
+        return cls(**values).validate()
+
+    def validate(self) -> HawkearsOptions:
+        """UsageError (with the fix) for bad values; returns a copy with absolute file paths."""
+
+        def need(ok: bool, message: str, fix: str) -> None:
+            if not ok:
+                raise UsageError(message, fix=fix)
+
+        need(self.mode in MODES, f"--hawkears-mode {self.mode!r} is not one of {', '.join(MODES)}", "use resident (fast) or cli (baseline)")
+        need(self.models is None or 1 <= self.models <= 6, f"--models {self.models} is out of range", "use 1..6")
+        need(self.min_score is None or 0.0 <= self.min_score <= 1.0, f"--min-score {self.min_score} is out of range", "use 0..1")
+        label = self.label.replace("_", "-") if self.label else None
+        need(label is None or label in LABELS, f"--label {self.label!r} is not valid", "use " + ", ".join(LABELS))
+        need((self.lat is None) == (self.lon is None), "--lat and --lon go together", "give both, or use --region")
+        need(self.region is None or self.lat is None, "--region and --lat/--lon exclude each other", "give one of them")
+        need(self.lat is None or -90 <= self.lat <= 90, f"--lat {self.lat} is out of range", "use -90..90")
+        need(self.lon is None or -180 <= self.lon <= 180, f"--lon {self.lon} is out of range", "use -180..180")
+        need(self.date is None or bool(_DATE_RE.match(self.date)), f"--date {self.date!r} is not valid", "use yyyymmdd, yyyy-mm-dd, mmdd or 'file'")
+        need(self.seg is None or self.seg > 0, "--seg must be > 0", "omit it for variable-length labels")
+        need(self.threads is None or self.threads >= 1, "--hawkears-threads must be >= 1", "omit it for torch's default")
+        need(self.start_timeout_s > 0, "--hawkears-start-timeout-s must be > 0", "the default is 600")
+        files = {}
+        for name, flag in (("include", "--include"), ("exclude", "--exclude"), ("config", "--hawkears-config")):
+            value = getattr(self, name)
+            if value is not None:
+                path = os.path.abspath(os.path.expanduser(value))
+                need(os.path.isfile(path), f"{flag} {value}: no such file", "give an existing file")
+                files[name] = path
+        return dataclasses.replace(self, label=label, **files)
+
+
+def add_hawkears_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "HawkEars runner" argument group (read back with :meth:`HawkearsOptions.from_namespace`)."""
+    g = parser.add_argument_group("HawkEars runner", "how HawkEars 2.x is run (see vendor/HawkEars/README.md)")
+    g.add_argument("--hawkears-mode", choices=MODES, default=None, help="resident: one HawkEars process per rank keeps the models loaded (default); cli: one `hawkears analyze` per chunk (slow baseline)")
+    g.add_argument("--hawkears-data-root", metavar="DIR", default=None, help="HawkEars data root (yaml/, data/ckpt, ...); default: $HAWKEARS_DATA_ROOT, then models staged by `make hawkears-models`, then the tiny test model")
+    g.add_argument("--hawkears-python", metavar="PATH", default=None, help="python of the HawkEars environment (default: $BADC_MPI_HAWKEARS_PYTHON, then the `make hawkears` env)")
+    g.add_argument("--min-score", type=float, default=None, help="HawkEars score threshold 0..1 (HawkEars default 0.7)")
+    g.add_argument("--models", type=int, default=None, help="ensemble size 1..6 (HawkEars default: 6 on GPU, 3 on CPU)")
+    g.add_argument("--low-band", action=argparse.BooleanOptionalAction, default=None, help="low-band (grouse) classifier (default: on with a GPU, off on CPU)")
+    g.add_argument("--label", default=None, help="label field: " + ", ".join(LABELS) + " (HawkEars default: codes)")
+    g.add_argument("--region", default=None, help="eBird region code (e.g. CA-AB) for occurrence filtering; per chunk from the manifest column 'region'")
+    g.add_argument("--lat", type=float, default=None, help="latitude (with --lon); per chunk from manifest columns 'lat','lon'")
+    g.add_argument("--lon", type=float, default=None, help="longitude (with --lat)")
+    g.add_argument("--date", default=None, help="recording date yyyymmdd|mmdd|file; per chunk from manifest column 'date'")
+    g.add_argument("--include", metavar="FILE", default=None, help="species list: report only these")
+    g.add_argument("--exclude", metavar="FILE", default=None, help="species list: never report these")
+    g.add_argument("--seg", type=float, default=None, help="fixed label length in seconds (default: variable-length labels)")
+    g.add_argument("--hawkears-config", metavar="YAML", default=None, help="extra HawkEars config YAML merged over badc-mpi's")
+    g.add_argument("--hawkears-threads", type=int, default=None, help="CPU threads for torch inside HawkEars (default: torch's)")
+    g.add_argument("--hawkears-start-timeout-s", type=float, default=None, help="seconds to wait for the resident worker to load its models (default 600)")
+    return g
+
+
+def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None = None) -> HawkearsRunner:
+    """A runner with its python and data root resolved (RunnerSetupError, with the fix, if absent)."""
+    if options is None:
+        options = HawkearsOptions()
+    elif isinstance(options, argparse.Namespace):
+        options = HawkearsOptions.from_namespace(options)
+    options = options.validate()
+    python = options.python or hawkears_env.find_hawkears_python(os.environ)
+    if not os.access(python, os.X_OK):
+        raise RunnerSetupError(f"--hawkears-python {python} is not executable", fix=hawkears_env.FIX_ENV)
+    data_root = hawkears_env.resolve_data_root(options.data_root, os.environ, python=python)
+    return HawkearsRunner(options, python=python, data_root=data_root)
+
+
+class _StderrPump(threading.Thread):
+    """Drains a child's stderr (a full pipe would block it) into a ring buffer and a log file."""
+
+    def __init__(self, stream: IO[bytes], ring: collections.deque[str], log_path: str | None) -> None:
+        super().__init__(name="hawkears-stderr", daemon=True)
+        self.stream, self.ring, self.log_path = stream, ring, log_path
+
+    def run(self) -> None:
+        sink = open(self.log_path, "a", encoding="utf-8") if self.log_path else None  # noqa: SIM115
+        try:
+            for raw in iter(self.stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.ring.append(line)
+                if sink:
+                    sink.write(line + "\n")
+                    sink.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            if sink:
+                sink.close()
+
+
+class _Worker:
+    """One incarnation of the resident worker process."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pump: _StderrPump) -> None:
+        self.proc, self.pump = proc, pump
+        self.buffer = b""
+        self.hello: dict[str, Any] = {}
+        self.poller = select.poll()
+        assert proc.stdout is not None
+        self.poller.register(proc.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+
+    def read_line(self, deadline: float) -> bytes | str:
+        """One reply line, or ``"timeout"`` / ``"eof"``. Blocks in poll(), never spins."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return "timeout"
+            if not self.poller.poll(min(remaining_ms, 60_000)):
+                continue
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return "eof"
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def kill(self, grace_s: float = 3.0) -> None:
+        """SIGTERM then SIGKILL to the whole process group; reap; let the stderr pump finish."""
+        pgid = self.proc.pid
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # stragglers of the group (the leader is gone already)
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        self.pump.join(timeout=2.0)
+
+
+class HawkearsRunner(Runner):
+    """HawkEars 2.x on one rank: resident worker (default) or one CLI process per chunk."""
+
+    name = "hawkears"
+
+    def __init__(self, options: HawkearsOptions, *, python: str, data_root: hawkears_env.DataRoot) -> None:
+        self.options = options
+        self.python = python
+        self.data_root = data_root
+        self.hawkears_version: str | None = None
+        self.worker_starts = 0
+        self._binding: Binding | None = None
+        self._env: dict[str, str] = dict(os.environ)
+        self._tmp: str | None = None
+        self._cfg_path: str | None = None
+        self._low_band = options.low_band
+        self._worker: _Worker | None = None
+        self._cli_pid: int | None = None
+        self._ring: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self._log_path: str | None = None
+        self._next_id = 0
+
+    # ----------------------------------------------------------------- set-up
+    def start(self, binding: Binding) -> None:
+        self._binding = binding
+        env = binding.runner_env(dict(os.environ))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONPATH", None)  # the runner's packages must not leak into HawkEars' env
+        if self.options.threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(self.options.threads)
+        self._env = env
+        self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
+        if self.options.log_dir:
+            os.makedirs(self.options.log_dir, exist_ok=True)
+            self._log_path = os.path.join(self.options.log_dir, f"hawkears-rank{binding.rank}.log")
+        if self.options.low_band and not self.data_root.has_low_band:
+            raise RunnerSetupError(
+                f"--low-band needs low-band checkpoints in {self.data_root.path}/data/ckpt-low-band; there are none",
+                fix="stage complete models with `make hawkears-models`, or use --no-low-band",
+            )
+        if self._low_band is None and binding.uses_gpu and not self.data_root.has_low_band:
+            log.warning("no low-band checkpoints in %s: low-band classifier off (HawkEars' GPU default is on)", self.data_root.path)
+            self._low_band = False
+        self._cfg_path = self._write_config()
+        if self.data_root.is_tiny:
+            log.warning("%s", hawkears_env.tiny_banner(self.data_root))
+        log.info("HawkEars %s mode, data root %s (%s), models %s", self.options.mode, self.data_root.path, self.data_root.source, self.data_root.model_version)
+        if self.options.mode == "resident":
+            error = self._start_worker()
+            if error:
+                self._cleanup_tmp()
+                raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
+        else:
+            self.hawkears_version = self._query_version()
+
+    def _start_fix(self) -> str:
+        return (
+            f"read the worker's stderr above{f' or in {self._log_path}' if self._log_path else ''}; "
+            "check the data root and options; raise --hawkears-start-timeout-s if loading is slow; "
+            "or try --hawkears-mode cli"
+        )
+
+    def _write_config(self) -> str:
+        assert self._tmp is not None
+        base = os.path.join(self._tmp, "badc-hawkears.yaml")
+        with open(base, "w", encoding="utf-8") as handle:  # JSON is YAML
+            json.dump(self.data_root.config_overrides(), handle, indent=1)
+        if not self.options.config:
+            return base
+        merged = os.path.join(self._tmp, "badc-hawkears-merged.yaml")
+        argv = [self.python, str(WORKER_SCRIPT), "--data-root", self.data_root.path, "--merge-config", merged, base, self.options.config]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=self._env)
+        if proc.returncode != 0:
+            raise RunnerSetupError(f"--hawkears-config {self.options.config} cannot be merged: {proc.stderr.strip()[-_TAIL_CHARS:]}", fix="give a valid HawkEars YAML")
+        return merged
+
+    def _query_version(self) -> str | None:
+        code = "import importlib.metadata as m; print(m.version('hawkears'))"
+        try:
+            out = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=120, env=self._env)
+            return out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    # ------------------------------------------------------------- arguments
+    def _low_band_word(self) -> str:
+        return {None: "auto", True: "on", False: "off"}[self._low_band]
+
+    def worker_options(self) -> list[str]:
+        """Start options of the resident worker (also its telemetry description)."""
+        o = self.options
+        argv = ["--data-root", self.data_root.path, "--cfg", str(self._cfg_path), "--low-band", self._low_band_word()]
+        pairs = (("--min-score", o.min_score), ("--models", o.models), ("--label", o.label), ("--region", o.region),
+                 ("--lat", o.lat), ("--lon", o.lon), ("--date", o.date), ("--include", o.include),
+                 ("--exclude", o.exclude), ("--seg", o.seg), ("--threads", o.threads))
+        return argv + [str(x) for flag, value in pairs if value is not None for x in (flag, value)]
+
+    def _cli_argv(self, input_path: str, out_dir: str, chunk_opts: dict[str, Any]) -> list[str]:
+        o = self.options
+        exe = Path(self.python).parent / "hawkears"
+        base = [str(exe)] if exe.exists() else [self.python, "-c", "import sys; from hawkears.cli import cli; sys.exit(cli())"]
+        argv = [*base, "analyze", input_path, "-o", out_dir, "--rtype", "csv", "--quiet", "-c", str(self._cfg_path)]
+        region, lat, lon, date = _location(o, chunk_opts)
+        pairs = (("-m", o.min_score), ("--models", o.models), ("--label", o.label), ("--region", region), ("--lat", lat),
+                 ("--lon", lon), ("--date", date), ("--include", o.include), ("--exclude", o.exclude), ("--seg", o.seg))
+        argv += [str(x) for flag, value in pairs if value is not None for x in (flag, value)]
+        if self._low_band is not None:
+            argv.append("--low-band" if self._low_band else "--no-low-band")
+        return argv
+
+    def command(self, chunk: Any, scratch_dir: str = "") -> list[str]:
+        opts = _chunk_options(chunk)[0]
+        if self.options.mode == "cli":
+            return self._cli_argv(chunk.input_path, scratch_dir, opts)
+        extra = [f"{k}={v}" for k, v in sorted(opts.items())]
+        return ["<resident>", self.python, str(WORKER_SCRIPT), *self.worker_options(), f"input={chunk.input_path}", f"output_dir={scratch_dir}", *extra]
+
+    # ------------------------------------------------------------------ runs
+    def run(self, task: Task) -> AttemptResult:
+        chunk = task.chunk
+        result = AttemptResult(ok=False, command=self.command(chunk, task.scratch_dir), raw_format="scores2",
+                               model_version=self.data_root.model_version, hawkears_version=self.hawkears_version)
+        opts, bad = _chunk_options(chunk)
+        if bad:
+            return _fail(result, INPUT, bad)
+        if not os.path.isfile(chunk.input_path):
+            return _fail(result, INPUT, f"input file not found: {chunk.input_path}")
+        os.makedirs(task.scratch_dir, exist_ok=True)
+        if self.options.mode == "cli":
+            return self._run_cli(task, opts, result)
+        return self._run_resident(task, opts, result)
+
+    def _run_resident(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
+        if self._worker is None:
+            error = self._start_worker()
+            if error:
+                return _fail(result, EXIT, f"the resident HawkEars worker did not restart: {error}")
+        worker = self._worker
+        assert worker is not None and worker.proc.stdin is not None
+        result.pid = worker.proc.pid
+        result.hawkears_version = self.hawkears_version
+        self._next_id += 1
+        request = {"id": self._next_id, "input": task.chunk.input_path, "output_dir": task.scratch_dir, "options": opts}
+        start = time.monotonic()
+        deadline = start + task.timeout_s
+        try:
+            worker.proc.stdin.write((json.dumps(request) + "\n").encode())
+            worker.proc.stdin.flush()
+            line: bytes | str = worker.read_line(deadline)
+        except (BrokenPipeError, OSError):
+            line = "eof"
+        wall_s = time.monotonic() - start
+        result.metrics.update(self._base_metrics(worker), wall_s=round(wall_s, 4))
+        if line == "timeout":
+            self._discard_worker()
+            return _fail(result, TIMEOUT, f"no reply after {task.timeout_s:g} s; killed the worker's process group\n{self.stderr_tail()}")
+        if line == "eof":
+            rc = worker.proc.wait()
+            self._discard_worker()
+            if rc < 0:
+                result.signal = -rc
+                return _fail(result, CRASH, f"the HawkEars worker died by signal {-rc} ({_signame(-rc)})\n{self.stderr_tail()}")
+            result.exit_code = rc
+            return _fail(result, EXIT, f"the HawkEars worker exited with status {rc}\n{self.stderr_tail()}")
+        try:
+            reply = json.loads(line)
+            if reply.get("id") != request["id"]:
+                raise ValueError(f"reply id {reply.get('id')!r} != request id {request['id']}")
+        except ValueError as exc:
+            self._discard_worker()
+            return _fail(result, EXIT, f"HawkEars worker protocol error: {exc}: {line[:300]!r}")
+        for key in ("decode_s", "score_s", "peak_vram_mib", "detections"):
+            result.metrics[key] = reply.get(key)
+        if reply.get("ok"):
+            return self._judge_outputs(result, task.scratch_dir)
+        error_class, message = reply.get("error_class"), reply.get("message") or ""
+        if error_class == "input":
+            return _fail(result, INPUT, message)
+        self._discard_worker()  # OOM or an unexpected error: a fresh worker for the next attempt
+        if error_class == "oom":
+            return _fail(result, OOM, message)
+        return _fail(result, EXIT, f"{message}\n{self.stderr_tail()}")
+
+    def _judge_outputs(self, result: AttemptResult, scratch_dir: str) -> AttemptResult:
+        scores = os.path.join(scratch_dir, "scores.csv")
+        if not os.path.isfile(scores) or os.path.getsize(scores) == 0:
+            return _fail(result, NO_OUTPUT, f"no scores.csv in {scratch_dir}\n{self.stderr_tail()}")
+        if result.metrics.get("detections") is None:
+            with open(scores, "rb") as handle:
+                result.metrics["detections"] = max(0, sum(1 for _ in handle) - 1)
+        result.ok, result.failure_class, result.reason, result.raw_output = True, None, "", scores
+        return result
+
+    def _run_cli(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
+        assert self._tmp is not None
+        argv = self._cli_argv(task.chunk.input_path, task.scratch_dir, opts)
+        log_path = os.path.join(self._tmp, "cli-attempt.log")
+        start = time.monotonic()
+        with open(log_path, "wb") as sink:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                    cwd=self.data_root.path, env=self._env, start_new_session=True)
+            self._cli_pid = result.pid = proc.pid
+            try:
+                rc: int | None = proc.wait(timeout=task.timeout_s)
+            except subprocess.TimeoutExpired:
+                rc = None
+                _kill_group(proc)
+            finally:
+                self._cli_pid = None
+        result.metrics.update(wall_s=round(time.monotonic() - start, 4), cli_pid=proc.pid, worker_starts=self.worker_starts)
+        text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+        tail = text[-_TAIL_CHARS:]
+        if rc is None:
+            return _fail(result, TIMEOUT, f"`hawkears analyze` ran past {task.timeout_s:g} s; killed its process group\n{tail}")
+        if rc < 0:
+            result.signal = -rc
+            return _fail(result, CRASH, f"`hawkears analyze` died by signal {-rc} ({_signame(-rc)})\n{tail}")
+        if rc != 0:
+            result.exit_code = rc
+            return _fail(result, EXIT, f"`hawkears analyze` exited with status {rc}\n{tail}")
+        result.exit_code = 0
+        if os.path.isfile(os.path.join(task.scratch_dir, "scores.csv")):
+            return self._judge_outputs(result, task.scratch_dir)
+        bad = [line for line in text.splitlines() if any(m in line for m in _INPUT_ERROR_MARKERS)]
+        if bad:  # HawkEars exits 0 on undecodable audio: its log says so
+            return _fail(result, INPUT, bad[-1])
+        return _fail(result, NO_OUTPUT, f"`hawkears analyze` exited 0 without scores.csv\n{tail}")
+
+    # --------------------------------------------------------- worker process
+    def _start_worker(self) -> str | None:
+        """Start the resident worker and wait for its hello; an error message on failure."""
+        argv = [self.python, str(WORKER_SCRIPT), *self.worker_options()]
+        if self.worker_starts:
+            self._ring.append(f"--- restarting the HawkEars worker (start {self.worker_starts + 1}) ---")
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    cwd=self.data_root.path, env=self._env, start_new_session=True)
+        except OSError as exc:
+            return f"cannot run {self.python}: {exc}"
+        assert proc.stderr is not None
+        pump = _StderrPump(proc.stderr, self._ring, self._log_path)
+        pump.start()
+        worker = _Worker(proc, pump)
+        self.worker_starts += 1
+        begin = time.monotonic()
+        line = worker.read_line(begin + self.options.start_timeout_s)
+        if line in ("timeout", "eof"):
+            worker.kill()
+            what = f"no hello within {self.options.start_timeout_s:g} s" if line == "timeout" else f"exited with status {proc.returncode}"
+            return f"{what}\n{self.stderr_tail()}"
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            worker.kill()
+            return f"bad hello {line[:300]!r}\n{self.stderr_tail()}"
+        if not hello.get("ok"):
+            worker.kill()
+            return f"{hello.get('message')}\n{self.stderr_tail()}"
+        worker.hello = hello
+        self.hawkears_version = hello.get("hawkears_version")
+        self._worker = worker
+        log.info("HawkEars worker pid %d ready in %.1f s (%s, models %s, low-band %s, start %d)", proc.pid,
+                 time.monotonic() - begin, hello.get("device"), hello.get("models"), hello.get("low_band_models") or "off", self.worker_starts)
+        return None
+
+    def _discard_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()
+
+    def _base_metrics(self, worker: _Worker) -> dict[str, Any]:
+        return {"worker_pid": worker.proc.pid, "worker_starts": self.worker_starts, "device": worker.hello.get("device"),
+                "load_s": worker.hello.get("load_s")}
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        """The last lines the HawkEars worker wrote to stderr (for failure reasons)."""
+        return "\n".join(list(self._ring)[-lines:])[-_TAIL_CHARS:]
+
+    # ---------------------------------------------------------------- queries
+    def active_pids(self) -> list[int]:
+        worker, cli_pid = self._worker, self._cli_pid
+        pids = [worker.proc.pid] if worker is not None and worker.proc.poll() is None else []
+        return pids + ([cli_pid] if cli_pid else [])
+
+    def describe(self) -> dict[str, Any]:
+        hello = self._worker.hello if self._worker else {}
+        return {
+            "runner": self.name, "mode": self.options.mode, "python": self.python, "worker_script": str(WORKER_SCRIPT),
+            "data_root": self.data_root.path, "data_root_source": self.data_root.source, "tiny_model": self.data_root.is_tiny,
+            "model_version": self.data_root.model_version, "hawkears_version": self.hawkears_version,
+            "worker_starts": self.worker_starts, "device": hello.get("device"), "models_loaded": hello.get("models"),
+            "low_band_models_loaded": hello.get("low_band_models"), "options": dataclasses.asdict(self.options),
+        }
+
+    def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            try:
+                assert worker.proc.stdin is not None
+                worker.proc.stdin.write(b'{"op": "quit"}\n')
+                worker.proc.stdin.close()
+                worker.proc.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+            worker.kill(grace_s=2.0)
+        self._cleanup_tmp()
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+# ------------------------------------------------------------------ helpers
+def _fail(result: AttemptResult, failure_class: str, reason: str) -> AttemptResult:
+    result.ok, result.failure_class, result.reason = False, failure_class, reason.strip()
+    return result
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "?"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _chunk_options(chunk: Any) -> tuple[dict[str, Any], str | None]:
+    """Per-chunk ``lat``/``lon``/``date``/``region`` from manifest columns; an error message if bad."""
+    extra = {k: (v or "").strip() for k, v in (getattr(chunk, "extra", None) or ())}
+    opts: dict[str, Any] = {}
+    try:
+        if extra.get("lat") or extra.get("lon"):
+            opts["lat"], opts["lon"] = float(extra["lat"]), float(extra["lon"])
+            if not (-90 <= opts["lat"] <= 90 and -180 <= opts["lon"] <= 180):
+                raise ValueError("out of range")
+    except (KeyError, ValueError) as exc:
+        return {}, f"manifest line {getattr(chunk, 'line', '?')}: bad lat/lon {extra.get('lat')!r},{extra.get('lon')!r} ({exc}); give both, in degrees"
+    if extra.get("region"):
+        opts["region"] = extra["region"]
+        opts.pop("lat", None)
+        opts.pop("lon", None)
+    if extra.get("date"):
+        if not _DATE_RE.match(extra["date"]):
+            return {}, f"manifest line {getattr(chunk, 'line', '?')}: bad date {extra['date']!r}; use yyyymmdd, yyyy-mm-dd or mmdd"
+        opts["date"] = extra["date"]
+    return opts, None
+
+
+def _location(o: HawkearsOptions, chunk_opts: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """(region, lat, lon, date): the chunk's own values override the global ones (as in the worker)."""
+    region, lat, lon, date = o.region, o.lat, o.lon, o.date
+    if chunk_opts.get("region") or chunk_opts.get("lat") is not None:
+        region = chunk_opts.get("region")
+        lat = None if region else chunk_opts.get("lat")
+        lon = None if region else chunk_opts.get("lon")
+    return region, lat, lon, chunk_opts.get("date") or date
