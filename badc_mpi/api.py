@@ -78,11 +78,9 @@ def run(
         return RunOutcome(int(exc.exit_code))
     coordinating = False
     try:
-        binding, warnings, reason = bind_rank(comm, opts)
+        binding, warnings, _reason = bind_rank(comm, opts)  # detect() logs CPU mode once
         for warning in warnings:
             log.warning("%s", warning)
-        if reason and rank == 0:
-            log.info("CPU mode: %s", reason)
         if rank == 0:
             coordinating = True  # from here on rank 0 stops the workers itself on bad input
             return Rank0(comm, paths, opts, binding).run()

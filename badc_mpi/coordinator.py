@@ -98,7 +98,13 @@ class Coordinator:
         self._seq = 0
         self._in_flight: dict[str, str] = {}  # key -> worker
         self._final = 0
+        self._counts = {PENDING: len(self.states), IN_FLIGHT: 0, BACKOFF: 0, SUCCESS: 0, FAILED: 0}
         self.draining = False
+
+    def _move(self, state: ChunkState, status: str) -> None:
+        self._counts[state.status] -= 1
+        self._counts[status] += 1
+        state.status = status
 
     # -- queries -------------------------------------------------------------------------
     @property
@@ -134,11 +140,16 @@ class Coordinator:
             return None
         return max(0.0, self._delayed[0][0] - now)
 
-    def counts(self) -> dict[str, int]:
+    def recount(self) -> dict[str, int]:
+        """Counts by scanning every chunk (O(n)); tests compare it with :meth:`counts`."""
         out = {PENDING: 0, IN_FLIGHT: 0, BACKOFF: 0, SUCCESS: 0, FAILED: 0}
         for state in self.states.values():
             out[state.status] += 1
         return out
+
+    def counts(self) -> dict[str, int]:
+        """Chunks per status (kept up to date at each transition: O(1))."""
+        return dict(self._counts)
 
     # -- transitions ---------------------------------------------------------------------
     def take(self, n: int, worker: str, now: float) -> list[tuple[Any, int]]:
@@ -156,7 +167,7 @@ class Coordinator:
             else:
                 break
             state = self.states[key]
-            state.status = IN_FLIGHT
+            self._move(state, IN_FLIGHT)
             state.attempts += 1
             state.worker = worker
             self._in_flight[key] = worker
@@ -183,7 +194,7 @@ class Coordinator:
         state.runtime_s = runtime_s
         state.total_runtime_s += runtime_s
         if ok:
-            state.status = SUCCESS
+            self._move(state, SUCCESS)
             state.failure_class = None
             self._final += 1
             return Decision("success")
@@ -194,11 +205,11 @@ class Coordinator:
             state.retries += 1
             delay = self.policy.delay_s(state.retries, self._rng)
             state.last_backoff_s = delay
-            state.status = BACKOFF
+            self._move(state, BACKOFF)
             self._seq += 1
             heapq.heappush(self._delayed, (now + delay, self._seq, key))
             return Decision("retry", delay)
-        state.status = FAILED
+        self._move(state, FAILED)
         self._final += 1
         return Decision("failure")
 
@@ -211,7 +222,7 @@ class Coordinator:
         state = self.states[key]
         if state.status != PENDING:
             raise ValueError(f"{key} is {state.status}, not pending")
-        state.status = FAILED
+        self._move(state, FAILED)
         state.failure_class = failure_class
         state.last_error = reason
         self._final += 1

@@ -78,6 +78,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
     rank = comm.Get_rank()
     box = Mailbox(comm)
     box.send(0, TAG_HELLO, Hello(rank, os.getpid(), binding))
+    import badc_mpi.manifest  # noqa: F401 - tasks unpickle into its Chunk: import while rank 0 plans
     backoff = Backoff(options.poll_max_s)
     _, tag, msg = box.wait(0, backoff)
     if tag == TAG_STOP:
@@ -85,6 +86,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
         return int(msg.exit_code)
     assert tag == TAG_SETUP, f"rank {rank}: unexpected message tag {tag} before set-up"
     config = rank_config(msg.config, binding)
+    log.debug("set-up received for run %s", msg.run_id)
     worker: Worker | None = None
     try:
         worker = start_worker(config, binding)
@@ -103,8 +105,9 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
                 fatal_sent = True
             want = 0
             if worker.ready and not worker.fatal:
-                want = max(0, config.capacity - worker.busy - outstanding)
+                want = max(0, worker.window() - worker.busy - outstanding)
             if events or want:
+                log.debug("report: %d event(s), want %d", len(events), want)
                 box.send(0, TAG_REPORT, Report(rank, events, want))
                 outstanding += want
                 progressed = True
@@ -113,6 +116,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
             progressed = True
             _, tag, msg = got
             if tag == TAG_ASSIGN:
+                log.debug("assigned %d task(s)", len(msg.tasks))
                 outstanding -= len(msg.tasks)
                 if worker is not None:
                     worker.submit(msg.tasks)

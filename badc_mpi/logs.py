@@ -21,7 +21,7 @@ def configure_logging(rank: int | None = None, size: int | None = None, verbosit
     where = ""
     if size is not None and size > 1:
         where = f"[{rank}/{size} {socket.gethostname()}] "
-    fmt = f"%(asctime)s badc-mpi {where}%(levelname)s %(message)s"
+    fmt = f"%(asctime)s.%(msecs)03d badc-mpi {where}%(levelname)s %(message)s"
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

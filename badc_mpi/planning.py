@@ -71,7 +71,6 @@ def union_columns(manifests: list[Any]) -> list[str]:
 
 
 def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) -> RunPlan:
-    from badc_mpi.chunk_status import check_chunk_status, enforce_chunk_status
     from badc_mpi.dataset import default_locations
     from badc_mpi.manifest import load_manifests
     from badc_mpi.runners import build_runner
@@ -81,6 +80,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     loc = default_locations(manifest_paths[0], output_dir=options.output_dir,
                             telemetry_dir=options.telemetry_dir, chunks_dir=options.chunks_dir)
     if options.check_chunks:
+        from badc_mpi.chunk_status import check_chunk_status, enforce_chunk_status
+
         report = check_chunk_status(manifests, loc.chunks_dir)
         enforce_chunk_status(report, options.allow_partial_chunks)
     kind = options.runner_kind

@@ -79,9 +79,10 @@ class StartEvent:
     attempt: int
     started_at: float  #: epoch seconds
     command: list[str] = field(default_factory=list)
+    line: str = ""  #: the telemetry record, encoded by the worker
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResultEvent:
     """An attempt ended. ``ok`` is the worker's verdict after validating outputs."""
 
@@ -102,6 +103,7 @@ class ResultEvent:
     metrics: dict[str, Any]
     model_version: str | None = None
     hawkears_version: str | None = None
+    body: str = ""  #: the telemetry record body, encoded by the worker (see telemetry.result_line)
 
     @property
     def runtime_s(self) -> float:

@@ -76,10 +76,7 @@ class Rank0:
     # -- set-up ------------------------------------------------------------------------
     def _register(self, rank: int, pid: int, binding: Binding) -> None:
         self.labels[rank] = binding.worker
-        self.static[rank] = {
-            "rank": rank, "host": binding.host, "pid": pid, "worker": binding.worker,
-            "gpu_index": binding.gpu_index, "gpu_uuid": binding.gpu_uuid, "gpu_name": binding.gpu_name,
-        }
+        self.static[rank] = tel.worker_static(rank, pid, binding)
         self.workers[rank] = WorkerStats(binding.worker, binding.host, rank, binding.gpu_uuid or "cpu",
                                          binding.gpu_index, binding.gpu_name)
 
@@ -184,6 +181,7 @@ class Rank0:
 
     def _handle(self, src: int, tag: int, msg: Any) -> None:
         if tag == TAG_REPORT:
+            log.debug("report from rank %d: %d event(s), want %d", src, len(msg.events), msg.want)
             self._events(src, msg.events)
             self.remote.credit[src] = self.remote.credit.get(src, 0) + msg.want
         elif tag == TAG_FATAL:
@@ -209,6 +207,7 @@ class Rank0:
                 continue
             tasks = self._tasks(credit, rank, now)
             if tasks:
+                log.debug("assign %d task(s) to rank %d", len(tasks), rank)
                 self.box.send(rank, TAG_ASSIGN, Assign(tasks))
                 self.remote.credit[rank] = credit - len(tasks)
                 sent = True
@@ -223,7 +222,7 @@ class Rank0:
                 continue
             if isinstance(ev, StartEvent):
                 state.started_at = ev.started_at
-                writer.write(tel.start_record(self.run_id, self.static[rank], state.chunk, ev))  # type: ignore[union-attr]
+                writer.write_line(ev.line)  # type: ignore[union-attr]
                 continue
             decision = coord.finish(ev.key, ev.attempt, self.labels[rank], ok=ev.ok, failure_class=ev.failure_class,
                                     reason=ev.reason, runtime_s=ev.runtime_s, now=time.time())
@@ -246,8 +245,8 @@ class Rank0:
                 stats.failed_attempts += 1
                 stats.chunks += 1
             state.finished_at = ev.finished_at
-            writer.write(tel.result_record(self.run_id, self.static[rank], state.chunk, ev, decision.event,  # type: ignore[union-attr]
-                                           decision.backoff_s))
+            backoff = decision.backoff_s if decision.event == "retry" else None
+            writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
 
     def _final_record(self, chunk: Any, event: str, rank: int | None, attempt: int, **fields: Any) -> None:
         static = self.static.get(rank if rank is not None else 0, {})

@@ -23,12 +23,18 @@ START, RETRY, SUCCESS, FAILURE = "start", "retry", "success", "failure"
 FINAL_EVENTS = frozenset({SUCCESS, FAILURE})
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def utc_iso(epoch_s: float | None) -> str | None:
-    """ISO-8601 UTC with milliseconds, e.g. ``2026-11-28T23:15:05.123Z``."""
+    """ISO-8601 UTC with milliseconds, e.g. ``2026-11-28T23:15:05.123Z`` (hot path: cached per second)."""
     if epoch_s is None:
         return None
-    stamp = _dt.datetime.fromtimestamp(epoch_s, tz=_dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    whole = int(epoch_s)
+    if _second_cache[0] != whole:
+        _second_cache[0] = whole
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+    return f"{_second_cache[1]}{int((epoch_s - whole) * 1000):03d}Z"
 
 
 def utc_stamp(epoch_s: float) -> str:
@@ -70,7 +76,11 @@ class TelemetryWriter:
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self.write_line(dumps(record))
+
+    def write_line(self, line: str) -> None:
+        """Append one already-encoded record (no newline inside)."""
+        self._fh.write(line + "\n")
         self._dirty = True
         self.lines += 1
 
@@ -117,44 +127,49 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 
 # -- records (pure) ------------------------------------------------------------------------
+# Workers encode their own events (``start_line``, ``result_body``) so that rank 0, the single
+# writer, only adds the outcome it decided (``result_line``) and appends: encoding is spread over
+# all ranks instead of queueing on rank 0.
 _GPU_KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dumps(record: dict[str, Any]) -> str:
+    """One compact JSON line (no newline)."""
+    return _encode(record)
+
+
+def worker_static(rank: int, pid: int, binding: Any) -> dict[str, Any]:
+    """The fields that identify a worker in every record."""
+    return {
+        "rank": rank, "host": binding.host, "pid": pid, "worker": binding.worker,
+        "gpu_index": binding.gpu_index, "gpu_uuid": binding.gpu_uuid, "gpu_name": binding.gpu_name,
+    }
+
+
+def _identity(static: dict[str, Any], chunk: Any, attempt: int) -> dict[str, Any]:
+    return {"recording_id": chunk.recording_id, "chunk_id": chunk.chunk_id, "sha256": chunk.sha256,
+            "attempt": attempt, **static}
 
 
 def bare_record(run_id: str, event: str, static: dict[str, Any], chunk: Any, attempt: int, **fields: Any) -> dict[str, Any]:
-    """The common head of every record: schema, identity of the chunk and of the worker."""
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "run_id": run_id,
-        "event": event,
-        "ts": utc_iso(time.time()),
-        "recording_id": chunk.recording_id,
-        "chunk_id": chunk.chunk_id,
-        "sha256": chunk.sha256,
-        "attempt": attempt,
-        "rank": static.get("rank"),
-        "host": static.get("host"),
-        "pid": static.get("pid"),
-        "worker": static.get("worker"),
-        "gpu_index": static.get("gpu_index"),
-        "gpu_uuid": static.get("gpu_uuid"),
-        "gpu_name": static.get("gpu_name"),
-    }
-    record.update(fields)
-    return record
+    """A whole record built on rank 0 (e.g. a chunk failed before dispatch)."""
+    return {"schema": SCHEMA, "run_id": run_id, "event": event, **_identity(static, chunk, attempt), **fields}
 
 
-def start_record(run_id: str, static: dict[str, Any], chunk: Any, ev: Any) -> dict[str, Any]:
-    record = bare_record(run_id, START, static, chunk, ev.attempt, started_at=utc_iso(ev.started_at), command=ev.command)
+def start_line(run_id: str, static: dict[str, Any], chunk: Any, attempt: int, started_at: float,
+               command: list[str]) -> str:
+    record = bare_record(run_id, START, static, chunk, attempt, started_at=utc_iso(started_at), command=command)
     if chunk.extra:
         record["meta"] = dict(chunk.extra)
-    return record
+    return dumps(record)
 
 
-def result_record(run_id: str, static: dict[str, Any], chunk: Any, ev: Any, event: str, backoff_s: float) -> dict[str, Any]:
-    """A ``success`` / ``retry`` / ``failure`` record from a worker's ResultEvent."""
+def result_body(static: dict[str, Any], chunk: Any, ev: Any) -> str:
+    """Everything of a ``success``/``retry``/``failure`` record but its head (see result_line)."""
     gpu = ev.gpu or {}
-    record = bare_record(
-        run_id, event, static, chunk, ev.attempt,
+    body = _identity(static, chunk, ev.attempt)
+    body.update(
         started_at=utc_iso(ev.started_at),
         finished_at=utc_iso(ev.finished_at),
         runtime_s=round(ev.runtime_s, 4),
@@ -163,15 +178,17 @@ def result_record(run_id: str, static: dict[str, Any], chunk: Any, ev: Any, even
         failure_class=ev.failure_class,
         reason=ev.reason if not ev.ok else (ev.reason[-500:] if ev.reason else ""),
         command=ev.command,
-        backoff_s=backoff_s if event == RETRY else None,
-        **{k: gpu.get(k) for k in _GPU_KEYS},
-        detections=ev.detections,
-        outputs=ev.outputs,
-        runner_pid=ev.runner_pid,
-        model_version=ev.model_version,
-        hawkears_version=ev.hawkears_version,
-        metrics=ev.metrics,
     )
+    for key in _GPU_KEYS:
+        body[key] = gpu.get(key)
+    body.update(detections=ev.detections, outputs=ev.outputs, runner_pid=ev.runner_pid,
+                model_version=ev.model_version, hawkears_version=ev.hawkears_version, metrics=ev.metrics)
     if chunk.extra:
-        record["meta"] = dict(chunk.extra)
-    return record
+        body["meta"] = dict(chunk.extra)
+    return dumps(body)
+
+
+def result_line(run_id: str, event: str, backoff_s: float | None, body: str) -> str:
+    """The final record: rank 0's verdict (event, back-off) prepended to the worker's body."""
+    head = dumps({"schema": SCHEMA, "run_id": run_id, "event": event, "backoff_s": backoff_s})
+    return head[:-1] + "," + body[1:]

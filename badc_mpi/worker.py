@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from badc_mpi import outputs as outputs_mod
+from badc_mpi import telemetry as tel
 from badc_mpi.logs import get_logger
 from badc_mpi.protocol import ResultEvent, StartEvent, WireTask
 from badc_mpi.runners.base import INPUT, NO_OUTPUT, AttemptResult, Binding, Runner, Task
 
 log = get_logger(__name__)
+
+FAST_ATTEMPT_S = 0.005  #: attempts shorter than this (on average) are latency-bound
+MAX_WINDOW = 8  #: never more than this many chunks in flight per worker
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,10 @@ def input_problem(path: str) -> str | None:
 class Worker:
     """One rank's worker. Thread-safe between the engine loop and the runner thread."""
 
-    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
+    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None,
+                 static: dict[str, Any] | None = None) -> None:
         self.config = config
+        self.static = static if static is not None else tel.worker_static(binding.rank, os.getpid(), binding)
         self.binding = binding
         self.runner = runner
         self.sampler = sampler  # badc_mpi.gpu.GpuSampler or None
@@ -76,6 +82,8 @@ class Worker:
         self._inline_queue: collections.deque[WireTask] = collections.deque()
         self._inline_current: tuple[WireTask, float, float] | None = None
         self.attempts_run = 0
+        self.attempts_done = 0
+        self._mean_runtime_s = 1.0
 
     # -- engine side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -144,7 +152,7 @@ class Worker:
                 task = self._inline_queue.popleft()
                 duration = float(self.runner.duration_s(task.chunk))  # type: ignore[attr-defined]
                 self._inline_current = (task, now, now + duration)
-                self._events.append(StartEvent(task.chunk.key, task.attempt, now, self.runner.command(task.chunk)))
+                self._events.append(self._start_event(task, now, self.runner.command(task.chunk)))
             task, started, due = self._inline_current
             if due > now:
                 return
@@ -187,7 +195,7 @@ class Worker:
         started = time.time()
         problem = input_problem(chunk.input_path)
         if problem is not None:
-            self._events.append(StartEvent(chunk.key, task.attempt, started, []))
+            self._events.append(self._start_event(task, started, []))
             result = AttemptResult(ok=False, failure_class=INPUT, reason=problem)
             return self._result_event(task, result, started, time.time(), {}, {}, None)
         scratch = self._scratch_for(task)
@@ -195,7 +203,7 @@ class Worker:
         os.makedirs(scratch, exist_ok=True)
         outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
         command = self.runner.command(chunk, scratch)
-        self._events.append(StartEvent(chunk.key, task.attempt, started, list(command)))
+        self._events.append(self._start_event(task, started, list(command)))
         if self.sampler is not None:
             self.sampler.begin(self.runner.active_pids)
         try:
@@ -229,6 +237,10 @@ class Worker:
         shutil.rmtree(scratch, ignore_errors=True)
         return self._result_event(task, result, started, finished, outputs, gpu, detections)
 
+    def _start_event(self, task: WireTask, started: float, command: list[str]) -> StartEvent:
+        line = tel.start_line(self.config.run_id, self.static, task.chunk, task.attempt, started, command)
+        return StartEvent(task.chunk.key, task.attempt, started, command, line)
+
     def _result_event(
         self,
         task: WireTask,
@@ -239,7 +251,7 @@ class Worker:
         gpu: dict[str, Any],
         detections: int | None,
     ) -> ResultEvent:
-        return ResultEvent(
+        ev = ResultEvent(
             key=task.chunk.key,
             attempt=task.attempt,
             started_at=started,
@@ -258,3 +270,22 @@ class Worker:
             model_version=result.model_version,
             hawkears_version=result.hawkears_version,
         )
+        ev.body = tel.result_body(self.static, task.chunk, ev)
+        self._note_runtime(finished - started)
+        return ev
+
+    def _note_runtime(self, runtime_s: float) -> None:
+        self.attempts_done += 1
+        self._mean_runtime_s += (runtime_s - self._mean_runtime_s) * 0.2
+
+    def window(self) -> int:
+        """Chunks this worker should hold (queued + running): ``capacity``, about 2.
+
+        Only when attempts are far shorter than a coordinator round trip (dry runs, trivially
+        short chunks) does it widen, up to 4x and at most 8: then nothing can be hoarded that
+        matters, and a window of 2 would leave the worker idle most of the time.
+        """
+        cap = self.config.capacity
+        if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
+            return min(MAX_WINDOW, 4 * cap)
+        return cap

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Dispatch benchmark: the stub runner with zero work, end to end, telemetry on.
+
+1. chunks/s for N chunks (default 100,000) at 1, 2 and 3 ranks under the venv's mpiexec
+   (wall time of the whole ``mpiexec ... run`` including start-up, manifest load, telemetry,
+   summary). Target: >= 20,000 chunks/s at 3 ranks on the 2-core dev machine.
+2. The CPU fraction of ranks that only wait (stub chunks that sleep, so every rank waits in its
+   polling loop). Target: <= 5 % of a core.
+
+Usage: .venv/bin/python scripts/bench_dispatch.py [--chunks 100000] [--ranks 1 2 3] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+MPIEXEC = str(Path(PY).parent / "mpiexec")
+
+RUSAGE_WRAPPER = """
+import json, os, resource, sys, time
+t0 = time.monotonic()
+from badc_mpi.__main__ import _main
+code = _main()
+ru = resource.getrusage(resource.RUSAGE_SELF)
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.Get_rank()
+with open(os.path.join(os.environ["BENCH_OUT"], f"rank{rank}.json"), "w") as fh:
+    json.dump({"rank": rank, "cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": time.monotonic() - t0}, fh)
+sys.exit(code)
+"""
+
+
+def write_manifest(root: Path, n: int, chunk_ms: int = 60000) -> Path:
+    audio = root / "a.wav"
+    audio.write_bytes(b"RIFF")  # the stub never reads it; it only has to exist
+    lines = ["recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes"]
+    per_rec = 1000
+    for i in range(n):
+        rec = f"rec{i // per_rec:05d}"
+        start = (i % per_rec) * chunk_ms
+        lines.append(f"{rec},{rec}_chunk_{start}_{start + chunk_ms},a.wav,{start},{start + chunk_ms},0,TODO_HASH,")
+    path = root / "bench.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(np: int, manifest: Path, root: Path, extra: list[str], wrapper: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+    tel = root / f"tel-{np}-{time.monotonic_ns()}"
+    entry = [PY, str(wrapper)] if wrapper else [PY, "-m", "badc_mpi"]
+    cmd = [MPIEXEC, "-n", str(np), *entry, "-q", "run", str(manifest), "--dry-run", "--no-chunk-check",
+           "--telemetry-dir", str(tel), "--output-dir", str(root / "out"), "--progress-interval-s", "3600", *extra]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_OUT": str(root)})
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return wall, proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunks", type=int, default=100_000)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--idle-seconds", type=float, default=10.0, help="length of the idle-CPU measurement")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "chunks": args.chunks,
+        "throughput": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        manifest = write_manifest(root, args.chunks)
+        for np in args.ranks:
+            wall, _ = run(np, manifest, root, [])
+            results["throughput"].append({"ranks": np, "wall_s": round(wall, 2), "chunks_per_s": round(args.chunks / wall)})
+            print(f"{np} rank(s): {args.chunks} chunks in {wall:.2f} s = {args.chunks / wall:,.0f} chunks/s", file=sys.stderr)
+        # idle: 3 ranks, 3 chunks each sleeping idle_seconds: every rank waits in its loop
+        wrapper = root / "rusage_wrapper.py"
+        wrapper.write_text(RUSAGE_WRAPPER)
+        small = root / "idle"
+        small.mkdir()
+        idle_manifest = write_manifest(small, 3)
+        run(3, idle_manifest, small, ["--stub-sleep-s", str(args.idle_seconds)], wrapper=wrapper)
+        ranks = [json.loads((root / f"rank{r}.json").read_text()) for r in range(3)]
+        idle = [{"rank": r["rank"], "cpu_pct_of_core": round(100 * r["cpu_s"] / r["wall_s"], 2),
+                 "cpu_s": round(r["cpu_s"], 3), "wall_s": round(r["wall_s"], 2)} for r in ranks]
+        results["idle"] = idle
+        for r in idle:
+            print(f"idle rank {r['rank']}: {r['cpu_pct_of_core']} % of a core over {r['wall_s']} s "
+                  "(includes start-up: Python + mpi4py import)", file=sys.stderr)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

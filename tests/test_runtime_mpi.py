@@ -1,0 +1,248 @@
+"""The MPI runtime end to end: real mpiexec, real ranks, the fake HawkEars through the command runner.
+
+Each test starts its own ``mpiexec`` in a subprocess under a timeout, so an abort or hang can
+never take the test runner down.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+
+FAULTS = {
+    "fail": ["rec001_chunk_2000_2500", "rec004_chunk_0_500"],
+    "crash": ["rec002_chunk_1000_1500"],
+    "hang": ["rec003_chunk_500_1000"],
+    "silent": ["rec005_chunk_1500_2000"],
+    "flaky": ["rec006_chunk_0_500", "rec007_chunk_3000_3500"],
+}
+EXPECTED_FAILED = {
+    "rec001/rec001_chunk_2000_2500": "exit",
+    "rec004/rec004_chunk_0_500": "exit",
+    "rec002/rec002_chunk_1000_1500": "crash",
+    "rec003/rec003_chunk_500_1000": "timeout",
+    "rec005/rec005_chunk_1500_2000": "no_output",
+}
+
+
+def run_fault_scenario(tmp_path: Path, np: int | None) -> tuple[object, Path, Path]:
+    manifest = make_dataset(tmp_path, recordings=10, chunks_per_recording=20, seconds=0.5)
+    faults = dict(FAULTS, attempt_dir=str(tmp_path / "attempts"))
+    out, tel = tmp_path / "out", tmp_path / "tel"
+    proc = run_badc(
+        ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD,
+         "--output-dir", str(out), "--telemetry-dir", str(tel), "--max-retries", "2",
+         "--backoff-s", "0.05", "--backoff-max-s", "0.2", "--timeout-s", "2", "--seed", "7"],
+        np=np, env={"FAKE_HAWKEARS_FAULTS": json.dumps(faults)},
+    )
+    return proc, out, tel
+
+
+@pytest.mark.parametrize("np", [3, 1])
+def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
+    proc, out, tel = run_fault_scenario(tmp_path, np)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (tfile,) = telemetry_files(tel)
+    events = read_jsonl(tfile)
+    keys = {f"rec{r:03d}/rec{r:03d}_chunk_{c * 500}_{c * 500 + 500}" for r in range(10) for c in range(20)}
+    assert len(keys) == 200
+    starts: Counter[tuple[str, int]] = Counter()
+    finals: dict[str, dict] = {}
+    attempts_seen: defaultdict[str, set[int]] = defaultdict(set)
+    for e in events:
+        key = f"{e['recording_id']}/{e['chunk_id']}"
+        assert e["schema"] == "badc-mpi.telemetry/1" and e["run_id"]
+        for field in ("rank", "host", "pid", "worker", "attempt"):
+            assert e[field] is not None, (field, e)
+        if e["event"] == "start":
+            starts[(key, e["attempt"])] += 1
+            attempts_seen[key].add(e["attempt"])
+        elif e["event"] in ("success", "failure"):
+            assert key not in finals, f"two final events for {key}"
+            finals[key] = e
+        else:
+            assert e["event"] == "retry" and e["backoff_s"] > 0 and e["failure_class"]
+    assert set(finals) == keys
+    assert all(n == 1 for n in starts.values()), "one start per attempt"
+    for key, e in finals.items():
+        assert attempts_seen[key] == set(range(1, e["attempt"] + 1))
+        assert e["attempt"] <= 3
+        assert e["runtime_s"] >= 0 and e["started_at"] <= e["finished_at"]
+    failed = {k: e["failure_class"] for k, e in finals.items() if e["event"] == "failure"}
+    assert failed == EXPECTED_FAILED
+    for key in EXPECTED_FAILED:
+        assert finals[key]["attempt"] == 3
+    assert finals["rec003/rec003_chunk_500_1000"]["reason"].startswith("timed out")
+    for flaky in ("rec006/rec006_chunk_0_500", "rec007/rec007_chunk_3000_3500"):
+        assert finals[flaky]["event"] == "success" and finals[flaky]["attempt"] == 2
+    # outputs: every success has its scores.csv and detections.jsonl; failures have none
+    for key, e in finals.items():
+        rec, chunk = key.split("/")
+        det = out / rec / f"{chunk}.detections.jsonl"
+        assert det.exists() == (e["event"] == "success"), key
+        if e["event"] == "success":
+            assert (out / rec / f"{chunk}.scores.csv").exists()
+            lines = [json.loads(x) for x in det.read_text().splitlines()]
+            assert len(lines) == e["detections"]
+            assert all(d["chunk_id"] == chunk and d["site"] for d in lines)
+    # summary agrees with telemetry
+    summary = json.loads(sidecar(tfile, ".summary.json").read_text())
+    assert summary["state"] == "finished"
+    assert summary["counts"]["success"] == 195 and summary["counts"]["failed"] == 5
+    for key, e in finals.items():
+        entry = summary["chunks"][key]
+        assert entry["status"] == ("success" if e["event"] == "success" else "failed")
+        assert entry["attempts"] == e["attempt"] and entry["retries"] == e["attempt"] - 1
+    # workers CSV agrees with telemetry
+    with open(sidecar(tfile, ".workers.csv"), newline="") as fh:
+        rows = {r["worker"]: r for r in csv.DictReader(fh)}
+    assert len(rows) == (np or 1)
+    by_worker = Counter((e["worker"], e["event"]) for e in events)
+    for worker, row in rows.items():
+        assert int(row["success"]) == by_worker[(worker, "success")]
+        assert int(row["failure"]) == by_worker[(worker, "failure")]
+        assert int(row["retries"]) == by_worker[(worker, "retry")]
+    assert sum(int(r["success"]) for r in rows.values()) == 195
+    # the failed chunks as a manifest, with their last class and reason
+    with open(sidecar(tfile, ".failed.csv"), newline="") as fh:
+        failed_rows = {f"{r['recording_id']}/{r['chunk_id']}": r for r in csv.DictReader(fh)}
+    assert {k: r["failure_class"] for k, r in failed_rows.items()} == EXPECTED_FAILED
+    assert all(os.path.isabs(r["source_path"]) and r["site"] for r in failed_rows.values())
+    # the end-of-run report names the files and warns about the worst chunks
+    assert str(tfile) in proc.stdout and "succeeded" in proc.stdout
+    assert "rec003/rec003_chunk_500_1000" in proc.stderr
+    # no runner process survives (the hung one was killed with its process group)
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, "rec003_chunk_500_1000")]
+
+
+def _cmdline_has(proc_dir: Path, needle: str) -> bool:
+    try:
+        return needle in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def test_failed_csv_reruns_as_a_manifest(tmp_path):
+    proc, out, tel = run_fault_scenario(tmp_path, 2)
+    assert proc.returncode == 1
+    (tfile,) = telemetry_files(tel)
+    failed_csv = sidecar(tfile, ".failed.csv")
+    proc2 = run_badc(["run", str(failed_csv), "--runner", "command", "--runner-cmd", FAKE_CMD, "--no-chunk-check",
+                      "--output-dir", str(out), "--telemetry-dir", str(tel), "--max-retries", "0"], np=2)
+    assert proc2.returncode == 0, proc2.stderr[-2000:]  # no faults configured this time
+    newest = max(telemetry_files(tel), key=lambda p: p.stat().st_mtime_ns)
+    finals = [e for e in read_jsonl(newest) if e["event"] == "success"]
+    assert len(finals) == 5
+
+
+def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 3)
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        "from mpi4py import MPI\n"
+        "import badc_mpi.engine as engine\n"
+        "if MPI.COMM_WORLD.Get_rank() == 1:\n"
+        "    def boom(*a, **k):\n"
+        "        raise RuntimeError('injected failure')\n"
+        "    engine.worker_main = boom\n"
+        "from badc_mpi.__main__ import _main\n"
+        "sys.exit(_main())\n"
+    )
+    t0 = time.monotonic()
+    from helpers import MPIEXEC
+    import subprocess
+
+    proc = subprocess.run(
+        ["timeout", "-s", "KILL", "60", MPIEXEC, "-n", "3", PYTHON, str(driver), "run", str(manifest),
+         "--dry-run", "--stub-sleep-s", "0.2", "--output-dir", str(tmp_path / "o"), "--telemetry-dir", str(tmp_path / "t")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode not in (0, 137), proc.stderr[-2000:]
+    assert elapsed < 30
+    assert "rank 1 on" in proc.stderr and "injected failure" in proc.stderr
+
+
+def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 6)
+    probe_log = tmp_path / "cvd.log"
+    probe = tmp_path / "probe_runner.py"
+    probe.write_text(
+        "import os, sys\n"
+        "inp, out = sys.argv[1], sys.argv[2]\n"
+        "with open(os.environ['PROBE_LOG'], 'a') as fh:\n"
+        "    fh.write(os.path.basename(inp) + '\\t' + repr(os.environ.get('CUDA_VISIBLE_DEVICES')) + '\\n')\n"
+        "open(os.path.join(out, 'scores.csv'), 'w').write('recording,name,start_time,end_time,score\\n')\n"
+    )
+    tel = tmp_path / "tel"
+    proc = run_badc(
+        ["run", str(manifest), "--runner", "command", "--runner-cmd", f"{PYTHON} {probe} {{input}} {{output_dir}}",
+         "--output-dir", str(tmp_path / "out"), "--telemetry-dir", str(tel), "--cpu-workers", "2"],
+        np=3, env={"BADC_MPI_FAKE_NVML": str(REPO / "tests" / "fake_nvml" / "one.json"), "PROBE_LOG": str(probe_log)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tfile,) = telemetry_files(tel)
+    finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
+    assert len(finals) == 12
+    gpu_events = [e for e in finals if e["worker"].startswith("gpu")]
+    cpu_events = [e for e in finals if e["worker"].startswith("cpu")]
+    assert gpu_events and cpu_events
+    fake = json.loads((REPO / "tests" / "fake_nvml" / "one.json").read_text())["devices"][0]
+    for e in gpu_events:
+        assert e["rank"] == 0
+        assert (e["gpu_index"], e["gpu_uuid"], e["gpu_name"]) == (fake["index"], fake["uuid"], fake["name"])
+        assert e["vram_used_mib"] is not None and e["vram_device_mib"] is not None
+        assert e["gpu_util_pct_mean"] is not None and e["runtime_s"] >= 0
+    for e in cpu_events:
+        assert e["gpu_uuid"] is None and e["vram_used_mib"] is None
+    seen = dict(line.split("\t") for line in probe_log.read_text().splitlines())
+    cpu_chunks = {e["chunk_id"] for e in cpu_events}
+    for name, cvd in seen.items():
+        expected = "''" if name[:-4] in cpu_chunks else repr(fake["uuid"])
+        assert cvd == expected, (name, cvd)
+    assert "binding table" in proc.stderr
+
+
+def test_bad_manifest_exits_2_and_writes_nothing(tmp_path):
+    manifest = make_dataset(tmp_path, 1, 2)
+    manifest.write_text(manifest.read_text() + "rec000,bad/id,../audio/x.wav,0,500,0,,,s\n")
+    tel = tmp_path / "tel"
+    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tel),
+                     "--output-dir", str(tmp_path / "out")], np=3)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "chunks.csv" in errors[0] and "chunk_id" in errors[0]
+    assert not tel.exists() and not (tmp_path / "out").exists()
+
+
+def test_chunk_status_guard_refuses_with_exit_3(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 2, status="in_progress")
+    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tmp_path / "tel")], np=2)
+    assert proc.returncode == 3, proc.stderr
+    assert "in_progress" in proc.stderr and "rec000" in proc.stderr
+    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tmp_path / "tel"),
+                     "--output-dir", str(tmp_path / "out"), "--allow-partial-chunks"], np=2)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_several_manifests_form_one_queue_and_stub_dry_run(tmp_path):
+    m1 = make_dataset(tmp_path / "a", 2, 5)
+    m2 = make_dataset(tmp_path / "b", 2, 5)
+    m2.write_text(m2.read_text().replace("rec0", "recB"))  # distinct recordings in the second manifest
+    tel = tmp_path / "tel"
+    proc = run_badc(["run", str(m1), str(m2), "--dry-run", "--stub-sleep-s", "0.01", "--telemetry-dir", str(tel),
+                     "--output-dir", str(tmp_path / "out"), "--no-chunk-check"], np=3)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (tfile,) = telemetry_files(tel)
+    assert tfile.name.startswith("chunks+1_")
+    finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
+    assert len(finals) == 20 and len({e["rank"] for e in finals}) >= 2
+    assert not any((tmp_path / "out").rglob("*.detections.jsonl"))  # the stub writes telemetry only
