@@ -115,11 +115,12 @@ def run_chunk(runner: HawkearsRunner, path: Path, scratch: Path, timeout_s: floa
 
 
 @pytest.fixture(scope="module")
-def resident(hk_python: str, tiny_root: str):  # noqa: ANN201
+def resident(hk_python: str, tiny_root: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     mp = pytest.MonkeyPatch()
     mp.setenv(TEST_HANG_ENV, HANG)  # test hook: the worker hangs on inputs whose path contains it
     mp.setenv("CUDA_VISIBLE_DEVICES", "0")  # the CPU binding must override this
-    runner = make_runner(hk_python, tiny_root, min_score=0.5, models=1)
+    log_dir = str(tmp_path_factory.mktemp("hawkears-logs"))
+    runner = make_runner(hk_python, tiny_root, min_score=0.5, models=1, log_dir=log_dir)
     runner.start(CPU_BINDING)
     yield runner
     runner.close()
@@ -153,9 +154,11 @@ def test_resident_equals_cli_and_starts_once(resident: HawkearsRunner, hk_python
 
 @pytest.mark.hawkears
 def test_high_min_score_gives_header_only(hk_python: str, tiny_root: str, audio, tmp_path: Path) -> None:  # noqa: ANN001
+    user_yaml = tmp_path / "user.yaml"
+    user_yaml.write_text("infer:\n  min_score: 0.99\n")  # --hawkears-config is merged over ours
     outs = []
-    for mode in ("resident", "cli"):
-        runner = make_runner(hk_python, tiny_root, min_score=0.99, models=1, mode=mode)
+    for mode, options in (("resident", {"config": str(user_yaml)}), ("cli", {"min_score": 0.99})):
+        runner = make_runner(hk_python, tiny_root, models=1, mode=mode, **options)
         runner.start(CPU_BINDING)
         try:
             res = run_chunk(runner, audio["good1"], tmp_path / mode)
@@ -164,6 +167,10 @@ def test_high_min_score_gives_header_only(hk_python: str, tiny_root: str, audio,
         assert res.ok, res.reason
         outs.append(Path(res.raw_output).read_bytes())
     assert outs[0] == outs[1] == b"recording,name,start_time,end_time,score\n"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("infer: [unclosed\n")
+    with pytest.raises(RunnerSetupError, match="cannot be merged"):
+        make_runner(hk_python, tiny_root, config=str(bad_yaml)).start(CPU_BINDING)
 
 
 @pytest.mark.hawkears
@@ -173,6 +180,8 @@ def test_corrupt_input_keeps_the_worker(resident: HawkearsRunner, audio, tmp_pat
     assert bad.failure_class == INPUT and bad.reason.startswith("Could not load recording")
     good = run_chunk(resident, audio["good1"], tmp_path / "good")
     assert good.ok and good.pid == bad.pid and resident.worker_starts == before
+    short = run_chunk(resident, write_wav(tmp_path / "short.wav", 0.3, seed=3), tmp_path / "short")
+    assert short.failure_class == INPUT and short.reason.startswith("No predictions generated for")
     missing = run_chunk(resident, audio["good1"].with_name("nope.wav"), tmp_path / "missing")
     assert missing.failure_class == INPUT and "not found" in missing.reason and missing.pid is None
 
@@ -185,7 +194,8 @@ def test_killed_worker_is_a_crash_then_restarts(resident: HawkearsRunner, audio,
     res = run_chunk(resident, audio["hang"], tmp_path / "killed", timeout_s=60)
     timer.join()
     assert res.failure_class == CRASH and res.signal == signal.SIGKILL, res.reason
-    assert "hanging on" in res.reason  # the tail of the worker's stderr
+    assert "hanging on" in res.reason  # the tail of the worker's stderr, also in the rank's log
+    assert "hanging on" in (Path(resident.options.log_dir) / f"hawkears-rank{CPU_BINDING.rank}.log").read_text()
     assert resident.active_pids() == []
     good = run_chunk(resident, audio["good0"], tmp_path / "after")
     assert good.ok and good.pid != pid and resident.worker_starts == starts + 1 == good.metrics["worker_starts"]

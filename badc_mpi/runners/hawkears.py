@@ -42,7 +42,8 @@ MODES = ("resident", "cli")
 LABELS = ("codes", "names", "alt-codes", "alt-names")
 CHUNK_OPTION_COLUMNS = ("lat", "lon", "date", "region")  #: manifest columns read per chunk
 _DATE_RE = re.compile(r"^(\d{8}|\d{4}|\d{4}-\d{2}-\d{2}|file)$")
-_INPUT_ERROR_MARKERS = ("Could not load recording", "Caught exception in audio load", "No audio stream", "No audio samples")
+_INPUT_ERROR_MARKERS = ("Could not load recording", "Caught exception in audio load", "No audio stream", "No audio samples",
+                        "No predictions generated for")
 _STDERR_LINES = 300
 _TAIL_CHARS = 4000
 
@@ -455,8 +456,9 @@ class HawkearsRunner(Runner):
         if os.path.isfile(os.path.join(task.scratch_dir, "scores.csv")):
             return self._judge_outputs(result, task.scratch_dir)
         bad = [line for line in text.splitlines() if any(m in line for m in _INPUT_ERROR_MARKERS)]
-        if bad:  # HawkEars exits 0 on undecodable audio: its log says so
-            return _fail(result, INPUT, bad[-1])
+        if bad:  # HawkEars exits 0 on undecodable or too-short audio: its log says so
+            loaded = [line for line in bad if line.startswith("Could not load recording")]
+            return _fail(result, INPUT, (loaded or bad)[-1])
         return _fail(result, NO_OUTPUT, f"`hawkears analyze` exited 0 without scores.csv\n{tail}")
 
     # --------------------------------------------------------- worker process

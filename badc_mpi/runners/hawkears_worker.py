@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -67,6 +68,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--merge-config", nargs=3, metavar=("OUT", "BASE", "USER"), default=None,
                    help="write BASE (JSON/YAML) merged with USER YAML to OUT, then exit (no models loaded)")
     return p.parse_args(argv)
+
+
+class _Recorder(logging.Handler):
+    """Keeps this request's HawkEars warnings/errors (their wording goes into failure messages)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a bad log record must not fail the request
+            pass
+
+
+_LOG = _Recorder()
 
 
 class Protocol:
@@ -297,6 +315,7 @@ class Worker:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         _STATS["decode_s"] = 0.0
+        _LOG.messages.clear()
         start = time.perf_counter()
         try:
             self.analyze(input_path, output_dir, request.get("options") or {})
@@ -324,8 +343,9 @@ class Worker:
                 with open(scores, encoding="utf-8") as handle:
                     rows = sum(1 for _ in handle) - 1
                 reply.update(ok=True, scores_csv=scores, detections=max(rows, 0))
-            else:  # HawkEars wrote nothing: no predictions (e.g. audio too short to score)
-                reply.update(error_class="input", message=f"HawkEars generated no predictions for {input_path} (no scores.csv; audio too short or silent-empty?)")
+            else:  # HawkEars wrote nothing: no predictions (e.g. audio too short to score); its own words
+                said = [m for m in _LOG.messages if m.startswith("No predictions generated")]
+                reply.update(error_class="input", message=said[-1] if said else f"No predictions generated for {input_path} (no scores.csv)")
         return reply
 
 
@@ -335,9 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         merge_config(*args.merge_config)
         return 0
     proto = Protocol()
-    import logging
-
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="hawkears-worker %(levelname)s %(message)s")
+    logging.getLogger().addHandler(_LOG)
     worker = Worker(args)
     try:
         hello = worker.load()
