@@ -14,7 +14,9 @@ ARGS ?=
 MANIFEST ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
-.PHONY: help install test test-unit test-mpi man check-chunks infer resume demo bench clean
+NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu import default_np; print(default_np())' 2>/dev/null || echo 2)
+
+.PHONY: help install test man check-chunks infer resume demo bench clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,19 +36,40 @@ endif
 	@touch $@
 
 install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
-	@echo "installed: $(VENV) (MPI=$(MPI): $$($(MPIEXEC) --version 2>/dev/null | head -n 1))"
+	@echo "installed: $(VENV) (MPI=$(MPI): $$($(PY) -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())'))"
 
-test: install ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
+test: install hawkears-tiny ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
 	$(PY) -m pytest -q
 	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi --only-mpi -p no:cacheprovider
 
-man: install ## man pages from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
+man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man
-	$(PY) scripts/build_man.py docs/man
+	$(VENV)/bin/argparse-manpage --module badc_mpi.cli --function build_parser --prog badc-mpi \
+	  --project-name badc-mpi --version "$$($(PY) -c 'import badc_mpi; print(badc_mpi.__version__)')" \
+	  --description "run HawkEars over chunk manifests on every GPU of an MPI job" \
+	  --author "badc-mpi developers" --manual-title "badc-mpi manual" --output docs/man/badc-mpi.1
+	@echo "wrote docs/man/badc-mpi.1 (man ./docs/man/badc-mpi.1)"
 
 check-chunks: install ## refuse unless every recording of MANIFEST is fully chunked (.chunk_status.json)
 	@test -n "$(MANIFEST)" || { echo "usage: make check-chunks MANIFEST=path/to/manifest.csv" >&2; exit 2; }
 	$(BADC) check-chunks $(MANIFEST) $(ARGS)
+
+infer: install ## chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2)
+	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3']" >&2; exit 2; }
+	$(BADC) check-chunks $(MANIFEST) $(filter --chunks-dir=% --allow-partial-chunks,$(ARGS)) >/dev/null
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) $(ARGS)
+
+resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs)
+	@test -n "$(MANIFEST)" || { echo "usage: make resume MANIFEST=path/to/manifest.csv [NP=4] [ARGS=...]" >&2; exit 2; }
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) --resume $(ARGS)
+
+demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest) and run make infer on it (2 ranks)
+	$(PY) scripts/make_demo.py examples/demo
+	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="$(DEMO_ARGS) $(ARGS)"
+
+bench: install ## benchmarks (manifest load, dispatch); figures go to docs/benchmarks.md by hand
+	$(PY) scripts/bench_manifest.py
+	$(PY) scripts/bench_dispatch.py
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache

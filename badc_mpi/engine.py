@@ -82,6 +82,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
     backoff = Backoff(options.poll_max_s)
     _, tag, msg = box.wait(0, backoff)
     if tag == TAG_STOP:
+        box.send(0, TAG_GOODBYE, Goodbye(rank))
         box.flush()
         return int(msg.exit_code)
     assert tag == TAG_SETUP, f"rank {rank}: unexpected message tag {tag} before set-up"

@@ -393,8 +393,10 @@ class GpuSampler:
                     store.append(float(value))
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait_s = min(0.1, self.interval_s)  # first sample soon: the runner process has just started
+        while not self._stop.wait(wait_s):
             self.sample()
+            wait_s = self.interval_s
 
     def begin(self, pids_fn: Callable[[], list[int]]) -> None:
         """Start sampling one attempt; ``pids_fn`` lists the runner's PIDs at each sample."""
@@ -538,3 +540,19 @@ def format_gpus_report(report: dict[str, Any]) -> str:
     lines += ["node plan:", format_binding_table(node)]
     lines += [f"warning: {w}" for w in report["warnings"]]
     return "\n".join(lines)
+
+
+def default_np(env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None) -> int:
+    """``make infer``'s default rank count: the usable local GPUs, or 2 when there is none."""
+    import logging
+
+    quiet = log.level
+    log.setLevel(logging.ERROR)  # a CPU machine is not worth a log line here
+    try:
+        gpus, visible_env, _ = detect(env, backend)
+        usable = select_visible(gpus, visible_env) if gpus else []
+    except UsageError:
+        usable = []
+    finally:
+        log.setLevel(quiet)
+    return len(usable) or 2

@@ -47,7 +47,14 @@ def make_dataset(root: Path, recordings: int, chunks_per_recording: int, *, seco
 
 def run_badc(args: list[str], *, np: int | None = 3, env: dict[str, str] | None = None, cwd: Path | None = None,
              timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n np python -m badc_mpi ARGS`` (or no launcher when np is None), under a timeout."""
+    """``mpiexec -n np python -m badc_mpi ARGS`` (or no launcher when np is None), under a timeout.
+
+    ``cwd`` defaults to the dataset root made by :func:`make_dataset` (the manifest's parent's
+    parent), so ``./artifacts/chunks`` is found as for a dataset used from its top folder.
+    """
+    if cwd is None:
+        manifests = [Path(a) for a in args if a.endswith(".csv") and Path(a).exists()]
+        cwd = manifests[0].parent.parent if manifests else None
     cmd = [PYTHON, "-m", "badc_mpi", *args]
     if np is not None:
         cmd = [MPIEXEC, "-n", str(np), *cmd]

@@ -176,8 +176,9 @@ def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path
     probe_log = tmp_path / "cvd.log"
     probe = tmp_path / "probe_runner.py"
     probe.write_text(
-        "import os, sys\n"
+        "import os, sys, time\n"
         "inp, out = sys.argv[1], sys.argv[2]\n"
+        "time.sleep(0.3)  # alive long enough to be sampled\n"
         "with open(os.environ['PROBE_LOG'], 'a') as fh:\n"
         "    fh.write(os.path.basename(inp) + '\\t' + repr(os.environ.get('CUDA_VISIBLE_DEVICES')) + '\\n')\n"
         "open(os.path.join(out, 'scores.csv'), 'w').write('recording,name,start_time,end_time,score\\n')\n"
@@ -236,7 +237,10 @@ def test_chunk_status_guard_refuses_with_exit_3(tmp_path):
 def test_several_manifests_form_one_queue_and_stub_dry_run(tmp_path):
     m1 = make_dataset(tmp_path / "a", 2, 5)
     m2 = make_dataset(tmp_path / "b", 2, 5)
-    m2.write_text(m2.read_text().replace("rec0", "recB"))  # distinct recordings in the second manifest
+    lines = m2.read_text().splitlines()
+    renamed = [lines[0]] + [",".join([f[0].replace("rec0", "recB"), f[1].replace("rec0", "recB"), *f[2:]])
+                            for f in (line.split(",") for line in lines[1:])]
+    m2.write_text("\n".join(renamed) + "\n")  # distinct recordings in the second manifest
     tel = tmp_path / "tel"
     proc = run_badc(["run", str(m1), str(m2), "--dry-run", "--stub-sleep-s", "0.01", "--telemetry-dir", str(tel),
                      "--output-dir", str(tmp_path / "out"), "--no-chunk-check"], np=3)
