@@ -72,7 +72,7 @@ def _save_checkpoint(path: Path, classes, audio: dict, seed: int) -> None:
         }
     )
     torch.manual_seed(seed)
-    names, codes, alt_names, alt_codes = (list(col) for col in zip(*classes))
+    names, codes, alt_names, alt_codes = (list(col) for col in zip(*classes, strict=True))
     model = load_new_model(names, codes, alt_names, alt_codes, 0).to("cpu")
     trainer = Trainer(
         max_epochs=0,

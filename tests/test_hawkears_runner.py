@@ -141,7 +141,7 @@ def test_resident_equals_cli_and_starts_once(resident: HawkearsRunner, hk_python
     cli = make_runner(hk_python, tiny_root, min_score=0.5, models=1, mode="cli")
     cli.start(CPU_BINDING)
     try:
-        for name, res in zip(("good0", "good2"), (results[0], results[2])):
+        for name, res in zip(("good0", "good2"), (results[0], results[2]), strict=True):
             base = run_chunk(cli, audio[name], tmp_path / f"cli-{name}")
             assert base.ok, base.reason
             assert base.command[1:4] == ["analyze", str(audio[name]), "-o"]

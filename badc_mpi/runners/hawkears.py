@@ -403,7 +403,7 @@ class HawkearsRunner(Runner):
         except ValueError as exc:
             self._discard_worker()
             return _fail(result, EXIT, f"HawkEars worker protocol error: {exc}: {line[:300]!r}")
-        for key in ("decode_s", "score_s", "peak_vram_mib", "detections"):
+        for key in ("decode_s", "score_s", "cpu_s", "peak_vram_mib", "detections"):
             result.metrics[key] = reply.get(key)
         if reply.get("ok"):
             return self._judge_outputs(result, task.scratch_dir)
@@ -516,6 +516,15 @@ class HawkearsRunner(Runner):
         worker, cli_pid = self._worker, self._cli_pid
         pids = [worker.proc.pid] if worker is not None and worker.proc.poll() is None else []
         return pids + ([cli_pid] if cli_pid else [])
+
+    def interrupt(self) -> None:
+        """From another thread (shutdown): kill what runs now; run() then returns a crash."""
+        worker, cli_pid = self._worker, self._cli_pid
+        for pid in ([worker.proc.pid] if worker is not None else []) + ([cli_pid] if cli_pid else []):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def describe(self) -> dict[str, Any]:
         hello = self._worker.hello if self._worker else {}

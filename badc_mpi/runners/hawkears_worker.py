@@ -15,7 +15,8 @@ pointed at stderr so nothing that HawkEars, britekit, torch or C libraries print
   the per-chunk options may be absent/null: the start options apply), or ``{"op": "quit"}``.
   End of stdin also quits.
 - Reply: ``{"id", "ok", "error_class": null|"input"|"oom"|"error", "message", "scores_csv",
-  "detections", "decode_s", "score_s", "peak_vram_mib", "pid"}``.
+  "detections", "decode_s", "score_s", "cpu_s", "peak_vram_mib", "pid"}`` (``cpu_s``: CPU time of
+  the whole worker process during the request).
 
 Each request runs HawkEars' own ``analyze()`` (the code path of ``hawkears analyze --rtype csv``,
 with ``raise_errors=True``), so ``output_dir/scores.csv`` is byte-for-byte what the CLI writes for
@@ -316,7 +317,7 @@ class Worker:
             torch.cuda.reset_peak_memory_stats()
         _STATS["decode_s"] = 0.0
         _LOG.messages.clear()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             self.analyze(input_path, output_dir, request.get("options") or {})
         except torch.cuda.OutOfMemoryError as exc:
@@ -335,6 +336,7 @@ class Worker:
         total = time.perf_counter() - start
         reply["decode_s"] = round(_STATS["decode_s"], 4)
         reply["score_s"] = round(max(0.0, total - _STATS["decode_s"]), 4)
+        reply["cpu_s"] = round(time.process_time() - cpu_start, 4)
         if cuda:
             reply["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if reply["error_class"] is None:
