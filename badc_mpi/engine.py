@@ -73,9 +73,24 @@ def start_worker(config: WorkerConfig, binding: Binding) -> Worker:
     return worker
 
 
+def ignore_stop_signals(rank: int) -> None:
+    """Workers leave SIGTERM/SIGINT to rank 0, which drains the job (SLURM signals every task)."""
+    import signal
+
+    def note(signum: int, _frame: Any) -> None:
+        log.info("rank %d: %s received; rank 0 decides when to stop", rank, signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, note)
+        except ValueError:  # not the main thread (embedded use)
+            pass
+
+
 def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
     """A non-zero rank: say hello, wait for the set-up, then work until told to stop."""
     rank = comm.Get_rank()
+    ignore_stop_signals(rank)
     box = Mailbox(comm)
     box.send(0, TAG_HELLO, Hello(rank, os.getpid(), binding))
     import badc_mpi.manifest  # noqa: F401 - tasks unpickle into its Chunk: import while rank 0 plans

@@ -15,6 +15,7 @@ from typing import Any
 
 from badc_mpi import __version__
 from badc_mpi import telemetry as tel
+from badc_mpi.ledger import LEDGER_SUFFIX
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
 from badc_mpi.worker import WorkerConfig
@@ -34,6 +35,7 @@ class RunPlan:
     workers_csv: Path
     worker_config: WorkerConfig
     meta: dict[str, Any]
+    ledger_path: Path = Path()
     carried: dict[str, dict[str, Any]] = field(default_factory=dict)  #: resume: skipped chunks
     resume_note: str = ""
 
@@ -115,6 +117,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         "dataset_root": loc.dataset_root,
         "output_dir": output_dir,
         "telemetry": str(tpath),
+        "ledger": str(tel.sidecar(tpath, LEDGER_SUFFIX)),
+        "resumed_from": list(options.resume_summaries) if options.resume_summaries else None,
         "runner": described,
         "options": options.public(),
     }
@@ -122,5 +126,6 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         chunks=ordered, unavailable=unavailable, columns=union_columns(manifests), output_dir=output_dir,
         telemetry_path=tpath, summary_path=tel.sidecar(tpath, ".summary.json"),
         failed_csv=tel.sidecar(tpath, ".failed.csv"), workers_csv=tel.sidecar(tpath, ".workers.csv"),
+        ledger_path=tel.sidecar(tpath, LEDGER_SUFFIX),
         worker_config=config, meta=meta, carried=carried, resume_note=resume_note,
     )

@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from badc_mpi import ledger as ledger_mod
+from badc_mpi import lock as lock_mod
 from badc_mpi import summary as summary_mod
 from badc_mpi import telemetry as tel
 from badc_mpi.coordinator import BackoffPolicy, Coordinator
@@ -46,11 +48,40 @@ class RunOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def resume_command(manifest_paths: list[str]) -> str:
-    """The exact command that resumes this run (printed on SIGTERM/SIGINT)."""
+def resume_command(manifest_paths: list[str], argv: list[str], output_dir: str, telemetry_dir: str,
+                   ranks: int) -> str:
+    """The exact command that resumes this run (printed on SIGTERM/SIGINT), runnable from anywhere.
+
+    ``argv`` are this run's ``run`` options (manifests excluded); the output and telemetry folders
+    are pinned so that a different working directory still finds the earlier run.
+    """
     import shlex
 
-    return "make resume MANIFEST=" + shlex.quote(" ".join(manifest_paths))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    keep: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("--output-dir", "--telemetry-dir"):
+            skip_next = True
+            continue
+        if arg.startswith(("--output-dir=", "--telemetry-dir=")) or arg == "--resume":
+            continue
+        keep.append(arg)
+    args = keep + ["--output-dir", output_dir, "--telemetry-dir", telemetry_dir]
+    return (f"make -C {shlex.quote(repo)} resume MANIFEST={shlex.quote(' '.join(manifest_paths))} NP={ranks} "
+            f"ARGS={shlex.quote(shlex.join(args))}")
+
+
+def run_argv(manifest_paths: list[str]) -> list[str]:
+    """This process's ``run`` options from sys.argv (manifest paths and the subcommand dropped)."""
+    argv = sys.argv[1:]
+    if "run" in argv:
+        argv = argv[argv.index("run") + 1:]
+    names = {os.path.abspath(p) for p in manifest_paths}
+    return [a for a in argv if os.path.abspath(a) not in names]
 
 
 class Rank0:
@@ -71,6 +102,8 @@ class Rank0:
         self.fatal: str | None = None
         self.plan: RunPlan | None = None
         self.writer: tel.TelemetryWriter | None = None
+        self.ledger: ledger_mod.LedgerWriter | None = None
+        self.lock: lock_mod.OutputLock | None = None
         self.t0 = time.monotonic()
 
     # -- set-up ------------------------------------------------------------------------
@@ -90,6 +123,7 @@ class Rank0:
         backoff = Backoff(self.options.poll_max_s)
         try:
             self.plan = prepare_plan(self.manifest_paths, self.options, self.run_id)
+            self.lock = lock_mod.acquire(self.plan.output_dir, self.run_id, force=self.options.force_unlock)
             self.remote.collect_hellos(backoff, self._early_message)
         except BadcError as exc:
             self.remote.collect_hellos(backoff, self._early_message)
@@ -114,12 +148,21 @@ class Rank0:
                             policy=BackoffPolicy(self.options.backoff_s, self.options.backoff_max_s),
                             seed=self.options.seed)
         self.coord = coord
+        self._remove_old_scratch(plan)
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        self.ledger = ledger_mod.LedgerWriter(plan.ledger_path, ledger_mod.header_record(
+            self.run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"]))
+        if plan.resume_note:
+            print(f"badc-mpi: {plan.resume_note}", flush=True)
         print(f"badc-mpi: run {self.run_id}: {coord.total} chunks on {self.comm.Get_size()} ranks; "
               f"telemetry {plan.telemetry_path}", flush=True)
         for chunk, reason in plan.unavailable:
             coord.mark_failed(chunk.key, "input", reason)
-            self._final_record(chunk, "failure", None, 0, failure_class="input", reason=reason)
+            self._final_record(chunk, "failure", None, 0, failure_class="input", reason=reason,
+                               finished_at=tel.utc_iso(time.time()))
+            self.ledger.append(ledger_mod.entry_record(chunk, "failed", run_id=self.run_id, attempts=0,
+                                                       failure_class="input", reason=reason,
+                                                       finished_at=tel.utc_iso(time.time()), has_outputs=False))
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -141,6 +184,8 @@ class Rank0:
                     self._handle(*got)
                 progressed |= self._dispatch(now)
                 self.writer.flush()
+                self.ledger.flush()
+                self.lock.heartbeat()  # type: ignore[union-attr]
                 if self.interrupted and drain_deadline is None:
                     log.warning("%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
                                 self.interrupted, self.options.grace_s, coord.in_flight_count)
@@ -245,6 +290,11 @@ class Rank0:
                 stats.failed_attempts += 1
                 stats.chunks += 1
             state.finished_at = ev.finished_at
+            if decision.event != "retry":
+                self.ledger.append(ledger_mod.entry_record(  # type: ignore[union-attr]
+                    state.chunk, "success" if decision.event == "success" else "failed", run_id=self.run_id,
+                    attempts=ev.attempt, failure_class=ev.failure_class, reason=ev.reason,
+                    finished_at=tel.utc_iso(ev.finished_at), has_outputs=bool(ev.outputs)))
             backoff = decision.backoff_s if decision.event == "retry" else None
             writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
 
@@ -252,6 +302,17 @@ class Rank0:
         static = self.static.get(rank if rank is not None else 0, {})
         record = tel.bare_record(self.run_id, event, static, chunk, attempt, **fields)
         self.writer.write(record)  # type: ignore[union-attr]
+
+    def _remove_old_scratch(self, plan: RunPlan) -> None:
+        """Scratch folders of earlier (killed) runs: safe to remove while we hold the lock."""
+        import shutil
+
+        base = os.path.join(plan.output_dir, ".badc-scratch")
+        if not os.path.isdir(base) or self.options.scratch_dir:
+            return
+        for name in os.listdir(base):
+            if name != self.run_id:
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
     # -- signals -----------------------------------------------------------------------
     def _install_signals(self) -> dict[int, Any]:
@@ -300,8 +361,13 @@ class Rank0:
             code, state = ExitCode.OK, "finished"
         self.local.close()  # type: ignore[union-attr]
         self.remote.stop_all(int(code), self.fatal or "")
-        doc = self.write_summary(state)
+        self.ledger.close()  # type: ignore[union-attr]
         self.writer.close()  # type: ignore[union-attr]
+        import shutil
+
+        shutil.rmtree(plan.worker_config.scratch_dir, ignore_errors=True)
+        doc = self.write_summary(state)
+        self.lock.release()  # type: ignore[union-attr]
         outcome = RunOutcome(int(code), doc, str(plan.telemetry_path), str(plan.summary_path),
                              str(plan.failed_csv) if doc["counts"]["failed"] else None, str(plan.workers_csv))
         text, warn = summary_mod.format_final_report(
@@ -313,8 +379,9 @@ class Rank0:
         if warn:
             log.warning("%s", warn)
         if self.interrupted:
-            print(f"badc-mpi: interrupted by {self.interrupted}; resume with:\n  {resume_command(self.manifest_paths)}",
-                  flush=True)
+            command = resume_command(self.manifest_paths, run_argv(self.manifest_paths), plan.output_dir,
+                                     str(plan.telemetry_path.parent), self.comm.Get_size())
+            print(f"badc-mpi: interrupted by {self.interrupted}; resume with:\n  {command}", flush=True)
         if self.fatal:
             raise RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")
         return outcome

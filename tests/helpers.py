@@ -64,7 +64,7 @@ def run_badc(args: list[str], *, np: int | None = 3, env: dict[str, str] | None 
 
 
 def telemetry_files(telemetry_dir: Path) -> list[Path]:
-    return sorted(p for p in telemetry_dir.glob("*.jsonl"))
+    return sorted(p for p in telemetry_dir.glob("*.jsonl") if not p.name.endswith(".ledger.jsonl"))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,264 @@
+"""Crash-safe resume with real processes: kill -9 at seeded moments, rerun with --resume, check.
+
+Also: corrupt state is a loud error, a torn last line is tolerated, the output lock, SIGTERM.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import MPIEXEC, PYTHON, REPO, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+
+FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
+
+
+def run_args(manifest: Path, root: Path, *extra: str) -> list[str]:
+    return ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_SLOW, "--output-dir", str(root / "out"),
+            "--telemetry-dir", str(root / "tel"), "--progress-interval-s", "3600", *extra]
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """PMI rank -> pid of the badc-mpi ranks whose command line mentions ``marker``."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if "badc_mpi" not in cmd or marker not in cmd:
+                continue
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if "PMI_RANK" in env:
+            found[int(env["PMI_RANK"])] = int(proc.name)
+    return found
+
+
+def orphan_proxies() -> list[int]:
+    """MPICH proxies whose mpiexec was killed (re-parented to init)."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == 1 and "hydra_pmi_proxy" in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                out.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> None:
+    """Start a 3-rank run and SIGKILL ``target`` (rank0 | worker | mpiexec) after ``delay_s``."""
+    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *run_args(manifest, root, "--resume")]
+    before = set(telemetry_files(root / "tel")) if (root / "tel").exists() else set()
+    log = open(root / f"kill-{target}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the moment counts from the first chunk started
+        new = set(telemetry_files(root / "tel")) - before if (root / "tel").exists() else set()
+        if new and next(iter(new)).stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    time.sleep(delay_s)
+    if target == "mpiexec":
+        os.kill(proc.pid, signal.SIGKILL)
+    else:
+        pids = rank_pids(str(root))
+        victim = pids.get(0 if target == "rank0" else 1)
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    # whatever the launcher left behind (orphaned ranks and proxies) goes too, as a scheduler would do
+    for pid in list(rank_pids(str(root)).values()) + orphan_proxies():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=20)
+    log.close()
+    deadline = time.monotonic() + 20
+    while rank_pids(str(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def all_runs(tel: Path) -> list[tuple[list[dict], list[dict]]]:
+    """(telemetry events, ledger entries) of every run, oldest first (torn last lines dropped)."""
+    from badc_mpi.ledger import read_ledger
+
+    runs = []
+    for tfile in sorted(telemetry_files(tel)):
+        text = tfile.read_bytes()
+        lines = text[: text.rfind(b"\n") + 1].decode().splitlines()
+        events = [json.loads(x) for x in lines if x.strip()]
+        ledger = sidecar(tfile, ".ledger.jsonl")
+        entries = read_ledger(ledger).entries if ledger.exists() else []
+        runs.append((events, entries))
+    return runs
+
+
+def check_outputs(out: Path, keys: set[str]) -> None:
+    """Exactly one set of final files per chunk: scores.csv + detections.jsonl, no leftovers."""
+    files = Counter()
+    for path in out.rglob("*"):
+        if path.is_file() and ".badc-scratch" not in path.parts and path.name != ".badc-mpi.lock":
+            files[path.relative_to(out).as_posix()] += 1
+    expected = set()
+    for key in keys:
+        rec, chunk = key.split("/")
+        expected |= {f"{rec}/{chunk}.scores.csv", f"{rec}/{chunk}.detections.jsonl"}
+    assert set(files) == expected, sorted(set(files) ^ expected)[:10]
+
+
+def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_only_in_flight(tmp_path):
+    manifest = make_dataset(tmp_path, recordings=10, chunks_per_recording=30, seconds=0.2)
+    keys = {f"rec{r:03d}/rec{r:03d}_chunk_{c * 200}_{c * 200 + 200}" for r in range(10) for c in range(30)}
+    rng = random.Random(20261128)
+    targets = ["rank0", "worker", "mpiexec"]
+    moments = [(targets[i % 3], rng.uniform(0.2, 2.0)) for i in range(10)]
+    for target, delay in moments:
+        kill_run(manifest, tmp_path, target, delay)
+    final = run_badc(run_args(manifest, tmp_path, "--resume"), np=3, cwd=tmp_path, timeout_s=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    runs = all_runs(tmp_path / "tel")
+    assert len(runs) >= 11
+    # exactly one success per chunk over every ledger of every run
+    successes = Counter(f"{e['r']}/{e['c']}" for _, entries in runs for e in entries if e["s"] == "success")
+    assert set(successes) == keys and set(successes.values()) == {1}
+    summary = json.loads(sidecar(sorted(telemetry_files(tmp_path / "tel"))[-1], ".summary.json").read_text())
+    assert summary["counts"]["success"] == 300 and summary["counts"]["total"] == 300
+    assert all(e["status"] == "success" for e in summary["chunks"].values()) and set(summary["chunks"]) == keys
+    check_outputs(tmp_path / "out", keys)
+    # redone chunks: only those in flight (started, no final record) when a run was killed
+    done_before: set[str] = set()
+    in_flight_total = 0
+    starts_per_chunk: Counter[str] = Counter()
+    for events, entries in runs:
+        started = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "start"}
+        finals = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] in ("success", "failure")}
+        assert not (started & done_before), "a chunk already done in an earlier run was run again"
+        in_flight_total += len(started - finals)
+        done_before |= {f"{e['r']}/{e['c']}" for e in entries if e["s"] == "success"}
+        starts_per_chunk.update(started)
+    redone = sum(n - 1 for n in starts_per_chunk.values())
+    assert redone <= in_flight_total
+    # every killed run left a torn-or-complete ledger that the next run read without complaint
+    assert "resume:" in final.stdout
+
+
+def test_torn_last_line_resumes_and_corrupt_state_is_a_loud_error(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 5, seconds=0.2)
+    first = run_badc(run_args(manifest, tmp_path), np=2)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    ledger = sidecar(tfile, ".ledger.jsonl")
+    summary = sidecar(tfile, ".summary.json")
+    # a torn last line (killed mid-write): tolerated and reported
+    with open(ledger, "ab") as fh:
+        fh.write(b'{"r":"rec000","c":"rec000_chu')
+    again = run_badc(run_args(manifest, tmp_path, "--resume"), np=2)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cut short" in again.stderr and "10 skipped" in again.stdout
+    # a corrupt line in the middle: exit 2, naming the file and the line, nothing run
+    lines = ledger.read_bytes().split(b"\n")
+    lines[3] = b"{not json"
+    ledger.write_bytes(b"\n".join(lines))
+    n_before = len(telemetry_files(tmp_path / "tel"))
+    bad = run_badc(run_args(manifest, tmp_path, "--resume"), np=2)
+    assert bad.returncode == 2
+    assert f"{ledger}, line 4" in bad.stderr and "Fix:" in bad.stderr
+    assert len(telemetry_files(tmp_path / "tel")) == n_before
+    # a corrupt summary named with --resume-summary: exit 2 naming it
+    summary.write_text('{"chunks": [1, 2')
+    bad = run_badc(run_args(manifest, tmp_path, "--resume-summary", str(summary)), np=2)
+    assert bad.returncode == 2 and str(summary) in bad.stderr and "not valid JSON" in bad.stderr
+
+
+def test_resume_summary_chain_and_changed_hash(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 5, seconds=0.2)
+    # first run: only recording rec000 (as a partial manifest with the same ids)
+    lines = manifest.read_text().splitlines()
+    part = tmp_path / "manifests" / "part.csv"
+    part.write_text("\n".join([lines[0]] + [x for x in lines[1:] if x.startswith("rec000,")]) + "\n")
+    r1 = run_badc(run_args(part, tmp_path), np=2)
+    assert r1.returncode == 0
+    s1 = sidecar(telemetry_files(tmp_path / "tel")[0], ".summary.json")
+    r2 = run_badc(run_args(manifest, tmp_path, "--resume-summary", str(s1)), np=2)
+    assert r2.returncode == 0 and "5 skipped" in r2.stdout, r2.stdout
+    s2 = sidecar(max(telemetry_files(tmp_path / "tel"), key=lambda p: p.stat().st_mtime_ns), ".summary.json")
+    doc = json.loads(s2.read_text())
+    assert doc["counts"]["success"] == 10 and doc["counts"]["skipped"] == 5
+    # resuming the resumed run needs only its own summary; a changed sha256 makes a chunk run again
+    first = lines[1].split(",")
+    first[6] = "a" * 64
+    manifest.write_text("\n".join([lines[0], ",".join(first)] + lines[2:]) + "\n")
+    r3 = run_badc(run_args(manifest, tmp_path, "--resume-summary", str(s2)), np=2)
+    assert r3.returncode == 0 and "9 skipped" in r3.stdout and "sha256 changed" in r3.stdout, r3.stdout
+
+
+def test_output_lock_refuses_a_concurrent_run_and_takes_over_a_dead_one(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 4, seconds=0.2)
+    args = ["run", str(manifest), "--dry-run", "--stub-sleep-s", "1.0", "--output-dir", str(tmp_path / "out"),
+            "--telemetry-dir", str(tmp_path / "tel")]
+    first = subprocess.Popen([MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *args], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "out" / ".badc-mpi.lock"
+    deadline = time.monotonic() + 30
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run_badc(args, np=2)
+    assert second.returncode == 4, second.stderr
+    holder = json.loads(lock.read_text())
+    assert f"pid {holder['pid']}" in second.stderr and holder["host"] in second.stderr
+    assert first.wait(timeout=60) == 0
+    assert not lock.exists()
+    # a stale lock of a dead process on this host is taken over with a warning
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "run_id": "old", "started_at": "x"}))
+    third = run_badc(args[:4] + ["0.01"] + args[5:], np=2)
+    assert third.returncode == 0, third.stderr
+    assert "taking over the stale output lock" in third.stderr
+    # another host's fresh lock needs --force-unlock
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "run_id": "other", "started_at": "x"}))
+    fourth = run_badc(args[:4] + ["0.01"] + args[5:], np=2)
+    assert fourth.returncode == 4 and "--force-unlock" in fourth.stderr
+    fifth = run_badc(args[:4] + ["0.01"] + args[5:] + ["--force-unlock"], np=2)
+    assert fifth.returncode == 0, fifth.stderr
+
+
+def test_sigterm_writes_summary_exits_75_and_the_printed_command_resumes(tmp_path):
+    manifest = make_dataset(tmp_path, 3, 10, seconds=0.2)
+    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *run_args(manifest, tmp_path, "--grace-s", "20")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to every rank, as srun does at the time limit
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    summary = json.loads(sidecar(tfile, ".summary.json").read_text())
+    assert summary["state"] == "interrupted"
+    assert summary["counts"]["in_flight"] == 0  # in-flight chunks finished within the grace period
+    done = summary["counts"]["success"]
+    assert 0 < done < 30
+    command = out.split("resume with:\n", 1)[1].strip().splitlines()[0]
+    assert command.startswith("make -C ")
+    resumed = subprocess.run(["bash", "-c", command], cwd="/", capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{done} skipped" in resumed.stdout
+    newest = max(telemetry_files(tmp_path / "tel"), key=lambda p: p.stat().st_mtime_ns)
+    assert json.loads(sidecar(newest, ".summary.json").read_text())["counts"]["success"] == 30
