@@ -5,13 +5,16 @@ Runs in the runner's venv (``make bench-hawkears``); HawkEars itself runs in its
 tiny model, same synthetic 30 s chunks, one CPU rank. Prints one JSON object:
 
 - resident: ``HawkearsRunner(mode="resident")`` over all chunks (worker started once);
-- cli: ``HawkearsRunner(mode="cli")`` over the first ``--cli-chunks`` chunks only (each is a full
-  ``hawkears analyze`` process); its chunks/s is extrapolated from its mean per-chunk time;
+- cli: ``HawkearsRunner(mode="cli")`` over ``--cli-chunks`` of the chunks only, spread over the run
+  (each is a full ``hawkears analyze`` process); its chunks/s is extrapolated from its mean
+  per-chunk time;
 - bare: britekit's ``Predictor`` loaded once in one process of the HawkEars env, scoring each chunk
   (decode, spectrograms, ensemble forward, labels, CSV) with no runner, no protocol and none of
   HawkEars' per-recording work (class filters, heuristics, manifest); one untimed warm-up chunk
   first, as the resident worker warms up before its hello.
 
+The three modes are interleaved chunk by chunk (resident, bare, and now and then CLI), so that
+other load on a shared machine hits them alike; CPU times are reported next to wall times.
 Targets: resident >= 15x CLI chunks/s; resident per-chunk time <= 1.2x bare.
 
 Usage: python scripts/bench_hawkears.py [--chunks 40] [--chunk-s 30] [--cli-chunks 5]
@@ -52,24 +55,23 @@ from pathlib import Path
 import torch
 from britekit import Predictor
 from hawkears.core.config_loader import get_config
-root, models, threads, out_dir, start_times = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
-paths = sys.argv[6:]
+root, models, threads, out_dir, start_times, warm = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5]), sys.argv[6]
+out = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
 if threads:
     torch.set_num_threads(threads)
 cfg = deepcopy(get_config(None, data_root=root))
 cfg.infer.max_models = models
 predictor = Predictor(cfg.misc.ckpt_folder, cfg=cfg)
-predictor.get_overlapping_scores(paths[0], start_times)  # warm-up, untimed (the resident worker warms up at start)
-load_s = time.perf_counter() - t0
-times, cpus = [], []
-for path in paths:
+predictor.get_overlapping_scores(warm, start_times)  # warm-up, untimed (the resident worker warms up at start)
+out.write(json.dumps({"load_s": time.perf_counter() - t0, "device": str(predictor.device)}) + "\n")
+for line in sys.stdin:
+    path = line.strip()
     t, c = time.perf_counter(), time.process_time()
     frame_map = predictor.get_overlapping_scores(path, start_times)
     df = predictor.get_dataframe(None, frame_map, None, Path(path).stem)
     df.to_csv(os.path.join(out_dir, Path(path).stem + ".csv"), index=False, float_format="%.3f")
-    times.append(time.perf_counter() - t)
-    cpus.append(time.process_time() - c)
-print(json.dumps({"load_s": load_s, "times": times, "cpus": cpus, "device": str(predictor.device)}))
+    out.write(json.dumps({"s": time.perf_counter() - t, "cpu_s": time.process_time() - c}) + "\n")
 """
 
 
@@ -94,59 +96,92 @@ def make_chunks(folder: Path, n: int, seconds: float) -> list[Path]:
     return paths
 
 
-def run_mode(mode: str, paths: list[Path], scratch: Path, args: argparse.Namespace) -> dict:
-    opts = HawkearsOptions(mode=mode, data_root=args.data_root, models=args.models, threads=args.threads,
-                           python=args.python)
-    runner = build_hawkears_runner(opts)
-    t0 = time.perf_counter()
-    runner.start(CPU)
-    start_s = time.perf_counter() - t0
-    times, cpus, failures = [], [], []
-    try:
-        for i, path in enumerate(paths):
-            t, children = time.perf_counter(), _children_cpu_s()
-            res = runner.run(Task(Chunk(str(path)), 1, str(scratch / f"{mode}-{i:03d}"), 600.0, "bench"))
-            times.append(time.perf_counter() - t)
-            # CPU seconds of the work (less sensitive than wall time to other load on the machine):
-            # the worker's own figure, or what the finished CLI process used
-            cpus.append(res.metrics["cpu_s"] if mode == "resident" else _children_cpu_s() - children)
-            if not res.ok:
-                failures.append(f"{path.name}: {res.failure_class}: {res.reason[:200]}")
-        starts = runner.worker_starts
-    finally:
-        runner.close()
-    total = sum(times)
-    return {
-        "chunks": len(paths), "start_s": round(start_s, 2), "per_chunk_s_mean": round(statistics.mean(times), 3),
-        "per_chunk_s_median": round(statistics.median(times), 3), "per_chunk_s_min": round(min(times), 3),
-        "per_chunk_s_max": round(max(times), 3), "chunks_per_s": round(len(paths) / total, 3),
-        "per_chunk_cpu_s_mean": round(statistics.mean(cpus), 3),
-        "chunks_per_s_incl_start": round(len(paths) / (total + start_s), 3), "worker_starts": starts,
-        "failures": failures, "model_version": runner.data_root.model_version,
-    }
-
-
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_bare(python: str, root: str, paths: list[Path], out: Path, args: argparse.Namespace) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    env.pop("PYTHONPATH", None)
-    if args.threads:
-        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    argv = [python, "-c", BARE, root, str(args.models), str(args.threads or 0), str(out),
-            json.dumps(START_TIMES[args.models]), *map(str, paths)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=root, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"bare scoring failed:\n{proc.stderr[-3000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    times = data["times"]
-    return {"chunks": len(times), "load_s": round(data["load_s"], 2), "per_chunk_s_mean": round(statistics.mean(times), 3),
-            "per_chunk_s_median": round(statistics.median(times), 3), "chunks_per_s": round(len(times) / sum(times), 3),
-            "per_chunk_cpu_s_mean": round(statistics.mean(data["cpus"]), 3), "device": data["device"]}
+class Mode:
+    """One way of scoring a chunk, with its per-chunk wall and CPU times."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.start_s = name, 0.0
+        self.times: list[float] = []
+        self.cpus: list[float] = []
+        self.failures: list[str] = []
+        self.extra: dict = {}
+
+    def score(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        total = sum(self.times)
+        return {
+            "chunks": len(self.times), "start_s": round(self.start_s, 2),
+            "per_chunk_s_mean": round(statistics.mean(self.times), 3), "per_chunk_s_median": round(statistics.median(self.times), 3),
+            "per_chunk_s_min": round(min(self.times), 3), "per_chunk_s_max": round(max(self.times), 3),
+            "chunks_per_s": round(len(self.times) / total, 3), "per_chunk_cpu_s_mean": round(statistics.mean(self.cpus), 3),
+            "failures": self.failures, **self.extra,
+        }
+
+
+class RunnerMode(Mode):
+    def __init__(self, mode: str, scratch: Path, args: argparse.Namespace) -> None:
+        super().__init__(mode)
+        self.scratch = scratch
+        self.runner = build_hawkears_runner(HawkearsOptions(mode=mode, data_root=args.data_root, models=args.models,
+                                                            threads=args.threads, python=args.python))
+        t0 = time.perf_counter()
+        self.runner.start(CPU)
+        self.start_s = time.perf_counter() - t0
+
+    def score(self, path: Path) -> None:
+        t, children = time.perf_counter(), _children_cpu_s()
+        res = self.runner.run(Task(Chunk(str(path)), 1, str(self.scratch / f"{self.name}-{path.stem}"), 600.0, "bench"))
+        self.times.append(time.perf_counter() - t)
+        # CPU seconds (steadier than wall time on a shared machine): the worker's own figure for the
+        # resident mode, what the finished `hawkears analyze` process used for the CLI mode
+        self.cpus.append(res.metrics["cpu_s"] if self.name == "resident" else _children_cpu_s() - children)
+        if not res.ok:
+            self.failures.append(f"{path.name}: {res.failure_class}: {res.reason[:200]}")
+
+    def close(self) -> None:
+        self.extra = {"worker_starts": self.runner.worker_starts, "model_version": self.runner.data_root.model_version}
+        self.runner.close()
+
+
+class BareMode(Mode):
+    """britekit's Predictor loaded once in one process of the HawkEars env; no runner."""
+
+    def __init__(self, python: str, root: str, warm: Path, out: Path, args: argparse.Namespace) -> None:
+        super().__init__("bare")
+        out.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        env.pop("PYTHONPATH", None)
+        if args.threads:
+            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        argv = [python, "-c", BARE, root, str(args.models), str(args.threads or 0), str(out),
+                json.dumps(START_TIMES[args.models]), str(warm)]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=env, cwd=root, text=True)
+        hello = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
+        self.start_s = time.perf_counter() - t0
+        self.extra = {"load_s": round(hello["load_s"], 2), "device": hello["device"]}
+
+    def score(self, path: Path) -> None:
+        self.proc.stdin.write(f"{path}\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        reply = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
+        self.times.append(reply["s"])
+        self.cpus.append(reply["cpu_s"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,25 +201,40 @@ def main(argv: list[str] | None = None) -> int:
     args.data_root = root.path
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="badc-bench-hawkears-"))
     load_before = os.getloadavg()
+    modes: list[Mode] = []
     try:
         paths = make_chunks(work / "chunks", args.chunks, args.chunk_s)
-        resident = run_mode("resident", paths, work / "scratch", args)
-        cli = run_mode("cli", paths[: args.cli_chunks], work / "scratch", args)
-        bare = run_bare(python, root.path, paths, work / "bare", args)
+        resident = RunnerMode("resident", work / "scratch", args)
+        modes.append(resident)
+        cli = RunnerMode("cli", work / "scratch", args)
+        modes.append(cli)
+        bare = BareMode(python, root.path, paths[0], work / "bare", args)
+        modes.append(bare)
+        every = max(1, len(paths) // max(1, args.cli_chunks))
+        # interleaved chunk by chunk, so that other load on the machine hits every mode alike
+        for i, path in enumerate(paths):
+            resident.score(path)
+            bare.score(path)
+            if i % every == 0 and len(cli.times) < args.cli_chunks:
+                cli.score(path)
     finally:
+        for mode in modes:
+            mode.close()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    speedup = resident["chunks_per_s"] / cli["chunks_per_s"]
-    overhead = resident["per_chunk_s_mean"] / bare["per_chunk_s_mean"]
-    cpu_speedup = cli["per_chunk_cpu_s_mean"] / resident["per_chunk_cpu_s_mean"]
-    cpu_overhead = resident["per_chunk_cpu_s_mean"] / bare["per_chunk_cpu_s_mean"]
+    res, cl, ba = resident.summary(), cli.summary(), bare.summary()
+    res["chunks_per_s_incl_start"] = round(len(resident.times) / (sum(resident.times) + resident.start_s), 3)
+    speedup = res["chunks_per_s"] / cl["chunks_per_s"]
+    overhead = res["per_chunk_s_mean"] / ba["per_chunk_s_mean"]
+    cpu_speedup = cl["per_chunk_cpu_s_mean"] / res["per_chunk_cpu_s_mean"]
+    cpu_overhead = res["per_chunk_cpu_s_mean"] / ba["per_chunk_cpu_s_mean"]
     report = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "command": " ".join([Path(sys.executable).name, "scripts/bench_hawkears.py", *(argv if argv is not None else sys.argv[1:])]),
         "data_root": root.path, "tiny_model": root.is_tiny, "chunk_s": args.chunk_s, "models": args.models,
-        "threads": args.threads or "torch default", "device": bare["device"],
-        "resident": resident, "cli": cli, "bare": bare,
+        "threads": args.threads or "torch default", "device": ba["device"],
+        "resident": res, "cli": cl, "bare": ba,
         "resident_vs_cli_speedup": round(speedup, 1), "resident_overhead_vs_bare": round(overhead, 3),
         "cpu_time": {"resident_vs_cli_speedup": round(cpu_speedup, 1), "resident_overhead_vs_bare": round(cpu_overhead, 3)},
         "targets": {"resident_vs_cli_speedup>=15": speedup >= 15, "resident_overhead_vs_bare<=1.2": overhead <= 1.2},

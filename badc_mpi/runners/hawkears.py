@@ -263,10 +263,6 @@ class HawkearsRunner(Runner):
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env[var] = str(self.options.threads)
         self._env = env
-        self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
-        if self.options.log_dir:
-            os.makedirs(self.options.log_dir, exist_ok=True)
-            self._log_path = os.path.join(self.options.log_dir, f"hawkears-rank{binding.rank}.log")
         if self.options.low_band and not self.data_root.has_low_band:
             raise RunnerSetupError(
                 f"--low-band needs low-band checkpoints in {self.data_root.path}/data/ckpt-low-band; there are none",
@@ -275,17 +271,24 @@ class HawkearsRunner(Runner):
         if self._low_band is None and binding.uses_gpu and not self.data_root.has_low_band:
             log.warning("no low-band checkpoints in %s: low-band classifier off (HawkEars' GPU default is on)", self.data_root.path)
             self._low_band = False
-        self._cfg_path = self._write_config()
+        if self.options.log_dir:
+            os.makedirs(self.options.log_dir, exist_ok=True)
+            self._log_path = os.path.join(self.options.log_dir, f"hawkears-rank{binding.rank}.log")
         if self.data_root.is_tiny:
             log.warning("%s", hawkears_env.tiny_banner(self.data_root))
         log.info("HawkEars %s mode, data root %s (%s), models %s", self.options.mode, self.data_root.path, self.data_root.source, self.data_root.model_version)
-        if self.options.mode == "resident":
-            error = self._start_worker()
-            if error:
-                self._cleanup_tmp()
-                raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
-        else:
-            self.hawkears_version = self._query_version()
+        self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
+        try:
+            self._cfg_path = self._write_config()
+            if self.options.mode == "resident":
+                error = self._start_worker()
+                if error:
+                    raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
+            else:
+                self.hawkears_version = self._query_version()
+        except BaseException:
+            self._cleanup_tmp()
+            raise
 
     def _start_fix(self) -> str:
         return (
