@@ -56,7 +56,7 @@ check-chunks: install ## refuse unless every recording of MANIFEST is fully chun
 
 infer: install ## chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2)
 	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3']" >&2; exit 2; }
-	$(BADC) check-chunks $(MANIFEST) $(filter --chunks-dir=% --allow-partial-chunks,$(ARGS)) >/dev/null
+	$(BADC) check-chunks $(MANIFEST) --run-args $(ARGS) >/dev/null
 	np=$(if $(NP),$(NP),$(NP_DEFAULT)); $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) $(ARGS)
 
 resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs)

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial-chunks", action="store_true", help="warn instead of refusing")
     p.add_argument("--allow-missing", action="store_true", help="do not refuse manifests whose audio is missing")
     p.add_argument("--json", action="store_true", help="print the statuses as JSON")
+    p.add_argument("--run-args", nargs=argparse.REMAINDER, default=[], metavar="...",
+                   help="the rest of the line is `badc-mpi run` options (as `make infer` passes ARGS); "
+                        "their --chunks-dir and --allow-partial-chunks apply")
 
     p = sub.add_parser("validate", help="validate manifest(s) without running anything",
                        description="Load and validate manifest(s): columns, ids, numbers, hashes, duplicates, "
@@ -190,6 +193,13 @@ def cmd_check_chunks(args: argparse.Namespace) -> int:
     from badc_mpi.dataset import default_locations
     from badc_mpi.manifest import load_manifests
 
+    if args.run_args:
+        run = build_parser().parse_args(["run", *args.manifests, *args.run_args])
+        args.chunks_dir = args.chunks_dir or run.chunks_dir
+        args.allow_partial_chunks = args.allow_partial_chunks or run.allow_partial_chunks
+        args.allow_missing = args.allow_missing or run.allow_missing
+        if not run.check_chunks:
+            return ExitCode.OK
     manifests = load_manifests(args.manifests, check_sources=not args.allow_missing)
     loc = default_locations(args.manifests[0], chunks_dir=args.chunks_dir)
     report = check_chunk_status(manifests, loc.chunks_dir)

@@ -36,6 +36,7 @@ class RunPlan:
     worker_config: WorkerConfig
     meta: dict[str, Any]
     ledger_path: Path = Path()
+    chunks_dir: str = ""
     carried: dict[str, dict[str, Any]] = field(default_factory=dict)  #: resume: skipped chunks
     resume_note: str = ""
 
@@ -126,6 +127,6 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         chunks=ordered, unavailable=unavailable, columns=union_columns(manifests), output_dir=output_dir,
         telemetry_path=tpath, summary_path=tel.sidecar(tpath, ".summary.json"),
         failed_csv=tel.sidecar(tpath, ".failed.csv"), workers_csv=tel.sidecar(tpath, ".workers.csv"),
-        ledger_path=tel.sidecar(tpath, LEDGER_SUFFIX),
+        ledger_path=tel.sidecar(tpath, LEDGER_SUFFIX), chunks_dir=os.path.abspath(loc.chunks_dir),
         worker_config=config, meta=meta, carried=carried, resume_note=resume_note,
     )

@@ -48,8 +48,11 @@ class RunOutcome:
     messages: list[str] = field(default_factory=list)
 
 
+PINNED = ("--output-dir", "--telemetry-dir", "--chunks-dir")  #: folders a resume must not re-derive from cwd
+
+
 def resume_command(manifest_paths: list[str], argv: list[str], output_dir: str, telemetry_dir: str,
-                   ranks: int) -> str:
+                   chunks_dir: str, ranks: int) -> str:
     """The exact command that resumes this run (printed on SIGTERM/SIGINT), runnable from anywhere.
 
     ``argv`` are this run's ``run`` options (manifests excluded); the output and telemetry folders
@@ -64,13 +67,13 @@ def resume_command(manifest_paths: list[str], argv: list[str], output_dir: str, 
         if skip_next:
             skip_next = False
             continue
-        if arg in ("--output-dir", "--telemetry-dir"):
+        if arg in PINNED:
             skip_next = True
             continue
-        if arg.startswith(("--output-dir=", "--telemetry-dir=")) or arg == "--resume":
+        if arg.startswith(tuple(f"{p}=" for p in PINNED)) or arg == "--resume":
             continue
         keep.append(arg)
-    args = keep + ["--output-dir", output_dir, "--telemetry-dir", telemetry_dir]
+    args = keep + ["--output-dir", output_dir, "--telemetry-dir", telemetry_dir, "--chunks-dir", chunks_dir]
     return (f"make -C {shlex.quote(repo)} resume MANIFEST={shlex.quote(' '.join(manifest_paths))} NP={ranks} "
             f"ARGS={shlex.quote(shlex.join(args))}")
 
@@ -380,7 +383,7 @@ class Rank0:
             log.warning("%s", warn)
         if self.interrupted:
             command = resume_command(self.manifest_paths, run_argv(self.manifest_paths), plan.output_dir,
-                                     str(plan.telemetry_path.parent), self.comm.Get_size())
+                                     str(plan.telemetry_path.parent), plan.chunks_dir, self.comm.Get_size())
             print(f"badc-mpi: interrupted by {self.interrupted}; resume with:\n  {command}", flush=True)
         if self.fatal:
             raise RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")

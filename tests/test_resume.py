@@ -243,9 +243,16 @@ def test_output_lock_refuses_a_concurrent_run_and_takes_over_a_dead_one(tmp_path
 
 def test_sigterm_writes_summary_exits_75_and_the_printed_command_resumes(tmp_path):
     manifest = make_dataset(tmp_path, 3, 10, seconds=0.2)
-    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *run_args(manifest, tmp_path, "--grace-s", "20")]
+    args = run_args(manifest, tmp_path, "--grace-s", "20")
+    args[args.index("--runner-cmd") + 1] = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.4")
+    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+        if files and files[0].read_text().count('"event":"success"') >= 3:
+            break
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to every rank, as srun does at the time limit
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err[-2000:]

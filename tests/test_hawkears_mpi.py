@@ -1,0 +1,116 @@
+"""Real HawkEars (tiny random-weight model) through the real runner under a real mpiexec.
+
+Needs ``make hawkears hawkears-tiny`` (``make test`` builds them); with BADC_MPI_SKIP_HAWKEARS=1
+these tests are skipped instead of failing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from badc_mpi.detections import parse_scores_csv
+from helpers import MPIEXEC, PYTHON, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+
+pytestmark = pytest.mark.hawkears
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hawkears_ready():
+    from badc_mpi import hawkears_env
+    from badc_mpi.errors import BadcError
+
+    try:
+        python = hawkears_env.find_hawkears_python()
+        hawkears_env.resolve_data_root(python=python)
+    except BadcError as exc:
+        if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
+            pytest.skip(f"HawkEars not set up: {exc}")
+        pytest.fail(f"HawkEars not set up: {exc}")
+
+
+def hawkears_args(manifest: Path, root: Path, *extra: str) -> list[str]:
+    return ["run", str(manifest), "--models", "1", "--output-dir", str(root / "out"), "--telemetry-dir",
+            str(root / "tel"), "--progress-interval-s", "3600", "--backoff-s", "0.1", *extra]
+
+
+def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
+    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=4, seconds=6.0, sample_rate=22050)
+    # one corrupt chunk: HawkEars exits 0 writing nothing; badc-mpi must call it an input failure
+    lines = manifest.read_text().splitlines()
+    bad = tmp_path / "audio" / "corrupt.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + os.urandom(3000))
+    lines.append("rec001,rec001_corrupt,../audio/corrupt.wav,99000,105000,0,,,site9")
+    manifest.write_text("\n".join(lines) + "\n")
+    proc = run_badc(hawkears_args(manifest, tmp_path), np=2, timeout_s=600)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "TINY" in proc.stderr.upper()  # the loud banner: detections from random weights are meaningless
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    events = read_jsonl(tfile)
+    finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] in ("success", "failure")}
+    assert len(finals) == 9
+    failure = finals.pop("rec001/rec001_corrupt")
+    assert failure["event"] == "failure" and failure["failure_class"] == "input" and failure["attempt"] == 1
+    assert failure["reason"]  # HawkEars' own message
+    pids_by_rank = defaultdict(set)
+    for key, e in finals.items():
+        assert e["event"] == "success", e
+        rec, chunk = key.split("/")
+        scores = tmp_path / "out" / rec / f"{chunk}.scores.csv"
+        dets = [json.loads(x) for x in (tmp_path / "out" / rec / f"{chunk}.detections.jsonl").read_text().splitlines()]
+        raw = parse_scores_csv(scores)
+        assert len(dets) == len(raw) == e["detections"]
+        for d, r in zip(dets, raw):
+            assert (d["label"], d["confidence"], d["start_s"], d["end_s"]) == (r.label, r.confidence, r.start_s, r.end_s)
+            assert d["start_ms"] == int(chunk.split("_")[-2]) + round(r.start_s * 1000)
+            assert d["hawkears_version"] and d["model_version"] and d["site"]
+        assert e["model_version"] and e["hawkears_version"]
+        assert e["metrics"]["worker_starts"] == 1
+        pids_by_rank[e["rank"]].add(e["metrics"]["worker_pid"])
+        assert e["command"][0].startswith("<resident")
+    assert set(pids_by_rank) == {0, 1}, "both ranks worked"
+    assert all(len(p) == 1 for p in pids_by_rank.values()), "one HawkEars worker per rank, not one per chunk"
+
+
+def test_kill_a_rank_mid_run_then_resume_with_real_hawkears(tmp_path):
+    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=6, seconds=6.0, sample_rate=22050)
+    cmd = [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    tfile = None
+    while time.monotonic() < deadline:  # kill once some chunks are done and others in flight
+        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+        if files and sum(1 for e in read_jsonl_safe(files[0]) if e["event"] == "success") >= 3:
+            tfile = files[0]
+            break
+        time.sleep(0.2)
+    assert tfile is not None, "the first run never got going"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)
+    resumed = run_badc(hawkears_args(manifest, tmp_path, "--resume"), np=2, timeout_s=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first = read_jsonl_safe(tfile)
+    done_first = {e["chunk_id"] for e in first if e["event"] == "success"}
+    in_flight = {e["chunk_id"] for e in first if e["event"] == "start"} - done_first
+    newest = max(telemetry_files(tmp_path / "tel"), key=lambda p: p.stat().st_mtime_ns)
+    second = read_jsonl(newest)
+    rerun = {e["chunk_id"] for e in second if e["event"] == "start"}
+    assert not (rerun & done_first), "chunks done before the kill ran again"
+    assert len(rerun) == 12 - len(done_first)
+    assert len(rerun & in_flight) <= len(in_flight)
+    summary = json.loads(sidecar(newest, ".summary.json").read_text())
+    assert summary["counts"]["success"] == 12
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ".tmp-" in p.name]
+    assert not leftovers
+
+
+def read_jsonl_safe(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].decode().splitlines() if x.strip()]
