@@ -29,7 +29,8 @@ How ranks get GPUs (per node; "local rank" = the rank's index among the ranks on
   - Otherwise the usable GPUs are those in CUDA_VISIBLE_DEVICES (indices, GPU-/MIG- UUIDs; all
     GPUs when unset), in that order, capped by --max-gpus. With n usable GPUs there are
     n x --workers-per-gpu GPU slots: local rank r < slots gets GPU r mod n, passed to the runner
-    as CUDA_VISIBLE_DEVICES=<its UUID> (with CUDA_DEVICE_ORDER=PCI_BUS_ID); worker gpu<idx>@host.
+    as CUDA_VISIBLE_DEVICES=<its UUID> (with CUDA_DEVICE_ORDER=PCI_BUS_ID); worker gpu<idx>@host
+    (gpu<idx>.<k>@host for the k-th further rank on the same GPU).
   - Local ranks beyond the slots: the first --cpu-workers of them are CPU workers (cpu<k>@host,
     CUDA_VISIBLE_DEVICES=""); any others share GPUs round-robin, with a warning (use fewer ranks
     per node, or raise --workers-per-gpu).
@@ -183,8 +184,10 @@ def select_visible(gpus: list[GpuInfo], visible: list[str] | None) -> list[GpuIn
 # ---------------------------------------------------------------------------- binding plan
 
 
-def _gpu_binding(host: str, rank: int, local_rank: int, g: GpuInfo, mask: str) -> Binding:
-    return Binding(host=host, rank=rank, local_rank=local_rank, worker=f"gpu{g.index}@{host}",
+def _gpu_binding(host: str, rank: int, local_rank: int, g: GpuInfo, mask: str, share: int = 0) -> Binding:
+    """``share`` k > 0 marks the k-th extra rank on one GPU: worker ``gpu<idx>.<k>@host``."""
+    label = f"gpu{g.index}@{host}" if share == 0 else f"gpu{g.index}.{share}@{host}"
+    return Binding(host=host, rank=rank, local_rank=local_rank, worker=label,
                    cuda_visible_devices=mask, gpu_index=g.index, gpu_uuid=g.uuid,
                    gpu_name=g.name, gpu_memory_total_mib=g.memory_total_mib)
 
@@ -242,7 +245,7 @@ def plan_binding(
     slots = n * wpg
     if local_rank < slots:
         g = usable[local_rank % n]
-        return _gpu_binding(host, rank, local_rank, g, g.uuid), warnings
+        return _gpu_binding(host, rank, local_rank, g, g.uuid, local_rank // n), warnings
     if local_rank - slots < cpus:
         return _cpu_binding(host, rank, local_rank, local_rank - slots), warnings
     g = usable[local_rank % n]
@@ -254,7 +257,7 @@ def plan_binding(
         f"this node for {n} GPU(s); use NP={slots + cpus} per node, --workers-per-gpu {need} "
         f"or --cpu-workers {local_size - slots}"
     )
-    return _gpu_binding(host, rank, local_rank, g, g.uuid), warnings
+    return _gpu_binding(host, rank, local_rank, g, g.uuid, len([r for r in on_gpu if r < local_rank])), warnings
 
 
 def plan_node(

@@ -111,9 +111,12 @@ class Rank0:
 
     # -- set-up ------------------------------------------------------------------------
     def _register(self, rank: int, pid: int, binding: Binding) -> None:
-        self.labels[rank] = binding.worker
+        label = binding.worker
+        if label in self.labels.values():  # e.g. ranks narrowed to one shared device: keep ids unique
+            label = f"{label}#r{rank}"
+        self.labels[rank] = label
         self.static[rank] = tel.worker_static(rank, pid, binding)
-        self.workers[rank] = WorkerStats(binding.worker, binding.host, rank, binding.gpu_uuid or "cpu",
+        self.workers[rank] = WorkerStats(label, binding.host, rank, binding.gpu_uuid or "cpu",
                                          binding.gpu_index, binding.gpu_name)
 
     def _early_message(self, src: int, tag: int, msg: Any) -> None:

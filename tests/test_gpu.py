@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import sys
@@ -281,7 +282,7 @@ def test_workers_per_gpu_two_eight_ranks_four_gpus():
 
 def test_cpu_workers_after_gpu_slots():
     bs, warns = bind_all("four", "0,1", 5, BindingOptions(cpu_workers=2))
-    assert [b.worker for b in bs] == ["gpu0@n1", "gpu1@n1", "cpu0@n1", "cpu1@n1", "gpu0@n1"]
+    assert [b.worker for b in bs] == ["gpu0@n1", "gpu1@n1", "cpu0@n1", "cpu1@n1", "gpu0.1@n1"]
     assert len(warns) == 1 and "local rank 4" in warns[0] and "NP=4" in warns[0]
 
 
@@ -349,11 +350,14 @@ def test_property_no_silent_oversubscription(n_gpus, cvd, local_size, max_gpus, 
             # the mask names exactly one visible device, and it is the bound one
             named = select_visible(gpus, parse_visible_devices(b.cuda_visible_devices))
             assert [g.uuid for g in named] == [b.gpu_uuid] and named[0] in visible
-            assert b.worker == f"gpu{b.gpu_index}@h"
+            assert re.fullmatch(rf"gpu{b.gpu_index}(\.[1-9][0-9]*)?@h", b.worker), b.worker
         else:
             assert b.cuda_visible_devices == "" and b.worker.startswith("cpu")
     if any(count > wpg for count in per_gpu.values()):
         assert warns
+    if visible_env is None or len(visible_env) != 1:  # (a narrowed mask: each rank may own its device)
+        labels = [b.worker for b in bindings]
+        assert len(labels) == len(set(labels)), "worker labels are unique on a node"
     cpu_labels = [b.worker for b in bindings if not b.uses_gpu]
     assert len(cpu_labels) == len(set(cpu_labels))
 
