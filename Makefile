@@ -40,7 +40,7 @@ install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MP
 
 test: install hawkears-tiny ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
 	$(PY) -m pytest -q
-	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi --only-mpi -p no:cacheprovider
+	$(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider
 
 man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_configure(config):  # noqa: ANN001 - pytest hook
-    if config.getoption("with_mpi", default=False):
+    if config.getoption("with_mpi", default=False) or config.getoption("only_mpi", default=False):
         rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
         if rank > 0:
             # ranks > 0 run the same session; their failures still make mpiexec exit non-zero,
