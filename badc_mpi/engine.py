@@ -93,7 +93,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
     ignore_stop_signals(rank)
     box = Mailbox(comm)
     box.send(0, TAG_HELLO, Hello(rank, os.getpid(), binding))
-    import badc_mpi.manifest  # noqa: F401 - tasks unpickle into its Chunk: import while rank 0 plans
+    import badc_mpi.records  # noqa: F401 - tasks unpickle into its Chunk: import while rank 0 plans
     backoff = Backoff(options.poll_max_s)
     _, tag, msg = box.wait(0, backoff)
     if tag == TAG_STOP:

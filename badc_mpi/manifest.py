@@ -28,12 +28,10 @@ import pyarrow.csv as pacsv
 
 from badc_mpi.errors import ManifestError
 from badc_mpi.logs import get_logger
+from badc_mpi.records import STANDARD_COLUMNS, Chunk  # re-exported: part of this module's API
 
 log = get_logger(__name__)
 
-STANDARD_COLUMNS = (
-    "recording_id", "chunk_id", "source_path", "start_ms", "end_ms", "overlap_ms", "sha256", "notes",
-)
 REQUIRED_COLUMNS = STANDARD_COLUMNS[:3]
 INT_COLUMNS = ("start_ms", "end_ms", "overlap_ms")
 NO_HASH = ("", "TODO_HASH", "DRY_RUN")  #: sha256 values that mean "no hash"
@@ -56,41 +54,6 @@ _PROBLEMS = {  # kind of bad row: (message, fix)
     "sha": ("sha256 {value!r} is not 64 hexadecimal digits", "write the chunk file's SHA-256 as "
             "64 hex digits, or leave it empty (TODO_HASH and DRY_RUN also mean no hash)"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One row of a manifest: one audio chunk to classify."""
-
-    recording_id: str
-    chunk_id: str
-    source_path: str  #: exactly as written in the manifest
-    input_path: str  #: absolute; relative paths joined to the manifest's folder; symlinks kept
-    start_ms: int | None
-    end_ms: int | None
-    overlap_ms: int | None
-    sha256: str | None  #: lower-case hex, or None for empty / TODO_HASH / DRY_RUN
-    notes: str
-    extra: tuple[tuple[str, str], ...]  #: non-standard columns, in header order
-    manifest: str  #: absolute path of the manifest file
-    line: int  #: 1-based physical line in the manifest (header = line 1)
-
-    @property
-    def key(self) -> str:
-        return f"{self.recording_id}/{self.chunk_id}"
-
-    @property
-    def duration_s(self) -> float | None:
-        known = self.start_ms is not None and self.end_ms is not None
-        return (self.end_ms - self.start_ms) / 1000 if known else None  # type: ignore[operator]
-
-    def metadata(self) -> dict[str, str]:
-        return dict(self.extra)
-
-    def to_row(self) -> dict[str, str]:
-        """The manifest columns (standard, then extra) as strings, e.g. for a failed-chunks CSV."""
-        values = ((name, getattr(self, name)) for name in STANDARD_COLUMNS)
-        return {**{name: "" if v is None else str(v) for name, v in values}, **dict(self.extra)}
 
 
 @dataclass(frozen=True)

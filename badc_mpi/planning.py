@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ class RunPlan:
     meta: dict[str, Any]
     ledger_path: Path = Path()
     chunks_dir: str = ""
-    carried: dict[str, dict[str, Any]] = field(default_factory=dict)  #: resume: skipped chunks
+    carried: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: resume: skipped chunks (ledger records)
+    carried_counts: dict[str, int] = field(default_factory=dict)  #: skipped chunks per status
     resume_note: str = ""
 
 
@@ -94,7 +96,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     probe.close()
     chunks = [c for m in manifests for c in m.chunks]
     missing = {c.key for m in manifests for c in m.missing}
-    carried: dict[str, dict[str, Any]] = {}
+    carried: dict[str, tuple[Any, ...]] = {}
     resume_note = ""
     if options.resume or options.resume_summaries:
         from badc_mpi.resume import apply_resume
@@ -129,4 +131,5 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         failed_csv=tel.sidecar(tpath, ".failed.csv"), workers_csv=tel.sidecar(tpath, ".workers.csv"),
         ledger_path=tel.sidecar(tpath, LEDGER_SUFFIX), chunks_dir=os.path.abspath(loc.chunks_dir),
         worker_config=config, meta=meta, carried=carried, resume_note=resume_note,
+        carried_counts=dict(Counter(rec[0] for rec in carried.values())),
     )

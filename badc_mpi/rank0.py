@@ -40,12 +40,21 @@ class RunOutcome:
     """What ``badc_mpi.run`` returns: the exit code on every rank; paths and summary on rank 0."""
 
     exit_code: int
-    summary: dict[str, Any] | None = None
     telemetry_path: str | None = None
     summary_path: str | None = None
     failed_csv: str | None = None
     workers_csv: str | None = None
-    messages: list[str] = field(default_factory=list)
+    _summary: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """The run's summary document (rank 0 only; read from ``summary_path`` on first use)."""
+        if self._summary is None and self.summary_path:
+            import json
+
+            with open(self.summary_path, encoding="utf-8") as fh:
+                self._summary = json.load(fh)
+        return self._summary
 
 
 PINNED = ("--output-dir", "--telemetry-dir", "--chunks-dir")  #: folders a resume must not re-derive from cwd
@@ -106,6 +115,8 @@ class Rank0:
         self.plan: RunPlan | None = None
         self.writer: tel.TelemetryWriter | None = None
         self.ledger: ledger_mod.LedgerWriter | None = None
+        self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
+        self._carried_json: list[tuple[str, str]] | None = None
         self.lock: lock_mod.OutputLock | None = None
         self.t0 = time.monotonic()
 
@@ -297,6 +308,7 @@ class Rank0:
                 stats.chunks += 1
             state.finished_at = ev.finished_at
             if decision.event != "retry":
+                self.fragments[ev.key] = summary_mod.entry_json(state)
                 self.ledger.append(ledger_mod.entry_record(  # type: ignore[union-attr]
                     state.chunk, "success" if decision.event == "success" else "failed", run_id=self.run_id,
                     attempts=ev.attempt, failure_class=ev.failure_class, reason=ev.reason,
@@ -343,16 +355,25 @@ class Rank0:
             signal.signal(sig, handler)
 
     # -- the end -------------------------------------------------------------------------
-    def write_summary(self, state: str) -> dict[str, Any]:
+    def write_summary(self, state: str) -> dict[str, int]:
+        """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
         plan = self.plan
         assert plan is not None
-        doc = summary_mod.build_summary(plan.meta, self.coord.states.values(), self.workers.values(),
-                                        state=state, run_id=self.run_id, carried=plan.carried)
-        summary_mod.write_summary(str(plan.summary_path), doc)
+        if self._carried_json is None:
+            from badc_mpi.resume import carried_entry
+
+            self._carried_json = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
+        fragments = self.fragments
+        entries = self._carried_json + [(key, fragments.get(key) or summary_mod.entry_json(st))
+                                        for key, st in self.coord.states.items()]
+        counts = summary_mod.summary_counts(self.coord.counts(), plan.carried_counts)
+        text = summary_mod.render_summary(plan.meta, counts, self.workers.values(), entries,
+                                          state=state, run_id=self.run_id)
+        summary_mod.write_summary(str(plan.summary_path), text)
         summary_mod.write_workers_csv(str(plan.workers_csv), self.workers.values())
-        if doc["counts"]["failed"]:
+        if counts["failed"]:
             summary_mod.write_failed_csv(str(plan.failed_csv), self.coord.states.values(), plan.columns)
-        return doc
+        return counts
 
     def finish(self) -> RunOutcome:
         plan, coord = self.plan, self.coord
@@ -372,12 +393,12 @@ class Rank0:
         import shutil
 
         shutil.rmtree(plan.worker_config.scratch_dir, ignore_errors=True)
-        doc = self.write_summary(state)
+        counts = self.write_summary(state)
         self.lock.release()  # type: ignore[union-attr]
-        outcome = RunOutcome(int(code), doc, str(plan.telemetry_path), str(plan.summary_path),
-                             str(plan.failed_csv) if doc["counts"]["failed"] else None, str(plan.workers_csv))
+        outcome = RunOutcome(int(code), str(plan.telemetry_path), str(plan.summary_path),
+                             str(plan.failed_csv) if counts["failed"] else None, str(plan.workers_csv))
         text, warn = summary_mod.format_final_report(
-            doc, self.workers.values(), self.coord.states.values(),
+            {"run_id": self.run_id, "state": state, "counts": counts}, self.workers.values(), self.coord.states.values(),
             {"telemetry": outcome.telemetry_path, "summary": outcome.summary_path,
              "workers": outcome.workers_csv, "failed": outcome.failed_csv, "outputs": plan.output_dir},
             time.monotonic() - self.t0)

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from badc_mpi.errors import StateError
-from badc_mpi.ledger import LEDGER_SUFFIX, read_ledger
+from badc_mpi.ledger import (
+    ATTEMPTS, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, read_ledger,
+)
 from badc_mpi.logs import get_logger
 
 log = get_logger(__name__)
@@ -28,7 +30,7 @@ log = get_logger(__name__)
 class ResumeState:
     """Latest known outcome per chunk key, and where it came from."""
 
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)  #: key -> compact record
+    records: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: key -> ledger.RECORD_FIELDS values
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
 
@@ -36,7 +38,7 @@ class ResumeState:
 @dataclass
 class ResumeDecision:
     to_run: list[Any]
-    carried: dict[str, dict[str, Any]]
+    carried: dict[str, tuple[Any, ...]]  #: key -> ledger.RECORD_FIELDS values (see carried_entry)
     skipped: int
     orphans: int
     changed_hash: int
@@ -57,7 +59,7 @@ def _summary_error(path: str, why: str) -> StateError:
                       fix="name the .summary.json of an earlier badc-mpi run, or drop --resume-summary to start afresh")
 
 
-def read_summary_state(path: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | None]:
     """A summary's chunk entries as compact records, and its run's ledger path (if recorded)."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -68,16 +70,17 @@ def read_summary_state(path: str) -> tuple[dict[str, dict[str, Any]], str | None
         raise _summary_error(path, f"not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("chunks"), dict):
         raise _summary_error(path, "no 'chunks' table: not a badc-mpi summary")
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, tuple[Any, ...]] = {}
+    run_id = doc.get("run_id")
     for key, e in doc["chunks"].items():
         if not isinstance(e, dict) or "status" not in e:
             raise _summary_error(path, f"entry {key!r} has no status")
         status = e["status"]
         if status not in ("success", "failed"):
             continue  # pending / in flight / backoff: not done
-        out[key] = {"s": status, "h": e.get("sha256"), "a": e.get("attempts", 0), "f": e.get("failure_class"),
-                    "e": e.get("last_error", ""), "t": e.get("finished_at"), "run": e.get("run_id"),
-                    "o": bool(e.get("outputs"))}
+        out[key] = (status, e.get("sha256"), bool(e.get("outputs")) or e.get("has_outputs", False),
+                    e.get("attempts", 0), e.get("failure_class"), e.get("last_error", ""), e.get("finished_at"),
+                    e.get("run_id", run_id))
     return out, doc.get("ledger")
 
 
@@ -86,9 +89,7 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
     if contents.torn:
         log.warning("%s: the last line was cut short (a run killed mid-write); ignored", path)
         state.torn.append(path)
-    records = state.records
-    for e in contents.entries:
-        records[f"{e['r']}/{e['c']}"] = e
+    state.records.update(contents.records)
     state.sources.append(path)
 
 
@@ -128,8 +129,20 @@ def decide(chunks: list[Any], state: ResumeState, *, output_dir: str, skip_faile
            verify_outputs: bool = True) -> ResumeDecision:
     """Split the manifest's chunks into to-run and skipped (carried into the new summary)."""
     records = state.records
+    listings: dict[str, set[str]] = {}
+
+    def has_detections(chunk: Any) -> bool:  # one listing per recording folder, not a stat per chunk
+        names = listings.get(chunk.recording_id)
+        if names is None:
+            try:
+                names = set(os.listdir(os.path.join(output_dir, chunk.recording_id)))
+            except OSError:
+                names = set()
+            listings[chunk.recording_id] = names
+        return chunk.chunk_id + ".detections.jsonl" in names
+
     to_run: list[Any] = []
-    carried: dict[str, dict[str, Any]] = {}
+    carried: dict[str, tuple[Any, ...]] = {}
     changed = missing = 0
     seen = 0
     for chunk in chunks:
@@ -139,31 +152,32 @@ def decide(chunks: list[Any], state: ResumeState, *, output_dir: str, skip_faile
             to_run.append(chunk)
             continue
         seen += 1
-        status = rec["s"]
-        if chunk.sha256 is not None and rec.get("h") != chunk.sha256:
+        status = rec[STATUS]
+        if chunk.sha256 is not None and rec[SHA256] != chunk.sha256:
             changed += 1
             to_run.append(chunk)
             continue
         if status == "success":
-            if verify_outputs and rec.get("o") and not os.path.exists(
-                    os.path.join(output_dir, chunk.recording_id, chunk.chunk_id + ".detections.jsonl")):
+            if verify_outputs and rec[HAS_OUTPUTS] and not has_detections(chunk):
                 missing += 1
                 to_run.append(chunk)
                 continue
         elif not skip_failed:
             to_run.append(chunk)
             continue
-        carried[key] = {
-            "recording_id": chunk.recording_id, "chunk_id": chunk.chunk_id, "sha256": chunk.sha256,
-            "status": status, "attempts": rec.get("a", 0), "failure_class": rec.get("f"),
-            "last_error": rec.get("e", ""), "finished_at": rec.get("t"), "run_id": rec.get("run"),
-            "carried": True,
-        }
+        carried[key] = rec
     orphans = len(records) - seen
     return ResumeDecision(to_run, carried, len(carried), orphans, changed, missing)
 
 
-def apply_resume(chunks: list[Any], manifest_paths: list[str], loc: Any, options: Any) -> tuple[list[Any], dict[str, dict[str, Any]], str]:
+def carried_entry(rec: tuple[Any, ...]) -> dict[str, Any]:
+    """The summary entry of a chunk an earlier run finished (skipped by this run)."""
+    return {"status": rec[STATUS], "attempts": rec[ATTEMPTS], "failure_class": rec[FAILURE_CLASS],
+            "last_error": rec[ERROR] or "", "finished_at": rec[FINISHED_AT], "run_id": rec[RUN],
+            "sha256": rec[SHA256], "has_outputs": bool(rec[HAS_OUTPUTS]), "carried": True}
+
+
+def apply_resume(chunks: list[Any], manifest_paths: list[str], loc: Any, options: Any) -> tuple[list[Any], dict[str, tuple[Any, ...]], str]:
     """The planning hook: (chunks to run, carried summary entries, a one-line note)."""
     state = load_state(summaries=options.resume_summaries, telemetry_dir=loc.telemetry_dir,
                        manifests=[os.path.abspath(m) for m in manifest_paths],

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from badc_mpi.coordinator import ChunkState
 from badc_mpi.outputs import atomic_write_text
+from badc_mpi.telemetry import dumps
 
 SUMMARY_SCHEMA = "badc-mpi.summary/1"
 WORKER_COLUMNS = ("worker", "host", "gpu", "chunks", "success", "failure", "retries",
@@ -51,26 +52,65 @@ class WorkerStats:
         }
 
 
-def chunk_entry(state: ChunkState, run_id: str) -> dict[str, Any]:
-    chunk = state.chunk
+def chunk_entry(state: ChunkState) -> dict[str, Any]:
+    """One chunk of this run (its key ``recording_id/chunk_id`` names it; the run_id is the summary's)."""
     return {
-        "recording_id": chunk.recording_id,
-        "chunk_id": chunk.chunk_id,
-        "sha256": chunk.sha256,
         "status": state.status,
         "attempts": state.attempts,
         "retries": state.retries,
         "worker": state.worker,
         "runtime_s": round(state.runtime_s, 3),
-        "total_runtime_s": round(state.total_runtime_s, 3),
         "last_backoff_s": state.last_backoff_s,
         "failure_class": state.failure_class,
         "last_error": state.last_error,
         "outputs": state.outputs,
         "detections": state.detections,
-        "finished_at": state.finished_at,
-        "run_id": run_id,
+        "sha256": state.chunk.sha256,
     }
+
+
+_encode = dumps
+
+
+def entry_json(state: ChunkState) -> str:
+    """A chunk's summary entry, encoded (rank 0 encodes each chunk once, when it becomes final)."""
+    return _encode(chunk_entry(state))
+
+
+def summary_counts(counts: dict[str, int], carried: dict[str, int]) -> dict[str, int]:
+    """Totals over this run's chunks and those resume carried over (both: chunks per status)."""
+    skipped = sum(carried.values())
+    return {"total": sum(counts.values()) + skipped,
+            "success": counts.get("success", 0) + carried.get("success", 0),
+            "failed": counts.get("failed", 0) + carried.get("failed", 0), "pending": counts.get("pending", 0),
+            "in_flight": counts.get("in_flight", 0), "backoff": counts.get("backoff", 0), "skipped": skipped}
+
+
+def render_summary(
+    meta: dict[str, Any],
+    counts: dict[str, int],
+    workers: Iterable[WorkerStats],
+    entries: Iterable[tuple[str, str]],
+    *,
+    state: str,
+    run_id: str,
+) -> str:
+    """The summary document as JSON text; ``entries`` are ``(key, encoded entry)`` pairs.
+
+    Carried entries (chunks an earlier run finished, skipped by resume) come first, marked
+    ``"carried": true``. Compact JSON: a 1,000,000-chunk summary stays cheap to snapshot.
+    """
+    head = {
+        "schema": SUMMARY_SCHEMA,
+        **meta,
+        "run_id": run_id,
+        "state": state,
+        "counts": counts,
+        "workers": {w.worker: {**w.row(), "rank": w.rank, "gpu_index": w.gpu_index, "gpu_name": w.gpu_name,
+                               "attempts": w.attempts} for w in workers},
+    }
+    body = ",".join(f"{_encode(key)}:{text}" for key, text in entries)
+    return _encode(head)[:-1] + ',"chunks":{' + body + "}}\n"
 
 
 def build_summary(
@@ -82,31 +122,22 @@ def build_summary(
     run_id: str,
     carried: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The summary document. ``carried`` holds entries of earlier runs skipped by resume."""
-    chunks: dict[str, dict[str, Any]] = dict(carried or {})
-    counts = {"total": 0, "success": 0, "failed": 0, "pending": 0, "in_flight": 0, "backoff": 0, "skipped": len(chunks)}
-    for s in states:
-        chunks[s.chunk.key] = chunk_entry(s, run_id)
-        counts["total"] += 1
-        counts[s.status] = counts.get(s.status, 0) + 1
-    counts["total"] += counts["skipped"]
-    counts["success"] += sum(1 for e in (carried or {}).values() if e.get("status") == "success")
-    counts["failed"] += sum(1 for e in (carried or {}).values() if e.get("status") == "failed")
-    return {
-        "schema": SUMMARY_SCHEMA,
-        **meta,
-        "run_id": run_id,
-        "state": state,
-        "counts": counts,
-        "workers": {w.worker: {**w.row(), "rank": w.rank, "gpu_index": w.gpu_index, "gpu_name": w.gpu_name,
-                               "attempts": w.attempts} for w in workers},
-        "chunks": chunks,
-    }
+    """The summary document as a dict (the same content :func:`render_summary` writes);
+    ``carried`` maps keys to summary entries of chunks an earlier run finished."""
+    states = list(states)
+    counts: dict[str, int] = {}
+    carried_counts: dict[str, int] = {}
+    for s_ in states:
+        counts[s_.status] = counts.get(s_.status, 0) + 1
+    for e in (carried or {}).values():
+        carried_counts[e["status"]] = carried_counts.get(e["status"], 0) + 1
+    entries = [(k, _encode(v)) for k, v in (carried or {}).items()] + [(s_.chunk.key, entry_json(s_)) for s_ in states]
+    return json.loads(render_summary(meta, summary_counts(counts, carried_counts), workers, entries,
+                                     state=state, run_id=run_id))
 
 
-def write_summary(path: str, summary: dict[str, Any]) -> None:
-    # compact (json's C encoder): a 1,000,000-chunk summary must stay cheap to snapshot
-    atomic_write_text(path, json.dumps(summary, ensure_ascii=False, separators=(",", ":")) + "\n")
+def write_summary(path: str, text: str) -> None:
+    atomic_write_text(path, text)
 
 
 def failed_rows(states: Iterable[ChunkState], extra_columns: list[str]) -> list[dict[str, str]]:
