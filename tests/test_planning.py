@@ -1,0 +1,122 @@
+"""Pure planning pieces: order, timeouts, option checks, the resume command, ledger, lock, telemetry."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import time
+
+import pytest
+
+from badc_mpi import ledger as ledger_mod
+from badc_mpi import lock as lock_mod
+from badc_mpi import telemetry as tel
+from badc_mpi.errors import LockError, StateError, UsageError
+from badc_mpi.options import RunOptions
+from badc_mpi.planning import order_chunks
+from badc_mpi.rank0 import resume_command
+from badc_mpi.records import Chunk
+
+
+def chunk(cid: str, start: int | None, end: int | None, rec: str = "r") -> Chunk:
+    return Chunk(rec, cid, "a.wav", "/d/a.wav", start, end, 0, None, "", (("site", "s1"),), "/d/m.csv", 2)
+
+
+def test_longest_first_keeps_manifest_order_for_ties_and_unknowns_last():
+    cs = [chunk("a", 0, 10), chunk("b", None, None), chunk("c", 0, 60), chunk("d", 0, 10)]
+    assert [c.chunk_id for c in order_chunks(cs, "manifest")] == ["a", "b", "c", "d"]
+    assert [c.chunk_id for c in order_chunks(cs, "longest-first")] == ["c", "a", "d", "b"]
+
+
+def test_timeout_scales_with_duration():
+    o = RunOptions()
+    assert o.timeout_for(None) == o.timeout_default_s
+    assert o.timeout_for(10.0) == o.timeout_min_s
+    assert o.timeout_for(60.0) == 300.0
+    assert RunOptions(timeout_s=7).timeout_for(600.0) == 7
+
+
+@pytest.mark.parametrize("bad", [dict(max_retries=-1), dict(inflight=0), dict(inflight=9), dict(order="random"),
+                                 dict(runner="command"), dict(workers_per_gpu=0), dict(timeout_s=0)])
+def test_impossible_options_are_usage_errors_with_a_fix(bad):
+    with pytest.raises(UsageError) as err:
+        RunOptions(**bad).validate()
+    assert "Fix:" in str(err.value)
+
+
+def test_resume_command_pins_folders_and_keeps_the_other_options():
+    argv = ["--runner", "command", "--runner-cmd", "python fake.py --input {input}", "--output-dir", "rel/out",
+            "--telemetry-dir=rel/tel", "--resume", "--max-retries", "3"]
+    cmd = resume_command(["/d/m one.csv"], argv, "/abs/out", "/abs/tel", "/abs/chunks", 4)
+    words = shlex.split(cmd)
+    assert words[:3] == ["make", "-C", words[2]] and words[3] == "resume"
+    assert "MANIFEST=/d/m one.csv" in words and "NP=4" in words
+    args = shlex.split(next(w for w in words if w.startswith("ARGS="))[5:])
+    assert args == ["--runner", "command", "--runner-cmd", "python fake.py --input {input}", "--max-retries", "3",
+                    "--output-dir", "/abs/out", "--telemetry-dir", "/abs/tel", "--chunks-dir", "/abs/chunks"]
+
+
+def test_ledger_round_trip_torn_line_and_corruption(tmp_path):
+    path = tmp_path / "run.ledger.jsonl"
+    w = ledger_mod.LedgerWriter(path, ledger_mod.header_record("run1", ["/m.csv"], "/out", "t0"))
+    for i in range(5):
+        w.append(ledger_mod.entry_record(chunk(f"c{i}", 0, 1), "success" if i % 2 == 0 else "failed", run_id="run1",
+                                         attempts=1, failure_class=None if i % 2 == 0 else "exit", reason="boom",
+                                         finished_at="t", has_outputs=i % 2 == 0))
+    w.close()
+    got = ledger_mod.read_ledger(path)
+    assert got.header["run_id"] == "run1" and not got.torn and got.lines == 5
+    assert got.records["r/c0"][ledger_mod.STATUS] == "success" and got.records["r/c1"][ledger_mod.FAILURE_CLASS] == "exit"
+    with open(path, "ab") as fh:
+        fh.write(b'{"r":"r","c":"c9","s":"succ')
+    torn = ledger_mod.read_ledger(path)
+    assert torn.torn and "r/c9" not in torn.records and len(torn.records) == 5
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = b'{"r": "r", "c": 5'
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(StateError) as err:
+        ledger_mod.read_ledger(path)
+    assert f"{path}, line 3" in str(err.value) and "Fix:" in str(err.value)
+    path.write_bytes(b"")
+    with pytest.raises(StateError):
+        ledger_mod.read_ledger(path)
+
+
+def test_lock_refuses_live_holder_and_takes_over_dead_one(tmp_path):
+    held = lock_mod.acquire(tmp_path, "run-a")
+    with pytest.raises(LockError) as err:
+        lock_mod.acquire(tmp_path, "run-b")
+    assert "run-a" in str(err.value) and str(os.getpid()) in str(err.value)
+    held.release()
+    assert not (tmp_path / lock_mod.LOCK_NAME).exists()
+    (tmp_path / lock_mod.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 7,
+                                                           "run_id": "dead", "started_at": "x"}))
+    again = lock_mod.acquire(tmp_path, "run-c")
+    assert json.loads((tmp_path / lock_mod.LOCK_NAME).read_text())["run_id"] == "run-c"
+    again.release()
+
+
+def test_stale_reason_rules():
+    now = time.time()
+    host = socket.gethostname()
+    assert lock_mod.stale_reason({"host": host, "pid": os.getpid()}, now, host, now, False) is None
+    assert lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now, host, now, False) is None
+    assert lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now, host, now, True) == "--force-unlock"
+    assert "heartbeat" in lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now - 2 * lock_mod.STALE_AFTER_S,
+                                                host, now, False)
+
+
+def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path):
+    path = tmp_path / "t.jsonl"
+    w = tel.TelemetryWriter(path)
+    w.write({"event": "start", "x": "é\n\"q\""})
+    w.write_line(tel.result_line("run", "success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
+    w.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"event": "succ')
+    events = list(tel.read_events(path))
+    assert events[0]["x"] == "é\n\"q\"" and events[1]["event"] == "success" and events[1]["backoff_s"] is None
+    assert len(events) == 2
+    assert tel.utc_iso(0.25) == "1970-01-01T00:00:00.250Z"
+    assert tel.sidecar(path, ".summary.json").name == "t.summary.json"
