@@ -114,3 +114,42 @@ def test_kill_a_rank_mid_run_then_resume_with_real_hawkears(tmp_path):
 def read_jsonl_safe(path: Path) -> list[dict]:
     data = path.read_bytes()
     return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].decode().splitlines() if x.strip()]
+
+
+def hawkears_worker_pids(marker: str = "hawkears_worker.py") -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
+    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=5, seconds=20.0, sample_rate=22050)
+    before = set(hawkears_worker_pids())
+    cmd = [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    killed: list[int] = []
+    while time.monotonic() < deadline and not killed:
+        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+        if files and any(e["event"] == "start" for e in read_jsonl_safe(files[0])):
+            for pid in set(hawkears_worker_pids()) - before:
+                os.kill(pid, signal.SIGKILL)  # mid-chunk (or between chunks): the rank must survive it
+                killed.append(pid)
+        time.sleep(0.05)
+    assert killed, "no HawkEars worker to kill"
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    events = read_jsonl(tfile)
+    retries = [e for e in events if e["event"] == "retry"]
+    assert retries and all(e["failure_class"] == "crash" for e in retries)
+    finals = [e for e in events if e["event"] == "success"]
+    assert len(finals) == 10
+    for e in retries:
+        final = next(f for f in finals if f["chunk_id"] == e["chunk_id"])
+        assert final["attempt"] == e["attempt"] + 1 and final["metrics"]["worker_starts"] == 2

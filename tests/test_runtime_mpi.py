@@ -250,3 +250,24 @@ def test_several_manifests_form_one_queue_and_stub_dry_run(tmp_path):
     finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
     assert len(finals) == 20 and len({e["rank"] for e in finals}) >= 2
     assert not any((tmp_path / "out").rglob("*.detections.jsonl"))  # the stub writes telemetry only
+
+
+def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 4, seconds=0.3)
+    gone = tmp_path / "audio" / "rec001_chunk_600_900.wav"
+    gone.unlink()
+    refused = run_badc(["run", str(manifest), "--dry-run", "--output-dir", str(tmp_path / "out"),
+                        "--telemetry-dir", str(tmp_path / "tel")], np=2)
+    assert refused.returncode == 2 and "rec001_chunk_600_900.wav" in refused.stderr and "--allow-missing" in refused.stderr
+    assert not (tmp_path / "tel").exists()
+    proc = run_badc(["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--allow-missing",
+                     "--output-dir", str(tmp_path / "out"), "--telemetry-dir", str(tmp_path / "tel")], np=2)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    finals = {e["chunk_id"]: e for e in read_jsonl(tfile) if e["event"] in ("success", "failure")}
+    assert len(finals) == 8
+    miss = finals["rec001_chunk_600_900"]
+    assert miss["event"] == "failure" and miss["failure_class"] == "input" and "not found" in miss["reason"]
+    with open(sidecar(tfile, ".failed.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["chunk_id"] for r in rows] == ["rec001_chunk_600_900"] and rows[0]["failure_class"] == "input"
