@@ -167,6 +167,15 @@ def _check_span(path: str, line: int, start_s: float, end_s: float, score: float
         raise OutputFormatError(path, line, f"score {score} outside [0, 1]")
 
 
+def _span(path: str, line: int, row: dict[str, str]) -> tuple[float, float, float]:
+    """(start_s, end_s, score) of a row, checked."""
+    start_s = _number(path, line, "start_time", row["start_time"])
+    end_s = _number(path, line, "end_time", row["end_time"])
+    score = _number(path, line, "score", row["score"])
+    _check_span(path, line, start_s, end_s, score)
+    return start_s, end_s, score
+
+
 def _text(path: str, line: int, column: str, text: str) -> str:
     value = text.strip()
     if not value:
@@ -186,10 +195,7 @@ def parse_scores_csv(
     out: list[RawDetection] = []
     for line, row in _rows(path, SCORES2):
         name = _text(path, line, "name", row["name"])
-        start_s = _number(path, line, "start_time", row["start_time"])
-        end_s = _number(path, line, "end_time", row["end_time"])
-        score = _number(path, line, "score", row["score"])
-        _check_span(path, line, start_s, end_s, score)
+        start_s, end_s, score = _span(path, line, row)
         out.append(
             RawDetection(
                 label=name,
@@ -222,10 +228,7 @@ def parse_labels_csv(path: str | os.PathLike[str]) -> list[RawDetection]:
         name = row["class_name"].strip() or None
         if code is None and name is None:
             raise OutputFormatError(path, line, "both 'class_code' and 'class_name' are empty")
-        start_s = _number(path, line, "start_time", row["start_time"])
-        end_s = _number(path, line, "end_time", row["end_time"])
-        score = _number(path, line, "score", row["score"])
-        _check_span(path, line, start_s, end_s, score)
+        start_s, end_s, score = _span(path, line, row)
         out.append(
             RawDetection(
                 label=code or name or "",

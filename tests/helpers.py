@@ -21,6 +21,17 @@ FAKE_CMD = f"{PYTHON} {FAKE} --input {{input}} --output {{output_dir}}"
 HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"
 
 
+def make_chunk(**fields: Any) -> Any:
+    """A real :class:`badc_mpi.records.Chunk` with test defaults; keyword arguments override."""
+    from badc_mpi.records import Chunk
+
+    values = dict(recording_id="rec1", chunk_id="rec1_chunk_0_60000", source_path="rec1_chunk_0_60000.wav",
+                  input_path="/x/rec1_chunk_0_60000.wav", start_ms=0, end_ms=60000, overlap_ms=None, sha256=None,
+                  notes="", extra=(), manifest="/x/m.csv", line=2)
+    values.update(fields)
+    return Chunk(**values)
+
+
 def make_dataset(root: Path, recordings: int, chunks_per_recording: int, *, seconds: float = 1.0,
                  sample_rate: int = 8000, status: str = "completed") -> Path:
     """Chunk WAVs, a manifest with relative paths and an extra column, and chunk-status files."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
 
 import pytest
+
+from helpers import make_chunk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,20 +27,11 @@ HEADER2 = "recording,name,start_time,end_time,score\n"
 HEADER1 = "filename,start_time,end_time,class_name,class_code,score\n"
 
 
-@dataclass(frozen=True)
-class FakeChunk:
-    recording_id: str = "rec1"
-    chunk_id: str = "rec1_chunk_60000_120000"
-    source_path: str = "audio/rec1_chunk_60000_120000.wav"
-    input_path: str = "/data/audio/rec1_chunk_60000_120000.wav"
-    start_ms: int | None = 60000
-    end_ms: int | None = 120000
-    overlap_ms: int | None = 0
-    sha256: str | None = "ab" * 32
-    notes: str = ""
-    extra: tuple[tuple[str, str], ...] = ()
-    manifest: str = "/data/manifest.csv"
-    line: int = 2
+def FakeChunk(**fields):  # noqa: N802 - reads like the record it builds
+    defaults = dict(chunk_id="rec1_chunk_60000_120000", source_path="audio/rec1_chunk_60000_120000.wav",
+                    input_path="/data/audio/rec1_chunk_60000_120000.wav", start_ms=60000, end_ms=120000,
+                    overlap_ms=0, sha256="ab" * 32, manifest="/data/manifest.csv")
+    return make_chunk(**{**defaults, **fields})
 
 
 def write(tmp_path, text: str | bytes, name: str = "scores.csv"):

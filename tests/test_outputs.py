@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
+
+from helpers import make_chunk
 
 from badc_mpi import outputs
 from badc_mpi.detections import CANONICAL_KEYS, OutputFormatError
@@ -35,20 +36,8 @@ SCORES = (
 )
 
 
-@dataclass(frozen=True)
-class FakeChunk:
-    recording_id: str = "rec1"
-    chunk_id: str = "rec1_chunk_0_60000"
-    source_path: str = "rec1_chunk_0_60000.wav"
-    input_path: str = "/x/rec1_chunk_0_60000.wav"
-    start_ms: int | None = 0
-    end_ms: int | None = 60000
-    overlap_ms: int | None = None
-    sha256: str | None = None
-    notes: str = ""
-    extra: tuple[tuple[str, str], ...] = (("station", "S1"),)
-    manifest: str = "/x/m.csv"
-    line: int = 2
+def FakeChunk(**fields):  # noqa: N802 - reads like the record it builds
+    return make_chunk(**{"extra": (("station", "S1"),), **fields})
 
 
 def fin(out, raw, fmt="scores2", chunk=None, **kw):
