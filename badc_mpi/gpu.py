@@ -1,24 +1,28 @@
-"""GPU discovery, the per-rank binding plan, and per-attempt GPU sampling.
+"""GPU discovery and the per-rank binding plan.
 
 NVML is reached only through :mod:`badc_mpi.nvml` (set ``BADC_MPI_FAKE_NVML`` to fake it).
 Planning (:func:`parse_visible_devices`, :func:`select_visible`, :func:`plan_binding`,
-:func:`plan_node`, :func:`sharing_warnings`, the formatters) is pure; :func:`detect`,
-:func:`bind_rank`, :func:`gpus_report` and :class:`GpuSampler` do the I/O.
+:func:`plan_node`, :func:`sharing_warnings`) is pure; :func:`detect` and :func:`bind_rank` do the
+I/O. Re-exported from their own modules: :class:`GpuSampler` (per-attempt sampling,
+:mod:`badc_mpi.gpu_sampler`) and the ``badc-mpi gpus`` report (:func:`gpus_report`,
+:func:`format_gpus_report`, :func:`format_binding_table`; :mod:`badc_mpi.gpu_report`).
 """
 from __future__ import annotations
 
 import math
 import os
-import socket
-import threading
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from badc_mpi.errors import UsageError
+from badc_mpi.gpu_sampler import GpuSampler  # noqa: F401 - re-exported (engine uses gpu.GpuSampler)
 from badc_mpi.logs import get_logger
-from badc_mpi.nvml import FAKE_ENV, NvmlBackend, NvmlUnavailable, open_backend
+from badc_mpi.nvml import NvmlBackend, NvmlUnavailable, open_backend
 from badc_mpi.runners.base import Binding
+
+if TYPE_CHECKING:  # re-exported lazily by __getattr__: gpu_report imports this module
+    from badc_mpi.gpu_report import format_binding_table, format_gpus_report, gpus_report  # noqa: F401
 
 log = get_logger(__name__)
 
@@ -342,209 +346,6 @@ def bind_rank(
     return binding, warnings, reason
 
 
-# ---------------------------------------------------------------------------- sampling
-
-
-class GpuSampler:
-    """Samples the binding's GPU about every ``interval_s`` during an attempt (daemon thread,
-    sleeping between samples), plus one sample at :meth:`begin` and one at :meth:`end`.
-
-    ``vram_used_mib`` counts only the runner's processes (``pids_fn()``); it is ``None`` when
-    NVML has no per-process accounting (MIG) or no runner process was seen. A MIG binding
-    reads device-wide figures from its parent GPU. Sampling errors never reach the caller.
-    """
-
-    KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
-
-    def __init__(self, backend: NvmlBackend | None, binding: Binding, interval_s: float = 1.0) -> None:
-        self.backend = backend if binding.uses_gpu else None
-        uuid = binding.gpu_uuid or ""
-        self.device: int | str | None = uuid if uuid.startswith("GPU-") else binding.gpu_index
-        self.interval_s = interval_s
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pids_fn: Callable[[], list[int]] = list
-        self._proc: list[float] = []
-        self._used: list[float] = []
-        self._util: list[float] = []
-        self._errors_logged = 0
-        self.samples = 0
-
-    def _try(self, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - a sampler must never break an attempt
-            if self._errors_logged < 3:
-                self._errors_logged += 1
-                log.debug("GPU sample failed on %s: %s", self.device, exc)
-            return None
-
-    def sample(self) -> None:
-        """Take one sample now (called by the thread; public for tests)."""
-        nv, dev = self.backend, self.device
-        if nv is None or dev is None:
-            return
-        pids = self._try(lambda: {int(p) for p in self._pids_fn()}) or set()
-        proc = self._try(lambda: nv.process_vram_mib(dev, pids)) if pids else None
-        used = self._try(lambda: nv.device_vram_used_mib(dev))
-        util = self._try(lambda: nv.utilization_pct(dev))
-        with self._lock:
-            self.samples += 1
-            for store, value in ((self._proc, proc), (self._used, used), (self._util, util)):
-                if value is not None:
-                    store.append(float(value))
-
-    def _loop(self) -> None:
-        wait_s = min(0.1, self.interval_s)  # first sample soon: the runner process has just started
-        while not self._stop.wait(wait_s):
-            self.sample()
-            wait_s = self.interval_s
-
-    def begin(self, pids_fn: Callable[[], list[int]]) -> None:
-        """Start sampling one attempt; ``pids_fn`` lists the runner's PIDs at each sample."""
-        self._halt()
-        with self._lock:
-            self._proc, self._used, self._util, self.samples = [], [], [], 0
-        self._pids_fn = pids_fn
-        if self.backend is None:
-            return
-        self.sample()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="badc-gpu-sampler", daemon=True)
-        self._thread.start()
-
-    def _halt(self) -> bool:
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return False
-        self._stop.set()
-        thread.join(timeout=self.interval_s + 10)
-        return True
-
-    def end(self) -> dict[str, float | None]:
-        """Stop sampling; peaks and means of the attempt (all ``None`` on a CPU binding)."""
-        if self._halt():
-            self.sample()
-        with self._lock:
-            proc, used, util = list(self._proc), list(self._used), list(self._util)
-        return {
-            "vram_used_mib": round(max(proc), 1) if proc else None,
-            "vram_device_mib": round(max(used), 1) if used else None,
-            "gpu_util_pct_mean": round(sum(util) / len(util), 1) if util else None,
-            "gpu_util_pct_max": round(max(util), 1) if util else None,
-        }
-
-
-# ---------------------------------------------------------------------------- `badc-mpi gpus`
-
-
-def _env_int(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[int | None, str | None]:
-    for name in names:
-        value = env.get(name, "").strip()
-        if value.isdigit():
-            return int(value), name
-    return None, None
-
-
-def _binding_dict(b: Binding) -> dict[str, Any]:
-    return {**asdict(b), "uses_gpu": b.uses_gpu}
-
-
-def gpus_report(
-    env: Mapping[str, str] = os.environ,
-    options: BindingOptions = BindingOptions(),  # noqa: B008 - frozen, so a safe default
-    local_rank: int | None = None,
-    local_size: int | None = None,
-) -> dict[str, Any]:
-    """What ``badc-mpi gpus [--json]`` shows: GPUs, ``CUDA_VISIBLE_DEVICES``, NVML status, the
-    binding a rank here would get and the whole node's plan. ``error`` holds a bad-mask message
-    (then ``binding`` is ``None``); the caller decides the exit code."""
-    host = socket.gethostname()
-    source = "argument"
-    if local_rank is None:
-        local_rank, source = _env_int(env, LOCAL_RANK_VARS)
-        if local_rank is None:
-            local_rank, source = 0, "default"
-    if local_size is None:
-        local_size = _env_int(env, LOCAL_SIZE_VARS)[0] or 1
-    local_size = max(local_size, local_rank + 1)
-    rank = _env_int(env, RANK_VARS)[0]
-    rank = local_rank if rank is None else rank
-    gpus, visible_env, reason = detect(env)
-    report: dict[str, Any] = {
-        "host": host,
-        "nvml": {"available": reason is None, "reason": reason,
-                 "backend": f"fake ({env[FAKE_ENV]})" if env.get(FAKE_ENV) else "pynvml"},
-        "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        "cuda_visible_devices_parsed": visible_env,
-        "gpus": [asdict(g) for g in gpus],
-        "visible": [],
-        "options": asdict(options),
-        "rank": rank,
-        "local_rank": local_rank,
-        "local_rank_source": source,
-        "local_size": local_size,
-        "binding": None,
-        "node_bindings": [],
-        "warnings": [],
-        "error": None,
-    }
-    try:
-        visible = select_visible(gpus, visible_env)
-    except UsageError as exc:
-        report["error"] = str(exc)
-        return report
-    binding, warnings = plan_binding(host=host, rank=rank, local_rank=local_rank, local_size=local_size,
-                                     visible=visible, visible_env=visible_env, options=options)
-    node = plan_node(host, local_size, visible, visible_env, options, first_rank=rank - local_rank)
-    extra = [w for w in sharing_warnings(node, options) if w not in warnings]
-    report.update(visible=[asdict(g) for g in visible], binding=_binding_dict(binding),
-                  node_bindings=[_binding_dict(b) for b in node], warnings=warnings + extra)
-    return report
-
-
-def format_binding_table(bindings: list[Binding]) -> str:
-    """Aligned table: host, rank, local index, worker, GPU index, UUID, name."""
-    rows = [("host", "rank", "local", "worker", "gpu", "uuid", "name")]
-    for b in bindings:
-        rows.append((b.host, str(b.rank), str(b.local_rank), b.worker,
-                     "-" if b.gpu_index is None else str(b.gpu_index),
-                     b.gpu_uuid or "-", b.gpu_name or "CPU"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def format_gpus_report(report: dict[str, Any]) -> str:
-    """Human-readable form of :func:`gpus_report`."""
-    nv = report["nvml"]
-    lines = [f"host: {report['host']}"]
-    if nv["available"]:
-        lines.append(f"NVML: available ({nv['backend']}), {len(report['gpus'])} GPU(s)")
-    else:
-        lines.append(f"NVML: unavailable ({nv['reason']}); ranks here run on CPU")
-    cvd = report["cuda_visible_devices"]
-    lines.append("CUDA_VISIBLE_DEVICES: " + ("unset" if cvd is None else repr(cvd)))
-    for g in report["gpus"]:
-        mig = " MIG" if g["mig"] else ""
-        lines.append(f"  GPU {g['index']}  {g['uuid']}  {g['name']}  {g['memory_total_mib']} MiB"
-                     f"  {g['pci_bus_id']}{mig}")
-    if report["error"]:
-        lines.append(f"error: {report['error']}")
-        return "\n".join(lines)
-    b = report["binding"]
-    lines.append(f"visible to badc-mpi: {len(report['visible'])} device(s)")
-    lines.append(f"this rank (local rank {report['local_rank']} of {report['local_size']}, from "
-                 f"{report['local_rank_source']}): {b['worker']}, "
-                 f"CUDA_VISIBLE_DEVICES={b['cuda_visible_devices']!r}")
-    keys = ("host", "rank", "local_rank", "worker", "cuda_visible_devices", "gpu_index", "gpu_uuid",
-            "gpu_name", "gpu_memory_total_mib")
-    node = [Binding(**{k: d[k] for k in keys}) for d in report["node_bindings"]]
-    lines += ["node plan:", format_binding_table(node)]
-    lines += [f"warning: {w}" for w in report["warnings"]]
-    return "\n".join(lines)
-
-
 def default_np(env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None) -> int:
     """``make infer``'s default rank count: the usable local GPUs, or 2 when there is none."""
     import logging
@@ -559,3 +360,16 @@ def default_np(env: Mapping[str, str] = os.environ, backend: NvmlBackend | None 
     finally:
         log.setLevel(quiet)
     return len(usable) or 2
+
+
+_REPORT_NAMES = frozenset({"gpus_report", "format_gpus_report", "format_binding_table"})
+
+
+def __getattr__(name: str) -> Any:
+    """``gpu.gpus_report`` and friends, imported on first use from :mod:`badc_mpi.gpu_report`
+    (which builds on this module, so importing it here at load time would be circular)."""
+    if name in _REPORT_NAMES:
+        from badc_mpi import gpu_report
+
+        return getattr(gpu_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
