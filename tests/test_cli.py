@@ -96,3 +96,21 @@ def test_make_help_lists_every_target(target):
     for name in ("install", "test", "man", "check-chunks", "infer", "resume", "demo", "bench", "hawkears",
                  "hawkears-tiny", "hawkears-models"):
         assert f"make {name} " in proc.stdout, name
+
+
+def test_make_check_chunks_and_make_infer_with_a_dry_run(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 3)
+    chunks = tmp_path / "artifacts" / "chunks"
+    guard = subprocess.run(["make", "-s", "-C", str(REPO), "check-chunks", f"MANIFEST={manifest}",
+                            f"ARGS=--chunks-dir {chunks}"], capture_output=True, text=True, timeout=300)
+    assert guard.returncode == 0, guard.stderr
+    args = f"--dry-run --chunks-dir {chunks} --output-dir {tmp_path / 'out'} --telemetry-dir {tmp_path / 'tel'}"
+    infer = subprocess.run(["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
+                           capture_output=True, text=True, timeout=300)
+    assert infer.returncode == 0, infer.stderr[-2000:]
+    assert "6 succeeded" in infer.stdout and "on 2 ranks" in infer.stdout  # NP: no GPU here, so 2
+    (chunks / "rec000" / ".chunk_status.json").write_text('{"status": "in_progress"}')
+    refused = subprocess.run(["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "in_progress" in refused.stderr
+    assert len(list((tmp_path / "tel").glob("*.jsonl"))) == 2  # the refused run wrote nothing
