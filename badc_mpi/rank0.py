@@ -364,8 +364,15 @@ class Rank0:
 
             self._carried_json = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
         fragments = self.fragments
-        entries = self._carried_json + [(key, fragments.get(key) or summary_mod.entry_json(st))
-                                        for key, st in self.coord.states.items()]
+        pending, entry_json = summary_mod.pending_json, summary_mod.entry_json
+
+        def entry(key: str, st: Any) -> str:
+            text = fragments.get(key)
+            if text is not None:
+                return text
+            return pending(st.chunk.sha256) if st.status == "pending" and not st.attempts else entry_json(st)
+
+        entries = self._carried_json + [(key, entry(key, st)) for key, st in self.coord.states.items()]
         counts = summary_mod.summary_counts(self.coord.counts(), plan.carried_counts)
         text = summary_mod.render_summary(plan.meta, counts, self.workers.values(), entries,
                                           state=state, run_id=self.run_id)

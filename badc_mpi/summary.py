@@ -77,6 +77,22 @@ def entry_json(state: ChunkState) -> str:
     return _encode(chunk_entry(state))
 
 
+_PENDING_HEAD: list[str] = []
+
+
+def pending_json(sha256: str | None) -> str:
+    """The entry of a chunk not yet attempted, without building a dict (a 1M-chunk snapshot is
+    mostly these early in a run)."""
+    if not _PENDING_HEAD:
+        blank = {**dict.fromkeys(("status", "attempts", "retries", "worker", "runtime_s", "last_backoff_s",
+                                  "failure_class", "last_error", "outputs", "detections", "sha256"))}
+        blank.update(status="pending", attempts=0, retries=0, runtime_s=0.0, last_backoff_s=0.0, last_error="",
+                     outputs={})
+        text = _encode(blank)
+        _PENDING_HEAD.append(text[: -len("null}")])  # sha256 is the last key
+    return f"{_PENDING_HEAD[0]}{_encode(sha256)}}}"
+
+
 def summary_counts(counts: dict[str, int], carried: dict[str, int]) -> dict[str, int]:
     """Totals over this run's chunks and those resume carried over (both: chunks per status)."""
     skipped = sum(carried.values())

@@ -120,3 +120,13 @@ def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path
     assert len(events) == 2
     assert tel.utc_iso(0.25) == "1970-01-01T00:00:00.250Z"
     assert tel.sidecar(path, ".summary.json").name == "t.summary.json"
+
+
+@pytest.mark.parametrize("sha", [None, "ab" * 32])
+def test_pending_summary_entry_template_matches_the_full_encoder(sha):
+    from badc_mpi import summary as sm
+    from badc_mpi.coordinator import ChunkState
+
+    from helpers import make_chunk
+
+    assert sm.pending_json(sha) == sm.entry_json(ChunkState(make_chunk(sha256=sha)))
