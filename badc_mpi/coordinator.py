@@ -213,6 +213,19 @@ class Coordinator:
         self._final += 1
         return Decision("failure")
 
+    def release(self, worker: str) -> list[str]:
+        """Take back every chunk in flight on a worker that can no longer work (its runner died
+        for good): they go to the front of the queue, and the lost attempt is not counted."""
+        keys = [key for key, w in self._in_flight.items() if w == worker]
+        for key in reversed(keys):
+            del self._in_flight[key]
+            state = self.states[key]
+            state.attempts -= 1
+            state.worker = None
+            self._move(state, PENDING)
+            self._queue.appendleft(key)
+        return keys
+
     def drain(self) -> None:
         """Stop dispatching; chunks already in flight may still finish."""
         self.draining = True

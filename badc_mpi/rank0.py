@@ -112,7 +112,9 @@ class Rank0:
         self.local_credit = 0
         self.interrupted: str | None = None
         self.fatal: str | None = None
+        self.dead: dict[int, str] = {}  #: ranks whose runner cannot work: rank -> why
         self.plan: RunPlan | None = None
+        self.coord: Coordinator | None = None
         self.writer: tel.TelemetryWriter | None = None
         self.ledger: ledger_mod.LedgerWriter | None = None
         self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
@@ -132,7 +134,22 @@ class Rank0:
 
     def _early_message(self, src: int, tag: int, msg: Any) -> None:
         if tag == TAG_FATAL:
-            self.fatal = f"rank {msg.rank} on {msg.host}: {msg.message}"
+            self.dead[src] = f"rank {msg.rank} on {msg.host}: {msg.message}"
+
+    def _worker_lost(self, rank: int, why: str) -> None:
+        """A rank's runner cannot work (e.g. HawkEars fails to start there): carry on without it,
+        taking back its chunks; only when no rank can work does the run stop (exit 2)."""
+        self.dead[rank] = why
+        if rank == 0:
+            self.local_credit = 0
+        else:
+            self.remote.credit[rank] = 0
+        back = self.coord.release(self.labels[rank]) if self.coord is not None else []
+        alive = self.comm.Get_size() - len(self.dead)
+        log.error("%s; %s", why, f"continuing on the other {alive} rank(s); {len(back)} chunk(s) go back to the queue"
+                  if alive else "no rank is left to work")
+        if not alive:
+            self.fatal = "no rank can work: " + " | ".join(self.dead[r] for r in sorted(self.dead))
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before any worker is set up."""
@@ -165,6 +182,9 @@ class Rank0:
                             policy=BackoffPolicy(self.options.backoff_s, self.options.backoff_max_s),
                             seed=self.options.seed)
         self.coord = coord
+        for rank, why in list(self.dead.items()):  # ranks that could not even start
+            self.dead.pop(rank)
+            self._worker_lost(rank, why)
         self._remove_old_scratch(plan)
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
         self.ledger = ledger_mod.LedgerWriter(plan.ledger_path, ledger_mod.header_record(
@@ -233,11 +253,13 @@ class Rank0:
         local = self.local
         assert local is not None
         events = local.drain_events(now)
-        if local.fatal and self.fatal is None:
-            self.fatal = f"rank 0 on {self.binding.host}: {local.fatal}"
+        if local.fatal and 0 not in self.dead:
+            if not isinstance(local.fatal_exc, BadcError):
+                raise local.fatal_exc  # a bug, not a setup problem: the job aborts (never hangs)
+            self._worker_lost(0, f"rank 0 on {self.binding.host}: {local.fatal}")
         if events:
             self._events(0, events)
-        if local.ready and not local.fatal:
+        if local.ready and 0 not in self.dead:
             self.local_credit = max(0, self.plan.worker_config.capacity - local.busy)  # type: ignore[union-attr]
         return bool(events)
 
@@ -245,9 +267,10 @@ class Rank0:
         if tag == TAG_REPORT:
             log.debug("report from rank %d: %d event(s), want %d", src, len(msg.events), msg.want)
             self._events(src, msg.events)
-            self.remote.credit[src] = self.remote.credit.get(src, 0) + msg.want
+            if src not in self.dead:
+                self.remote.credit[src] = self.remote.credit.get(src, 0) + msg.want
         elif tag == TAG_FATAL:
-            self.fatal = f"rank {msg.rank} on {msg.host}: {msg.message}"
+            self._worker_lost(src, f"rank {msg.rank} on {msg.host}: {msg.message}")
         else:
             log.debug("ignoring message tag %s from rank %s", tag, src)
 

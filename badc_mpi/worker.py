@@ -22,6 +22,7 @@ from typing import Any
 
 from badc_mpi import outputs as outputs_mod
 from badc_mpi import telemetry as tel
+from badc_mpi.errors import BadcError
 from badc_mpi.logs import get_logger
 from badc_mpi.protocol import ResultEvent, StartEvent, WireTask
 from badc_mpi.runners.base import INPUT, NO_OUTPUT, AttemptResult, Binding, Runner, Task
@@ -178,9 +179,12 @@ class Worker:
                     with self._lock:
                         self._running -= 1
         except BaseException as exc:  # noqa: BLE001 - reported to the engine, which aborts
+            self.fatal_exc = exc  # set before ``fatal``: the engine reads fatal, then fatal_exc
             self.fatal = f"{type(exc).__name__}: {exc}"
-            self.fatal_exc = exc
-            log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
+            if isinstance(exc, BadcError):
+                log.error("this rank's runner cannot work: %s", exc)
+            else:
+                log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
 
     def _scratch_for(self, task: WireTask) -> str:
         chunk = task.chunk

@@ -19,3 +19,18 @@ def pytest_configure(config):  # noqa: ANN001 - pytest hook
             log = Path(tempfile.gettempdir()) / f"badc-mpi-pytest-rank{rank}.log"
             sys.stdout = open(log, "w")  # noqa: SIM115 - lives for the session
             sys.stderr.write(f"pytest-mpi rank {rank}: report in {log}\n")
+
+
+import logging
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_badc_logging():
+    """Tests that call the CLI in-process configure logging; give every test the same start."""
+    logger = logging.getLogger("badc_mpi")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]

@@ -176,3 +176,15 @@ def test_property_every_chunk_ends_exactly_once(n, max_retries, script, seed):
     assert counts["success"] + counts["failed"] == n
     for key, state in coord.states.items():
         assert state.attempts == dispatches[key] <= 1 + max_retries
+
+
+def test_release_takes_back_a_lost_workers_chunks_without_counting_the_attempt():
+    coord = Coordinator(chunks(4), max_retries=0)
+    lost = coord.take(2, "w1", now=0)
+    kept = coord.take(1, "w2", now=0)
+    assert sorted(coord.release("w1")) == sorted(c.key for c, _ in lost)
+    assert coord.in_flight() == {kept[0][0].key: "w2"}
+    again = coord.take(3, "w2", now=0)
+    assert [c.key for c, _ in again][:2] == [c.key for c, _ in lost]  # front of the queue
+    assert all(a == 1 for _, a in again)  # the lost attempt did not count (max_retries=0 still allows one)
+    assert coord.counts() == coord.recount()

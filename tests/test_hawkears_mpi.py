@@ -136,7 +136,8 @@ def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
     killed: list[int] = []
     while time.monotonic() < deadline and not killed:
         files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
-        if files and any(e["event"] == "start" for e in read_jsonl_safe(files[0])):
+        # once both ranks have started a chunk, both resident workers are up: kill them mid-work
+        if files and {e["rank"] for e in read_jsonl_safe(files[0]) if e["event"] == "start"} == {0, 1}:
             for pid in set(hawkears_worker_pids()) - before:
                 os.kill(pid, signal.SIGKILL)  # mid-chunk (or between chunks): the rank must survive it
                 killed.append(pid)
@@ -153,3 +154,17 @@ def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
     for e in retries:
         final = next(f for f in finals if f["chunk_id"] == e["chunk_id"])
         assert final["attempt"] == e["attempt"] + 1 and final["metrics"]["worker_starts"] == 2
+
+
+def test_a_rank_whose_hawkears_cannot_start_is_left_out_and_the_others_finish(tmp_path):
+    manifest = make_dataset(tmp_path, recordings=1, chunks_per_recording=4, seconds=6.0, sample_rate=22050)
+    args = ["-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
+    # MPMD launch: rank 1 gets a HawkEars python that does not exist
+    cmd = [MPIEXEC, "-n", "1", PYTHON, *args, ":", "-n", "1", "-env", "BADC_MPI_HAWKEARS_PYTHON",
+           str(tmp_path / "no-such-python"), PYTHON, *args]
+    proc = subprocess.run(["timeout", "600", *cmd], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1 on" in proc.stderr and "continuing on the other 1 rank(s)" in proc.stderr
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
+    assert len(finals) == 4 and {e["rank"] for e in finals} == {0}
