@@ -42,6 +42,7 @@ def bind_rank(comm: Any, options: RunOptions) -> tuple[Binding, list[str], str |
     bopts = gpu_mod.BindingOptions(options.max_gpus, options.workers_per_gpu, options.cpu_workers)
     binding, warnings, reason = gpu_mod.bind_rank(
         host=socket.gethostname(), rank=rank, local_rank=local_rank, local_size=local_size, options=bopts,
+        quiet=rank != 0,
     )
     return binding, warnings, reason
 

@@ -306,7 +306,7 @@ def _gpu_from_device(d: Any) -> GpuInfo:
 
 
 def detect(
-    env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None
+    env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None, *, quiet: bool = False
 ) -> tuple[list[GpuInfo], list[str] | None, str | None]:
     """NVML's GPUs sorted by PCI bus id, parsed ``CUDA_VISIBLE_DEVICES``, and why NVML is
     unavailable (``None`` when it works). Without NVML: one log line, no GPUs (CPU mode).
@@ -321,7 +321,8 @@ def detect(
                 nv.shutdown()
     except NvmlUnavailable as exc:
         level = 30 if visible_env else 20  # WARNING when GPUs were expected, else INFO
-        log.log(level, "no GPU: NVML unavailable (%s); ranks run on CPU", exc.reason)
+        if not quiet:  # under MPI only rank 0 says it: one line per job, not one per rank
+            log.log(level, "no GPU: NVML unavailable (%s); ranks run on CPU", exc.reason)
         return [], visible_env, exc.reason
     gpus = sorted((_gpu_from_device(d) for d in devices), key=lambda g: (g.pci_bus_id.lower(), g.index))
     return gpus, visible_env, None
@@ -336,10 +337,11 @@ def bind_rank(
     options: BindingOptions,
     env: Mapping[str, str] = os.environ,
     backend: NvmlBackend | None = None,
+    quiet: bool = False,
 ) -> tuple[Binding, list[str], str | None]:
     """:func:`detect` + :func:`select_visible` + :func:`plan_binding`: (binding, warnings, NVML
     reason or ``None``). Raises :class:`UsageError` for a bad ``CUDA_VISIBLE_DEVICES``."""
-    gpus, visible_env, reason = detect(env, backend)
+    gpus, visible_env, reason = detect(env, backend, quiet=quiet)
     visible = select_visible(gpus, visible_env)
     binding, warnings = plan_binding(host=host, rank=rank, local_rank=local_rank, local_size=local_size,
                                      visible=visible, visible_env=visible_env, options=options)
@@ -348,17 +350,11 @@ def bind_rank(
 
 def default_np(env: Mapping[str, str] = os.environ, backend: NvmlBackend | None = None) -> int:
     """``make infer``'s default rank count: the usable local GPUs, or 2 when there is none."""
-    import logging
-
-    quiet = log.level
-    log.setLevel(logging.ERROR)  # a CPU machine is not worth a log line here
     try:
-        gpus, visible_env, _ = detect(env, backend)
+        gpus, visible_env, _ = detect(env, backend, quiet=True)
         usable = select_visible(gpus, visible_env) if gpus else []
     except UsageError:
         usable = []
-    finally:
-        log.setLevel(quiet)
     return len(usable) or 2
 
 
