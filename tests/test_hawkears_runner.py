@@ -232,6 +232,28 @@ def test_bundled_recording_and_location_options(resident: HawkearsRunner, hk_pyt
 
 
 @pytest.mark.hawkears
+def test_log_dir_option_writes_the_rank_log(hk_python: str, tiny_root: str, audio, tmp_path: Path) -> None:  # noqa: ANN001
+    parser = argparse.ArgumentParser()
+    add_hawkears_arguments(parser)
+    log_dir = tmp_path / "logs" / "hawkears"  # not there yet: start() makes it
+    args = parser.parse_args(["--hawkears-python", hk_python, "--hawkears-data-root", tiny_root, "--models", "1",
+                              "--hawkears-log-dir", str(log_dir)])
+    runner = build_hawkears_runner(HawkearsOptions.from_namespace(args))
+    runner.start(dataclasses.replace(CPU_BINDING, rank=3))
+    try:
+        good = run_chunk(runner, audio["good0"], tmp_path / "good")
+        assert good.ok, good.reason
+        short = run_chunk(runner, write_wav(tmp_path / "short.wav", 0.3, seed=3), tmp_path / "short")  # HawkEars warns on stderr
+        assert short.failure_class == INPUT and runner.worker_starts == 1, short.reason
+    finally:
+        runner.close()  # joins the stderr pump: the log and the in-memory tail are complete only now
+    assert [p.name for p in log_dir.iterdir()] == ["hawkears-rank3.log"]
+    text = (log_dir / "hawkears-rank3.log").read_text()
+    assert "hawkears-worker WARNING No predictions generated for" in text, text
+    assert text.rstrip("\n") == runner.stderr_tail()
+
+
+@pytest.mark.hawkears
 def test_low_band_without_checkpoints_is_a_clear_error(hk_python: str, tiny_root: str, tmp_path: Path, caplog) -> None:  # noqa: ANN001
     root = tmp_path / "no-low-band"
     (root / "data").mkdir(parents=True)

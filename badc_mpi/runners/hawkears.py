@@ -10,6 +10,7 @@ worker is started again lazily before the next attempt. ``mode="cli"`` runs
 Both modes run with the data root as current directory and a generated ``-c`` YAML that gives
 HawkEars absolute paths (merged with ``--hawkears-config``), so they score identically: the
 resident worker's ``scores.csv`` is byte-for-byte the CLI's. Success is judged from the outputs.
+The worker's process (start, deadline line I/O, stderr pump, group kill) is in ``hawkears_process``.
 """
 from __future__ import annotations
 
@@ -18,15 +19,13 @@ import collections
 import dataclasses
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from badc_mpi import hawkears_env
 from badc_mpi.errors import RunnerSetupError
@@ -42,6 +41,7 @@ from badc_mpi.runners.hawkears_options import (  # noqa: F401 - options names re
     worker_argv,
 )
 from badc_mpi.runners.hawkears_options import chunk_options as _chunk_options
+from badc_mpi.runners.hawkears_process import WorkerProcess, kill_group, signame, spawn_worker
 
 log = get_logger(__name__)
 
@@ -66,76 +66,6 @@ def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None =
     return HawkearsRunner(options, python=python, data_root=data_root)
 
 
-class _StderrPump(threading.Thread):
-    """Drains a child's stderr (a full pipe would block it) into a ring buffer and a log file."""
-
-    def __init__(self, stream: IO[bytes], ring: collections.deque[str], log_path: str | None) -> None:
-        super().__init__(name="hawkears-stderr", daemon=True)
-        self.stream, self.ring, self.log_path = stream, ring, log_path
-
-    def run(self) -> None:
-        sink = open(self.log_path, "a", encoding="utf-8") if self.log_path else None  # noqa: SIM115
-        try:
-            for raw in iter(self.stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.ring.append(line)
-                if sink:
-                    sink.write(line + "\n")
-                    sink.flush()
-        except (OSError, ValueError):
-            pass
-        finally:
-            if sink:
-                sink.close()
-
-
-class _Worker:
-    """One incarnation of the resident worker process."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], pump: _StderrPump) -> None:
-        self.proc, self.pump = proc, pump
-        self.buffer = b""
-        self.hello: dict[str, Any] = {}
-        self.poller = select.poll()
-        assert proc.stdout is not None
-        self.poller.register(proc.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-
-    def read_line(self, deadline: float) -> bytes | str:
-        """One reply line, or ``"timeout"`` / ``"eof"``. Blocks in poll(), never spins."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                return "timeout"
-            if not self.poller.poll(min(remaining_ms, 60_000)):
-                continue
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return "eof"
-            self.buffer += data
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line
-
-    def kill(self, grace_s: float = 3.0) -> None:
-        """SIGTERM then SIGKILL to the whole process group; reap; let the stderr pump finish."""
-        _kill_group(self.proc, grace_s)
-        try:  # stragglers of the group (the leader is gone already)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.close_pipes()
-
-    def close_pipes(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                if stream:
-                    stream.close()
-            except OSError:
-                pass
-        self.pump.join(timeout=2.0)
-
-
 class HawkearsRunner(Runner):
     """HawkEars 2.x on one rank: resident worker (default) or one CLI process per chunk."""
 
@@ -152,7 +82,7 @@ class HawkearsRunner(Runner):
         self._tmp: str | None = None
         self._cfg_path: str | None = None
         self._low_band = options.low_band
-        self._worker: _Worker | None = None
+        self._worker: WorkerProcess | None = None
         self._cli_pid: int | None = None
         self._ring: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         self._log_path: str | None = None
@@ -285,7 +215,7 @@ class HawkearsRunner(Runner):
             self._discard_worker()
             if rc < 0:
                 result.signal = -rc
-                return _fail(result, CRASH, f"the HawkEars worker died by signal {-rc} ({_signame(-rc)})\n{self.stderr_tail()}")
+                return _fail(result, CRASH, f"the HawkEars worker died by signal {-rc} ({signame(-rc)})\n{self.stderr_tail()}")
             result.exit_code = rc
             return _fail(result, EXIT, f"the HawkEars worker exited with status {rc}\n{self.stderr_tail()}")
         try:
@@ -330,7 +260,7 @@ class HawkearsRunner(Runner):
                 rc: int | None = proc.wait(timeout=task.timeout_s)
             except subprocess.TimeoutExpired:
                 rc = None
-                _kill_group(proc)
+                kill_group(proc)
             finally:
                 self._cli_pid = None
         result.metrics.update(wall_s=round(time.monotonic() - start, 4), cli_pid=proc.pid, worker_starts=self.worker_starts)
@@ -340,7 +270,7 @@ class HawkearsRunner(Runner):
             return _fail(result, TIMEOUT, f"`hawkears analyze` ran past {task.timeout_s:g} s; killed its process group\n{tail}")
         if rc < 0:
             result.signal = -rc
-            return _fail(result, CRASH, f"`hawkears analyze` died by signal {-rc} ({_signame(-rc)})\n{tail}")
+            return _fail(result, CRASH, f"`hawkears analyze` died by signal {-rc} ({signame(-rc)})\n{tail}")
         if rc != 0:
             result.exit_code = rc
             return _fail(result, EXIT, f"`hawkears analyze` exited with status {rc}\n{tail}")
@@ -360,14 +290,10 @@ class HawkearsRunner(Runner):
         if self.worker_starts:
             self._ring.append(f"--- restarting the HawkEars worker (start {self.worker_starts + 1}) ---")
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    cwd=self.data_root.path, env=self._env, start_new_session=True)
+            worker = spawn_worker(argv, cwd=self.data_root.path, env=self._env, ring=self._ring, log_path=self._log_path)
         except OSError as exc:
             return f"cannot run {self.python}: {exc}"
-        assert proc.stderr is not None
-        pump = _StderrPump(proc.stderr, self._ring, self._log_path)
-        pump.start()
-        worker = _Worker(proc, pump)
+        proc = worker.proc
         self.worker_starts += 1
         begin = time.monotonic()
         line = worker.read_line(begin + self.options.start_timeout_s)
@@ -395,7 +321,7 @@ class HawkearsRunner(Runner):
         if worker is not None:
             worker.kill()
 
-    def _base_metrics(self, worker: _Worker) -> dict[str, Any]:
+    def _base_metrics(self, worker: WorkerProcess) -> dict[str, Any]:
         return {"worker_pid": worker.proc.pid, "worker_starts": self.worker_starts, "device": worker.hello.get("device"),
                 "load_s": worker.hello.get("load_s")}
 
@@ -451,24 +377,3 @@ class HawkearsRunner(Runner):
 def _fail(result: AttemptResult, failure_class: str, reason: str) -> AttemptResult:
     result.ok, result.failure_class, result.reason = False, failure_class, reason.strip()
     return result
-
-
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return "?"
-
-
-def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
-    """SIGTERM to ``proc``'s process group, SIGKILL after ``grace_s``; wait for ``proc``."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
