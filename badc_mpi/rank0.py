@@ -191,7 +191,8 @@ class Rank0:
             self.run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"]))
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
-        print(f"badc-mpi: run {self.run_id}: {coord.total} chunks on {self.comm.Get_size()} ranks; "
+        size = self.comm.Get_size()
+        print(f"badc-mpi: run {self.run_id}: {coord.total} chunks on {size} rank{'s' if size > 1 else ''}; "
               f"telemetry {plan.telemetry_path}", flush=True)
         for chunk, reason in plan.unavailable:
             coord.mark_failed(chunk.key, "input", reason)

@@ -271,3 +271,12 @@ def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
     with open(sidecar(tfile, ".failed.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["chunk_id"] for r in rows] == ["rec001_chunk_600_900"] and rows[0]["failure_class"] == "input"
+
+
+def test_no_launcher_runs_as_one_rank(tmp_path):
+    manifest = make_dataset(tmp_path, 1, 5, seconds=0.3)
+    proc = run_badc(["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--output-dir",
+                     str(tmp_path / "out"), "--telemetry-dir", str(tmp_path / "tel")], np=None)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "5 chunks on 1 rank;" in proc.stdout
+    assert len(list((tmp_path / "out").rglob("*.detections.jsonl"))) == 5
