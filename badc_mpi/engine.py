@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 from badc_mpi import gpu as gpu_mod
-from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
+from badc_mpi.errors import BadcError
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
 from badc_mpi.protocol import (
     TAG_ASSIGN, TAG_FATAL, TAG_GOODBYE, TAG_HELLO, TAG_REPORT, TAG_SETUP, TAG_STOP,
-    Assign, Backoff, Fatal, Goodbye, Hello, Mailbox, Report, Setup, Stop,
+    Backoff, Fatal, Goodbye, Hello, Mailbox, Report, Stop,
 )
 from badc_mpi.runners import build_runner
 from badc_mpi.runners.base import Binding
@@ -196,14 +196,4 @@ class RemoteWorkers:
         self.box.flush()
 
 
-def setup_error(remote: RemoteWorkers, exc: BadcError) -> None:
-    """Before the run starts: stop every worker with the error's exit code, then re-raise."""
-    remote.stop_all(int(exc.exit_code), str(exc))
-    raise exc
-
-
-__all__ = [
-    "bind_rank", "worker_main", "RemoteWorkers", "start_worker", "rank_config", "setup_error",
-    "TAG_REPORT", "TAG_FATAL", "TAG_HELLO", "TAG_GOODBYE", "TAG_ASSIGN", "Assign", "ExitCode",
-    "RunnerSetupError",
-]
+__all__ = ["bind_rank", "worker_main", "RemoteWorkers", "start_worker", "rank_config", "make_sampler"]

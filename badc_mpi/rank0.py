@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -445,4 +444,4 @@ class Rank0:
         return outcome
 
 
-__all__ = ["Rank0", "RunOutcome", "socket"]
+__all__ = ["Rank0", "RunOutcome", "resume_command"]

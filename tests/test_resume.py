@@ -13,9 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from helpers import MPIEXEC, PYTHON, REPO, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+from helpers import MPIEXEC, PYTHON, REPO, make_dataset, run_badc, sidecar, telemetry_files
 
 FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
 
