@@ -254,8 +254,9 @@ class Rank0:
         assert local is not None
         events = local.drain_events(now)
         if local.fatal and 0 not in self.dead:
-            if not isinstance(local.fatal_exc, BadcError):
-                raise local.fatal_exc  # a bug, not a setup problem: the job aborts (never hangs)
+            exc = local.fatal_exc
+            if exc is not None and not isinstance(exc, BadcError):
+                raise exc  # a bug, not a setup problem: the job aborts (never hangs)
             self._worker_lost(0, f"rank 0 on {self.binding.host}: {local.fatal}")
         if events:
             self._events(0, events)
