@@ -41,7 +41,7 @@ def hawkears_args(manifest: Path, root: Path, *extra: str) -> list[str]:
 
 
 def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
-    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=4, seconds=6.0, sample_rate=22050)
+    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=8, seconds=6.0, sample_rate=22050)
     # one corrupt chunk: HawkEars exits 0 writing nothing; badc-mpi must call it an input failure
     lines = manifest.read_text().splitlines()
     bad = tmp_path / "audio" / "corrupt.wav"
@@ -54,7 +54,7 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     (tfile,) = telemetry_files(tmp_path / "tel")
     events = read_jsonl(tfile)
     finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] in ("success", "failure")}
-    assert len(finals) == 9
+    assert len(finals) == 17
     failure = finals.pop("rec001/rec001_corrupt")
     assert failure["event"] == "failure" and failure["failure_class"] == "input" and failure["attempt"] == 1
     assert failure["reason"]  # HawkEars' own message

@@ -51,7 +51,7 @@ def test_dry_run_with_stub_sleep_spreads_work():
     comm = MPI.COMM_WORLD
     root = shared_tmp(comm)
     manifest = comm.bcast(str(make_dataset(root, 2, 15, seconds=0.2)) if comm.Get_rank() == 0 else None, root=0)
-    outcome = badc_mpi.run(manifest, dry_run=True, stub_sleep_s=0.02, output_dir=str(root / "out"),
+    outcome = badc_mpi.run(manifest, dry_run=True, stub_sleep_s=0.1, output_dir=str(root / "out"),
                            chunks_dir=str(root / "artifacts" / "chunks"),
                            telemetry_dir=str(root / "tel"), progress_interval_s=3600)
     assert outcome.exit_code == 0
