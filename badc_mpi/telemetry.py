@@ -43,15 +43,18 @@ def utc_stamp(epoch_s: float) -> str:
 
 
 def telemetry_path(telemetry_dir: str | os.PathLike[str], manifest_paths: list[str], now_s: float) -> Path:
-    """``<telemetry-dir>/<manifest-stem>_<UTC timestamp>.jsonl``, never an existing file."""
+    """``<telemetry-dir>/<manifest-stem>_<UTC timestamp>.jsonl``, never an existing file.
+
+    Two runs started within one second get ``_2``, ``_3``... which sort after the first.
+    """
     stem = Path(manifest_paths[0]).stem if manifest_paths else "run"
     if len(manifest_paths) > 1:
         stem += f"+{len(manifest_paths) - 1}"
     base = Path(telemetry_dir) / f"{stem}_{utc_stamp(now_s)}"
     path = base.with_suffix(".jsonl")
-    n = 1
+    n = 2
     while path.exists():
-        path = Path(f"{base}-{n}.jsonl")
+        path = Path(f"{base}_{n}.jsonl")
         n += 1
     return path
 

@@ -99,14 +99,15 @@ def all_runs(tel: Path) -> list[tuple[list[dict], list[dict]]]:
     from badc_mpi.ledger import read_ledger
 
     runs = []
-    for tfile in sorted(telemetry_files(tel)):
+    for tfile in telemetry_files(tel):
         text = tfile.read_bytes()
         lines = text[: text.rfind(b"\n") + 1].decode().splitlines()
         events = [json.loads(x) for x in lines if x.strip()]
         ledger = sidecar(tfile, ".ledger.jsonl")
-        entries = read_ledger(ledger).entries if ledger.exists() else []
-        runs.append((events, entries))
-    return runs
+        contents = read_ledger(ledger) if ledger.exists() else None
+        created = (contents.header.get("created_at") if contents else None) or ""
+        runs.append((created, tfile.name, events, contents.entries if contents else []))
+    return [(events, entries) for _, _, events, entries in sorted(runs)]  # by start time (ms), not name
 
 
 def check_outputs(out: Path, keys: set[str]) -> None:
@@ -145,10 +146,11 @@ def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_onl
     done_before: set[str] = set()
     in_flight_total = 0
     starts_per_chunk: Counter[str] = Counter()
-    for events, entries in runs:
+    for index, (events, entries) in enumerate(runs):
         started = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "start"}
         finals = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] in ("success", "failure")}
-        assert not (started & done_before), "a chunk already done in an earlier run was run again"
+        again = started & done_before
+        assert not again, f"run {index}: chunks done in an earlier run ran again: {sorted(again)[:5]}"
         in_flight_total += len(started - finals)
         done_before |= {f"{e['r']}/{e['c']}" for e in entries if e["s"] == "success"}
         starts_per_chunk.update(started)
