@@ -184,12 +184,14 @@ def _text(path: str, line: int, column: str, text: str) -> str:
 
 
 def parse_scores_csv(
-    path: str | os.PathLike[str], class_map: Mapping[str, str] | None = None
+    path: str | os.PathLike[str], class_map: Mapping[str, str] | None = None,
+    class_names: Mapping[str, str] | None = None,
 ) -> list[RawDetection]:
     """Parse a HawkEars 2.x ``scores.csv``.
 
     ``label`` and ``label_name`` are the ``name`` column as written (whatever ``--label`` form
-    HawkEars used); ``label_code`` is ``class_map[name]`` when a map is given, else ``None``.
+    HawkEars used); ``label_code`` is ``class_map[name]`` when a map is given, else ``None``;
+    ``label_name`` is ``class_names[label_code]`` (the common name) when known, else ``name``.
     """
     path = os.fspath(path)
     out: list[RawDetection] = []
@@ -199,8 +201,8 @@ def parse_scores_csv(
         out.append(
             RawDetection(
                 label=name,
-                label_code=class_map.get(name) if class_map is not None else None,
-                label_name=name,
+                label_code=(code := class_map.get(name) if class_map is not None else None),
+                label_name=class_names.get(code, name) if class_names is not None and code else name,
                 start_s=start_s,
                 end_s=end_s,
                 confidence=score,
@@ -244,11 +246,12 @@ def parse_labels_csv(path: str | os.PathLike[str]) -> list[RawDetection]:
 
 
 def parse_raw(
-    path: str | os.PathLike[str], fmt: str, class_map: Mapping[str, str] | None = None
+    path: str | os.PathLike[str], fmt: str, class_map: Mapping[str, str] | None = None,
+    class_names: Mapping[str, str] | None = None,
 ) -> list[RawDetection]:
     """Parse a raw output in format ``fmt`` (``scores2`` or ``labels1``)."""
     if fmt == SCORES2:
-        return parse_scores_csv(path, class_map=class_map)
+        return parse_scores_csv(path, class_map=class_map, class_names=class_names)
     if fmt == LABELS1:
         return parse_labels_csv(path)
     raise ValueError(f"unknown raw output format {fmt!r}; valid: {', '.join(RAW_FORMATS)}")
@@ -293,6 +296,46 @@ def load_class_map(classes_csv: str | os.PathLike[str]) -> dict[str, str]:
     for key, code in alternates:
         result.setdefault(key, code)
     return result
+
+
+_TAXONOMY_COLUMNS = {"name": "name", "code": "code", "alt_name": "alt_name", "alt_code": "alt_code",
+                     "altname": "alt_name", "altcode": "alt_code"}
+
+
+def load_class_labels(data_dir: str | os.PathLike[str]) -> tuple[dict[str, str], dict[str, str]] | None:
+    """(label -> code, code -> common name) from a HawkEars data folder.
+
+    HawkEars writes the ``name`` column through ``taxonomy.csv`` (``model_code, name, code,
+    alt_name, alt_code``: the label forms of ``--label names|codes|alt-names|alt-codes``), so that
+    file decides; ``classes.csv`` (``Name, Code, AltName, AltCode``) fills in what it lacks.
+    None when neither file is there.
+    """
+    class_map: dict[str, str] = {}
+    names: dict[str, str] = {}
+    found = False
+    for filename in ("taxonomy.csv", "classes.csv"):
+        path = os.path.join(os.fspath(data_dir), filename)
+        if not os.path.exists(path):
+            continue
+        found = True
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    fields = {_TAXONOMY_COLUMNS.get(k.strip().lower()): (v or "").strip()
+                              for k, v in row.items() if k is not None}
+                    code, name = fields.get("code"), fields.get("name")
+                    if not code:
+                        continue
+                    if name:
+                        names.setdefault(code, name)
+                    for form in ("code", "name", "alt_code", "alt_name"):
+                        if fields.get(form):
+                            class_map.setdefault(fields[form], code)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise OutputFormatError(path, None, f"cannot read {filename} ({exc})",
+                                    fix="point --hawkears-data-root at a data root laid out by `hawkears init`") from exc
+    return (class_map, names) if found else None
 
 
 # -- canonical records -------------------------------------------------------------------------

@@ -222,6 +222,7 @@ def finalize_chunk_outputs(
     hawkears_version: str | None,
     model_version: str | None,
     class_map: Mapping[str, str] | None = None,
+    class_names: Mapping[str, str] | None = None,
 ) -> FinalizedOutputs:
     """Validate a runner's raw CSV and move the chunk's outputs into place, durably.
 
@@ -229,7 +230,7 @@ def finalize_chunk_outputs(
     anything), remove an older ``.detections.jsonl`` (so the chunk reads "incomplete" until this
     call ends), write the raw copy, then the detections file last.
     """
-    raw = parse_raw(raw_path, raw_format, class_map=class_map)
+    raw = parse_raw(raw_path, raw_format, class_map=class_map, class_names=class_names)
     records = canonical_records(
         raw, chunk, run_id=run_id, hawkears_version=hawkears_version, model_version=model_version
     )

@@ -219,6 +219,7 @@ class Worker:
         outputs: dict[str, str] = {}
         detections = None
         if result.ok and self.runner.produces_outputs:
+            labels = self._class_labels()
             try:
                 if not result.raw_output or not os.path.exists(result.raw_output):
                     raise FileNotFoundError("the runner reported success but wrote no output CSV")
@@ -230,7 +231,8 @@ class Worker:
                     run_id=self.config.run_id,
                     hawkears_version=result.hawkears_version,
                     model_version=result.model_version,
-                    class_map=self.config.class_map,
+                    class_map=labels[0] if labels else self.config.class_map,
+                    class_names=labels[1] if labels else None,
                 )
                 outputs = final.as_dict()
                 detections = final.detections
@@ -277,6 +279,15 @@ class Worker:
         ev.body = tel.result_body(self.static, task.chunk, ev)
         self._note_runtime(finished - started)
         return ev
+
+    def _class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        if not hasattr(self, "_labels_cache"):
+            try:
+                self._labels_cache = self.runner.class_labels()
+            except Exception as exc:  # noqa: BLE001 - codes/names are a convenience, never a failure
+                log.warning("class codes and names unavailable: %s", exc)
+                self._labels_cache = None
+        return self._labels_cache
 
     def _note_runtime(self, runtime_s: float) -> None:
         self.attempts_done += 1

@@ -267,3 +267,28 @@ def test_scores_roundtrip_property(tmp_path_factory, rows):
     path.write_text(buf.getvalue(), encoding="utf-8", newline="")
     got = [(d.label, d.start_s, d.end_s, d.confidence) for d in parse_scores_csv(path)]
     assert got == expected
+
+
+def test_class_codes_and_common_names_from_classes_csv(tmp_path):
+    from badc_mpi.detections import load_class_labels, parse_scores_csv
+
+    write(tmp_path, "Name,Code,AltName,AltCode\nAmerican Robin,AMRO,Turdus migratorius,amerob\n"
+                              "\"Warbler, Yellow-rumped\",YRWA,Setophaga coronata,yerwar\n", "classes.csv")
+    scores = write(tmp_path, HEADER2 + "r,AMRO,0.000,3.000,0.900\nr,yerwar,3.000,6.000,0.800\nr,UNKN,0,3,0.5\n")
+    class_map, class_names = load_class_labels(tmp_path)
+    got = parse_scores_csv(scores, class_map=class_map, class_names=class_names)
+    assert [(d.label, d.label_code, d.label_name) for d in got] == [
+        ("AMRO", "AMRO", "American Robin"), ("yerwar", "YRWA", "Warbler, Yellow-rumped"), ("UNKN", None, "UNKN")]
+
+
+def test_class_labels_from_a_data_folder_prefer_the_taxonomy(tmp_path):
+    from badc_mpi.detections import load_class_labels
+
+    assert load_class_labels(tmp_path) is None
+    (tmp_path / "taxonomy.csv").write_text("model_code,name,code,alt_name,alt_code\n"
+                                           "BANO,American Barn Owl,ABOW,Tyto furcata,brnowl\n")
+    (tmp_path / "classes.csv").write_text("Name,Code,AltName,AltCode\nAcadian Flycatcher,ACFL,Empidonax virescens,acafly\n")
+    class_map, names = load_class_labels(tmp_path)
+    assert class_map["ABOW"] == class_map["brnowl"] == class_map["American Barn Owl"] == "ABOW"
+    assert names == {"ABOW": "American Barn Owl", "ACFL": "Acadian Flycatcher"}
+    assert class_map["Empidonax virescens"] == "ACFL"

@@ -70,6 +70,8 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
             assert (d["label"], d["confidence"], d["start_s"], d["end_s"]) == (r.label, r.confidence, r.start_s, r.end_s)
             assert d["start_ms"] == int(chunk.split("_")[-2]) + round(r.start_s * 1000)
             assert d["hawkears_version"] and d["model_version"] and d["site"]
+            # HawkEars wrote one label form; the data root's classes.csv gives both code and name
+            assert d["label_code"] and d["label_name"] and d["label_code"] != d["label_name"]
         assert e["model_version"] and e["hawkears_version"]
         assert e["metrics"]["worker_starts"] == 1
         pids_by_rank[e["rank"]].add(e["metrics"]["worker_pid"])

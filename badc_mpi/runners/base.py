@@ -98,6 +98,10 @@ class Runner(abc.ABC):
         """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""
         return []
 
+    def class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        """(label -> class code, class code -> common name) for canonical detections, if known."""
+        return None
+
     def active_pids(self) -> list[int]:
         """PIDs whose GPU memory counts as this runner's (sampled during an attempt)."""
         return []

@@ -330,6 +330,13 @@ class HawkearsRunner(Runner):
         return "\n".join(list(self._ring)[-lines:])[-_TAIL_CHARS:]
 
     # ---------------------------------------------------------------- queries
+    def class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        """From the data root's taxonomy: whatever ``--label`` form HawkEars wrote, canonical
+        detections get both the class code and the common name."""
+        from badc_mpi.detections import load_class_labels
+
+        return load_class_labels(os.path.join(self.data_root.path, "data"))
+
     def active_pids(self) -> list[int]:
         worker, cli_pid = self._worker, self._cli_pid
         pids = [worker.proc.pid] if worker is not None and worker.proc.poll() is None else []
