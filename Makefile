@@ -67,9 +67,12 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chun
 	$(PY) scripts/make_demo.py examples/demo
 	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="$(DEMO_ARGS) $(ARGS)"
 
-bench: install ## benchmarks (manifest load, dispatch); figures go to docs/benchmarks.md by hand
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
+	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
+	$(PY) scripts/bench_resume.py
+	$(PY) scripts/bench_hawkears.py
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache
