@@ -60,7 +60,7 @@ def gpus_report(
     local_size = max(local_size, local_rank + 1)
     rank = _env_int(env, RANK_VARS)[0]
     rank = local_rank if rank is None else rank
-    gpus, visible_env, reason = detect(env)
+    gpus, visible_env, reason = detect(env, quiet=True)  # the report states the NVML status itself
     report: dict[str, Any] = {
         "host": host,
         "nvml": {"available": reason is None, "reason": reason,
