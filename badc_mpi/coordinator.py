@@ -53,14 +53,11 @@ class ChunkState:
     retries: int = 0
     worker: str | None = None
     runtime_s: float = 0.0  #: of the last attempt
-    total_runtime_s: float = 0.0
     last_backoff_s: float = 0.0
     failure_class: str | None = None
     last_error: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
     detections: int | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,6 @@ class Coordinator:
             return Decision("stale")  # a duplicate or late report: never counted twice
         del self._in_flight[key]
         state.runtime_s = runtime_s
-        state.total_runtime_s += runtime_s
         if ok:
             self._move(state, SUCCESS)
             state.failure_class = None

@@ -105,8 +105,6 @@ class Rank0:
         self.remote = RemoteWorkers(comm, self.box)
         self.run_id = f"{tel.utc_stamp(time.time())}-{uuid.uuid4().hex[:8]}"
         self.workers: dict[int, WorkerStats] = {}
-        self.labels: dict[int, str] = {}
-        self.static: dict[int, dict[str, Any]] = {}
         self.local: Worker | None = None
         self.local_credit = 0
         self.interrupted: str | None = None
@@ -124,10 +122,8 @@ class Rank0:
     # -- set-up ------------------------------------------------------------------------
     def _register(self, rank: int, pid: int, binding: Binding) -> None:
         label = binding.worker
-        if label in self.labels.values():  # e.g. ranks narrowed to one shared device: keep ids unique
+        if any(w.worker == label for w in self.workers.values()):  # e.g. ranks narrowed to one device
             label = f"{label}#r{rank}"
-        self.labels[rank] = label
-        self.static[rank] = tel.worker_static(rank, pid, binding)
         self.workers[rank] = WorkerStats(label, binding.host, rank, binding.gpu_uuid or "cpu",
                                          binding.gpu_index, binding.gpu_name)
 
@@ -143,7 +139,7 @@ class Rank0:
             self.local_credit = 0
         else:
             self.remote.credit[rank] = 0
-        back = self.coord.release(self.labels[rank]) if self.coord is not None else []
+        back = self.coord.release(self.workers[rank].worker) if self.coord is not None else []
         alive = self.comm.Get_size() - len(self.dead)
         log.error("%s; %s", why, f"continuing on the other {alive} rank(s); {len(back)} chunk(s) go back to the queue"
                   if alive else "no rank is left to work")
@@ -193,13 +189,15 @@ class Rank0:
         size = self.comm.Get_size()
         print(f"badc-mpi: run {self.run_id}: {coord.total} chunks on {size} rank{'s' if size > 1 else ''}; "
               f"telemetry {plan.telemetry_path}", flush=True)
-        for chunk, reason in plan.unavailable:
+        static0 = tel.worker_static(0, os.getpid(), self.binding)
+        for chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
             coord.mark_failed(chunk.key, "input", reason)
-            self._final_record(chunk, "failure", None, 0, failure_class="input", reason=reason,
-                               finished_at=tel.utc_iso(time.time()))
+            at = tel.utc_iso(time.time())
+            self.writer.write(tel.bare_record(self.run_id, "failure", static0, chunk, 0, failure_class="input",
+                                              reason=reason, finished_at=at))
             self.ledger.append(ledger_mod.entry_record(chunk, "failed", run_id=self.run_id, attempts=0,
-                                                       failure_class="input", reason=reason,
-                                                       finished_at=tel.utc_iso(time.time()), has_outputs=False))
+                                                       failure_class="input", reason=reason, finished_at=at,
+                                                       has_outputs=False))
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -277,7 +275,7 @@ class Rank0:
 
     def _tasks(self, n: int, rank: int, now: float) -> list[WireTask]:
         return [WireTask(chunk, attempt, self.options.timeout_for(chunk.duration_s))
-                for chunk, attempt in self.coord.take(n, self.labels[rank], now)]
+                for chunk, attempt in self.coord.take(n, self.workers[rank].worker, now)]
 
     def _dispatch(self, now: float) -> bool:
         coord = self.coord
@@ -307,10 +305,9 @@ class Rank0:
             if state is None:
                 continue
             if isinstance(ev, StartEvent):
-                state.started_at = ev.started_at
                 writer.write_line(ev.line)  # type: ignore[union-attr]
                 continue
-            decision = coord.finish(ev.key, ev.attempt, self.labels[rank], ok=ev.ok, failure_class=ev.failure_class,
+            decision = coord.finish(ev.key, ev.attempt, self.workers[rank].worker, ok=ev.ok, failure_class=ev.failure_class,
                                     reason=ev.reason, runtime_s=ev.runtime_s, now=time.time())
             if decision.event == "stale":
                 log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
@@ -330,7 +327,6 @@ class Rank0:
                 stats.failure += 1
                 stats.failed_attempts += 1
                 stats.chunks += 1
-            state.finished_at = ev.finished_at
             if decision.event != "retry":
                 self.fragments[ev.key] = summary_mod.entry_json(state)
                 self.ledger.append(ledger_mod.entry_record(  # type: ignore[union-attr]
@@ -339,11 +335,6 @@ class Rank0:
                     finished_at=tel.utc_iso(ev.finished_at), has_outputs=bool(ev.outputs)))
             backoff = decision.backoff_s if decision.event == "retry" else None
             writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
-
-    def _final_record(self, chunk: Any, event: str, rank: int | None, attempt: int, **fields: Any) -> None:
-        static = self.static.get(rank if rank is not None else 0, {})
-        record = tel.bare_record(self.run_id, event, static, chunk, attempt, **fields)
-        self.writer.write(record)  # type: ignore[union-attr]
 
     def _remove_old_scratch(self, plan: RunPlan) -> None:
         """Scratch folders of earlier (killed) runs: safe to remove while we hold the lock."""

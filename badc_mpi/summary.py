@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -127,29 +126,6 @@ def render_summary(
     }
     body = ",".join(f"{_encode(key)}:{text}" for key, text in entries)
     return _encode(head)[:-1] + ',"chunks":{' + body + "}}\n"
-
-
-def build_summary(
-    meta: dict[str, Any],
-    states: Iterable[ChunkState],
-    workers: Iterable[WorkerStats],
-    *,
-    state: str,
-    run_id: str,
-    carried: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The summary document as a dict (the same content :func:`render_summary` writes);
-    ``carried`` maps keys to summary entries of chunks an earlier run finished."""
-    states = list(states)
-    counts: dict[str, int] = {}
-    carried_counts: dict[str, int] = {}
-    for s_ in states:
-        counts[s_.status] = counts.get(s_.status, 0) + 1
-    for e in (carried or {}).values():
-        carried_counts[e["status"]] = carried_counts.get(e["status"], 0) + 1
-    entries = [(k, _encode(v)) for k, v in (carried or {}).items()] + [(s_.chunk.key, entry_json(s_)) for s_ in states]
-    return json.loads(render_summary(meta, summary_counts(counts, carried_counts), workers, entries,
-                                     state=state, run_id=run_id))
 
 
 def write_summary(path: str, text: str) -> None:

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from badc_mpi import outputs as outputs_mod
@@ -43,8 +43,6 @@ class WorkerConfig:
     output_dir: str
     scratch_dir: str
     capacity: int = 2  #: chunks in flight per worker (queued + running)
-    sample_gpu: bool = True
-    class_map: dict[str, str] | None = field(default=None, repr=False)
 
 
 def input_problem(path: str) -> str | None:
@@ -63,10 +61,9 @@ def input_problem(path: str) -> str | None:
 class Worker:
     """One rank's worker. Thread-safe between the engine loop and the runner thread."""
 
-    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None,
-                 static: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
         self.config = config
-        self.static = static if static is not None else tel.worker_static(binding.rank, os.getpid(), binding)
+        self.static = tel.worker_static(binding.rank, os.getpid(), binding)
         self.binding = binding
         self.runner = runner
         self.sampler = sampler  # badc_mpi.gpu.GpuSampler or None
@@ -82,8 +79,8 @@ class Worker:
         self.fatal_exc: BaseException | None = None
         self._inline_queue: collections.deque[WireTask] = collections.deque()
         self._inline_current: tuple[WireTask, float, float] | None = None
-        self.attempts_run = 0
         self.attempts_done = 0
+        self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
         self._mean_runtime_s = 1.0
 
     # -- engine side ---------------------------------------------------------------------
@@ -214,7 +211,6 @@ class Worker:
             result = self.runner.run(self._runner_task(task, scratch))
         finally:
             gpu = self.sampler.end() if self.sampler is not None else {}
-        self.attempts_run += 1
         finished = time.time()
         outputs: dict[str, str] = {}
         detections = None
@@ -231,7 +227,7 @@ class Worker:
                     run_id=self.config.run_id,
                     hawkears_version=result.hawkears_version,
                     model_version=result.model_version,
-                    class_map=labels[0] if labels else self.config.class_map,
+                    class_map=labels[0] if labels else None,
                     class_names=labels[1] if labels else None,
                 )
                 outputs = final.as_dict()
@@ -281,13 +277,13 @@ class Worker:
         return ev
 
     def _class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
-        if not hasattr(self, "_labels_cache"):
+        if self._labels is False:
             try:
-                self._labels_cache = self.runner.class_labels()
+                self._labels = self.runner.class_labels()
             except Exception as exc:  # noqa: BLE001 - codes/names are a convenience, never a failure
                 log.warning("class codes and names unavailable: %s", exc)
-                self._labels_cache = None
-        return self._labels_cache
+                self._labels = None
+        return self._labels  # type: ignore[return-value]
 
     def _note_runtime(self, runtime_s: float) -> None:
         self.attempts_done += 1
