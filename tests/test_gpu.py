@@ -56,16 +56,20 @@ def fake_env(name: str | None, cvd: str | None = None, **extra: str) -> dict[str
     return env
 
 
-def bind_all(name: str, cvd: str | None, local_size: int, options: BindingOptions = BindingOptions()):
-    gpus, visible_env, _ = detect(fake_env(name, cvd))
-    visible = select_visible(gpus, visible_env)
+def plan_all(host: str, visible, visible_env, local_size: int, options: BindingOptions):
+    """Every local rank's binding and all their warnings."""
     out, warns = [], []
     for lr in range(local_size):
-        b, w = plan_binding(host="n1", rank=lr, local_rank=lr, local_size=local_size, visible=visible,
+        b, w = plan_binding(host=host, rank=lr, local_rank=lr, local_size=local_size, visible=visible,
                             visible_env=visible_env, options=options)
         out.append(b)
         warns += w
     return out, warns
+
+
+def bind_all(name: str, cvd: str | None, local_size: int, options: BindingOptions = BindingOptions()):
+    gpus, visible_env, _ = detect(fake_env(name, cvd))
+    return plan_all("n1", select_visible(gpus, visible_env), visible_env, local_size, options)
 
 
 # ---------------------------------------------------------------------------- the seam
@@ -336,12 +340,7 @@ def test_property_no_silent_oversubscription(n_gpus, cvd, local_size, max_gpus, 
         assert n_gpus != "four"  # masks here only name GPUs of four.json
         return
     opts = BindingOptions(max_gpus=max_gpus, workers_per_gpu=wpg, cpu_workers=cpus)
-    bindings, warns = [], []
-    for lr in range(local_size):
-        b, w = plan_binding(host="h", rank=lr, local_rank=lr, local_size=local_size, visible=visible,
-                            visible_env=visible_env, options=opts)
-        bindings.append(b)
-        warns += w
+    bindings, warns = plan_all("h", visible, visible_env, local_size, opts)
     warns += sharing_warnings(bindings, opts)
     per_gpu: dict[str, int] = {}
     for b in bindings:
