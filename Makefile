@@ -14,9 +14,9 @@ ARGS ?=
 MANIFEST ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
-NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu import default_np; print(default_np())' 2>/dev/null || echo 2)
+NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install test man check-chunks infer resume demo bench clean
+.PHONY: help install lint test man check-chunks infer resume demo bench clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,10 @@ endif
 install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
 	@echo "installed: $(VENV) (MPI=$(MPI): $$($(PY) -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())'))"
 
+lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, scripts/, tests/
+	$(VENV)/bin/ruff check badc_mpi scripts tests
+	$(VENV)/bin/ruff format --check badc_mpi scripts tests
+
 test: install hawkears-tiny ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
 	$(PY) -m pytest -q
 	$(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider
@@ -57,11 +61,11 @@ check-chunks: install ## refuse unless every recording of MANIFEST is fully chun
 infer: install ## chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2)
 	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3']" >&2; exit 2; }
 	$(BADC) check-chunks $(MANIFEST) --run-args $(ARGS) >/dev/null
-	np=$(if $(NP),$(NP),$(NP_DEFAULT)); $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) $(ARGS)
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) $(ARGS)
 
 resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs)
 	@test -n "$(MANIFEST)" || { echo "usage: make resume MANIFEST=path/to/manifest.csv [NP=4] [ARGS=...]" >&2; exit 2; }
-	np=$(if $(NP),$(NP),$(NP_DEFAULT)); $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) --resume $(ARGS)
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) --resume $(ARGS)
 
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest) and run make infer on it (2 ranks)
 	$(PY) scripts/make_demo.py examples/demo

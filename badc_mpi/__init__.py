@@ -3,12 +3,13 @@
 Public entry points (all documented in README.md):
 
 - :func:`badc_mpi.run` -- the whole inference job; call it on every rank under ``mpiexec``/``srun``.
-- :func:`badc_mpi.manifest.load_manifest` -- read and validate a chunk manifest.
-- :func:`badc_mpi.chunk_status.check_chunk_status` -- the chunk-status guard.
+- :func:`badc_mpi.inputs.manifest.load_manifest` -- read and validate a chunk manifest.
+- :func:`badc_mpi.inputs.chunk_status.check_chunk_status` -- the chunk-status guard.
 """
+
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from badc_mpi._version import __version__
 
 __all__ = ["__version__", "run"]
 

@@ -4,6 +4,7 @@ Under plain ``python script.py`` an uncaught exception on one rank deadlocks the
 (mpi4py's atexit ``MPI_Finalize`` waits for peers that wait for it). Users type
 ``python -m badc_mpi``, not ``python -m mpi4py``, so this entry point installs the abort itself.
 """
+
 from __future__ import annotations
 
 import sys

@@ -8,22 +8,24 @@ Call :func:`run` on every rank under ``mpiexec``/``srun`` (or plainly, as one ra
     if outcome.summary is not None:      # rank 0
         print(outcome.summary["counts"])
 
-Planning and inspection helpers work without MPI: :func:`badc_mpi.manifest.load_manifest`,
-:func:`badc_mpi.chunk_status.check_chunk_status`, :func:`badc_mpi.dataset.default_locations`,
-:func:`badc_mpi.gpu.gpus_report`, :func:`badc_mpi.planning.prepare_plan`.
+Planning and inspection helpers work without MPI: :func:`badc_mpi.inputs.manifest.load_manifest`,
+:func:`badc_mpi.inputs.chunk_status.check_chunk_status`, :func:`badc_mpi.inputs.locations.default_locations`,
+:func:`badc_mpi.gpu.report.gpus_report`, :func:`badc_mpi.coordinator.planning.prepare_plan`.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import sys
 import traceback
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
+from badc_mpi.coordinator.outcome import RunOutcome
 from badc_mpi.errors import BadcError, ExitCode
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
-from badc_mpi.rank0 import RunOutcome
 
 log = get_logger(__name__)
 
@@ -51,14 +53,15 @@ def run(
 
     ``options`` is a :class:`~badc_mpi.options.RunOptions`; keyword ``overrides`` replace its
     fields (e.g. ``runner="stub"``, ``max_retries=0``). Returns a
-    :class:`~badc_mpi.rank0.RunOutcome` on every rank (``exit_code`` agreed by all ranks; the
+    :class:`~badc_mpi.coordinator.run.RunOutcome` on every rank (``exit_code`` agreed by all ranks; the
     summary and file paths on rank 0). Bad input raises a :class:`~badc_mpi.errors.BadcError` on
     rank 0 (other ranks get its exit code); an unexpected exception on any rank aborts the job.
     """
     from mpi4py import MPI
 
-    from badc_mpi.engine import bind_rank, worker_main
-    from badc_mpi.rank0 import Rank0
+    from badc_mpi.coordinator.run import Coordinator
+    from badc_mpi.worker.loop import worker_main
+    from badc_mpi.worker.start import bind_rank
 
     paths = [os.fspath(manifests)] if isinstance(manifests, (str, os.PathLike)) else [os.fspath(m) for m in manifests]
     opts = options or RunOptions()
@@ -83,7 +86,7 @@ def run(
             log.warning("%s", warning)
         if rank == 0:
             coordinating = True  # from here on rank 0 stops the workers itself on bad input
-            return Rank0(comm, paths, opts, binding).run()
+            return Coordinator(comm, paths, opts, binding).run()
         return RunOutcome(worker_main(comm, binding, opts))
     except BadcError as exc:
         if size > 1 and not coordinating:

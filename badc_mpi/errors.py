@@ -3,6 +3,7 @@
 Library code raises these; only :mod:`badc_mpi.cli` turns them into a one-line message and an
 exit code. Every message says what is wrong *and* how to fix it.
 """
+
 from __future__ import annotations
 
 import enum

@@ -1,4 +1,5 @@
 """Logging, configured once per process by the entry point, with the MPI rank in every line."""
+
 from __future__ import annotations
 
 import logging

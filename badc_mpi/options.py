@@ -1,4 +1,5 @@
-"""Run options: one typed record shared by the CLI, the Python API and every rank."""
+"""Run options: typed records shared by the CLI, the Python API and every rank."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,23 @@ ORDERS = ("manifest", "longest-first")
 
 
 @dataclass(frozen=True)
+class BindingOptions:
+    """``--max-gpus``, ``--workers-per-gpu``, ``--cpu-workers``."""
+
+    max_gpus: int | None = None
+    workers_per_gpu: int = 1
+    cpu_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_gpus is not None and self.max_gpus < 0:
+            raise UsageError(f"--max-gpus {self.max_gpus} is negative", fix="use 0 or more")
+        if self.workers_per_gpu < 1:
+            raise UsageError(f"--workers-per-gpu {self.workers_per_gpu} is below 1", fix="use 1 or more")
+        if self.cpu_workers < 0:
+            raise UsageError(f"--cpu-workers {self.cpu_workers} is negative", fix="use 0 or more")
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """Everything ``badc-mpi run`` accepts (see ``badc-mpi run --help`` for each)."""
 
@@ -19,7 +37,7 @@ class RunOptions:
     stub_sleep_s: float = 0.0
     runner_cmd: str | None = None
     output_format: str = "scores2"
-    hawkears: Any = None  #: :class:`badc_mpi.runners.hawkears.HawkearsOptions`
+    hawkears: Any = None  #: :class:`badc_mpi.runners.hawkears.adapter.HawkearsOptions`
     output_dir: str | None = None
     telemetry_dir: str | None = None
     chunks_dir: str | None = None
@@ -57,21 +75,43 @@ class RunOptions:
         """Raise UsageError (with the fix) for impossible combinations; returns self."""
         checks = [
             (self.max_retries >= 0, "--max-retries must be >= 0", "use 0 to disable retries"),
-            (1 <= self.inflight <= 8, "--inflight must be between 1 and 8", "2 hides coordinator latency; more lets a slow worker hoard chunks"),
-            (self.workers_per_gpu >= 1, "--workers-per-gpu must be >= 1", "use 1 (one rank per GPU) unless sharing on purpose"),
-            (self.cpu_workers >= 0, "--cpu-workers must be >= 0", "use 0 for none"),
-            (self.max_gpus is None or self.max_gpus >= 0, "--max-gpus must be >= 0", "use 0 for CPU only"),
-            (self.timeout_s is None or self.timeout_s > 0, "--timeout-s must be > 0", "omit it to scale the timeout with each chunk's duration"),
-            (self.backoff_s >= 0 and self.backoff_max_s >= 0, "--backoff-s must be >= 0", "use 0 for immediate retries"),
+            (
+                1 <= self.inflight <= 8,
+                "--inflight must be between 1 and 8",
+                "2 hides coordinator latency; more lets a slow worker hoard chunks",
+            ),
+            (
+                self.timeout_s is None or self.timeout_s > 0,
+                "--timeout-s must be > 0",
+                "omit it to scale the timeout with each chunk's duration",
+            ),
+            (
+                self.backoff_s >= 0 and self.backoff_max_s >= 0,
+                "--backoff-s must be >= 0",
+                "use 0 for immediate retries",
+            ),
             (self.grace_s >= 0, "--grace-s must be >= 0", "use 0 to stop at once"),
             (self.order in ORDERS, f"--order must be one of {', '.join(ORDERS)}", "use manifest or longest-first"),
-            (self.runner_kind in ("hawkears", "command", "stub"), f"unknown runner {self.runner!r}", "use hawkears, command or stub"),
-            (self.runner_kind != "command" or bool(self.runner_cmd), "--runner command needs --runner-cmd", "e.g. --runner-cmd 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'"),
+            (
+                self.runner_kind in ("hawkears", "command", "stub"),
+                f"unknown runner {self.runner!r}",
+                "use hawkears, command or stub",
+            ),
+            (
+                self.runner_kind != "command" or bool(self.runner_cmd),
+                "--runner command needs --runner-cmd",
+                "e.g. --runner-cmd 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'",
+            ),
         ]
         for ok, message, fix in checks:
             if not ok:
                 raise UsageError(message, fix=fix)
+        self.binding_options()
         return self
+
+    def binding_options(self) -> BindingOptions:
+        """``--max-gpus``, ``--workers-per-gpu``, ``--cpu-workers`` (UsageError when out of range)."""
+        return BindingOptions(self.max_gpus, self.workers_per_gpu, self.cpu_workers)
 
     def timeout_for(self, duration_s: float | None) -> float:
         """The attempt timeout: ``--timeout-s``, else ``max(min, factor x duration)``, else default."""

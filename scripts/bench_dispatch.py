@@ -9,6 +9,7 @@
 
 Usage: .venv/bin/python scripts/bench_dispatch.py [--chunks 100000] [--ranks 1 2 3] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,11 +54,29 @@ def write_manifest(root: Path, n: int, chunk_ms: int = 60000) -> Path:
     return path
 
 
-def run(np: int, manifest: Path, root: Path, extra: list[str], wrapper: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def run(
+    np: int, manifest: Path, root: Path, extra: list[str], wrapper: Path | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     tel = root / f"tel-{np}-{time.monotonic_ns()}"
     entry = [PY, str(wrapper)] if wrapper else [PY, "-m", "badc_mpi"]
-    cmd = [MPIEXEC, "-n", str(np), *entry, "-q", "run", str(manifest), "--dry-run", "--no-chunk-check",
-           "--telemetry-dir", str(tel), "--output-dir", str(root / "out"), "--progress-interval-s", "3600", *extra]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        str(np),
+        *entry,
+        "-q",
+        "run",
+        str(manifest),
+        "--dry-run",
+        "--no-chunk-check",
+        "--telemetry-dir",
+        str(tel),
+        "--output-dir",
+        str(root / "out"),
+        "--progress-interval-s",
+        "3600",
+        *extra,
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_OUT": str(root)})
     wall = time.monotonic() - t0
@@ -86,11 +105,19 @@ def main() -> int:
         for np in args.ranks:
             walls = sorted(run(np, manifest, root, [])[0] for _ in range(args.repeat))
             median = walls[len(walls) // 2]
-            results["throughput"].append({"ranks": np, "wall_s": [round(w, 2) for w in walls],
-                                          "chunks_per_s_median": round(args.chunks / median),
-                                          "chunks_per_s_best": round(args.chunks / walls[0])})
-            print(f"{np} rank(s): {args.chunks} chunks, wall {', '.join(f'{w:.2f}' for w in walls)} s: "
-                  f"median {args.chunks / median:,.0f} chunks/s", file=sys.stderr)
+            results["throughput"].append(
+                {
+                    "ranks": np,
+                    "wall_s": [round(w, 2) for w in walls],
+                    "chunks_per_s_median": round(args.chunks / median),
+                    "chunks_per_s_best": round(args.chunks / walls[0]),
+                }
+            )
+            print(
+                f"{np} rank(s): {args.chunks} chunks, wall {', '.join(f'{w:.2f}' for w in walls)} s: "
+                f"median {args.chunks / median:,.0f} chunks/s",
+                file=sys.stderr,
+            )
         # idle: 3 ranks, 3 chunks whose stub sleeps: every rank waits in its polling loop. The
         # same run with no sleep gives each rank's start-up/shut-down CPU, subtracted out.
         wrapper = root / "rusage_wrapper.py"
@@ -104,10 +131,18 @@ def main() -> int:
         idle = []
         for base, busy in zip(usage["baseline"], usage["idle"]):
             cpu_s, wall_s = busy["cpu_s"] - base["cpu_s"], busy["wall_s"] - base["wall_s"]
-            idle.append({"rank": busy["rank"], "cpu_pct_of_core": round(100 * cpu_s / wall_s, 2),
-                         "waiting_cpu_s": round(cpu_s, 3), "waiting_wall_s": round(wall_s, 2)})
-            print(f"waiting rank {busy['rank']}: {100 * cpu_s / wall_s:.2f} % of a core over {wall_s:.1f} s",
-                  file=sys.stderr)
+            idle.append(
+                {
+                    "rank": busy["rank"],
+                    "cpu_pct_of_core": round(100 * cpu_s / wall_s, 2),
+                    "waiting_cpu_s": round(cpu_s, 3),
+                    "waiting_wall_s": round(wall_s, 2),
+                }
+            )
+            print(
+                f"waiting rank {busy['rank']}: {100 * cpu_s / wall_s:.2f} % of a core over {wall_s:.1f} s",
+                file=sys.stderr,
+            )
         results["idle"] = idle
     print(json.dumps(results, indent=1))
     return 0

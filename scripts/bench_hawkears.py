@@ -20,6 +20,7 @@ Targets: resident >= 15x CLI chunks/s; resident per-chunk time <= 1.2x bare.
 Usage: python scripts/bench_hawkears.py [--chunks 40] [--chunk-s 30] [--cli-chunks 5]
        [--models 3] [--threads 1] [--data-root DIR] [--workdir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from badc_mpi import hawkears_env  # noqa: E402
-from badc_mpi.runners.base import Binding, Task  # noqa: E402
-from badc_mpi.runners.hawkears import HawkearsOptions, build_hawkears_runner  # noqa: E402
+from badc_mpi.records import Binding
+from badc_mpi.runners.base import Task  # noqa: E402
+from badc_mpi.runners.hawkears import env as hawkears_env  # noqa: E402
+from badc_mpi.runners.hawkears.adapter import build_hawkears_runner  # noqa: E402
+from badc_mpi.runners.hawkears.options import HawkearsOptions  # noqa: E402
 
 CPU = Binding(host=platform.node(), rank=1, local_rank=0, worker="cpu0@bench", cuda_visible_devices="")
-START_TIMES = {1: [0.0], 2: [0.0, 1.5], 3: [0.0, 1.0, 2.0], 4: [0.0, 1.0, 2.0, 0.0], 5: [0.0, 1.0, 2.0, 0.0, 1.5], 6: [0.0, 1.0, 2.0]}
+START_TIMES = {
+    1: [0.0],
+    2: [0.0, 1.5],
+    3: [0.0, 1.0, 2.0],
+    4: [0.0, 1.0, 2.0, 0.0],
+    5: [0.0, 1.0, 2.0, 0.0, 1.5],
+    6: [0.0, 1.0, 2.0],
+}
 
 BARE = r"""
 import json, os, sys, time
@@ -120,11 +130,16 @@ class Mode:
     def summary(self) -> dict:
         total = sum(self.times)
         return {
-            "chunks": len(self.times), "start_s": round(self.start_s, 2),
-            "per_chunk_s_mean": round(statistics.mean(self.times), 3), "per_chunk_s_median": round(statistics.median(self.times), 3),
-            "per_chunk_s_min": round(min(self.times), 3), "per_chunk_s_max": round(max(self.times), 3),
-            "chunks_per_s": round(len(self.times) / total, 3), "per_chunk_cpu_s_mean": round(statistics.mean(self.cpus), 3),
-            "failures": self.failures, **self.extra,
+            "chunks": len(self.times),
+            "start_s": round(self.start_s, 2),
+            "per_chunk_s_mean": round(statistics.mean(self.times), 3),
+            "per_chunk_s_median": round(statistics.median(self.times), 3),
+            "per_chunk_s_min": round(min(self.times), 3),
+            "per_chunk_s_max": round(max(self.times), 3),
+            "chunks_per_s": round(len(self.times) / total, 3),
+            "per_chunk_cpu_s_mean": round(statistics.mean(self.cpus), 3),
+            "failures": self.failures,
+            **self.extra,
         }
 
 
@@ -132,8 +147,9 @@ class RunnerMode(Mode):
     def __init__(self, mode: str, scratch: Path, args: argparse.Namespace) -> None:
         super().__init__(mode)
         self.scratch = scratch
-        self.runner = build_hawkears_runner(HawkearsOptions(mode=mode, data_root=args.data_root, models=args.models,
-                                                            threads=args.threads, python=args.python))
+        self.runner = build_hawkears_runner(
+            HawkearsOptions(mode=mode, data_root=args.data_root, models=args.models, threads=args.threads, python=args.python)
+        )
         t0 = time.perf_counter()
         self.runner.start(CPU)
         self.start_s = time.perf_counter() - t0
@@ -163,11 +179,21 @@ class BareMode(Mode):
         env.pop("PYTHONPATH", None)
         if args.threads:
             env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        argv = [python, "-c", BARE, root, str(args.models), str(args.threads or 0), str(out),
-                json.dumps(START_TIMES[args.models]), str(warm)]
+        argv = [
+            python,
+            "-c",
+            BARE,
+            root,
+            str(args.models),
+            str(args.threads or 0),
+            str(out),
+            json.dumps(START_TIMES[args.models]),
+            str(warm),
+        ]
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, cwd=root, text=True)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=root, text=True
+        )
         hello = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
         self.start_s = time.perf_counter() - t0
         self.extra = {"load_s": round(hello["load_s"], 2), "device": hello["device"]}
@@ -230,13 +256,30 @@ def main(argv: list[str] | None = None) -> int:
     cpu_overhead = res["per_chunk_cpu_s_mean"] / ba["per_chunk_cpu_s_mean"]
     report = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-        "command": " ".join([Path(sys.executable).name, "scripts/bench_hawkears.py", *(argv if argv is not None else sys.argv[1:])]),
-        "data_root": root.path, "tiny_model": root.is_tiny, "chunk_s": args.chunk_s, "models": args.models,
-        "threads": args.threads or "torch default", "device": ba["device"],
-        "resident": res, "cli": cl, "bare": ba,
-        "resident_vs_cli_speedup": round(speedup, 1), "resident_overhead_vs_bare": round(overhead, 3),
-        "cpu_time": {"resident_vs_cli_speedup": round(cpu_speedup, 1), "resident_overhead_vs_bare": round(cpu_overhead, 3)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "command": " ".join(
+            [Path(sys.executable).name, "scripts/bench_hawkears.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "data_root": root.path,
+        "tiny_model": root.is_tiny,
+        "chunk_s": args.chunk_s,
+        "models": args.models,
+        "threads": args.threads or "torch default",
+        "device": ba["device"],
+        "resident": res,
+        "cli": cl,
+        "bare": ba,
+        "resident_vs_cli_speedup": round(speedup, 1),
+        "resident_overhead_vs_bare": round(overhead, 3),
+        "cpu_time": {
+            "resident_vs_cli_speedup": round(cpu_speedup, 1),
+            "resident_overhead_vs_bare": round(cpu_overhead, 3),
+        },
         "targets": {"resident_vs_cli_speedup>=15": speedup >= 15, "resident_overhead_vs_bare<=1.2": overhead <= 1.2},
     }
     print(json.dumps(report, indent=1))

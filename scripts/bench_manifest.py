@@ -3,7 +3,7 @@
 
 Generates ``--rows`` chunks (60 per recording, ids ``rec00001`` / ``rec00001_chunk_0_60000``,
 relative ``source_path`` ``../chunks/rec00001/rec00001_chunk_0_60000.wav``, a SHA-256 per row) in a
-temporary folder, then times :func:`badc_mpi.manifest.load_manifest` in a fresh child process so
+temporary folder, then times :func:`badc_mpi.inputs.manifest.load_manifest` in a fresh child process so
 that the peak RSS (``resource.getrusage``) is the loader's alone. ``--check-sources`` also creates
 every chunk file (empty) and checks that they exist, as a real run does.
 
@@ -13,6 +13,7 @@ every chunk file (empty) and checks that they exist, as a real run does.
 million chunk files takes from 30 s to several minutes). Exit status 1 when the best wall time
 is over 5 s or the peak RSS over 1 GiB (the targets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,7 @@ def write_manifest(folder: str, rows: int, create_files: bool) -> str:
 
 def measure(path: str, check_sources: bool) -> dict[str, object]:
     """Run in the child: time one load_manifest and report wall seconds and peak RSS."""
-    from badc_mpi.manifest import load_manifest
+    from badc_mpi.inputs.manifest import load_manifest
 
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -79,16 +80,19 @@ def measure(path: str, check_sources: bool) -> dict[str, object]:
     wall_s = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"rows": len(manifest), "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3),
-            "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
-            "rss_after_imports_mib": round(before.ru_maxrss / 1024, 1)}
+    return {
+        "rows": len(manifest),
+        "wall_s": round(wall_s, 3),
+        "cpu_s": round(cpu_s, 3),
+        "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
+        "rss_after_imports_mib": round(before.ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--check-sources", action="store_true",
-                        help="create every chunk file and check that it exists")
+    parser.add_argument("--check-sources", action="store_true", help="create every chunk file and check that it exists")
     parser.add_argument("--repeat", type=int, default=3, help="child runs (each a fresh process)")
     parser.add_argument("--folder", help="keep the generated data here and reuse it")
     parser.add_argument("--measure", metavar="CSV", help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ file still exists (90 % of chunks succeeded with outputs; 10 % are recorded as f
 
 Usage: .venv/bin/python scripts/bench_resume.py [--chunks 1000000] [--no-verify-outputs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from badc_mpi import ledger as ledger_mod  # noqa: E402
-from badc_mpi.manifest import load_manifest  # noqa: E402
-from badc_mpi.resume import decide, load_state  # noqa: E402
+from badc_mpi.coordinator.resume import decide, load_state  # noqa: E402
+from badc_mpi.inputs.manifest import load_manifest  # noqa: E402
+from badc_mpi.storage import ledger as ledger_mod  # noqa: E402
 
 
 def main() -> int:
@@ -64,9 +65,18 @@ def main() -> int:
                 d.mkdir(parents=True, exist_ok=True)
                 (d / f"{chunk}.detections.jsonl").write_bytes(b"")
             status = "success" if with_outputs else "failed"
-            writer.append(ledger_mod.entry_record(c, status, run_id="bench", attempts=1, failure_class=None if with_outputs else "exit",
-                                                  reason="" if with_outputs else "exit status 3", finished_at="2026-01-01T00:00:01.000Z",
-                                                  has_outputs=with_outputs))
+            writer.append(
+                ledger_mod.entry_record(
+                    c,
+                    status,
+                    run_id="bench",
+                    attempts=1,
+                    failure_class=None if with_outputs else "exit",
+                    reason="" if with_outputs else "exit status 3",
+                    finished_at="2026-01-01T00:00:01.000Z",
+                    has_outputs=with_outputs,
+                )
+            )
         writer.close()
         chunks = load_manifest(manifest, check_sources=False).chunks
         t0 = time.perf_counter()
@@ -78,9 +88,13 @@ def main() -> int:
         result = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "chunks": n, "ledger_mib": round((tel / 'm_20260101T000000Z.ledger.jsonl').stat().st_size / 2**20, 1),
-            "read_ledger_s": round(t_read, 2), "resume_state_s": round(total, 2),
-            "skipped": decision.skipped, "to_run": len(decision.to_run), "verify_outputs": not args.no_verify_outputs,
+            "chunks": n,
+            "ledger_mib": round((tel / "m_20260101T000000Z.ledger.jsonl").stat().st_size / 2**20, 1),
+            "read_ledger_s": round(t_read, 2),
+            "resume_state_s": round(total, 2),
+            "skipped": decision.skipped,
+            "to_run": len(decision.to_run),
+            "verify_outputs": not args.no_verify_outputs,
             "peak_rss_mib": round(peak_mib),
         }
         print(json.dumps(result, indent=1))

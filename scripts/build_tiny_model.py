@@ -12,6 +12,7 @@ Usage: python scripts/build_tiny_model.py DEST [--main N] [--low-band N] [--forc
 Idempotent: an existing complete DEST (marker present) is left alone unless --force.
 Atomic: built in a sibling temporary folder, then renamed into place.
 """
+
 from __future__ import annotations
 
 import argparse

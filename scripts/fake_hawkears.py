@@ -26,6 +26,7 @@ Fault injection, matched by substring of the input file name (a chunk id is in i
 lines ``ID`` = fail, or ``MODE ID``; ``#`` comments). ``FAKE_HAWKEARS_ATTEMPT_DIR`` is the
 fallback attempt-marker folder.
 """
+
 import argparse
 import csv
 import hashlib
@@ -87,8 +88,7 @@ def build_parser():
     p.add_argument("--crash-signal", choices=("KILL", "SEGV", "ABRT"), default="KILL")
     # real HawkEars options a command template may pass; accepted and ignored
     p.add_argument("--rtype", default="csv")
-    for opt in ("--region", "--lat", "--lon", "--date", "--filelist", "--seg", "--models",
-                "--threads", "-c"):
+    for opt in ("--region", "--lat", "--lon", "--date", "--filelist", "--seg", "--models", "--threads", "-c"):
         p.add_argument(opt)
     p.add_argument("--low-band", "--no-low-band", dest="low_band", action="store_true")
     p.add_argument("--quiet", action="store_true")

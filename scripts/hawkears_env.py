@@ -13,6 +13,7 @@ vendor/HawkEars/requirements.txt>-py<XY>/``. A completion stamp written last mar
 a folder without one (a killed install) is removed and rebuilt. A lock file serialises
 concurrent ``make hawkears`` runs (e.g. two checkouts on one login node).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from badc_mpi import hawkears_env as he  # noqa: E402
 from badc_mpi.errors import RunnerSetupError  # noqa: E402
+from badc_mpi.runners.hawkears import env as he  # noqa: E402
 
 TINY_BUILDER = he.REPO_ROOT / "scripts" / "build_tiny_model.py"
 

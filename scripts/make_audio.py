@@ -10,6 +10,7 @@ Writes a 16-bit mono WAV of frequency-swept chirps over soft noise; with ``--chu
 cuts it into ``<stem>_chunk_<start_ms>_<end_ms>.wav`` files (the last one short) and prints
 ``path,start_ms,end_ms`` lines. Importable: :func:`synth_wave`, :func:`write_wav`, :func:`cut_wav`.
 """
+
 from __future__ import annotations
 
 import argparse

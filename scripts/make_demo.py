@@ -13,6 +13,7 @@ Layout (the lab's dataset layout)::
 
 Idempotent: a second call finds the finished dataset (a stamp written last) and returns at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,8 @@ def sha256(path: Path) -> str:
 
 def decode_bundled(dest: Path) -> bool:
     """Decode HawkEars' Common Yellowthroat MP3 to WAV with HawkEars' own PyAV; False if unavailable."""
-    from badc_mpi import hawkears_env
     from badc_mpi.errors import BadcError
+    from badc_mpi.runners.hawkears import env as hawkears_env
 
     try:
         python = hawkears_env.find_hawkears_python()
@@ -97,8 +98,7 @@ def build(root: Path) -> Path:
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run([tool("datalad"), "create", "-c", "text2git", str(root)], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([tool("datalad"), "create", "-c", "text2git", str(root)], check=True, env=env, stdout=subprocess.DEVNULL)
     audio = root / "audio"
     audio.mkdir()
     recordings: dict[str, Path] = {}
@@ -115,18 +115,33 @@ def build(root: Path) -> Path:
         out_dir = root / "artifacts" / "chunks" / rec
         pieces = make_audio.cut_wav(str(path), str(out_dir), CHUNK_S, rec)
         for chunk_path, start_ms, end_ms in pieces:
-            rows.append({
-                "recording_id": rec, "chunk_id": Path(chunk_path).stem,
-                "source_path": os.path.relpath(chunk_path, manifest.parent),
-                "start_ms": start_ms, "end_ms": end_ms, "overlap_ms": 0, "sha256": sha256(Path(chunk_path)),
-                "notes": "HawkEars bundled recording" if rec == "CommonYellowthroat" else "synthetic chirps",
-                "site": "demo-site",
-            })
+            rows.append(
+                {
+                    "recording_id": rec,
+                    "chunk_id": Path(chunk_path).stem,
+                    "source_path": os.path.relpath(chunk_path, manifest.parent),
+                    "start_ms": start_ms,
+                    "end_ms": end_ms,
+                    "overlap_ms": 0,
+                    "sha256": sha256(Path(chunk_path)),
+                    "notes": "HawkEars bundled recording" if rec == "CommonYellowthroat" else "synthetic chirps",
+                    "site": "demo-site",
+                }
+            )
         status = {
-            "recording_id": rec, "audio_path": os.path.relpath(path, root), "chunk_output_dir": os.path.relpath(out_dir, root),
-            "manifest_path": os.path.relpath(manifest, root), "chunk_duration": CHUNK_S, "overlap": 0,
-            "status": "completed", "started_at": now, "completed_at": now, "updated_at": now,
-            "manifest_rows": len(pieces), "duration_s": pieces[-1][2] / 1000 if pieces else 0, "error": None,
+            "recording_id": rec,
+            "audio_path": os.path.relpath(path, root),
+            "chunk_output_dir": os.path.relpath(out_dir, root),
+            "manifest_path": os.path.relpath(manifest, root),
+            "chunk_duration": CHUNK_S,
+            "overlap": 0,
+            "status": "completed",
+            "started_at": now,
+            "completed_at": now,
+            "updated_at": now,
+            "manifest_rows": len(pieces),
+            "duration_s": pieces[-1][2] / 1000 if pieces else 0,
+            "error": None,
         }
         (out_dir / ".chunk_status.json").write_text(json.dumps(status, indent=1) + "\n")
     manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -134,8 +149,12 @@ def build(root: Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    subprocess.run([tool("datalad"), "save", "-d", str(root), "-m", "demo audio, chunks and manifest"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [tool("datalad"), "save", "-d", str(root), "-m", "demo audio, chunks and manifest"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     (root / STAMP).write_text(now + "\n")
     # the stamp is untracked on purpose: it marks the build of this checkout, not dataset content
     with open(root / ".git" / "info" / "exclude", "a") as fh:

@@ -1,9 +1,13 @@
 """Test configuration: make tests/ importable (helpers), keep MPI ranks > 0 quiet."""
+
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -19,11 +23,6 @@ def pytest_configure(config):  # noqa: ANN001 - pytest hook
             log = Path(tempfile.gettempdir()) / f"badc-mpi-pytest-rank{rank}.log"
             sys.stdout = open(log, "w")  # noqa: SIM115 - lives for the session
             sys.stderr.write(f"pytest-mpi rank {rank}: report in {log}\n")
-
-
-import logging
-
-import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """Shared test helpers: synthetic datasets, running badc-mpi under a real mpiexec, reading results."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,33 @@ def make_chunk(**fields: Any) -> Any:
     """A real :class:`badc_mpi.records.Chunk` with test defaults; keyword arguments override."""
     from badc_mpi.records import Chunk
 
-    values = dict(recording_id="rec1", chunk_id="rec1_chunk_0_60000", source_path="rec1_chunk_0_60000.wav",
-                  input_path="/x/rec1_chunk_0_60000.wav", start_ms=0, end_ms=60000, overlap_ms=None, sha256=None,
-                  notes="", extra=(), manifest="/x/m.csv", line=2)
+    values = dict(
+        recording_id="rec1",
+        chunk_id="rec1_chunk_0_60000",
+        source_path="rec1_chunk_0_60000.wav",
+        input_path="/x/rec1_chunk_0_60000.wav",
+        start_ms=0,
+        end_ms=60000,
+        overlap_ms=None,
+        sha256=None,
+        notes="",
+        extra=(),
+        manifest="/x/m.csv",
+        line=2,
+    )
     values.update(fields)
     return Chunk(**values)
 
 
-def make_dataset(root: Path, recordings: int, chunks_per_recording: int, *, seconds: float = 1.0,
-                 sample_rate: int = 8000, status: str = "completed") -> Path:
+def make_dataset(
+    root: Path,
+    recordings: int,
+    chunks_per_recording: int,
+    *,
+    seconds: float = 1.0,
+    sample_rate: int = 8000,
+    status: str = "completed",
+) -> Path:
     """Chunk WAVs, a manifest with relative paths and an extra column, and chunk-status files."""
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rows = [HEADER]
@@ -56,8 +75,14 @@ def make_dataset(root: Path, recordings: int, chunks_per_recording: int, *, seco
     return manifest
 
 
-def run_badc(args: list[str], *, np: int | None = 3, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+def run_badc(
+    args: list[str],
+    *,
+    np: int | None = 3,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 240,
+) -> subprocess.CompletedProcess[str]:
     """``mpiexec -n np python -m badc_mpi ARGS`` (or no launcher when np is None), under a timeout.
 
     ``cwd`` defaults to the dataset root made by :func:`make_dataset` (the manifest's parent's
@@ -70,8 +95,13 @@ def run_badc(args: list[str], *, np: int | None = 3, env: dict[str, str] | None 
     if np is not None:
         cmd = [MPIEXEC, "-n", str(np), *cmd]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(["timeout", "-s", "TERM", "-k", "20", str(timeout_s), *cmd], cwd=cwd, env=full_env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["timeout", "-s", "TERM", "-k", "20", str(timeout_s), *cmd],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
 
 
 def telemetry_files(telemetry_dir: Path) -> list[Path]:
@@ -84,3 +114,29 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name[: -len(".jsonl")] + suffix)
+
+
+def descendants(root: int) -> set[int]:
+    """PIDs of every living process below ``root`` (by parent PID): tests signal only their own."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    out: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,4 +1,5 @@
 """The chunk-status guard: each status, missing and unreadable files, refusal and warning."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import os
 
 import pytest
 
-from badc_mpi.chunk_status import (
+from badc_mpi.errors import ChunkStatusError, ExitCode
+from badc_mpi.inputs.chunk_status import (
     STATUS_FILE,
     GuardReport,
     RecordingStatus,
@@ -15,8 +17,7 @@ from badc_mpi.chunk_status import (
     enforce_chunk_status,
     parse_status,
 )
-from badc_mpi.errors import ChunkStatusError, ExitCode
-from badc_mpi.manifest import load_manifest
+from badc_mpi.inputs.manifest import load_manifest
 
 
 def manifest_for(folder, recordings, name="m.csv"):
@@ -62,15 +63,20 @@ def test_every_status(tmp_path, chunks):
     assert got["list"][0] == "invalid" and "JSON object" in got["list"][1]
     assert report.statuses[0].path == str(chunks / "done" / STATUS_FILE)
     assert not report.ok and [s.recording_id for s in report.offending] == names[1:]
-    assert report.counts() == {"completed": 1, "in_progress": 1, "failed": 1, "missing": 1,
-                               "unreadable": 1, "invalid": 3}
+    assert report.counts() == {
+        "completed": 1,
+        "in_progress": 1,
+        "failed": 1,
+        "missing": 1,
+        "unreadable": 1,
+        "invalid": 3,
+    }
 
 
 def test_format_is_a_table(tmp_path, chunks):
     report = check_chunk_status(manifest_for(tmp_path, ["done", "busy", "absent"]), str(chunks))
     lines = report.format().splitlines()
-    assert lines[0] == (f"chunk status in {chunks}: 3 recording(s): 1 completed, 1 in_progress, "
-                        "1 missing")
+    assert lines[0] == (f"chunk status in {chunks}: 3 recording(s): 1 completed, 1 in_progress, 1 missing")
     assert lines[1].split() == ["busy", "in_progress", "last", "update", "2025-06-01T10:00:00Z"]
     assert lines[2].startswith("  absent  missing ")
     assert len(lines) == 3
@@ -89,8 +95,9 @@ def test_all_completed_passes(tmp_path, caplog):
     chunks = tmp_path / "chunks"
     for rec in ("a", "b"):
         write_status(chunks, rec, {"status": "completed"})
-    report = check_chunk_status([manifest_for(tmp_path, ["a"], "1.csv"),
-                                 manifest_for(tmp_path, ["b", "a"], "2.csv")], str(chunks))
+    report = check_chunk_status(
+        [manifest_for(tmp_path, ["a"], "1.csv"), manifest_for(tmp_path, ["b", "a"], "2.csv")], str(chunks)
+    )
     assert report.ok and [s.recording_id for s in report.statuses] == ["a", "b"]
     with caplog.at_level(logging.DEBUG, logger="badc_mpi"):
         enforce_chunk_status(report, allow_partial=False)
@@ -98,14 +105,15 @@ def test_all_completed_passes(tmp_path, caplog):
 
 
 def test_refusal_lists_recordings_and_the_fix(tmp_path, chunks):
-    report = check_chunk_status(manifest_for(tmp_path, ["done", "busy", "broke", "absent"]),
-                                str(chunks))
+    report = check_chunk_status(manifest_for(tmp_path, ["done", "busy", "broke", "absent"]), str(chunks))
     with pytest.raises(ChunkStatusError) as info:
         enforce_chunk_status(report, allow_partial=False)
     text = str(info.value)
     assert info.value.exit_code == ExitCode.CHUNKS_NOT_READY == 3
-    assert text.startswith("3 of 4 recordings are not fully chunked (1 in_progress, 1 failed, "
-                           f"1 missing) in {chunks}: busy (in_progress: last update")
+    assert text.startswith(
+        "3 of 4 recordings are not fully chunked (1 in_progress, 1 failed, "
+        f"1 missing) in {chunks}: busy (in_progress: last update"
+    )
     assert "broke (failed: ffmpeg: invalid data found)" in text and "absent (missing" in text
     assert "done" not in text.split(":", 1)[1].replace("chunked", "")
     assert "Fix: finish chunking" in text and "--allow-partial-chunks" in text

@@ -1,4 +1,5 @@
 """The command line as a user meets it: subcommands, exit codes, one-line errors, man page."""
+
 from __future__ import annotations
 
 import json
@@ -8,25 +9,41 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, make_dataset
-
 import badc_mpi
 from badc_mpi.cli import build_parser, main
+
+from fakes.nvml import fake_env
+from helpers import REPO, make_dataset
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "badc_mpi", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "badc_mpi", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_version_and_help():
     proc = cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"badc-mpi {badc_mpi.__version__}"
     run_help = cli("run", "--help").stdout
-    for needle in ("--dry-run", "--runner-cmd", "--resume", "--max-retries", "--workers-per-gpu",
-                   "where outputs go", "exit codes", "75", "srun"):
+    for needle in (
+        "--dry-run",
+        "--runner-cmd",
+        "--resume",
+        "--max-retries",
+        "--workers-per-gpu",
+        "where outputs go",
+        "exit codes",
+        "75",
+        "srun",
+    ):
         assert needle in run_help, needle
     assert set(build_parser()._subparsers._group_actions[0].choices) == {"run", "check-chunks", "validate", "gpus"}
 
@@ -64,13 +81,13 @@ def test_bad_manifest_is_one_line_naming_file_line_column_and_fix(tmp_path):
 
 def test_gpus_command_with_the_fake_nvml_seam(tmp_path):
     fake = REPO / "tests" / "fake_nvml" / "four.json"
-    proc = cli("gpus", "--json", env={"BADC_MPI_FAKE_NVML": str(fake), "CUDA_VISIBLE_DEVICES": "1,3"})
+    proc = cli("gpus", "--json", env={**fake_env(path=fake), "CUDA_VISIBLE_DEVICES": "1,3"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     text = json.dumps(report)
     devices = json.loads(fake.read_text())["devices"]
     assert devices[1]["uuid"] in text and devices[3]["uuid"] in text
-    plain = cli("gpus", env={"BADC_MPI_FAKE_NVML": str(REPO / "tests" / "fake_nvml" / "no_driver.json")})
+    plain = cli("gpus", env=fake_env("no_driver"))
     assert plain.returncode == 0 and "Traceback" not in plain.stderr
 
 
@@ -81,9 +98,23 @@ def test_main_returns_exit_codes_in_process(tmp_path, capsys):
 
 def test_man_page_builds_from_the_parser(tmp_path):
     out = tmp_path / "badc-mpi.1"
-    proc = subprocess.run([str(Path(sys.executable).parent / "argparse-manpage"), "--module", "badc_mpi.cli",
-                           "--function", "build_parser", "--prog", "badc-mpi", "--output", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "argparse-manpage"),
+            "--module",
+            "badc_mpi.cli",
+            "--function",
+            "build_parser",
+            "--prog",
+            "badc-mpi",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
     assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page
@@ -93,24 +124,47 @@ def test_man_page_builds_from_the_parser(tmp_path):
 def test_make_help_lists_every_target(target):
     proc = subprocess.run(["make", "-s", target], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0
-    for name in ("install", "test", "man", "check-chunks", "infer", "resume", "demo", "bench", "hawkears",
-                 "hawkears-tiny", "hawkears-models"):
+    for name in (
+        "install",
+        "test",
+        "man",
+        "check-chunks",
+        "infer",
+        "resume",
+        "demo",
+        "bench",
+        "hawkears",
+        "hawkears-tiny",
+        "hawkears-models",
+    ):
         assert f"make {name} " in proc.stdout, name
 
 
 def test_make_check_chunks_and_make_infer_with_a_dry_run(tmp_path):
     manifest = make_dataset(tmp_path, 2, 3)
     chunks = tmp_path / "artifacts" / "chunks"
-    guard = subprocess.run(["make", "-s", "-C", str(REPO), "check-chunks", f"MANIFEST={manifest}",
-                            f"ARGS=--chunks-dir {chunks}"], capture_output=True, text=True, timeout=300)
+    guard = subprocess.run(
+        ["make", "-s", "-C", str(REPO), "check-chunks", f"MANIFEST={manifest}", f"ARGS=--chunks-dir {chunks}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert guard.returncode == 0, guard.stderr
     args = f"--dry-run --chunks-dir {chunks} --output-dir {tmp_path / 'out'} --telemetry-dir {tmp_path / 'tel'}"
-    infer = subprocess.run(["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
-                           capture_output=True, text=True, timeout=300)
+    infer = subprocess.run(
+        ["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert infer.returncode == 0, infer.stderr[-2000:]
     assert "6 succeeded" in infer.stdout and "on 2 ranks" in infer.stdout  # NP: no GPU here, so 2
     (chunks / "rec000" / ".chunk_status.json").write_text('{"status": "in_progress"}')
-    refused = subprocess.run(["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        ["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode != 0 and "in_progress" in refused.stderr
     assert len(list((tmp_path / "tel").glob("*.jsonl"))) == 2  # the refused run wrote nothing

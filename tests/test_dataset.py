@@ -1,4 +1,5 @@
 """Where outputs go: DataLad dataset detection and the default directories."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from badc_mpi.dataset import LOCATIONS_HELP, Locations, default_locations, find_dataset_root
+from badc_mpi.inputs.locations import LOCATIONS_HELP, Locations, default_locations, find_dataset_root
 
 
 def fake_dataset(path) -> str:
@@ -30,8 +31,7 @@ def test_real_datalad_dataset(tmp_path):
     env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")
     env.setdefault("GIT_COMMITTER_NAME", "test")
     env.setdefault("GIT_COMMITTER_EMAIL", "test@example.org")
-    done = subprocess.run([datalad, "create", str(tmp_path / "ds")], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([datalad, "create", str(tmp_path / "ds")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = tmp_path / "ds" / "manifests" / "m.csv"
     manifest.parent.mkdir()
@@ -39,8 +39,8 @@ def test_real_datalad_dataset(tmp_path):
     root = str(tmp_path / "ds")
     assert find_dataset_root(manifest) == root
     assert default_locations(manifest, cwd=tmp_path) == Locations(
-        root, f"{root}/artifacts/infer", f"{root}/artifacts/telemetry/infer",
-        f"{root}/artifacts/chunks")
+        root, f"{root}/artifacts/infer", f"{root}/artifacts/telemetry/infer", f"{root}/artifacts/chunks"
+    )
 
 
 def test_nearest_dataset_wins_and_start_is_the_manifest_folder(tmp_path):
@@ -66,19 +66,19 @@ def test_outside_a_dataset_defaults_follow_cwd(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    expected = Locations(None, f"{work}/artifacts/infer", f"{work}/data/telemetry/infer",
-                         f"{work}/artifacts/chunks")
+    expected = Locations(None, f"{work}/artifacts/infer", f"{work}/data/telemetry/infer", f"{work}/artifacts/chunks")
     assert default_locations(tmp_path / "m.csv") == expected
     other = tmp_path / "other"
     assert default_locations("m.csv", cwd=other) == Locations(
-        None, f"{other}/artifacts/infer", f"{other}/data/telemetry/infer",
-        f"{other}/artifacts/chunks")
+        None, f"{other}/artifacts/infer", f"{other}/data/telemetry/infer", f"{other}/artifacts/chunks"
+    )
 
 
 def test_flags_override_and_become_absolute(tmp_path):
     root = fake_dataset(tmp_path / "ds")
-    locations = default_locations(f"{root}/m.csv", output_dir="out", telemetry_dir="/t/./x",
-                                  chunks_dir="../chunks", cwd=tmp_path / "here")
+    locations = default_locations(
+        f"{root}/m.csv", output_dir="out", telemetry_dir="/t/./x", chunks_dir="../chunks", cwd=tmp_path / "here"
+    )
     assert locations == Locations(root, f"{tmp_path}/here/out", "/t/x", f"{tmp_path}/chunks")
     only_chunks = default_locations(f"{root}/m.csv", chunks_dir="c", cwd=tmp_path)
     assert only_chunks.output_dir == f"{root}/artifacts/infer"
@@ -103,6 +103,14 @@ def test_a_datalad_file_is_not_a_dataset(tmp_path):
 
 
 def test_help_documents_the_rule():
-    for words in ("DataLad", "artifacts/infer", "artifacts/telemetry/infer", "data/telemetry/infer",
-                  "artifacts/chunks", "--output-dir", "--telemetry-dir", "--chunks-dir"):
+    for words in (
+        "DataLad",
+        "artifacts/infer",
+        "artifacts/telemetry/infer",
+        "data/telemetry/infer",
+        "artifacts/chunks",
+        "--output-dir",
+        "--telemetry-dir",
+        "--chunks-dir",
+    ):
         assert words in LOCATIONS_HELP

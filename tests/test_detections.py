@@ -1,4 +1,5 @@
 """HawkEars output parsers and canonical detection records."""
+
 from __future__ import annotations
 
 import csv
@@ -6,12 +7,11 @@ import io
 import json
 
 import pytest
-
-from helpers import make_chunk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from badc_mpi.detections import (
+from badc_mpi.errors import BadcError
+from badc_mpi.storage.detections import (
     CANONICAL_KEYS,
     OutputFormatError,
     RawDetection,
@@ -21,16 +21,24 @@ from badc_mpi.detections import (
     parse_raw,
     parse_scores_csv,
 )
-from badc_mpi.errors import BadcError
+
+from helpers import make_chunk
 
 HEADER2 = "recording,name,start_time,end_time,score\n"
 HEADER1 = "filename,start_time,end_time,class_name,class_code,score\n"
 
 
 def FakeChunk(**fields):  # noqa: N802 - reads like the record it builds
-    defaults = dict(chunk_id="rec1_chunk_60000_120000", source_path="audio/rec1_chunk_60000_120000.wav",
-                    input_path="/data/audio/rec1_chunk_60000_120000.wav", start_ms=60000, end_ms=120000,
-                    overlap_ms=0, sha256="ab" * 32, manifest="/data/manifest.csv")
+    defaults = dict(
+        chunk_id="rec1_chunk_60000_120000",
+        source_path="audio/rec1_chunk_60000_120000.wav",
+        input_path="/data/audio/rec1_chunk_60000_120000.wav",
+        start_ms=60000,
+        end_ms=120000,
+        overlap_ms=0,
+        sha256="ab" * 32,
+        manifest="/data/manifest.csv",
+    )
     return make_chunk(**{**defaults, **fields})
 
 
@@ -153,15 +161,14 @@ def test_unterminated_quote_raises(tmp_path):
 
 
 def test_labels1(tmp_path):
-    text = (
-        HEADER1
-        + 'site/rec1.WAV,0.0,3.0,"Warbler, Yellow-rumped",YRWA,0.85\n'
-        + "rec2.flac,3,6,Ruffed Grouse,,0.9\n"
-    )
+    text = HEADER1 + 'site/rec1.WAV,0.0,3.0,"Warbler, Yellow-rumped",YRWA,0.85\n' + "rec2.flac,3,6,Ruffed Grouse,,0.9\n"
     dets = parse_labels_csv(write(tmp_path, text, "HawkEars_labels.csv"))
     assert dets[0] == RawDetection("YRWA", "YRWA", "Warbler, Yellow-rumped", 0.0, 3.0, 0.85, "rec1")
     assert (dets[1].label, dets[1].label_code, dets[1].label_name, dets[1].recording) == (
-        "Ruffed Grouse", None, "Ruffed Grouse", "rec2",
+        "Ruffed Grouse",
+        None,
+        "Ruffed Grouse",
+        "rec2",
     )
 
 
@@ -181,8 +188,7 @@ def test_parse_raw_dispatch(tmp_path):
 def test_load_class_map(tmp_path):
     path = write(
         tmp_path,
-        "Name,Code,AltName,AltCode\nAmerican Robin,AMRO,Merle d'Amérique,MEAM\n"
-        '"Warbler, Yellow-rumped",YRWA,,\n',
+        'Name,Code,AltName,AltCode\nAmerican Robin,AMRO,Merle d\'Amérique,MEAM\n"Warbler, Yellow-rumped",YRWA,,\n',
         "classes.csv",
     )
     cmap = load_class_map(path)
@@ -204,14 +210,16 @@ def _dets():
 
 
 def test_canonical_keys_and_ms():
-    recs = canonical_records(
-        _dets(), FakeChunk(), run_id="run-1", hawkears_version="2.3.0", model_version="m1"
-    )
+    recs = canonical_records(_dets(), FakeChunk(), run_id="run-1", hawkears_version="2.3.0", model_version="m1")
     assert len(recs) == 2
     assert tuple(recs[0]) == CANONICAL_KEYS
     r = recs[0]
     assert (r["recording_id"], r["chunk_id"], r["label"], r["label_code"], r["label_name"]) == (
-        "rec1", "rec1_chunk_60000_120000", "AMRO", "AMRO", "American Robin",
+        "rec1",
+        "rec1_chunk_60000_120000",
+        "AMRO",
+        "AMRO",
+        "American Robin",
     )
     assert (r["start_s"], r["end_s"], r["start_ms"], r["end_ms"]) == (1.5, 4.5, 61500, 64500)
     assert (r["chunk_start_ms"], r["chunk_end_ms"]) == (60000, 120000)
@@ -225,7 +233,11 @@ def test_canonical_without_start_ms():
     chunk = FakeChunk(start_ms=None, end_ms=None, sha256=None)
     r = canonical_records(_dets(), chunk, run_id="r", hawkears_version=None, model_version=None)[0]
     assert (r["start_ms"], r["end_ms"], r["chunk_start_ms"], r["chunk_end_ms"], r["chunk_sha256"]) == (
-        1500, 4500, None, None, None,
+        1500,
+        4500,
+        None,
+        None,
+        None,
     )
 
 
@@ -233,7 +245,7 @@ def test_canonical_extras_and_clash():
     chunk = FakeChunk(extra=(("station", "S01"), ("label", "oops"), ("meta_label", "x"), ("site", "A")))
     r = canonical_records(_dets(), chunk, run_id="r", hawkears_version=None, model_version=None)[0]
     assert list(r)[: len(CANONICAL_KEYS)] == list(CANONICAL_KEYS)
-    assert list(r)[len(CANONICAL_KEYS):] == ["station", "meta_label", "meta_meta_label", "site"]
+    assert list(r)[len(CANONICAL_KEYS) :] == ["station", "meta_label", "meta_meta_label", "site"]
     assert r["label"] == "AMRO" and r["meta_label"] == "oops" and r["meta_meta_label"] == "x"
     assert r["station"] == "S01"
 
@@ -242,17 +254,13 @@ def test_canonical_empty():
     assert canonical_records([], FakeChunk(), run_id="r", hawkears_version=None, model_version=None) == []
 
 
-names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufeff"), min_size=1
-).filter(lambda s: s.strip() == s and s)
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufeff"), min_size=1).filter(
+    lambda s: s.strip() == s and s
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    rows=st.lists(
-        st.tuples(names, st.integers(0, 10**6), st.integers(0, 3000), st.integers(0, 1000)), max_size=8
-    )
-)
+@given(rows=st.lists(st.tuples(names, st.integers(0, 10**6), st.integers(0, 3000), st.integers(0, 1000)), max_size=8))
 def test_scores_roundtrip_property(tmp_path_factory, rows):
     """Anything the csv module writes in the 2.x format parses back exactly."""
     buf = io.StringIO()
@@ -270,23 +278,31 @@ def test_scores_roundtrip_property(tmp_path_factory, rows):
 
 
 def test_class_codes_and_common_names_from_classes_csv(tmp_path):
-    from badc_mpi.detections import load_class_labels, parse_scores_csv
+    from badc_mpi.storage.detections import load_class_labels, parse_scores_csv
 
-    write(tmp_path, "Name,Code,AltName,AltCode\nAmerican Robin,AMRO,Turdus migratorius,amerob\n"
-                              "\"Warbler, Yellow-rumped\",YRWA,Setophaga coronata,yerwar\n", "classes.csv")
+    write(
+        tmp_path,
+        "Name,Code,AltName,AltCode\nAmerican Robin,AMRO,Turdus migratorius,amerob\n"
+        '"Warbler, Yellow-rumped",YRWA,Setophaga coronata,yerwar\n',
+        "classes.csv",
+    )
     scores = write(tmp_path, HEADER2 + "r,AMRO,0.000,3.000,0.900\nr,yerwar,3.000,6.000,0.800\nr,UNKN,0,3,0.5\n")
     class_map, class_names = load_class_labels(tmp_path)
     got = parse_scores_csv(scores, class_map=class_map, class_names=class_names)
     assert [(d.label, d.label_code, d.label_name) for d in got] == [
-        ("AMRO", "AMRO", "American Robin"), ("yerwar", "YRWA", "Warbler, Yellow-rumped"), ("UNKN", None, "UNKN")]
+        ("AMRO", "AMRO", "American Robin"),
+        ("yerwar", "YRWA", "Warbler, Yellow-rumped"),
+        ("UNKN", None, "UNKN"),
+    ]
 
 
 def test_class_labels_from_a_data_folder_prefer_the_taxonomy(tmp_path):
-    from badc_mpi.detections import load_class_labels
+    from badc_mpi.storage.detections import load_class_labels
 
     assert load_class_labels(tmp_path) is None
-    (tmp_path / "taxonomy.csv").write_text("model_code,name,code,alt_name,alt_code\n"
-                                           "BANO,American Barn Owl,ABOW,Tyto furcata,brnowl\n")
+    (tmp_path / "taxonomy.csv").write_text(
+        "model_code,name,code,alt_name,alt_code\nBANO,American Barn Owl,ABOW,Tyto furcata,brnowl\n"
+    )
     (tmp_path / "classes.csv").write_text("Name,Code,AltName,AltCode\nAcadian Flycatcher,ACFL,Empidonax virescens,acafly\n")
     class_map, names = load_class_labels(tmp_path)
     assert class_map["ABOW"] == class_map["brnowl"] == class_map["American Barn Owl"] == "ABOW"

@@ -1,4 +1,5 @@
 """The HawkEars test double (scripts/fake_hawkears.py) and the audio maker (scripts/make_audio.py)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,7 +14,7 @@ import wave
 import numpy as np
 import pytest
 
-from badc_mpi.detections import parse_scores_csv
+from badc_mpi.storage.detections import parse_scores_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(ROOT, "scripts", "fake_hawkears.py")
@@ -34,9 +35,7 @@ def run_fake(*args, env=None, timeout=20):
     full_env = dict(os.environ)
     full_env.pop("FAKE_HAWKEARS_FAULTS", None)
     full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, FAKE, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout
-    )
+    return subprocess.run([sys.executable, FAKE, *map(str, args)], capture_output=True, text=True, env=full_env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +60,24 @@ def test_make_audio(tmp_path, chunks):
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 8000, 16000)
     out = tmp_path / "cli.wav"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "make_audio.py"), str(out), "--seconds", "1",
-         "--sample-rate", "8000", "--seed", "4", "--chunk-s", "0.5", "--chunk-dir", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "make_audio.py"),
+            str(out),
+            "--seconds",
+            "1",
+            "--sample-rate",
+            "8000",
+            "--seed",
+            "4",
+            "--chunk-s",
+            "0.5",
+            "--chunk-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].endswith("cli_chunk_500_1000.wav,500,1000")
@@ -105,9 +119,7 @@ def test_missing_input_exits_2(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"hello, I am text\n", b"RIFF\x00\x00\x00\x00WAVEjunk", b"fLaC\x00"]
-)
+@pytest.mark.parametrize("content", [b"", b"hello, I am text\n", b"RIFF\x00\x00\x00\x00WAVEjunk", b"fLaC\x00"])
 def test_non_audio_exits_0_writing_nothing(tmp_path, content):
     bad = tmp_path / "rec1_chunk_0_6000.wav"
     bad.write_bytes(content)
@@ -154,8 +166,16 @@ def test_silent_on(tmp_path, chunks):
 
 
 def test_flaky_on_then_succeeds(tmp_path, chunks):
-    args = ("--input", chunks[2][0], "--output", tmp_path / "o", "--flaky-on", "chunk_12000",
-            "--attempt-file", tmp_path / "attempts")
+    args = (
+        "--input",
+        chunks[2][0],
+        "--output",
+        tmp_path / "o",
+        "--flaky-on",
+        "chunk_12000",
+        "--attempt-file",
+        tmp_path / "attempts",
+    )
     first = run_fake(*args)
     assert first.returncode == 3 and "flaky" in first.stderr
     assert not (tmp_path / "o" / "scores.csv").exists()
@@ -170,8 +190,13 @@ def test_flaky_without_attempt_dir_is_usage_error(tmp_path, chunks):
 
 
 def test_faults_from_env(tmp_path, chunks):
-    faults = {"fail": ["chunk_0_"], "crash": [], "silent": ["chunk_6000_"], "flaky": ["chunk_12000"],
-              "attempt_dir": str(tmp_path / "att")}
+    faults = {
+        "fail": ["chunk_0_"],
+        "crash": [],
+        "silent": ["chunk_6000_"],
+        "flaky": ["chunk_12000"],
+        "attempt_dir": str(tmp_path / "att"),
+    }
     env = {"FAKE_HAWKEARS_FAULTS": json.dumps(faults)}
     assert run_fake("--input", chunks[0][0], "--output", tmp_path / "a", env=env).returncode == 3
     assert run_fake("--input", chunks[1][0], "--output", tmp_path / "b", env=env).returncode == 0

@@ -1,10 +1,11 @@
-"""GPU discovery, binding and sampling, with NVML faked at its one seam (BADC_MPI_FAKE_NVML)."""
+"""GPU discovery, binding and sampling, with NVML faked at its one seam (BADC_MPI_NVML_BACKEND)."""
+
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -14,26 +15,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from badc_mpi import gpu, nvml
 from badc_mpi.errors import BadcError, UsageError
-from badc_mpi.gpu import (
+from badc_mpi.gpu import binding as gpu
+from badc_mpi.gpu import nvml
+from badc_mpi.gpu.binding import (
     BINDING_HELP,
-    BindingOptions,
     GpuInfo,
-    GpuSampler,
     bind_rank,
     detect,
-    format_binding_table,
-    format_gpus_report,
-    gpus_report,
     parse_visible_devices,
     plan_binding,
     plan_node,
     select_visible,
     sharing_warnings,
 )
-from badc_mpi.nvml import FAKE_ENV, FakeNvmlBackend, NvmlBackend, NvmlUnavailable, open_backend
-from badc_mpi.runners.base import Binding
+from badc_mpi.gpu.nvml import BACKEND_ENV, NvmlBackend, NvmlUnavailable, open_backend
+from badc_mpi.gpu.report import format_binding_table, format_gpus_report, gpus_report
+from badc_mpi.gpu.sampler import GpuSampler
+from badc_mpi.options import BindingOptions
+from badc_mpi.records import Binding
+
+from fakes.nvml import FAKE_ENV, FakeNvmlBackend
+from fakes.nvml import fake_env as fake_vars
 
 FAKES = Path(__file__).parent / "fake_nvml"
 U0, U1, U2, U3 = (
@@ -50,7 +53,7 @@ MIG_B = "MIG-22222222-bbbb-5bbb-8bbb-bbbbbbbbbbbb"
 def fake_env(name: str | None, cvd: str | None = None, **extra: str) -> dict[str, str]:
     env = dict(extra)
     if name is not None:
-        env[FAKE_ENV] = str(FAKES / f"{name}.json")
+        env.update(fake_vars(name))
     if cvd is not None:
         env["CUDA_VISIBLE_DEVICES"] = cvd
     return env
@@ -60,8 +63,15 @@ def plan_all(host: str, visible, visible_env, local_size: int, options: BindingO
     """Every local rank's binding and all their warnings."""
     out, warns = [], []
     for lr in range(local_size):
-        b, w = plan_binding(host=host, rank=lr, local_rank=lr, local_size=local_size, visible=visible,
-                            visible_env=visible_env, options=options)
+        b, w = plan_binding(
+            host=host,
+            rank=lr,
+            local_rank=lr,
+            local_size=local_size,
+            visible=visible,
+            visible_env=visible_env,
+            options=options,
+        )
         out.append(b)
         warns += w
     return out, warns
@@ -99,14 +109,26 @@ def test_fake_file_unreadable_is_usage_error(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(UsageError, match=FAKE_ENV):
-        open_backend({FAKE_ENV: str(bad)})
+        open_backend(fake_vars(path=bad))
     with pytest.raises(UsageError):
-        open_backend({FAKE_ENV: str(tmp_path / "missing.json")})
+        open_backend(fake_vars(path=tmp_path / "missing.json"))
+
+
+def test_backend_that_cannot_be_loaded_is_usage_error(tmp_path):
+    for spec in ("no_such_module_xyz:Backend", f"{tmp_path / 'missing.py'}:Backend", "nocolon"):
+        with pytest.raises(UsageError, match=BACKEND_ENV):
+            open_backend({BACKEND_ENV: spec})
+
+
+def test_production_code_never_reads_the_fake_variable():
+    pkg = Path(gpu.__file__).parents[1]
+    readers = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py") if FAKE_ENV in p.read_text()]
+    assert readers == []
 
 
 @pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="a real NVIDIA driver is present")
 def test_real_pynvml_without_gpu_raises_unavailable(monkeypatch):
-    monkeypatch.delenv(FAKE_ENV, raising=False)
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
     with pytest.raises(NvmlUnavailable) as info:
         open_backend()
     assert info.value.reason  # e.g. "nvmlInit: NVML Shared Library Not Found"
@@ -120,10 +142,13 @@ def test_missing_pynvml_raises_unavailable(monkeypatch):
 
 
 def test_only_nvml_module_imports_pynvml():
-    pkg = Path(gpu.__file__).parent
-    users = [p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")
-             if "import pynvml" in p.read_text() or "from pynvml" in p.read_text()]
-    assert users == ["nvml.py"]
+    pkg = Path(gpu.__file__).parents[1]
+    users = [
+        p.relative_to(pkg).as_posix()
+        for p in pkg.rglob("*.py")
+        if "import pynvml" in p.read_text() or "from pynvml" in p.read_text()
+    ]
+    assert users == ["gpu/nvml.py"]
 
 
 # ---------------------------------------------------------------------------- detection
@@ -150,19 +175,30 @@ def test_detect_no_driver_is_cpu_mode_with_one_log_line(caplog):
     records = [r for r in caplog.records if r.name.startswith("badc_mpi")]
     assert len(records) == 1 and records[0].exc_info is None and records[0].levelno == logging.WARNING
     assert "CPU" in records[0].getMessage()
-    b, w, r = bind_rank(host="n1", rank=0, local_rank=0, local_size=2, options=BindingOptions(),
-                        env=fake_env("no_driver", "0,1"))
+    b, w, r = bind_rank(host="n1", rank=0, local_rank=0, local_size=2, options=BindingOptions(), env=fake_env("no_driver", "0,1"))
     assert b.worker == "cpu0@n1" and b.cuda_visible_devices == "" and not b.uses_gpu and r
 
 
 # ---------------------------------------------------------------------------- CUDA_VISIBLE_DEVICES
 
 
-@pytest.mark.parametrize("value,expected", [
-    (None, None), ("", []), ("  ", []), ("0,1", ["0", "1"]), (" 2 , 3 ", ["2", "3"]),
-    ("NoDevFiles", []), ("-1", []), ("0,-1,1", ["0"]), ("1,1,0", ["1", "0"]), ("01", ["1"]),
-    (f"{U0},{MIG_A}", [U0, MIG_A]), (f"MIG-{U1}/1/0", [f"MIG-{U1}/1/0"]),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (None, None),
+        ("", []),
+        ("  ", []),
+        ("0,1", ["0", "1"]),
+        (" 2 , 3 ", ["2", "3"]),
+        ("NoDevFiles", []),
+        ("-1", []),
+        ("0,-1,1", ["0"]),
+        ("1,1,0", ["1", "0"]),
+        ("01", ["1"]),
+        (f"{U0},{MIG_A}", [U0, MIG_A]),
+        (f"MIG-{U1}/1/0", [f"MIG-{U1}/1/0"]),
+    ],
+)
 def test_parse_visible_devices(value, expected):
     assert parse_visible_devices(value) == expected
 
@@ -180,10 +216,16 @@ def test_select_visible_indices_uuids_and_prefixes():
     assert select_visible([], ["0"]) == []  # nothing to map against: CPU mode decides
 
 
-@pytest.mark.parametrize("entries,match", [
-    (["7"], "matches no GPU"), (["GPU-ffff"], "matches no GPU"), (["GPU-"], "several"),
-    (["banana"], "neither an index"), ([f"MIG-GPU-ffff/1/0"], "matches no GPU"),
-])
+@pytest.mark.parametrize(
+    "entries,match",
+    [
+        (["7"], "matches no GPU"),
+        (["GPU-ffff"], "matches no GPU"),
+        (["GPU-"], "several"),
+        (["banana"], "neither an index"),
+        (["MIG-GPU-ffff/1/0"], "matches no GPU"),
+    ],
+)
 def test_select_visible_unknown_entries_raise_with_fix(entries, match):
     with pytest.raises(UsageError, match=match) as info:
         select_visible(four(), entries)
@@ -197,7 +239,9 @@ def test_select_visible_mig():
     old_style = f"MIG-{gpus[0].uuid}/1/0"
     got = select_visible(gpus, [MIG_B, old_style])
     assert [(g.index, g.uuid, g.name) for g in got] == [
-        (0, MIG_B, "NVIDIA H100 80GB HBM3 MIG"), (0, old_style, "NVIDIA H100 80GB HBM3 MIG")]
+        (0, MIG_B, "NVIDIA H100 80GB HBM3 MIG"),
+        (0, old_style, "NVIDIA H100 80GB HBM3 MIG"),
+    ]
     # an unlisted new-style MIG id goes to the only MIG-enabled GPU
     assert select_visible(gpus, ["MIG-99999999-0000-5000-8000-000000000000"])[0].index == 0
 
@@ -243,8 +287,10 @@ def test_narrowed_single_device_used_as_is(cvd, index):
 
 def test_narrowed_under_srun_each_rank_own_gpu():
     # srun --gpus-per-task=1: each rank's own environment names a different single GPU
-    bs = [bind_rank(host="n1", rank=i, local_rank=i, local_size=2, options=BindingOptions(),
-                    env=fake_env("four", cvd))[0] for i, cvd in enumerate(["0", "1"])]
+    bs = [
+        bind_rank(host="n1", rank=i, local_rank=i, local_size=2, options=BindingOptions(), env=fake_env("four", cvd))[0]
+        for i, cvd in enumerate(["0", "1"])
+    ]
     assert [b.cuda_visible_devices for b in bs] == ["0", "1"]
     assert sharing_warnings(bs, BindingOptions()) == []
 
@@ -306,8 +352,7 @@ def test_binding_options_validated():
 
 def test_plan_node_and_table():
     gpus, visible_env, _ = detect(fake_env("one"))
-    node = plan_node("n7", 2, select_visible(gpus, visible_env), visible_env,
-                     BindingOptions(cpu_workers=1), first_rank=4)
+    node = plan_node("n7", 2, select_visible(gpus, visible_env), visible_env, BindingOptions(cpu_workers=1), first_rank=4)
     assert [(b.rank, b.local_rank, b.worker) for b in node] == [(4, 0, "gpu0@n7"), (5, 1, "cpu0@n7")]
     table = format_binding_table(node).splitlines()
     assert table[0].split() == ["host", "rank", "local", "worker", "gpu", "uuid", "name"]
@@ -316,8 +361,15 @@ def test_plan_node_and_table():
 
 
 def test_binding_help_mentions_every_rule():
-    for word in ("narrowed", "--max-gpus", "--workers-per-gpu", "--cpu-workers", "PCI_BUS_ID",
-                 'CUDA_VISIBLE_DEVICES=""', "cpu<local rank>@host"):
+    for word in (
+        "narrowed",
+        "--max-gpus",
+        "--workers-per-gpu",
+        "--cpu-workers",
+        "PCI_BUS_ID",
+        'CUDA_VISIBLE_DEVICES=""',
+        "cpu<local rank>@host",
+    ):
         assert word in BINDING_HELP
     assert "cpu_workers" in plan_binding.__doc__
 
@@ -375,8 +427,12 @@ def test_sampler_values_from_fake():
     sampler.begin(lambda: [4242])
     time.sleep(0.08)
     result = sampler.end()
-    assert result == {"vram_used_mib": 2048.0, "vram_device_mib": 30000.0,
-                      "gpu_util_pct_mean": 90.0, "gpu_util_pct_max": 90.0}
+    assert result == {
+        "vram_used_mib": 2048.0,
+        "vram_device_mib": 30000.0,
+        "gpu_util_pct_mean": 90.0,
+        "gpu_util_pct_max": 90.0,
+    }
     assert sampler.samples >= 3
     assert not any(t.name == "badc-gpu-sampler" for t in threading.enumerate())
 
@@ -397,8 +453,12 @@ def test_sampler_unsupported_and_no_pids_give_none():
     nv = open_backend(fake_env("four"))
     result = GpuSampler(nv, gpu_binding("four", 3), interval_s=60)
     result.begin(lambda: [7])
-    assert result.end() == {"vram_used_mib": None, "vram_device_mib": 4000.0,
-                            "gpu_util_pct_mean": None, "gpu_util_pct_max": None}
+    assert result.end() == {
+        "vram_used_mib": None,
+        "vram_device_mib": 4000.0,
+        "gpu_util_pct_mean": None,
+        "gpu_util_pct_max": None,
+    }
     s = GpuSampler(nv, gpu_binding("four", 0), interval_s=60)
     s.begin(list)
     assert s.end()["vram_used_mib"] is None
@@ -419,19 +479,29 @@ def test_sampler_survives_backend_errors():
         def device_vram_used_mib(self, dev):
             raise NvmlUnavailable("GPU fell off the bus")
 
-    nv = Broken(str(FAKES / "one.json"))
+    nv = Broken(fake_vars("one"))
     s = GpuSampler(nv, gpu_binding("one", 0), interval_s=60)
     s.begin(lambda: 1 / 0)  # a broken pids_fn too
-    assert s.end() == {"vram_used_mib": None, "vram_device_mib": None,
-                       "gpu_util_pct_mean": 37.0, "gpu_util_pct_max": 37.0}
+    assert s.end() == {
+        "vram_used_mib": None,
+        "vram_device_mib": None,
+        "gpu_util_pct_mean": 37.0,
+        "gpu_util_pct_max": 37.0,
+    }
 
 
 # ---------------------------------------------------------------------------- `badc-mpi gpus`
 
 
-@pytest.mark.parametrize("name,worker,available", [
-    ("zero", "cpu0@", True), ("one", "gpu0@", True), ("four", "gpu0@", True), ("no_driver", "cpu0@", False),
-])
+@pytest.mark.parametrize(
+    "name,worker,available",
+    [
+        ("zero", "cpu0@", True),
+        ("one", "gpu0@", True),
+        ("four", "gpu0@", True),
+        ("no_driver", "cpu0@", False),
+    ],
+)
 def test_gpus_report_each_fixture(name, worker, available):
     report = gpus_report(fake_env(name))
     assert report["nvml"]["available"] is available
@@ -475,11 +545,14 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 def test_fake_reaches_ranks_of_a_real_mpiexec():
     import subprocess
 
-    probe = ("import json; from badc_mpi.gpu import gpus_report; r = gpus_report(); "
-             "print(json.dumps([r['local_rank'], r['binding']['cuda_visible_devices']]))")
+    probe = (
+        "import json, os; from badc_mpi.gpu.report import gpus_report; r = gpus_report(); "  # one write per rank:
+        "os.write(1, (json.dumps([r['local_rank'], r['binding']['cuda_visible_devices']]) + '\\n').encode())"
+    )
     env = {**os.environ, **fake_env("four", "3,1"), "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("MPI_LOCALRANKID", None)
-    done = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-c", probe], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [[0, U3], [1, U1]]

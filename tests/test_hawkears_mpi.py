@@ -3,6 +3,7 @@
 Needs ``make hawkears hawkears-tiny`` (``make test`` builds them); with BADC_MPI_SKIP_HAWKEARS=1
 these tests are skipped instead of failing.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from badc_mpi.detections import parse_scores_csv
-from helpers import MPIEXEC, PYTHON, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+from badc_mpi.storage.detections import parse_scores_csv
+
+from helpers import MPIEXEC, PYTHON, cmdline, descendants, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
 
 pytestmark = pytest.mark.hawkears
 
 
 @pytest.fixture(scope="module", autouse=True)
 def hawkears_ready():
-    from badc_mpi import hawkears_env
     from badc_mpi.errors import BadcError
+    from badc_mpi.runners.hawkears import env as hawkears_env
 
     try:
         python = hawkears_env.find_hawkears_python()
@@ -36,8 +38,21 @@ def hawkears_ready():
 
 
 def hawkears_args(manifest: Path, root: Path, *extra: str) -> list[str]:
-    return ["run", str(manifest), "--models", "1", "--output-dir", str(root / "out"), "--telemetry-dir",
-            str(root / "tel"), "--progress-interval-s", "3600", "--backoff-s", "0.1", *extra]
+    return [
+        "run",
+        str(manifest),
+        "--models",
+        "1",
+        "--output-dir",
+        str(root / "out"),
+        "--telemetry-dir",
+        str(root / "tel"),
+        "--progress-interval-s",
+        "3600",
+        "--backoff-s",
+        "0.1",
+        *extra,
+    ]
 
 
 def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
@@ -67,7 +82,12 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
         raw = parse_scores_csv(scores)
         assert len(dets) == len(raw) == e["detections"]
         for d, r in zip(dets, raw):
-            assert (d["label"], d["confidence"], d["start_s"], d["end_s"]) == (r.label, r.confidence, r.start_s, r.end_s)
+            assert (d["label"], d["confidence"], d["start_s"], d["end_s"]) == (
+                r.label,
+                r.confidence,
+                r.start_s,
+                r.end_s,
+            )
             assert d["start_ms"] == int(chunk.split("_")[-2]) + round(r.start_s * 1000)
             assert d["hawkears_version"] and d["model_version"] and d["site"]
             # HawkEars wrote one label form; the data root's classes.csv gives both code and name
@@ -118,20 +138,13 @@ def read_jsonl_safe(path: Path) -> list[dict]:
     return [json.loads(x) for x in data[: data.rfind(b"\n") + 1].decode().splitlines() if x.strip()]
 
 
-def hawkears_worker_pids(marker: str = "hawkears_worker.py") -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
+def resident_pids(root: int) -> list[int]:
+    """The resident HawkEars processes started under ``root`` (this test's own mpiexec)."""
+    return [pid for pid in descendants(root) if "runners/hawkears/resident.py" in cmdline(pid)]
 
 
 def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
     manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=5, seconds=20.0, sample_rate=22050)
-    before = set(hawkears_worker_pids())
     cmd = [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -140,7 +153,7 @@ def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
         files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
         # once both ranks have started a chunk, both resident workers are up: kill them mid-work
         if files and {e["rank"] for e in read_jsonl_safe(files[0]) if e["event"] == "start"} == {0, 1}:
-            for pid in set(hawkears_worker_pids()) - before:
+            for pid in resident_pids(proc.pid):
                 os.kill(pid, signal.SIGKILL)  # mid-chunk (or between chunks): the rank must survive it
                 killed.append(pid)
         time.sleep(0.05)
@@ -162,8 +175,21 @@ def test_a_rank_whose_hawkears_cannot_start_is_left_out_and_the_others_finish(tm
     manifest = make_dataset(tmp_path, recordings=1, chunks_per_recording=4, seconds=6.0, sample_rate=22050)
     args = ["-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
     # MPMD launch: rank 1 gets a HawkEars python that does not exist
-    cmd = [MPIEXEC, "-n", "1", PYTHON, *args, ":", "-n", "1", "-env", "BADC_MPI_HAWKEARS_PYTHON",
-           str(tmp_path / "no-such-python"), PYTHON, *args]
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "1",
+        PYTHON,
+        *args,
+        ":",
+        "-n",
+        "1",
+        "-env",
+        "BADC_MPI_HAWKEARS_PYTHON",
+        str(tmp_path / "no-such-python"),
+        PYTHON,
+        *args,
+    ]
     proc = subprocess.run(["timeout", "600", *cmd], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 1 on" in proc.stderr and "continuing on the other 1 rank(s)" in proc.stderr

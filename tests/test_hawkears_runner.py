@@ -4,6 +4,7 @@ Needs ``make hawkears hawkears-tiny``; without them the ``hawkears`` tests FAIL 
 unless ``BADC_MPI_SKIP_HAWKEARS=1`` (then they are skipped). One resident worker is started per
 module and shared; tests that kill it or make it hang check that the next chunk gets a new one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,25 +23,22 @@ from pathlib import Path
 
 import pytest
 
-from badc_mpi import hawkears_env
 from badc_mpi.errors import RunnerSetupError, UsageError
-from badc_mpi.runners.base import CRASH, INPUT, TIMEOUT, Binding, Task
-from badc_mpi.runners.hawkears import (
-    HawkearsOptions,
-    HawkearsRunner,
-    _chunk_options,
-    add_hawkears_arguments,
-    build_hawkears_runner,
-)
-from badc_mpi.runners.hawkears_worker import TEST_HANG_ENV
+from badc_mpi.records import CRASH, INPUT, TIMEOUT, Binding
+from badc_mpi.runners.base import Task
+from badc_mpi.runners.hawkears import env as hawkears_env
+from badc_mpi.runners.hawkears.adapter import HawkearsRunner, build_hawkears_runner
+from badc_mpi.runners.hawkears.options import HawkearsOptions, add_hawkears_arguments
+from badc_mpi.runners.hawkears.options import chunk_options as _chunk_options
 
 CPU_BINDING = Binding(host="localhost", rank=1, local_rank=0, worker="cpu0@localhost", cuda_visible_devices="")
 HANG = "hang-me"
+HANGING_PYTHON = str(Path(__file__).parent / "fakes" / "hawkears_python")  # the hang seam
 
 
 @dataclasses.dataclass(frozen=True)
 class FakeChunk:
-    """The fields of badc_mpi.manifest.Chunk that the runner reads."""
+    """The fields of badc_mpi.inputs.manifest.Chunk that the runner reads."""
 
     input_path: str
     extra: tuple[tuple[str, str], ...] = ()
@@ -87,12 +85,17 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def hk_python() -> str:
     try:
         python = hawkears_env.find_hawkears_python()
-        root = hawkears_env.resolve_data_root(None, {k: v for k, v in os.environ.items() if k != "HAWKEARS_DATA_ROOT"}, python=python)
+        root = hawkears_env.resolve_data_root(
+            None, {k: v for k, v in os.environ.items() if k != "HAWKEARS_DATA_ROOT"}, python=python
+        )
     except RunnerSetupError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
             pytest.skip(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
-        pytest.fail(f"HawkEars environment or tiny model missing: {exc}. Fix: run `make hawkears hawkears-tiny` "
-                    "(or set BADC_MPI_SKIP_HAWKEARS=1 to skip these tests)", pytrace=False)
+        pytest.fail(
+            f"HawkEars environment or tiny model missing: {exc}. Fix: run `make hawkears hawkears-tiny` "
+            "(or set BADC_MPI_SKIP_HAWKEARS=1 to skip these tests)",
+            pytrace=False,
+        )
     if not root.is_tiny and root.source != "cli":
         pytest.skip(f"tests expect the tiny model; found a real data root {root.path}")
     return python
@@ -117,10 +120,11 @@ def run_chunk(runner: HawkearsRunner, path: Path, scratch: Path, timeout_s: floa
 @pytest.fixture(scope="module")
 def resident(hk_python: str, tiny_root: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     mp = pytest.MonkeyPatch()
-    mp.setenv(TEST_HANG_ENV, HANG)  # test hook: the worker hangs on inputs whose path contains it
+    mp.setenv("BADC_TEST_REAL_HAWKEARS_PYTHON", hk_python)  # the fake python runs the real one, but
+    mp.setenv("BADC_TEST_HANG_ON", HANG)  # its resident process hangs on inputs whose path contains HANG
     mp.setenv("CUDA_VISIBLE_DEVICES", "0")  # the CPU binding must override this
     log_dir = str(tmp_path_factory.mktemp("hawkears-logs"))
-    runner = make_runner(hk_python, tiny_root, min_score=0.5, models=1, log_dir=log_dir)
+    runner = make_runner(HANGING_PYTHON, tiny_root, min_score=0.5, models=1, log_dir=log_dir)
     runner.start(CPU_BINDING)
     yield runner
     runner.close()
@@ -129,7 +133,9 @@ def resident(hk_python: str, tiny_root: str, tmp_path_factory: pytest.TempPathFa
 
 # ------------------------------------------------------------------ tests
 @pytest.mark.hawkears
-def test_resident_equals_cli_and_starts_once(resident: HawkearsRunner, hk_python: str, tiny_root: str, audio, tmp_path: Path) -> None:  # noqa: ANN001
+def test_resident_equals_cli_and_starts_once(
+    resident: HawkearsRunner, hk_python: str, tiny_root: str, audio, tmp_path: Path
+) -> None:  # noqa: ANN001
     results = [run_chunk(resident, audio[name], tmp_path / f"res-{name}") for name in ("good0", "good1", "good2")]
     assert all(r.ok for r in results), [r.reason for r in results]
     assert {r.metrics["worker_pid"] for r in results} == {results[0].pid}
@@ -195,7 +201,9 @@ def test_killed_worker_is_a_crash_then_restarts(resident: HawkearsRunner, audio,
     timer.join()
     assert res.failure_class == CRASH and res.signal == signal.SIGKILL, res.reason
     assert "hanging on" in res.reason  # the tail of the worker's stderr, also in the rank's log
-    assert "hanging on" in (Path(resident.options.log_dir) / f"hawkears-rank{CPU_BINDING.rank}.log").read_text()
+    assert (
+        "[hanging_resident] hanging on" in (Path(resident.options.log_dir) / f"hawkears-rank{CPU_BINDING.rank}.log").read_text()
+    )
     assert resident.active_pids() == []
     good = run_chunk(resident, audio["good0"], tmp_path / "after")
     assert good.ok and good.pid != pid and resident.worker_starts == starts + 1 == good.metrics["worker_starts"]
@@ -236,8 +244,18 @@ def test_log_dir_option_writes_the_rank_log(hk_python: str, tiny_root: str, audi
     parser = argparse.ArgumentParser()
     add_hawkears_arguments(parser)
     log_dir = tmp_path / "logs" / "hawkears"  # not there yet: start() makes it
-    args = parser.parse_args(["--hawkears-python", hk_python, "--hawkears-data-root", tiny_root, "--models", "1",
-                              "--hawkears-log-dir", str(log_dir)])
+    args = parser.parse_args(
+        [
+            "--hawkears-python",
+            hk_python,
+            "--hawkears-data-root",
+            tiny_root,
+            "--models",
+            "1",
+            "--hawkears-log-dir",
+            str(log_dir),
+        ]
+    )
     runner = build_hawkears_runner(HawkearsOptions.from_namespace(args))
     runner.start(dataclasses.replace(CPU_BINDING, rank=3))
     try:
@@ -264,7 +282,10 @@ def test_low_band_without_checkpoints_is_a_clear_error(hk_python: str, tiny_root
         if entry.name != "ckpt-low-band":
             (root / "data" / entry.name).symlink_to(entry)
     runner = make_runner(hk_python, str(root), low_band=True)
-    with caplog.at_level(logging.WARNING, logger="badc_mpi"), pytest.raises(RunnerSetupError, match="--low-band needs low-band checkpoints"):
+    with (
+        caplog.at_level(logging.WARNING, logger="badc_mpi"),
+        pytest.raises(RunnerSetupError, match="--low-band needs low-band checkpoints"),
+    ):
         runner.start(CPU_BINDING)
     runner.close()
 
@@ -275,21 +296,58 @@ def test_options_parse_validate_and_pickle(tmp_path: Path) -> None:
     add_hawkears_arguments(parser)
     species = tmp_path / "species.txt"
     species.write_text("American Robin\n")
-    args = parser.parse_args(["--hawkears-mode", "cli", "--min-score", "0.5", "--models", "2", "--no-low-band",
-                              "--label", "alt_names", "--lat", "49", "--lon", "-123", "--include", str(species)])
+    args = parser.parse_args(
+        [
+            "--hawkears-mode",
+            "cli",
+            "--min-score",
+            "0.5",
+            "--models",
+            "2",
+            "--no-low-band",
+            "--label",
+            "alt_names",
+            "--lat",
+            "49",
+            "--lon",
+            "-123",
+            "--include",
+            str(species),
+        ]
+    )
     opts = HawkearsOptions.from_namespace(args)
-    assert (opts.mode, opts.min_score, opts.models, opts.low_band, opts.label, opts.include) == ("cli", 0.5, 2, False, "alt-names", str(species))
+    assert (opts.mode, opts.min_score, opts.models, opts.low_band, opts.label, opts.include) == (
+        "cli",
+        0.5,
+        2,
+        False,
+        "alt-names",
+        str(species),
+    )
     assert pickle.loads(pickle.dumps(opts)) == opts
     assert HawkearsOptions.from_namespace(parser.parse_args([])) == HawkearsOptions()
-    for bad in (dict(models=7), dict(lat=1.0), dict(region="CA-AB", lat=1.0, lon=2.0), dict(label="x"),
-                dict(include=str(tmp_path / "none.txt")), dict(date="June 1"), dict(mode="daemon")):
+    for bad in (
+        dict(models=7),
+        dict(lat=1.0),
+        dict(region="CA-AB", lat=1.0, lon=2.0),
+        dict(label="x"),
+        dict(include=str(tmp_path / "none.txt")),
+        dict(date="June 1"),
+        dict(mode="daemon"),
+    ):
         with pytest.raises(UsageError):
             HawkearsOptions(**bad).validate()  # type: ignore[arg-type]
 
 
 def test_chunk_options_from_manifest_columns() -> None:
-    assert _chunk_options(FakeChunk("x", (("lat", "49.1"), ("lon", "-123"), ("date", "20240601")))) == ({"lat": 49.1, "lon": -123.0, "date": "20240601"}, None)
-    assert _chunk_options(FakeChunk("x", (("region", "CA-BC"), ("lat", ""), ("lon", "")))) == ({"region": "CA-BC"}, None)
+    assert _chunk_options(FakeChunk("x", (("lat", "49.1"), ("lon", "-123"), ("date", "20240601")))) == (
+        {"lat": 49.1, "lon": -123.0, "date": "20240601"},
+        None,
+    )
+    assert _chunk_options(FakeChunk("x", (("region", "CA-BC"), ("lat", ""), ("lon", "")))) == (
+        {"region": "CA-BC"},
+        None,
+    )
     assert _chunk_options(FakeChunk("x", (("site", "A"),))) == ({}, None)
     assert "bad lat/lon" in (_chunk_options(FakeChunk("x", (("lat", "north"), ("lon", "1"))))[1] or "")
     assert "bad date" in (_chunk_options(FakeChunk("x", (("date", "yesterday"),)))[1] or "")
@@ -302,7 +360,8 @@ def test_env_and_data_root_resolution(tmp_path: Path) -> None:
     with pytest.raises(RunnerSetupError, match="make hawkears-models"):
         hawkears_env.resolve_data_root(None, env)
     assert hawkears_env.hawkears_env_dir(env).name.startswith("hawkears-") and hawkears_env.hawkears_env_dir(env).name.endswith(
-        hawkears_env.python_tag())
+        hawkears_env.python_tag()
+    )
 
     def fake_root(path: Path, tiny: bool = False) -> Path:
         (path / "yaml").mkdir(parents=True)
@@ -325,4 +384,7 @@ def test_env_and_data_root_resolution(tmp_path: Path) -> None:
     with pytest.raises(RunnerSetupError, match="not a HawkEars data root"):
         hawkears_env.resolve_data_root(str(tmp_path), env)
     overrides = root.config_overrides()
-    assert overrides["misc"]["ckpt_folder"] == str(tiny / "data" / "ckpt") and Path(overrides["hawkears"]["occurrence_pickle"]).is_absolute()
+    assert (
+        overrides["misc"]["ckpt_folder"] == str(tiny / "data" / "ckpt")
+        and Path(overrides["hawkears"]["occurrence_pickle"]).is_absolute()
+    )

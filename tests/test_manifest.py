@@ -1,4 +1,5 @@
 """The manifest contract: every validation rule, line numbers, paths, round trips."""
+
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from badc_mpi.errors import ExitCode, ManifestError
-from badc_mpi.manifest import (
-    MAX_LISTED,
-    REQUIRED_COLUMNS,
-    STANDARD_COLUMNS,
-    Chunk,
-    id_problems,
-    load_manifest,
-    load_manifests,
-    validate_id,
-)
+from badc_mpi.inputs.manifest import MAX_LISTED, id_problems, load_manifest, load_manifests
+from badc_mpi.inputs.manifest_csv import REQUIRED_COLUMNS
+from badc_mpi.records import STANDARD_COLUMNS, Chunk, validate_id
 
 HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes\n"
 SHA = hashlib.sha256(b"x").hexdigest()
@@ -35,8 +29,16 @@ def write(folder, text: str | bytes, name: str = "manifest.csv") -> str:
     return path
 
 
-def row(rec: str = "r1", chunk: str = "c1", source: str = "a.wav", start: str = "0",
-        end: str = "60000", overlap: str = "0", sha: str = "", notes: str = "") -> str:
+def row(
+    rec: str = "r1",
+    chunk: str = "c1",
+    source: str = "a.wav",
+    start: str = "0",
+    end: str = "60000",
+    overlap: str = "0",
+    sha: str = "",
+    notes: str = "",
+) -> str:
     return f"{rec},{chunk},{source},{start},{end},{overlap},{sha},{notes}\n"
 
 
@@ -63,26 +65,45 @@ def assert_where(error: ManifestError, line: int | None, column: str | None) -> 
 
 # ----------------------------------------------------------------------------- good input
 
+
 def test_fields_parsed(tmp_path):
-    path = write(tmp_path, HEADER.rstrip("\n") + ",site\n"
-                 + row(sha=SHA.upper(), notes="first").rstrip("\n") + ",S1\n"
-                 + row(chunk="c2", start="60000", end="90000", sha="TODO_HASH").rstrip("\n") + ",\n"
-                 + row(chunk="c3", start="", end="", overlap="", sha="DRY_RUN").rstrip("\n") + ",S3\n")
+    path = write(
+        tmp_path,
+        HEADER.rstrip("\n")
+        + ",site\n"
+        + row(sha=SHA.upper(), notes="first").rstrip("\n")
+        + ",S1\n"
+        + row(chunk="c2", start="60000", end="90000", sha="TODO_HASH").rstrip("\n")
+        + ",\n"
+        + row(chunk="c3", start="", end="", overlap="", sha="DRY_RUN").rstrip("\n")
+        + ",S3\n",
+    )
     manifest = load_manifest(path, check_sources=False)
     first, second, third = manifest.chunks
     assert len(manifest) == 3 and list(manifest) == manifest.chunks
     assert manifest.path == path and manifest.missing == []
     assert manifest.columns == (*STANDARD_COLUMNS, "site") and manifest.extra_columns == ("site",)
-    assert first == Chunk("r1", "c1", "a.wav", str(tmp_path / "a.wav"), 0, 60000, 0, SHA, "first",
-                          (("site", "S1"),), path, 2)
+    assert first == Chunk("r1", "c1", "a.wav", str(tmp_path / "a.wav"), 0, 60000, 0, SHA, "first", (("site", "S1"),), path, 2)
     assert first.key == "r1/c1" and first.duration_s == 60.0 and first.metadata() == {"site": "S1"}
-    assert (second.sha256, second.duration_s, second.line, second.extra) == (
-        None, 30.0, 3, (("site", ""),))
+    assert (second.sha256, second.duration_s, second.line, second.extra) == (None, 30.0, 3, (("site", ""),))
     assert (third.start_ms, third.end_ms, third.overlap_ms, third.sha256, third.duration_s) == (
-        None, None, None, None, None)
-    assert first.to_row() == {"recording_id": "r1", "chunk_id": "c1", "source_path": "a.wav",
-                              "start_ms": "0", "end_ms": "60000", "overlap_ms": "0", "sha256": SHA,
-                              "notes": "first", "site": "S1"}
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert first.to_row() == {
+        "recording_id": "r1",
+        "chunk_id": "c1",
+        "source_path": "a.wav",
+        "start_ms": "0",
+        "end_ms": "60000",
+        "overlap_ms": "0",
+        "sha256": SHA,
+        "notes": "first",
+        "site": "S1",
+    }
     with pytest.raises(AttributeError):
         first.chunk_id = "x"  # type: ignore[misc]
 
@@ -100,15 +121,20 @@ def test_round_trip_1000_rows(tmp_path):
     rows = []
     for index in range(1000):
         start = rng.randrange(0, 10**7)
-        rows.append({
-            "recording_id": f"rec{index // 7:05d}", "chunk_id": f"chunk é {index}",
-            "source_path": f"audio/rec{index // 7:05d}/{index}.wav" if index % 3 else f"/abs/{index}.flac",
-            "start_ms": str(start), "end_ms": str(start + rng.randrange(1, 60001)),
-            "overlap_ms": rng.choice(["", "0", "1500"]), "site": rng.choice(["S1", "S2", ""]),
-            "sha256": rng.choice(["", hashlib.sha256(str(index).encode()).hexdigest()]),
-            "notes": rng.choice(["", "plain", 'has "quotes", commas', "two\nlines"]),
-            "comment, with comma": str(rng.random()),
-        })
+        rows.append(
+            {
+                "recording_id": f"rec{index // 7:05d}",
+                "chunk_id": f"chunk é {index}",
+                "source_path": f"audio/rec{index // 7:05d}/{index}.wav" if index % 3 else f"/abs/{index}.flac",
+                "start_ms": str(start),
+                "end_ms": str(start + rng.randrange(1, 60001)),
+                "overlap_ms": rng.choice(["", "0", "1500"]),
+                "site": rng.choice(["S1", "S2", ""]),
+                "sha256": rng.choice(["", hashlib.sha256(str(index).encode()).hexdigest()]),
+                "notes": rng.choice(["", "plain", 'has "quotes", commas', "two\nlines"]),
+                "comment, with comma": str(rng.random()),
+            }
+        )
     path = os.path.join(tmp_path, "round.csv")
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, columns, lineterminator="\r\n")
@@ -118,8 +144,7 @@ def test_round_trip_1000_rows(tmp_path):
     assert manifest.extra_columns == ("site", "comment, with comma")
     line = 2
     for expected, chunk in zip(rows, manifest.chunks, strict=True):
-        assert chunk.to_row() == {name: expected[name] for name in (*STANDARD_COLUMNS,
-                                                                    *manifest.extra_columns)}
+        assert chunk.to_row() == {name: expected[name] for name in (*STANDARD_COLUMNS, *manifest.extra_columns)}
         assert chunk.line == line
         line += 1 + expected["notes"].count("\n")
         assert chunk.input_path == os.path.normpath(os.path.join(tmp_path, expected["source_path"]))
@@ -150,17 +175,29 @@ def test_line_numbers_after_multiline_values_and_blank_lines(tmp_path):
 
 
 def test_relative_paths_resolve_against_manifest_folder_not_cwd(tmp_path, monkeypatch):
-    path = write(tmp_path / "data" / "manifests", HEADER + row(source="../audio/a.wav")
-                 + row(chunk="c2", source="./x/../b.wav") + row(chunk="c3", source="/abs/./c.wav")
-                 + row(chunk="c4", source="sub/.") + row(chunk="c5", source="d.wav")
-                 + row(chunk="c6", source="/e.wav"))
+    path = write(
+        tmp_path / "data" / "manifests",
+        HEADER
+        + row(source="../audio/a.wav")
+        + row(chunk="c2", source="./x/../b.wav")
+        + row(chunk="c3", source="/abs/./c.wav")
+        + row(chunk="c4", source="sub/.")
+        + row(chunk="c5", source="d.wav")
+        + row(chunk="c6", source="/e.wav"),
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     inputs = [c.input_path for c in load_manifest(path, check_sources=False)]
     folder = str(tmp_path / "data" / "manifests")
-    assert inputs == [str(tmp_path / "data" / "audio" / "a.wav"), f"{folder}/b.wav", "/abs/c.wav",
-                      f"{folder}/sub", f"{folder}/d.wav", "/e.wav"]
+    assert inputs == [
+        str(tmp_path / "data" / "audio" / "a.wav"),
+        f"{folder}/b.wav",
+        "/abs/c.wav",
+        f"{folder}/sub",
+        f"{folder}/d.wav",
+        "/e.wav",
+    ]
     relative = os.path.relpath(path, elsewhere)  # a relative manifest path is fine too
     assert load_manifest(relative, check_sources=False).path == path
 
@@ -180,23 +217,36 @@ def test_symlinks_are_not_resolved(tmp_path):
 
 # ------------------------------------------------------------------------------ file shape
 
-@pytest.mark.parametrize("text, line, column, words", [
-    ("", 1, None, "empty"),
-    ("\ufeff", 1, None, "empty"),
-    (HEADER, 2, None, "no chunk rows"),
-    ("\n" + HEADER + row(), 1, None, "first line is empty"),
-    (HEADER.replace(",", ";") + row().replace(",", ";"), 1, None, "use commas"),
-    (HEADER.replace(",", "\t") + row().replace(",", "\t"), 1, None, "use commas"),
-    ("recording_id,chunk_id,notes\nr,c,n\n", 1, "source_path", "found: recording_id, chunk_id, notes"),
-    ("recording_id, chunk_id, source_path\nr,c,s\n", 1, "chunk_id", "found: recording_id,  chunk_id"),
-    ("recording_id,chunk_id,source_path,notes,notes\nr,c,s,a,b\n", 1, "notes", "header column 'notes' appears twice"),
-    ("recording_id,chunk_id,source_path,\nr,c,s,\n", 1, None, "header field 4 is empty"),
-    (HEADER + row() + "r1,c2,a.wav,0,1,0,,,extra\n", 3, None, "9 field(s) but the header has 8"),
-    (HEADER + row() + row(chunk="c2") + "r1,c3,a.wav\n", 4, None, "3 field(s)"),
-    (HEADER + row() + "r1;c2;a.wav;0;1;0;;\n", 3, None, "use commas"),
-    (HEADER + row() + row(chunk="c2", notes='"never closed') + row(chunk="c3"), 3, None,
-     "malformed CSV (unexpected end of data)"),
-])
+
+@pytest.mark.parametrize(
+    "text, line, column, words",
+    [
+        ("", 1, None, "empty"),
+        ("\ufeff", 1, None, "empty"),
+        (HEADER, 2, None, "no chunk rows"),
+        ("\n" + HEADER + row(), 1, None, "first line is empty"),
+        (HEADER.replace(",", ";") + row().replace(",", ";"), 1, None, "use commas"),
+        (HEADER.replace(",", "\t") + row().replace(",", "\t"), 1, None, "use commas"),
+        ("recording_id,chunk_id,notes\nr,c,n\n", 1, "source_path", "found: recording_id, chunk_id, notes"),
+        ("recording_id, chunk_id, source_path\nr,c,s\n", 1, "chunk_id", "found: recording_id,  chunk_id"),
+        (
+            "recording_id,chunk_id,source_path,notes,notes\nr,c,s,a,b\n",
+            1,
+            "notes",
+            "header column 'notes' appears twice",
+        ),
+        ("recording_id,chunk_id,source_path,\nr,c,s,\n", 1, None, "header field 4 is empty"),
+        (HEADER + row() + "r1,c2,a.wav,0,1,0,,,extra\n", 3, None, "9 field(s) but the header has 8"),
+        (HEADER + row() + row(chunk="c2") + "r1,c3,a.wav\n", 4, None, "3 field(s)"),
+        (HEADER + row() + "r1;c2;a.wav;0;1;0;;\n", 3, None, "use commas"),
+        (
+            HEADER + row() + row(chunk="c2", notes='"never closed') + row(chunk="c3"),
+            3,
+            None,
+            "malformed CSV (unexpected end of data)",
+        ),
+    ],
+)
 def test_file_shape_errors(tmp_path, text, line, column, words):
     error = load_error(write(tmp_path, text))
     assert_where(error, line, column)
@@ -220,8 +270,7 @@ def test_unreadable_manifest(tmp_path):
 
 # ------------------------------------------------------------------------------ row values
 
-BAD_IDS = ["", ".", "..", "a/b", "a\\b", "a\x00b", "a\tb", "a\x7fb", "a\x85b", "-x", " a", "a ",
-           "x" * 201, "é" * 101]
+BAD_IDS = ["", ".", "..", "a/b", "a\\b", "a\x00b", "a\tb", "a\x7fb", "a\x85b", "-x", " a", "a ", "x" * 201, "é" * 101]
 
 
 @pytest.mark.parametrize("column", ["recording_id", "chunk_id"])
@@ -235,29 +284,31 @@ def test_bad_ids(tmp_path, column, value):
 
 
 def test_valid_ids_accepted():
-    for value in ["rec00001", "rec00001_chunk_0_60000", "a b", "é" * 100, "x" * 200, ".hidden",
-                  "a-b", "a.b", "💡"]:
+    for value in ["rec00001", "rec00001_chunk_0_60000", "a b", "é" * 100, "x" * 200, ".hidden", "a-b", "a.b", "💡"]:
         assert validate_id(value, "chunk_id") is None, value
     assert "path separator" in validate_id("a/b", "chunk_id")
     assert "200" in validate_id("x" * 201, "recording_id")
 
 
-@pytest.mark.parametrize("column, fields, words", [
-    ("start_ms", {"start": "-1"}, "not a non-negative whole number"),
-    ("start_ms", {"start": "1.5"}, "'1.5'"),
-    ("end_ms", {"end": "1e3"}, "'1e3'"),
-    ("overlap_ms", {"overlap": " 5"}, "' 5'"),
-    ("overlap_ms", {"overlap": "abc"}, "'abc'"),
-    ("start_ms", {"start": "9" * 19}, "not a non-negative"),
-    ("end_ms", {"start": "5", "end": "5"}, "end_ms 5 is not after start_ms 5"),
-    ("end_ms", {"start": "60000", "end": "0"}, "is not after"),
-    ("sha256", {"sha": "xyz"}, "64 hexadecimal digits"),
-    ("sha256", {"sha": SHA[:-1]}, "64 hexadecimal"),
-    ("sha256", {"sha": SHA[:-1] + "g"}, "64 hexadecimal"),
-    ("sha256", {"sha": "todo_hash"}, "64 hexadecimal"),
-    ("source_path", {"source": ""}, "source_path '' is empty"),
-    ("source_path", {"source": '"a\nb.wav"'}, "line break"),
-])
+@pytest.mark.parametrize(
+    "column, fields, words",
+    [
+        ("start_ms", {"start": "-1"}, "not a non-negative whole number"),
+        ("start_ms", {"start": "1.5"}, "'1.5'"),
+        ("end_ms", {"end": "1e3"}, "'1e3'"),
+        ("overlap_ms", {"overlap": " 5"}, "' 5'"),
+        ("overlap_ms", {"overlap": "abc"}, "'abc'"),
+        ("start_ms", {"start": "9" * 19}, "not a non-negative"),
+        ("end_ms", {"start": "5", "end": "5"}, "end_ms 5 is not after start_ms 5"),
+        ("end_ms", {"start": "60000", "end": "0"}, "is not after"),
+        ("sha256", {"sha": "xyz"}, "64 hexadecimal digits"),
+        ("sha256", {"sha": SHA[:-1]}, "64 hexadecimal"),
+        ("sha256", {"sha": SHA[:-1] + "g"}, "64 hexadecimal"),
+        ("sha256", {"sha": "todo_hash"}, "64 hexadecimal"),
+        ("source_path", {"source": ""}, "source_path '' is empty"),
+        ("source_path", {"source": '"a\nb.wav"'}, "line break"),
+    ],
+)
 def test_bad_values(tmp_path, column, fields, words):
     error = load_error(write(tmp_path, HEADER + row(chunk="ok") + row(**fields)))
     assert_where(error, 3, column)
@@ -290,11 +341,11 @@ def test_duplicate_chunk_names_both_lines(tmp_path):
 
 # ----------------------------------------------------------------------------- sources
 
+
 def test_missing_sources_reported_together(tmp_path):
     (tmp_path / "audio").mkdir()
     (tmp_path / "audio" / "ok.wav").write_bytes(b"")
-    rows = row(source="audio/ok.wav") + "".join(
-        row(chunk=f"g{i}", source=f"audio/gone{i}.wav") for i in range(MAX_LISTED + 5))
+    rows = row(source="audio/ok.wav") + "".join(row(chunk=f"g{i}", source=f"audio/gone{i}.wav") for i in range(MAX_LISTED + 5))
     path = write(tmp_path, HEADER + rows)
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
@@ -329,6 +380,7 @@ def test_source_in_root_and_unlistable_folder(tmp_path):
 
 
 # ---------------------------------------------------------------------- several manifests
+
 
 def test_load_manifests_one_queue(tmp_path):
     first = write(tmp_path, HEADER + row() + row(chunk="c2"), "one.csv")

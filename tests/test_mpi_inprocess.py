@@ -1,4 +1,5 @@
 """badc_mpi.run called in-process on every rank of the pytest-mpi session (mpiexec -n 3 pytest --with-mpi)."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,15 @@ def test_run_api_on_every_rank_with_the_command_runner():
     root = shared_tmp(comm)
     manifest = make_dataset(root, 3, 8, seconds=0.5) if comm.Get_rank() == 0 else None
     manifest = comm.bcast(str(manifest) if manifest else None, root=0)
-    outcome = badc_mpi.run([manifest], runner="command", runner_cmd=FAKE_CMD, output_dir=str(root / "out"),
-                           chunks_dir=str(root / "artifacts" / "chunks"),
-                           telemetry_dir=str(root / "tel"), progress_interval_s=3600)
+    outcome = badc_mpi.run(
+        [manifest],
+        runner="command",
+        runner_cmd=FAKE_CMD,
+        output_dir=str(root / "out"),
+        chunks_dir=str(root / "artifacts" / "chunks"),
+        telemetry_dir=str(root / "tel"),
+        progress_interval_s=3600,
+    )
     assert outcome.exit_code == 0
     if comm.Get_rank() == 0:
         summary = outcome.summary
@@ -51,9 +58,15 @@ def test_dry_run_with_stub_sleep_spreads_work():
     comm = MPI.COMM_WORLD
     root = shared_tmp(comm)
     manifest = comm.bcast(str(make_dataset(root, 2, 15, seconds=0.2)) if comm.Get_rank() == 0 else None, root=0)
-    outcome = badc_mpi.run(manifest, dry_run=True, stub_sleep_s=0.1, output_dir=str(root / "out"),
-                           chunks_dir=str(root / "artifacts" / "chunks"),
-                           telemetry_dir=str(root / "tel"), progress_interval_s=3600)
+    outcome = badc_mpi.run(
+        manifest,
+        dry_run=True,
+        stub_sleep_s=0.1,
+        output_dir=str(root / "out"),
+        chunks_dir=str(root / "artifacts" / "chunks"),
+        telemetry_dir=str(root / "tel"),
+        progress_interval_s=3600,
+    )
     assert outcome.exit_code == 0
     if comm.Get_rank() == 0:
         per_rank = {}

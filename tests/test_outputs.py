@@ -1,4 +1,5 @@
 """Atomic, fsynced per-chunk output writes."""
+
 from __future__ import annotations
 
 import json
@@ -10,23 +11,25 @@ import textwrap
 
 import pytest
 
-from helpers import make_chunk
-
-from badc_mpi import outputs
-from badc_mpi.detections import CANONICAL_KEYS, OutputFormatError
-from badc_mpi.outputs import (
+from badc_mpi.storage import atomic, outputs
+from badc_mpi.storage.atomic import (
     atomic_copy,
     atomic_write_bytes,
     atomic_write_jsonl,
     atomic_write_text,
-    chunk_output_paths,
-    finalize_chunk_outputs,
     fsync_dir,
-    is_chunk_complete,
     is_temp_name,
-    remove_stale_outputs,
     temp_path_for,
 )
+from badc_mpi.storage.detections import CANONICAL_KEYS, OutputFormatError
+from badc_mpi.storage.outputs import (
+    chunk_output_paths,
+    finalize_chunk_outputs,
+    is_chunk_complete,
+    remove_stale_outputs,
+)
+
+from helpers import make_chunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCORES = (
@@ -81,7 +84,7 @@ def test_failure_before_rename_leaves_no_final_and_no_temp(tmp_path, monkeypatch
     def boom(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(outputs.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk gone"):
         atomic_write_bytes(tmp_path / "out.csv", b"data")
     assert listing(tmp_path) == []
@@ -96,7 +99,7 @@ def test_failure_keeps_old_final_intact(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        outputs._atomic_write(target, writer_dies)
+        atomic._atomic_write(target, writer_dies)
     assert target.read_bytes() == b"old"
     assert listing(tmp_path) == ["out.csv"]
 
@@ -107,11 +110,12 @@ def test_killed_between_write_and_rename_then_remove_stale(tmp_path):
     code = textwrap.dedent(
         f"""
         import os, signal
-        from badc_mpi import outputs
-        from badc_mpi.outputs import atomic_write_bytes, chunk_output_paths
+        from badc_mpi.storage import atomic
+        from badc_mpi.storage.atomic import atomic_write_bytes
+        from badc_mpi.storage.outputs import chunk_output_paths
         def die(src, dst):
             os.kill(os.getpid(), signal.SIGKILL)
-        outputs.os.replace = die
+        atomic.os.replace = die
         atomic_write_bytes(chunk_output_paths({str(out_dir)!r}, "rec1", "c1").detections_jsonl, b"x\\n")
         """
     )
@@ -149,7 +153,13 @@ def test_finalize_scores2(tmp_path):
     raw.write_text(SCORES, encoding="utf-8")
     out = tmp_path / "out"
     res = finalize_chunk_outputs(
-        out, FakeChunk(), raw, "scores2", run_id="run1", hawkears_version="2.3.0", model_version="m",
+        out,
+        FakeChunk(),
+        raw,
+        "scores2",
+        run_id="run1",
+        hawkears_version="2.3.0",
+        model_version="m",
         class_map={"Warbler, Yellow-rumped": "YRWA"},
     )
     assert res.detections == 2 and res.raw_format == "scores2"
@@ -160,11 +170,14 @@ def test_finalize_scores2(tmp_path):
     recs = [json.loads(line) for line in lines]
     assert list(recs[0]) == list(CANONICAL_KEYS) + ["station"]
     assert (recs[0]["label"], recs[0]["label_code"], recs[0]["start_ms"]) == (
-        "Warbler, Yellow-rumped", "YRWA", 3000,
+        "Warbler, Yellow-rumped",
+        "YRWA",
+        3000,
     )
     assert recs[1]["label"] == "Mésangeai du Canada" and "Mésangeai" in lines[1]
     assert listing(out / "rec1") == [
-        "rec1_chunk_0_60000.detections.jsonl", "rec1_chunk_0_60000.scores.csv",
+        "rec1_chunk_0_60000.detections.jsonl",
+        "rec1_chunk_0_60000.scores.csv",
     ]
     assert is_chunk_complete(out, "rec1", "rec1_chunk_0_60000")
 
@@ -180,14 +193,14 @@ def test_finalize_header_only_gives_empty_detections(tmp_path):
 def test_finalize_labels1(tmp_path):
     raw = tmp_path / "HawkEars_labels.csv"
     raw.write_text(
-        "filename,start_time,end_time,class_name,class_code,score\n"
-        "rec1_chunk_0_60000.wav,0,3,Ruffed Grouse,RUGR,0.9\n"
+        "filename,start_time,end_time,class_name,class_code,score\nrec1_chunk_0_60000.wav,0,3,Ruffed Grouse,RUGR,0.9\n"
     )
     out = tmp_path / "o"
     res = fin(out, raw, "labels1", hawkears_version="1.0")
     assert res.raw_csv.endswith("rec1_chunk_0_60000.labels.csv") and res.detections == 1
     assert listing(out / "rec1") == [
-        "rec1_chunk_0_60000.detections.jsonl", "rec1_chunk_0_60000.labels.csv",
+        "rec1_chunk_0_60000.detections.jsonl",
+        "rec1_chunk_0_60000.labels.csv",
     ]
 
 
@@ -221,7 +234,7 @@ def test_finalize_detections_written_last(tmp_path, monkeypatch):
         order.append(os.path.basename(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(outputs.os, "replace", recording_replace)
+    monkeypatch.setattr(atomic.os, "replace", recording_replace)
     fin(out, raw, "scores2")
     assert order == ["rec1_chunk_0_60000.scores.csv", "rec1_chunk_0_60000.detections.jsonl"]
 

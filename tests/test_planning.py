@@ -1,22 +1,24 @@
 """Pure planning pieces: order, timeouts, option checks, the resume command, ledger, lock, telemetry."""
+
 from __future__ import annotations
 
 import json
 import os
 import shlex
 import socket
+import sys
 import time
 
 import pytest
 
-from badc_mpi import ledger as ledger_mod
-from badc_mpi import lock as lock_mod
-from badc_mpi import telemetry as tel
+from badc_mpi.cli import build_parser, resume_command
+from badc_mpi.coordinator.planning import order_chunks
 from badc_mpi.errors import LockError, StateError, UsageError
 from badc_mpi.options import RunOptions
-from badc_mpi.planning import order_chunks
-from badc_mpi.rank0 import resume_command
 from badc_mpi.records import Chunk
+from badc_mpi.storage import ledger as ledger_mod
+from badc_mpi.storage import lock as lock_mod
+from badc_mpi.storage import telemetry as tel
 
 
 def chunk(cid: str, start: int | None, end: int | None, rec: str = "r") -> Chunk:
@@ -37,33 +39,104 @@ def test_timeout_scales_with_duration():
     assert RunOptions(timeout_s=7).timeout_for(600.0) == 7
 
 
-@pytest.mark.parametrize("bad", [dict(max_retries=-1), dict(inflight=0), dict(inflight=9), dict(order="random"),
-                                 dict(runner="command"), dict(workers_per_gpu=0), dict(timeout_s=0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(max_retries=-1),
+        dict(inflight=0),
+        dict(inflight=9),
+        dict(order="random"),
+        dict(runner="command"),
+        dict(workers_per_gpu=0),
+        dict(timeout_s=0),
+    ],
+)
 def test_impossible_options_are_usage_errors_with_a_fix(bad):
     with pytest.raises(UsageError) as err:
         RunOptions(**bad).validate()
     assert "Fix:" in str(err.value)
 
 
+DIRS = {"output_dir": "/abs/out", "telemetry_dir": "/abs/tel", "chunks_dir": "/abs/chunks"}
+
+
+def parsed_run(*words: str):  # noqa: ANN201
+    return build_parser().parse_args(["run", "/d/m one.csv", *words])
+
+
 def test_resume_command_pins_folders_and_keeps_the_other_options():
-    argv = ["--runner", "command", "--runner-cmd", "python fake.py --input {input}", "--output-dir", "rel/out",
-            "--telemetry-dir=rel/tel", "--resume", "--max-retries", "3"]
-    cmd = resume_command(["/d/m one.csv"], argv, "/abs/out", "/abs/tel", "/abs/chunks", 4)
-    words = shlex.split(cmd)
+    args = parsed_run(
+        "--runner",
+        "command",
+        "--runner-cmd",
+        "python fake.py --input {input}",
+        "--output-dir",
+        "rel/out",
+        "--telemetry-dir=rel/tel",
+        "--resume",
+        "--max-retries",
+        "3",
+        "--no-low-band",
+        "--resume-summary",
+        "a.json",
+        "--resume-summary",
+        "b.json",
+        "--skip-failed",
+    )
+    words = shlex.split(resume_command(args, DIRS, 4, env={"BADC_MPI_VIA_MAKE": "1"}))
     assert words[:3] == ["make", "-C", words[2]] and words[3] == "resume"
     assert "MANIFEST=/d/m one.csv" in words and "NP=4" in words
-    args = shlex.split(next(w for w in words if w.startswith("ARGS="))[5:])
-    assert args == ["--runner", "command", "--runner-cmd", "python fake.py --input {input}", "--max-retries", "3",
-                    "--output-dir", "/abs/out", "--telemetry-dir", "/abs/tel", "--chunks-dir", "/abs/chunks"]
+    flags = shlex.split(next(w for w in words if w.startswith("ARGS="))[5:])
+    assert flags == [
+        "--runner",
+        "command",
+        "--runner-cmd",
+        "python fake.py --input {input}",
+        "--no-low-band",
+        "--max-retries",
+        "3",
+        "--resume-summary",
+        "a.json",
+        "--resume-summary",
+        "b.json",
+        "--skip-failed",
+        "--output-dir",
+        "/abs/out",
+        "--telemetry-dir",
+        "/abs/tel",
+        "--chunks-dir",
+        "/abs/chunks",
+    ]
+
+
+def test_resume_command_follows_the_launcher():
+    args = parsed_run("--dry-run")
+    srun = shlex.split(resume_command(args, DIRS, 8, env={"SLURM_JOB_ID": "42"}))
+    assert srun[:3] == ["srun", "-n", "8"] and srun[3:7] == [sys.executable, "-m", "badc_mpi", "run"]
+    assert srun[7] == "/d/m one.csv" and srun[-1] == "--resume" and "--dry-run" in srun
+    mpi = shlex.split(resume_command(args, DIRS, 3, env={}))
+    assert mpi[0].endswith("mpiexec") and mpi[1:3] == ["-n", "3"]
+    one = shlex.split(resume_command(args, DIRS, 1, env={}))
+    assert one[0] == sys.executable and one[-1] == "--resume"
+    assert parsed_run(*one[5:]).resume and parsed_run(*one[5:]).output_dir == "/abs/out"
 
 
 def test_ledger_round_trip_torn_line_and_corruption(tmp_path):
     path = tmp_path / "run.ledger.jsonl"
     w = ledger_mod.LedgerWriter(path, ledger_mod.header_record("run1", ["/m.csv"], "/out", "t0"))
     for i in range(5):
-        w.append(ledger_mod.entry_record(chunk(f"c{i}", 0, 1), "success" if i % 2 == 0 else "failed", run_id="run1",
-                                         attempts=1, failure_class=None if i % 2 == 0 else "exit", reason="boom",
-                                         finished_at="t", has_outputs=i % 2 == 0))
+        w.append(
+            ledger_mod.entry_record(
+                chunk(f"c{i}", 0, 1),
+                "success" if i % 2 == 0 else "failed",
+                run_id="run1",
+                attempts=1,
+                failure_class=None if i % 2 == 0 else "exit",
+                reason="boom",
+                finished_at="t",
+                has_outputs=i % 2 == 0,
+            )
+        )
     w.close()
     got = ledger_mod.read_ledger(path)
     assert got.header["run_id"] == "run1" and not got.torn and got.lines == 5
@@ -90,8 +163,9 @@ def test_lock_refuses_live_holder_and_takes_over_dead_one(tmp_path):
     assert "run-a" in str(err.value) and str(os.getpid()) in str(err.value)
     held.release()
     assert not (tmp_path / lock_mod.LOCK_NAME).exists()
-    (tmp_path / lock_mod.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 7,
-                                                           "run_id": "dead", "started_at": "x"}))
+    (tmp_path / lock_mod.LOCK_NAME).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "run_id": "dead", "started_at": "x"})
+    )
     again = lock_mod.acquire(tmp_path, "run-c")
     assert json.loads((tmp_path / lock_mod.LOCK_NAME).read_text())["run_id"] == "run-c"
     again.release()
@@ -103,20 +177,21 @@ def test_stale_reason_rules():
     assert lock_mod.stale_reason({"host": host, "pid": os.getpid()}, now, host, now, False) is None
     assert lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now, host, now, False) is None
     assert lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now, host, now, True) == "--force-unlock"
-    assert "heartbeat" in lock_mod.stale_reason({"host": "elsewhere", "pid": 1}, now - 2 * lock_mod.STALE_AFTER_S,
-                                                host, now, False)
+    assert "heartbeat" in lock_mod.stale_reason(
+        {"host": "elsewhere", "pid": 1}, now - 2 * lock_mod.STALE_AFTER_S, host, now, False
+    )
 
 
 def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path):
     path = tmp_path / "t.jsonl"
     w = tel.TelemetryWriter(path)
-    w.write({"event": "start", "x": "é\n\"q\""})
+    w.write({"event": "start", "x": 'é\n"q"'})
     w.write_line(tel.result_line("run", "success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
     w.close()
     with open(path, "ab") as fh:
         fh.write(b'{"event": "succ')
     events = list(tel.read_events(path))
-    assert events[0]["x"] == "é\n\"q\"" and events[1]["event"] == "success" and events[1]["backoff_s"] is None
+    assert events[0]["x"] == 'é\n"q"' and events[1]["event"] == "success" and events[1]["backoff_s"] is None
     assert len(events) == 2
     assert tel.utc_iso(0.25) == "1970-01-01T00:00:00.250Z"
     assert tel.sidecar(path, ".summary.json").name == "t.summary.json"
@@ -124,8 +199,8 @@ def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path
 
 @pytest.mark.parametrize("sha", [None, "ab" * 32])
 def test_pending_summary_entry_template_matches_the_full_encoder(sha):
-    from badc_mpi import summary as sm
-    from badc_mpi.coordinator import ChunkState
+    from badc_mpi.records import ChunkState
+    from badc_mpi.storage import summary as sm
 
     from helpers import make_chunk
 

@@ -2,11 +2,13 @@
 
 Also: corrupt state is a loud error, a torn last line is tolerated, the output lock, SIGTERM.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -19,8 +21,21 @@ FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}}
 
 
 def run_args(manifest: Path, root: Path, *extra: str) -> list[str]:
-    return ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_SLOW, "--output-dir", str(root / "out"),
-            "--telemetry-dir", str(root / "tel"), "--progress-interval-s", "3600", *extra]
+    return [
+        "run",
+        str(manifest),
+        "--runner",
+        "command",
+        "--runner-cmd",
+        FAKE_SLOW,
+        "--output-dir",
+        str(root / "out"),
+        "--telemetry-dir",
+        str(root / "tel"),
+        "--progress-interval-s",
+        "3600",
+        *extra,
+    ]
 
 
 def rank_pids(marker: str) -> dict[int, int]:
@@ -31,7 +46,9 @@ def rank_pids(marker: str) -> dict[int, int]:
             cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             if "badc_mpi" not in cmd or marker not in cmd:
                 continue
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            env = dict(
+                kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv
+            )
         except OSError:
             continue
         if "PMI_RANK" in env:
@@ -96,7 +113,7 @@ def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> None:
 
 def all_runs(tel: Path) -> list[tuple[list[dict], list[dict]]]:
     """(telemetry events, ledger entries) of every run, oldest first (torn last lines dropped)."""
-    from badc_mpi.ledger import read_ledger
+    from badc_mpi.storage.ledger import read_ledger
 
     runs = []
     for tfile in telemetry_files(tel):
@@ -212,10 +229,24 @@ def test_resume_summary_chain_and_changed_hash(tmp_path):
 
 def test_output_lock_refuses_a_concurrent_run_and_takes_over_a_dead_one(tmp_path):
     manifest = make_dataset(tmp_path, 2, 4, seconds=0.2)
-    args = ["run", str(manifest), "--dry-run", "--stub-sleep-s", "1.0", "--output-dir", str(tmp_path / "out"),
-            "--telemetry-dir", str(tmp_path / "tel")]
-    first = subprocess.Popen([MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *args], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "run",
+        str(manifest),
+        "--dry-run",
+        "--stub-sleep-s",
+        "1.0",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--telemetry-dir",
+        str(tmp_path / "tel"),
+    ]
+    first = subprocess.Popen(
+        [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = tmp_path / "out" / ".badc-mpi.lock"
     deadline = time.monotonic() + 30
     while not lock.exists() and time.monotonic() < deadline:
@@ -263,7 +294,7 @@ def test_sigterm_writes_summary_exits_75_and_the_printed_command_resumes(tmp_pat
     done = summary["counts"]["success"]
     assert 0 < done < 30
     command = out.split("resume with:\n", 1)[1].strip().splitlines()[0]
-    assert command.startswith("make -C ")
+    assert shlex.split(command)[:3] == [MPIEXEC, "-n", "3"] and command.endswith(" --resume")
     resumed = subprocess.run(["bash", "-c", command], cwd="/", capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{done} skipped" in resumed.stdout

@@ -3,6 +3,7 @@
 Each test starts its own ``mpiexec`` in a subprocess under a timeout, so an abort or hang can
 never take the test runner down.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes.nvml import fake_env
 from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
 
 FAULTS = {
@@ -37,10 +39,30 @@ def run_fault_scenario(tmp_path: Path, np: int | None) -> tuple[object, Path, Pa
     faults = dict(FAULTS, attempt_dir=str(tmp_path / "attempts"))
     out, tel = tmp_path / "out", tmp_path / "tel"
     proc = run_badc(
-        ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD,
-         "--output-dir", str(out), "--telemetry-dir", str(tel), "--max-retries", "2",
-         "--backoff-s", "0.05", "--backoff-max-s", "0.2", "--timeout-s", "2", "--seed", "7"],
-        np=np, env={"FAKE_HAWKEARS_FAULTS": json.dumps(faults)},
+        [
+            "run",
+            str(manifest),
+            "--runner",
+            "command",
+            "--runner-cmd",
+            FAKE_CMD,
+            "--output-dir",
+            str(out),
+            "--telemetry-dir",
+            str(tel),
+            "--max-retries",
+            "2",
+            "--backoff-s",
+            "0.05",
+            "--backoff-max-s",
+            "0.2",
+            "--timeout-s",
+            "2",
+            "--seed",
+            "7",
+        ],
+        np=np,
+        env={"FAKE_HAWKEARS_FAULTS": json.dumps(faults)},
     )
     return proc, out, tel
 
@@ -134,8 +156,24 @@ def test_failed_csv_reruns_as_a_manifest(tmp_path):
     assert proc.returncode == 1
     (tfile,) = telemetry_files(tel)
     failed_csv = sidecar(tfile, ".failed.csv")
-    proc2 = run_badc(["run", str(failed_csv), "--runner", "command", "--runner-cmd", FAKE_CMD, "--no-chunk-check",
-                      "--output-dir", str(out), "--telemetry-dir", str(tel), "--max-retries", "0"], np=2)
+    proc2 = run_badc(
+        [
+            "run",
+            str(failed_csv),
+            "--runner",
+            "command",
+            "--runner-cmd",
+            FAKE_CMD,
+            "--no-chunk-check",
+            "--output-dir",
+            str(out),
+            "--telemetry-dir",
+            str(tel),
+            "--max-retries",
+            "0",
+        ],
+        np=2,
+    )
     assert proc2.returncode == 0, proc2.stderr[-2000:]  # no faults configured this time
     newest = max(telemetry_files(tel), key=lambda p: p.stat().st_mtime_ns)
     finals = [e for e in read_jsonl(newest) if e["event"] == "success"]
@@ -148,7 +186,7 @@ def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
     driver.write_text(
         "import sys\n"
         "from mpi4py import MPI\n"
-        "import badc_mpi.engine as engine\n"
+        "import badc_mpi.worker.loop as engine\n"
         "if MPI.COMM_WORLD.Get_rank() == 1:\n"
         "    def boom(*a, **k):\n"
         "        raise RuntimeError('injected failure')\n"
@@ -157,13 +195,34 @@ def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
         "sys.exit(_main())\n"
     )
     t0 = time.monotonic()
-    from helpers import MPIEXEC
     import subprocess
 
+    from helpers import MPIEXEC
+
     proc = subprocess.run(
-        ["timeout", "-s", "KILL", "60", MPIEXEC, "-n", "3", PYTHON, str(driver), "run", str(manifest),
-         "--dry-run", "--stub-sleep-s", "0.2", "--output-dir", str(tmp_path / "o"), "--telemetry-dir", str(tmp_path / "t")],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            "60",
+            MPIEXEC,
+            "-n",
+            "3",
+            PYTHON,
+            str(driver),
+            "run",
+            str(manifest),
+            "--dry-run",
+            "--stub-sleep-s",
+            "0.2",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--telemetry-dir",
+            str(tmp_path / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     elapsed = time.monotonic() - t0
     assert proc.returncode not in (0, 137), proc.stderr[-2000:]
@@ -185,9 +244,22 @@ def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path
     )
     tel = tmp_path / "tel"
     proc = run_badc(
-        ["run", str(manifest), "--runner", "command", "--runner-cmd", f"{PYTHON} {probe} {{input}} {{output_dir}}",
-         "--output-dir", str(tmp_path / "out"), "--telemetry-dir", str(tel), "--cpu-workers", "2"],
-        np=3, env={"BADC_MPI_FAKE_NVML": str(REPO / "tests" / "fake_nvml" / "one.json"), "PROBE_LOG": str(probe_log)},
+        [
+            "run",
+            str(manifest),
+            "--runner",
+            "command",
+            "--runner-cmd",
+            f"{PYTHON} {probe} {{input}} {{output_dir}}",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--telemetry-dir",
+            str(tel),
+            "--cpu-workers",
+            "2",
+        ],
+        np=3,
+        env={**fake_env("one"), "PROBE_LOG": str(probe_log)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (tfile,) = telemetry_files(tel)
@@ -216,8 +288,7 @@ def test_bad_manifest_exits_2_and_writes_nothing(tmp_path):
     manifest = make_dataset(tmp_path, 1, 2)
     manifest.write_text(manifest.read_text() + "rec000,bad/id,../audio/x.wav,0,500,0,,,s\n")
     tel = tmp_path / "tel"
-    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tel),
-                     "--output-dir", str(tmp_path / "out")], np=3)
+    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tel), "--output-dir", str(tmp_path / "out")], np=3)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "chunks.csv" in errors[0] and "chunk_id" in errors[0]
@@ -229,8 +300,19 @@ def test_chunk_status_guard_refuses_with_exit_3(tmp_path):
     proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tmp_path / "tel")], np=2)
     assert proc.returncode == 3, proc.stderr
     assert "in_progress" in proc.stderr and "rec000" in proc.stderr
-    proc = run_badc(["run", str(manifest), "--dry-run", "--telemetry-dir", str(tmp_path / "tel"),
-                     "--output-dir", str(tmp_path / "out"), "--allow-partial-chunks"], np=2)
+    proc = run_badc(
+        [
+            "run",
+            str(manifest),
+            "--dry-run",
+            "--telemetry-dir",
+            str(tmp_path / "tel"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--allow-partial-chunks",
+        ],
+        np=2,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -238,12 +320,28 @@ def test_several_manifests_form_one_queue_and_stub_dry_run(tmp_path):
     m1 = make_dataset(tmp_path / "a", 2, 5)
     m2 = make_dataset(tmp_path / "b", 2, 5)
     lines = m2.read_text().splitlines()
-    renamed = [lines[0]] + [",".join([f[0].replace("rec0", "recB"), f[1].replace("rec0", "recB"), *f[2:]])
-                            for f in (line.split(",") for line in lines[1:])]
+    renamed = [lines[0]] + [
+        ",".join([f[0].replace("rec0", "recB"), f[1].replace("rec0", "recB"), *f[2:]])
+        for f in (line.split(",") for line in lines[1:])
+    ]
     m2.write_text("\n".join(renamed) + "\n")  # distinct recordings in the second manifest
     tel = tmp_path / "tel"
-    proc = run_badc(["run", str(m1), str(m2), "--dry-run", "--stub-sleep-s", "0.01", "--telemetry-dir", str(tel),
-                     "--output-dir", str(tmp_path / "out"), "--no-chunk-check"], np=3)
+    proc = run_badc(
+        [
+            "run",
+            str(m1),
+            str(m2),
+            "--dry-run",
+            "--stub-sleep-s",
+            "0.01",
+            "--telemetry-dir",
+            str(tel),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-chunk-check",
+        ],
+        np=3,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (tfile,) = telemetry_files(tel)
     assert tfile.name.startswith("chunks+1_")
@@ -256,12 +354,36 @@ def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
     manifest = make_dataset(tmp_path, 2, 4, seconds=0.3)
     gone = tmp_path / "audio" / "rec001_chunk_600_900.wav"
     gone.unlink()
-    refused = run_badc(["run", str(manifest), "--dry-run", "--output-dir", str(tmp_path / "out"),
-                        "--telemetry-dir", str(tmp_path / "tel")], np=2)
+    refused = run_badc(
+        [
+            "run",
+            str(manifest),
+            "--dry-run",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--telemetry-dir",
+            str(tmp_path / "tel"),
+        ],
+        np=2,
+    )
     assert refused.returncode == 2 and "rec001_chunk_600_900.wav" in refused.stderr and "--allow-missing" in refused.stderr
     assert not (tmp_path / "tel").exists()
-    proc = run_badc(["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--allow-missing",
-                     "--output-dir", str(tmp_path / "out"), "--telemetry-dir", str(tmp_path / "tel")], np=2)
+    proc = run_badc(
+        [
+            "run",
+            str(manifest),
+            "--runner",
+            "command",
+            "--runner-cmd",
+            FAKE_CMD,
+            "--allow-missing",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--telemetry-dir",
+            str(tmp_path / "tel"),
+        ],
+        np=2,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     (tfile,) = telemetry_files(tmp_path / "tel")
     finals = {e["chunk_id"]: e for e in read_jsonl(tfile) if e["event"] in ("success", "failure")}
@@ -275,8 +397,21 @@ def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
 
 def test_no_launcher_runs_as_one_rank(tmp_path):
     manifest = make_dataset(tmp_path, 1, 5, seconds=0.3)
-    proc = run_badc(["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--output-dir",
-                     str(tmp_path / "out"), "--telemetry-dir", str(tmp_path / "tel")], np=None)
+    proc = run_badc(
+        [
+            "run",
+            str(manifest),
+            "--runner",
+            "command",
+            "--runner-cmd",
+            FAKE_CMD,
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--telemetry-dir",
+            str(tmp_path / "tel"),
+        ],
+        np=None,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 chunks on 1 rank;" in proc.stdout
     assert len(list((tmp_path / "out").rglob("*.detections.jsonl"))) == 5

@@ -1,4 +1,5 @@
 """Runners: how one attempt of one chunk is executed (stub, command, HawkEars)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +21,7 @@ def build_runner(kind: str, options: Any) -> Runner:
 
         return CommandRunner(options)
     if kind == "hawkears":
-        from badc_mpi.runners.hawkears import build_hawkears_runner
+        from badc_mpi.runners.hawkears.adapter import build_hawkears_runner
 
         return build_hawkears_runner(options)
     raise UsageError(f"unknown runner {kind!r}", fix="use one of " + ", ".join(RUNNER_KINDS))

@@ -8,54 +8,21 @@ the worker validates them, parses detections and moves them into place atomicall
 
 Failures are data: ``run()`` returns an :class:`AttemptResult`; it raises only for bugs.
 """
+
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-# Failure classes (``AttemptResult.failure_class``). ``input`` is never retried.
-TIMEOUT = "timeout"  #: ran past its timeout; process group killed
-CRASH = "crash"  #: killed by a signal (segfault, OOM killer, kill -9)
-EXIT = "exit"  #: non-zero exit status
-NO_OUTPUT = "no_output"  #: exit 0 but outputs missing or invalid
-INPUT = "input"  #: missing, unreadable, corrupt or non-audio input: retrying cannot help
-OOM = "oom"  #: out of GPU memory; the runner restarts its process before the retry
-FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT, OOM)
-NOT_RETRIED = frozenset({INPUT})
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What a worker rank runs on. Built by :mod:`badc_mpi.gpu`."""
-
-    host: str
-    rank: int
-    local_rank: int
-    worker: str  #: ``gpu<idx>@host`` or ``cpu<n>@host``
-    cuda_visible_devices: str  #: value for the runner's ``CUDA_VISIBLE_DEVICES`` ("" = CPU only)
-    gpu_index: int | None = None
-    gpu_uuid: str | None = None
-    gpu_name: str | None = None
-    gpu_memory_total_mib: int | None = None
-
-    @property
-    def uses_gpu(self) -> bool:
-        return self.gpu_uuid is not None
-
-    def runner_env(self, base: dict[str, str]) -> dict[str, str]:
-        """``base`` with this binding's GPU mask applied (a CPU rank sees no GPU at all)."""
-        env = dict(base)
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = self.cuda_visible_devices
-        return env
+from badc_mpi.records import Binding, Chunk
 
 
 @dataclass(frozen=True)
 class Task:
     """One attempt of one chunk, as handed to a runner."""
 
-    chunk: Any  #: :class:`badc_mpi.manifest.Chunk`
+    chunk: Chunk
     attempt: int  #: 1-based
     scratch_dir: str  #: empty per-attempt folder the runner writes raw outputs into
     timeout_s: float
@@ -94,7 +61,7 @@ class Runner(abc.ABC):
     def run(self, task: Task) -> AttemptResult:
         """Run one attempt; block until it ends; enforce ``task.timeout_s``."""
 
-    def command(self, chunk: Any, scratch_dir: str = "") -> list[str]:
+    def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""
         return []
 

@@ -8,6 +8,7 @@ syntax or split into extra arguments. Placeholders: ``{input} {output_dir} {chun
 Each attempt runs in its own process group with stdout/stderr captured to files in the attempt's
 scratch folder (no pipe can fill up and deadlock); a timeout kills the whole group.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ import subprocess
 from dataclasses import dataclass
 
 from badc_mpi.errors import UsageError
-from badc_mpi.runners.base import CRASH, EXIT, NO_OUTPUT, TIMEOUT, AttemptResult, Binding, Runner, Task
+from badc_mpi.records import CRASH, EXIT, NO_OUTPUT, TIMEOUT, Binding, Chunk
+from badc_mpi.runners.base import AttemptResult, Runner, Task
+from badc_mpi.runners.process import kill_group
 
 PLACEHOLDERS = ("input", "output_dir", "chunk_id", "recording_id", "start_ms", "end_ms")
 RAW_FILES = {"scores2": "scores.csv", "labels1": "HawkEars_labels.csv"}
@@ -39,14 +42,17 @@ def parse_template(template: str) -> list[str]:
     except ValueError as exc:
         raise UsageError(f"--runner-cmd {template!r} cannot be split: {exc}", fix="balance the quotes") from exc
     if not tokens:
-        raise UsageError("--runner-cmd is empty", fix="give a command, e.g. 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'")
+        raise UsageError(
+            "--runner-cmd is empty",
+            fix="give a command, e.g. 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'",
+        )
     for token in tokens:
         for match in _FIELD.finditer(token):
             name = match.group(1)
             if name is not None and name not in PLACEHOLDERS:
                 raise UsageError(
                     f"--runner-cmd has an unknown placeholder {{{name}}}",
-                    fix="use only " + ", ".join("{%s}" % p for p in PLACEHOLDERS),
+                    fix="use only " + ", ".join("{" + p + "}" for p in PLACEHOLDERS),
                 )
     if not any("{input}" in t for t in tokens):
         raise UsageError("--runner-cmd never uses {input}", fix="pass the chunk's audio with {input}")
@@ -80,18 +86,6 @@ def tail(path: str, chars: int) -> str:
         return ""
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group a child leads, then reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-
-
 class CommandRunner(Runner):
     name = "command"
 
@@ -106,7 +100,7 @@ class CommandRunner(Runner):
     def start(self, binding: Binding) -> None:
         self._env = binding.runner_env(dict(os.environ))
 
-    def values(self, chunk: object, output_dir: str) -> dict[str, str]:
+    def values(self, chunk: Chunk, output_dir: str) -> dict[str, str]:
         c = chunk
         return {
             "input": c.input_path,  # type: ignore[attr-defined]
@@ -117,7 +111,7 @@ class CommandRunner(Runner):
             "end_ms": "" if c.end_ms is None else str(c.end_ms),  # type: ignore[attr-defined]
         }
 
-    def command(self, chunk: object, scratch_dir: str = "") -> list[str]:
+    def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         return render_argv(self.tokens, self.values(chunk, scratch_dir or "{output_dir}"))
 
     def run(self, task: Task) -> AttemptResult:
@@ -128,8 +122,13 @@ class CommandRunner(Runner):
         with open(out_log, "wb") as out, open(err_log, "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self._env,
-                    start_new_session=True, close_fds=True,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=self._env,
+                    start_new_session=True,
+                    close_fds=True,
                 )
             except OSError as exc:
                 return AttemptResult(ok=False, failure_class=EXIT, reason=f"cannot start {argv[0]}: {exc}", command=argv)
@@ -137,28 +136,35 @@ class CommandRunner(Runner):
             try:
                 code = proc.wait(timeout=task.timeout_s)
             except subprocess.TimeoutExpired:
-                kill_group(proc)
+                kill_group(proc, grace_s=0)  # a timed-out attempt gets no grace
                 self._proc = None
                 reason = f"timed out after {task.timeout_s:g} s; process group killed"
                 stderr = tail(err_log, self.options.stderr_tail_chars)
-                return AttemptResult(ok=False, failure_class=TIMEOUT, reason=f"{reason} | {stderr}" if stderr else reason,
-                                     command=argv, pid=proc.pid, signal=int(signal.SIGKILL))
+                return AttemptResult(
+                    ok=False,
+                    failure_class=TIMEOUT,
+                    reason=f"{reason} | {stderr}" if stderr else reason,
+                    command=argv,
+                    pid=proc.pid,
+                    signal=int(signal.SIGKILL),
+                )
             finally:
                 # a runner that exits may leave children in its group: never leave them behind
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                kill_group(proc, grace_s=0, reap_s=0)
         self._proc = None
         stderr = tail(err_log, self.options.stderr_tail_chars)
         base = dict(command=argv, pid=proc.pid, raw_format=self.options.output_format)
         if code < 0:
-            return AttemptResult(ok=False, failure_class=CRASH, signal=-code, reason=f"killed by signal {-code} | {stderr}", **base)
+            return AttemptResult(
+                ok=False, failure_class=CRASH, signal=-code, reason=f"killed by signal {-code} | {stderr}", **base
+            )
         if code > 0:
             return AttemptResult(ok=False, failure_class=EXIT, exit_code=code, reason=stderr or f"exit status {code}", **base)
         if not os.path.isfile(raw):
             why = f"exit 0 but no {RAW_FILES[self.options.output_format]} written"
-            return AttemptResult(ok=False, failure_class=NO_OUTPUT, exit_code=0, reason=f"{why} | {stderr}" if stderr else why, **base)
+            return AttemptResult(
+                ok=False, failure_class=NO_OUTPUT, exit_code=0, reason=f"{why} | {stderr}" if stderr else why, **base
+            )
         return AttemptResult(ok=True, exit_code=0, raw_output=raw, reason=stderr, **base)
 
     def active_pids(self) -> list[int]:
@@ -168,7 +174,7 @@ class CommandRunner(Runner):
     def interrupt(self) -> None:
         proc = self._proc
         if proc is not None:
-            kill_group(proc)
+            kill_group(proc, grace_s=0)
 
     def describe(self) -> dict[str, object]:
         return {"runner": self.name, "template": self.options.template, "output_format": self.options.output_format}

@@ -4,11 +4,13 @@ Each simulated attempt takes ``sleep_s`` (a deadline checked by the worker's loo
 and no process is involved) and succeeds without writing outputs; telemetry and summaries are
 written as for a real run. Used for dry runs of big manifests and for the dispatch benchmark.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+from badc_mpi.records import Chunk
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 
 
@@ -26,10 +28,10 @@ class StubRunner(Runner):
         self.options = options or StubOptions()
         self._pid = os.getpid()
 
-    def duration_s(self, chunk: object) -> float:
+    def duration_s(self, chunk: Chunk) -> float:
         return self.options.sleep_s
 
-    def command(self, chunk: object, scratch_dir: str = "") -> list[str]:
+    def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         return ["<stub>", f"sleep_s={self.options.sleep_s}"]
 
     def run(self, task: Task) -> AttemptResult:

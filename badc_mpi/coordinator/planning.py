@@ -1,0 +1,155 @@
+"""Rank 0's preparation of a run: everything that can fail on bad input, before any work.
+
+Loads and validates the manifests (one queue), runs the chunk-status guard, decides where
+outputs and telemetry go, checks the runner can start, orders the chunks, applies resume state,
+and names the run's files. Raises :class:`badc_mpi.errors.BadcError` subclasses; writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from badc_mpi._version import __version__
+from badc_mpi.inputs.sources import input_problem
+from badc_mpi.logs import get_logger
+from badc_mpi.options import RunOptions
+from badc_mpi.records import Chunk
+from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.ledger import LEDGER_SUFFIX
+from badc_mpi.transport.messages import WorkerConfig
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RunPlan:
+    chunks: list[Chunk]  #: to run, in dispatch order
+    unavailable: list[tuple[Chunk, str]]  #: (chunk, reason): failed as ``input`` before dispatch
+    columns: list[str]  #: manifest header (union, in order) for the failed-chunks CSV
+    output_dir: str
+    telemetry_path: Path
+    summary_path: Path
+    failed_csv: Path
+    workers_csv: Path
+    worker_config: WorkerConfig
+    meta: dict[str, Any]
+    ledger_path: Path = Path()
+    chunks_dir: str = ""
+    carried: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: resume: skipped chunks (ledger records)
+    carried_counts: dict[str, int] = field(default_factory=dict)  #: skipped chunks per status
+    resume_note: str = ""
+
+
+def runner_options(options: RunOptions) -> Any:
+    """The picklable options object of the chosen runner."""
+    kind = options.runner_kind
+    if kind == "stub":
+        from badc_mpi.runners.stub import StubOptions
+
+        return StubOptions(options.stub_sleep_s)
+    if kind == "command":
+        from badc_mpi.runners.command import CommandOptions
+
+        return CommandOptions(options.runner_cmd or "", options.output_format)
+    from badc_mpi.runners.hawkears.options import HawkearsOptions
+
+    return options.hawkears if options.hawkears is not None else HawkearsOptions()
+
+
+def order_chunks(chunks: list[Chunk], order: str) -> list[Chunk]:
+    """Manifest order, or longest first (unknown durations last, ties in manifest order)."""
+    if order == "longest-first":
+        return sorted(chunks, key=lambda c: -(c.duration_s if c.duration_s is not None else -1.0))
+    return list(chunks)
+
+
+def union_columns(manifests: list[Any]) -> list[str]:
+    cols: list[str] = []
+    for m in manifests:
+        for c in m.columns:
+            if c not in cols:
+                cols.append(c)
+    return cols
+
+
+def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) -> RunPlan:
+    from badc_mpi.inputs.locations import default_locations
+    from badc_mpi.inputs.manifest import load_manifests
+    from badc_mpi.runners import build_runner
+
+    options.validate()
+    manifests = load_manifests(manifest_paths, check_sources=True, allow_missing=options.allow_missing)
+    loc = default_locations(
+        manifest_paths[0],
+        output_dir=options.output_dir,
+        telemetry_dir=options.telemetry_dir,
+        chunks_dir=options.chunks_dir,
+    )
+    if options.check_chunks:
+        from badc_mpi.inputs.chunk_status import check_chunk_status, enforce_chunk_status
+
+        report = check_chunk_status(manifests, loc.chunks_dir)
+        enforce_chunk_status(report, options.allow_partial_chunks)
+    kind = options.runner_kind
+    ropts = runner_options(options)
+    probe = build_runner(kind, ropts)  # validates templates, finds HawkEars' environment
+    described = probe.describe()
+    probe.close()
+    chunks = [c for m in manifests for c in m.chunks]
+    missing = {c.key for m in manifests for c in m.missing}
+    carried: dict[str, tuple[Any, ...]] = {}
+    resume_note = ""
+    if options.resume or options.resume_summaries:
+        from badc_mpi.coordinator.resume import apply_resume
+
+        chunks, carried, resume_note = apply_resume(chunks, manifest_paths, loc, options)
+    ordered = order_chunks(chunks, options.order)
+    unavailable = [(c, input_problem(c.input_path) or "input missing") for c in ordered if c.key in missing]
+    now = time.time()
+    tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
+    output_dir = os.path.abspath(loc.output_dir)
+    scratch = options.scratch_dir or os.path.join(output_dir, ".badc-scratch", run_id)
+    config = WorkerConfig(
+        run_id=run_id,
+        runner_kind=kind,
+        runner_options=ropts,
+        output_dir=output_dir,
+        scratch_dir=os.path.abspath(scratch),
+        capacity=options.inflight,
+    )
+    meta = {
+        "badc_mpi_version": __version__,
+        "created_at": tel.utc_iso(now),
+        "host": socket.gethostname(),
+        "manifests": [os.path.abspath(p) for p in manifest_paths],
+        "dataset_root": loc.dataset_root,
+        "output_dir": output_dir,
+        "telemetry": str(tpath),
+        "ledger": str(tel.sidecar(tpath, LEDGER_SUFFIX)),
+        "resumed_from": list(options.resume_summaries) if options.resume_summaries else None,
+        "runner": described,
+        "options": options.public(),
+    }
+    return RunPlan(
+        chunks=ordered,
+        unavailable=unavailable,
+        columns=union_columns(manifests),
+        output_dir=output_dir,
+        telemetry_path=tpath,
+        summary_path=tel.sidecar(tpath, ".summary.json"),
+        failed_csv=tel.sidecar(tpath, ".failed.csv"),
+        workers_csv=tel.sidecar(tpath, ".workers.csv"),
+        ledger_path=tel.sidecar(tpath, LEDGER_SUFFIX),
+        chunks_dir=os.path.abspath(loc.chunks_dir),
+        worker_config=config,
+        meta=meta,
+        carried=carried,
+        resume_note=resume_note,
+        carried_counts=dict(Counter(rec[0] for rec in carried.values())),
+    )

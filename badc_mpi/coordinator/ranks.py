@@ -1,0 +1,56 @@
+"""Rank 0's view of the other ranks: their hellos, their credit (tasks they asked for), stop and goodbye."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from badc_mpi.logs import get_logger
+from badc_mpi.transport.mailbox import Backoff, Mailbox
+from badc_mpi.transport.messages import TAG_GOODBYE, TAG_HELLO, TAG_STOP, Hello, Stop
+
+log = get_logger(__name__)
+
+
+class RemoteWorkers:
+    """Rank 0's view of the other ranks: hellos, credits, stop and goodbye."""
+
+    def __init__(self, comm: Any, box: Mailbox) -> None:
+        self.comm = comm
+        self.box = box
+        self.size = comm.Get_size()
+        self.hellos: dict[int, Hello] = {}
+        self.credit: dict[int, int] = {}
+        self.stopped = False
+
+    def collect_hellos(self, backoff: Backoff, handle: Any) -> None:
+        """Wait for every worker's Hello (other early messages go to ``handle``)."""
+        while len(self.hellos) < self.size - 1:
+            src, tag, msg = self.box.wait(None, backoff)
+            if tag == TAG_HELLO:
+                self.hellos[src] = msg
+                self.credit[src] = 0
+            else:
+                handle(src, tag, msg)
+
+    def stop_all(self, exit_code: int, message: str = "", wait_s: float = 120.0) -> None:
+        """Tell every worker to stop; wait (politely) for their goodbyes."""
+        if self.stopped or self.size == 1:
+            self.stopped = True
+            return
+        self.stopped = True
+        for dest in range(1, self.size):
+            self.box.send(dest, TAG_STOP, Stop(exit_code, message))
+        pending = set(range(1, self.size))
+        deadline = time.monotonic() + wait_s
+        backoff = Backoff()
+        while pending and time.monotonic() < deadline:
+            got = self.box.poll(None)
+            if got is None:
+                backoff.sleep()
+                continue
+            if got[1] == TAG_GOODBYE:
+                pending.discard(got[0])
+        if pending:
+            log.warning("ranks %s did not confirm the stop within %.0f s", sorted(pending), wait_s)
+        self.box.flush()

@@ -1,0 +1,98 @@
+"""Where outputs go: DataLad dataset root detection and the default directories.
+
+One rule, decided here only: inside a DataLad dataset (the nearest folder above the manifest that
+holds ``.datalad/``) everything goes under ``<dataset>/artifacts/``, so that ``datalad run`` and
+``datalad save`` can record it; outside a dataset, under the current directory. Flags override.
+Paths are made absolute but symlinks are never resolved (git-annex content lives behind them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# relative to the dataset root, or to the current directory outside a dataset
+DATASET_OUTPUT = os.path.join("artifacts", "infer")
+DATASET_TELEMETRY = os.path.join("artifacts", "telemetry", "infer")
+DATASET_CHUNKS = os.path.join("artifacts", "chunks")
+PLAIN_OUTPUT = os.path.join("artifacts", "infer")
+PLAIN_TELEMETRY = os.path.join("data", "telemetry", "infer")
+PLAIN_CHUNKS = os.path.join("artifacts", "chunks")
+
+LOCATIONS_HELP = (
+    "Where files go: if the (first) manifest lies inside a DataLad dataset (the nearest folder "
+    "above it holding .datalad/), outputs go to <dataset>/artifacts/infer/, telemetry to "
+    "<dataset>/artifacts/telemetry/infer/ and the chunk-status guard reads "
+    "<dataset>/artifacts/chunks/<recording>/.chunk_status.json. Outside a dataset they are "
+    "./artifacts/infer, ./data/telemetry/infer and ./artifacts/chunks under the current "
+    "directory. --output-dir, --telemetry-dir and --chunks-dir override each one (relative "
+    "values are taken from the current directory). Relative source_path values in a manifest "
+    "always resolve against the manifest's own folder, and symlinks (git-annex) are never "
+    "resolved."
+)
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Absolute folders for one run; ``dataset_root`` is None outside a DataLad dataset."""
+
+    dataset_root: str | None
+    output_dir: str
+    telemetry_dir: str
+    chunks_dir: str
+
+
+def _absolute(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None) -> str:
+    """Absolute, normalised, symlinks kept (never ``Path.resolve()``)."""
+    path = os.fspath(path)
+    base = os.fspath(cwd) if cwd is not None else os.getcwd()
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def find_dataset_root(path: str | os.PathLike[str]) -> str | None:
+    """The nearest folder at or above ``path``'s folder that holds ``.datalad/``, or None.
+
+    ``path`` is a manifest file (its folder is the start) or a folder. Symlinks are not resolved,
+    so a manifest reached through a link belongs to the dataset the link lies in.
+    """
+    current = _absolute(path, None)
+    if not os.path.isdir(current):
+        current = os.path.dirname(current)
+    while True:
+        if os.path.isdir(os.path.join(current, ".datalad")):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def default_locations(
+    manifest_path: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    telemetry_dir: str | os.PathLike[str] | None = None,
+    chunks_dir: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Locations:
+    """Where a run over ``manifest_path`` writes (see :data:`LOCATIONS_HELP`).
+
+    ``cwd`` (default: the current directory) anchors relative flags, a relative manifest path
+    and the defaults outside a dataset. With several manifests, pass the first.
+    """
+    here = _absolute(cwd, None) if cwd is not None else os.getcwd()
+    root = find_dataset_root(_absolute(manifest_path, here))
+    if root is not None:
+        base, defaults = root, (DATASET_OUTPUT, DATASET_TELEMETRY, DATASET_CHUNKS)
+    else:
+        base, defaults = here, (PLAIN_OUTPUT, PLAIN_TELEMETRY, PLAIN_CHUNKS)
+
+    def pick(flag: str | os.PathLike[str] | None, default: str) -> str:
+        return _absolute(flag, here) if flag is not None else os.path.join(base, default)
+
+    return Locations(
+        dataset_root=root,
+        output_dir=pick(output_dir, defaults[0]),
+        telemetry_dir=pick(telemetry_dir, defaults[1]),
+        chunks_dir=pick(chunks_dir, defaults[2]),
+    )

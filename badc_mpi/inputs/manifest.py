@@ -1,0 +1,378 @@
+"""Chunk manifests: the input contract.
+
+A manifest is a UTF-8, comma-separated CSV with a header. Required columns: ``recording_id``,
+``chunk_id``, ``source_path``; optional: ``start_ms``, ``end_ms``, ``overlap_ms``, ``sha256``,
+``notes``; any other column is kept, in header order, as per-chunk metadata (``Chunk.extra``).
+
+A thin I/O shell around vectorised checks: :mod:`badc_mpi.inputs.manifest_csv` parses every column as a
+string (and knows each row's physical line), pyarrow.compute finds the bad rows of a million-row
+file in a few passes, and only then are the frozen :class:`Chunk` records built. Every problem raises :class:`~badc_mpi.errors.ManifestError` naming
+the file, the physical line (header = line 1), the column and the fix; nothing is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from badc_mpi.errors import ManifestError
+from badc_mpi.inputs.manifest_csv import read_columns  # REQUIRED_COLUMNS: re-exported
+from badc_mpi.logs import get_logger
+from badc_mpi.records import MAX_ID_BYTES, STANDARD_COLUMNS, Chunk, validate_id
+
+log = get_logger(__name__)
+
+INT_COLUMNS = ("start_ms", "end_ms", "overlap_ms")
+NO_HASH = ("", "TODO_HASH", "DRY_RUN")  #: sha256 values that mean "no hash"
+MAX_LISTED = 20  #: how many missing sources one error lists
+
+_ID_BAD_RE2 = r"[/\\\x00-\x1f\x7f-\x{9f}]"  # _CONTROL plus the separators, in RE2 syntax
+_SHA_RE2 = r"^[0-9A-Fa-f]{64}$"
+_NULL = pa.scalar(None, pa.string())
+_PROBLEMS = {  # kind of bad row: (message, fix)
+    "id": (
+        "",
+        "use a non-empty name without path separators, control characters, a leading '-' "
+        f"or surrounding spaces, at most {MAX_ID_BYTES} UTF-8 bytes",
+    ),
+    "source": (
+        "source_path {value!r} is empty or contains a NUL or line break",
+        "give the audio file's path, absolute or relative to the manifest's folder",
+    ),
+    "int": (
+        "{column} {value!r} is not a non-negative whole number",
+        "write whole milliseconds (e.g. 60000) or leave the field empty",
+    ),
+    "order": ("end_ms {value} is not after start_ms {start}", "end_ms must exceed start_ms"),
+    "sha": (
+        "sha256 {value!r} is not 64 hexadecimal digits",
+        "write the chunk file's SHA-256 as 64 hex digits, or leave it empty (TODO_HASH and DRY_RUN also mean no hash)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest. ``missing``: chunks whose source is absent (``allow_missing=True``)."""
+
+    path: str
+    columns: tuple[str, ...]
+    extra_columns: tuple[str, ...]
+    chunks: list[Chunk]
+    missing: list[Chunk] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return iter(self.chunks)
+
+
+def id_problems(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Vectorised :func:`validate_id`: a boolean mask, true where the id is invalid."""
+    size = pc.binary_length(values)
+    return _any_of(
+        [
+            pc.equal(size, 0),
+            pc.greater(size, MAX_ID_BYTES),
+            pc.is_in(values, value_set=pa.array([".", ".."])),
+            pc.match_substring_regex(values, _ID_BAD_RE2),
+            pc.starts_with(values, "-"),
+            pc.starts_with(values, " "),
+            pc.ends_with(values, " "),
+        ]
+    )
+
+
+def load_manifest(path: str | os.PathLike[str], *, check_sources: bool = True, allow_missing: bool = False) -> Manifest:
+    """Read and validate one manifest (rules: module docstring and docs/architecture.md).
+
+    ``check_sources``: every ``input_path`` must exist; missing ones are one error (the first 20
+    and a count) unless ``allow_missing``, which lists them in ``Manifest.missing`` instead.
+    """
+    mpath = os.path.abspath(os.fspath(path))
+    enabled = gc.isenabled()
+    gc.disable()  # a million new objects would otherwise trigger many useless collections
+    try:
+        header, columns, lines = read_columns(mpath)
+        _check_rows(mpath, columns, lines)
+        _release()
+        chunks = _build_chunks(mpath, columns, header, lines)
+    finally:
+        if enabled:
+            gc.enable()
+    missing = _missing_sources(chunks) if check_sources else []
+    if missing and not allow_missing:
+        raise _missing_error(mpath, missing, len(chunks))
+    extra = tuple(name for name in header if name not in STANDARD_COLUMNS)
+    log.debug("%s: %d chunks, %d missing sources", mpath, len(chunks), len(missing))
+    return Manifest(mpath, tuple(header), extra, chunks, missing)
+
+
+def load_manifests(paths: Iterable[str | os.PathLike[str]], **kwargs: bool) -> list[Manifest]:
+    """Load manifests that form one queue: a chunk key may appear in only one of them."""
+    manifests = [load_manifest(path, **kwargs) for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    seen: dict[tuple[str, str], Chunk] = {}
+    for number, manifest in enumerate(manifests):
+        if any(other.path == manifest.path for other in manifests[:number]):
+            raise ManifestError(manifest.path, "this manifest is given twice", fix="give each manifest once")
+        if len(manifests) == 1:
+            break
+        keys = {(chunk.recording_id, chunk.chunk_id): chunk for chunk in manifest.chunks}
+        clash = keys.keys() & seen.keys()
+        if clash:
+            chunk = min((keys[key] for key in clash), key=lambda c: c.line)
+            first = seen[(chunk.recording_id, chunk.chunk_id)]
+            raise ManifestError(
+                chunk.manifest,
+                f"chunk {chunk.key!r} is also in {first.manifest}, line {first.line} ({len(clash)} chunk(s) are in both)",
+                line=chunk.line,
+                column="chunk_id",
+                fix="manifests given together form one queue: remove the repeated rows or give those chunks distinct ids",
+            )
+        seen.update(keys)
+    return manifests
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _any_of(masks: list) -> pa.ChunkedArray:
+    result = masks[0]
+    for mask in masks[1:]:
+        result = pc.or_(result, mask)
+    return result
+
+
+def _by_distinct(values: pa.ChunkedArray, predicate: Callable) -> pa.ChunkedArray:
+    """``predicate(values)``, computed on the distinct values when they repeat."""
+    distinct = pc.unique(values)
+    if 2 * len(distinct) > len(values):
+        return predicate(values)
+    return pc.is_in(values, value_set=pc.filter(distinct, predicate(distinct)))
+
+
+def _bad_int(values: pa.Array) -> pa.Array:
+    digits = pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), 18))
+    return pc.invert(pc.or_(pc.equal(values, ""), digits))
+
+
+def _as_int(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Integers, null where empty or not an integer."""
+    return pc.cast(pc.if_else(pc.or_(_bad_int(values), pc.equal(values, "")), _NULL, values), pa.int64())
+
+
+def _check_rows(mpath: str, columns: dict, lines: Sequence[int]) -> None:
+    """Raise for the first bad row, all rules considered, saying how many rows are bad."""
+    source = columns["source_path"]
+    rules = [
+        ("recording_id", "id", _by_distinct(columns["recording_id"], id_problems)),
+        ("chunk_id", "id", id_problems(columns["chunk_id"])),
+        (
+            "source_path",
+            "source",
+            pc.or_(
+                pc.equal(source, ""),
+                pc.and_(pc.invert(pc.ascii_is_printable(source)), pc.match_substring_regex(source, "[\x00\r\n]")),
+            ),
+        ),
+    ]
+    rules += [(name, "int", _by_distinct(columns[name], _bad_int)) for name in INT_COLUMNS if name in columns]
+    if "start_ms" in columns and "end_ms" in columns:
+        ends_first = pc.less_equal(_as_int(columns["end_ms"]), _as_int(columns["start_ms"]))
+        rules.append(("end_ms", "order", pc.fill_null(ends_first, False)))
+    if "sha256" in columns:
+        sha = columns["sha256"]
+        rules.append(
+            (
+                "sha256",
+                "sha",
+                pc.invert(pc.or_(pc.is_in(sha, value_set=pa.array(NO_HASH)), pc.match_substring_regex(sha, _SHA_RE2))),
+            )
+        )
+    bad = _any_of([mask for _, _, mask in rules])
+    count = pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
+    if not count:
+        return
+    index, order = min((pc.index(mask, True).as_py(), order) for order, (_, _, mask) in enumerate(rules) if pc.any(mask).as_py())
+    column, kind, _ = rules[order]
+    value = columns[column][index].as_py()
+    template, fix = _PROBLEMS[kind]
+    start = columns["start_ms"][index].as_py() if kind == "order" else None
+    message = validate_id(value, column) if kind == "id" else template.format(column=column, value=value, start=start)
+    if count > 1:
+        message += f" ({count} rows have problems; this is the first)"
+    raise ManifestError(mpath, message, line=lines[index], column=column, fix=fix)
+
+
+def _check_duplicates(mpath: str, chunk_ids: list[str], columns: dict, lines: Sequence[int]) -> None:
+    """(recording_id, chunk_id) must be unique; a repeat names both lines."""
+    rows = len(chunk_ids)
+    if len(set(chunk_ids)) == rows:  # the usual case; a bit faster than pc.count_distinct
+        return
+    keys = pc.binary_join_element_wise(columns["recording_id"], columns["chunk_id"], "/")
+    if pc.count_distinct(keys).as_py() == rows:  # ids hold no "/", so the join is one-to-one
+        return
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys.to_pylist()):
+        first = seen.setdefault(key, index)
+        if first != index:
+            raise ManifestError(
+                mpath,
+                f"chunk {key!r} is repeated: lines {lines[first]} and {lines[index]}",
+                line=lines[index],
+                column="chunk_id",
+                fix="(recording_id, chunk_id) must be unique: remove the repeated row or give it another chunk_id",
+            )
+
+
+# ----------------------------------------------------------------------- building records
+
+
+def _pylist(values: pa.ChunkedArray, convert: Callable | None = None) -> list:
+    """``values`` as Python objects, one shared object per distinct value when values repeat."""
+    distinct = pc.unique(values)
+    if 2 * len(distinct) > len(values):
+        items = values.to_pylist()
+        return items if convert is None else list(map(convert, items))
+    table = distinct.to_pylist()
+    if convert is not None:
+        table = [convert(item) for item in table]
+    indices = pc.index_in(values, value_set=distinct).to_numpy()
+    return list(map(table.__getitem__, indices.tolist()))
+
+
+def _release() -> None:  # give freed Arrow memory back, so that Python objects can use it
+    pa.default_memory_pool().release_unused()
+
+
+def _to_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _input_paths(sources: pa.ChunkedArray, base: str) -> list[str]:
+    """``normpath(join(base, source))`` for every row, computed once per distinct folder."""
+    folders, names = [], []
+    for part in pc.split_pattern(sources, "/", max_splits=1, reverse=True).chunks:
+        offsets = part.offsets.to_numpy()
+        has_folder = pa.array(np.diff(offsets) == 2)
+        names.append(part.values.take(pa.array(offsets[1:] - 1)))
+        folders.append(pc.if_else(has_folder, part.values.take(pa.array(offsets[:-1])), _NULL))
+    folder = pa.chunked_array(folders, pa.string())
+    distinct = pc.unique(folder)
+    prefixes = []
+    for name in distinct.to_pylist():  # None: no folder; "" (from "/x"): the root
+        joined = os.path.normpath(os.path.join(base, "" if name is None else name + "/"))
+        prefixes.append(joined if joined.endswith("/") else joined + "/")
+    name = pa.chunked_array(names, pa.string())
+    paths = pc.binary_join_element_wise(
+        pc.take(pa.array(prefixes), pc.index_in(folder, value_set=distinct)), name, ""
+    ).to_pylist()
+    odd = pc.is_in(name, value_set=pa.array(["", ".", ".."])).to_numpy(zero_copy_only=False)
+    for index in np.flatnonzero(odd).tolist():
+        paths[index] = os.path.normpath(os.path.join(base, sources[index].as_py()))
+    return paths
+
+
+def _builder() -> type | None:
+    """A mutable twin of Chunk with the same slots: building twins and switching ``__class__``
+    to Chunk is about four times faster than the frozen ``__init__``, which sets every field
+    through ``object.__setattr__``. None where the interpreter refuses the switch."""
+    twin = dataclasses.make_dataclass("_ChunkBuilder", [(f.name, f.type) for f in dataclasses.fields(Chunk)], slots=True)
+    try:
+        twin(*range(len(twin.__slots__))).__class__ = Chunk
+    except TypeError:  # pragma: no cover - layouts differ on this interpreter
+        return None
+    return twin
+
+
+_BUILDER = _builder()
+
+
+def _build_chunks(mpath: str, columns: dict, header: list[str], lines: Sequence[int]) -> list[Chunk]:
+    """Chunk records from validated columns; each column is dropped once converted."""
+    chunk_ids = columns["chunk_id"].to_pylist()
+    _check_duplicates(mpath, chunk_ids, columns, lines)
+    recordings = _pylist(columns.pop("recording_id"))
+    del columns["chunk_id"]
+    sources = columns.pop("source_path")
+    inputs = _input_paths(sources, os.path.dirname(mpath))
+    _release()
+    sources = sources.to_pylist()
+    ints = [_pylist(columns.pop(name), _to_int) if name in columns else repeat(None) for name in INT_COLUMNS]
+    sha256: Iterable[str | None] = repeat(None)
+    if "sha256" in columns:
+        raw = columns.pop("sha256")
+        nohash = pc.is_in(raw, value_set=pa.array(NO_HASH))
+        if not pc.all(nohash).as_py():
+            sha256 = pc.if_else(nohash, _NULL, pc.ascii_lower(raw)).to_pylist()
+        del raw, nohash
+        _release()
+    notes = _pylist(columns.pop("notes")) if "notes" in columns else repeat("")
+    pairs = [_pylist(columns.pop(name), lambda value, n=name: (n, value)) for name in header if name not in STANDARD_COLUMNS]
+    extra = zip(*pairs) if pairs else repeat(())
+    _release()
+    fields = (recordings, chunk_ids, sources, inputs, *ints, sha256, notes, extra, repeat(mpath), lines)
+    chunks = list(map(_BUILDER or Chunk, *fields))
+    for chunk in chunks if _BUILDER else ():
+        chunk.__class__ = Chunk
+    return chunks
+
+
+# ---------------------------------------------------------------------------------- sources
+
+
+def _missing_sources(chunks: list[Chunk]) -> list[Chunk]:
+    """Chunks whose input_path does not exist (a broken symlink counts as missing).
+
+    Lists each folder once (cheap on parallel file systems, where a stat per file is not);
+    only names that are absent or symlinks (git-annex) are checked one by one.
+    """
+    listings: dict[str, frozenset[str]] = {}
+    missing = []
+    for chunk in chunks:
+        folder, _, name = chunk.input_path.rpartition("/")
+        present = listings.get(folder)
+        if present is None:
+            present = listings[folder] = _plain_entries(folder or "/")
+        if name not in present and not os.path.exists(chunk.input_path):
+            missing.append(chunk)
+    return missing
+
+
+def _plain_entries(folder: str) -> frozenset[str]:
+    """Names in ``folder`` that are not symlinks (a symlink may point at absent content)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset([entry.name for entry in entries if not entry.is_symlink()])
+    except OSError:
+        return frozenset()
+
+
+def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestError:
+    """One error for all missing sources: the first MAX_LISTED, a count, and how to fix them."""
+    annexed = sum(1 for chunk in missing if os.path.islink(chunk.input_path))
+    note = " (broken symlink: annexed content not present)"
+    shown = [f"line {c.line}: {c.input_path}{note if os.path.islink(c.input_path) else ''}" for c in missing[:MAX_LISTED]]
+    more = f"; and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+    fixes = []
+    if annexed:
+        fixes.append(f"run `datalad get` on the {annexed} annexed file(s) to fetch their content")
+    if annexed < len(missing):
+        fixes.append(f"correct source_path (relative paths resolve against {os.path.dirname(mpath)}, not the current directory)")
+    fixes.append("or pass --allow-missing to record those chunks as failed `input` chunks")
+    return ManifestError(
+        mpath,
+        f"{len(missing)} of {total} source files do not exist: " + "; ".join(shown) + more,
+        line=missing[0].line,
+        column="source_path",
+        fix=", ".join(fixes),
+    )

@@ -1,0 +1,427 @@
+"""The HawkEars runner (runner side): a resident HawkEars worker per rank, or one CLI call per chunk.
+
+``mode="resident"`` (default) starts ``resident.py`` with the HawkEars environment's python
+once per rank (in its own process group, GPU mask from the binding), waits for its hello (models
+loaded), then sends one JSON request per chunk and waits for the reply with ``poll()`` and the
+attempt's timeout. A timeout, crash, EOF or CUDA OOM kills the worker's whole process group; the
+worker is started again lazily before the next attempt. ``mode="cli"`` runs
+``hawkears analyze INPUT -o SCRATCH --rtype csv ...`` per chunk: the baseline.
+
+Both modes run with the data root as current directory and a generated ``-c`` YAML that gives
+HawkEars absolute paths (merged with ``--hawkears-config``), so they score identically: the
+resident worker's ``scores.csv`` is byte-for-byte the CLI's. Success is judged from the outputs.
+The worker's process (start, deadline line I/O, stderr pump, group kill) is in ``hawkears_process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from badc_mpi.errors import RunnerSetupError
+from badc_mpi.logs import get_logger
+from badc_mpi.records import CRASH, EXIT, INPUT, OOM, TIMEOUT, Binding, Chunk
+from badc_mpi.runners.base import AttemptResult, Runner, Task
+from badc_mpi.runners.hawkears import env as hawkears_env
+from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, fail, judge_outputs, run_cli_attempt
+from badc_mpi.runners.hawkears.options import (
+    HawkearsOptions,
+    analyze_argv,
+    chunk_options,
+    resolve_location,
+    worker_argv,
+)
+from badc_mpi.runners.hawkears.process import WorkerProcess, spawn_worker
+from badc_mpi.runners.process import signame
+
+log = get_logger(__name__)
+
+WORKER_SCRIPT = Path(__file__).resolve().with_name("resident.py")
+_STDERR_LINES = 300
+
+
+def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None = None) -> HawkearsRunner:
+    """A runner with its python and data root resolved (RunnerSetupError, with the fix, if absent)."""
+    if options is None:
+        options = HawkearsOptions()
+    elif isinstance(options, argparse.Namespace):
+        options = HawkearsOptions.from_namespace(options)
+    options = options.validate()
+    python = options.python or hawkears_env.find_hawkears_python(os.environ)
+    if not os.access(python, os.X_OK):
+        raise RunnerSetupError(f"--hawkears-python {python} is not executable", fix=hawkears_env.FIX_ENV)
+    data_root = hawkears_env.resolve_data_root(options.data_root, os.environ, python=python)
+    return HawkearsRunner(options, python=python, data_root=data_root)
+
+
+class HawkearsRunner(Runner):
+    """HawkEars 2.x on one rank: resident worker (default) or one CLI process per chunk."""
+
+    name = "hawkears"
+
+    def __init__(self, options: HawkearsOptions, *, python: str, data_root: hawkears_env.DataRoot) -> None:
+        self.options = options
+        self.python = python
+        self.data_root = data_root
+        self.hawkears_version: str | None = None
+        self.worker_starts = 0
+        self._binding: Binding | None = None
+        self._env: dict[str, str] = dict(os.environ)
+        self._tmp: str | None = None
+        self._cfg_path: str | None = None
+        self._low_band = options.low_band
+        self._worker: WorkerProcess | None = None
+        self._cli_pid: int | None = None
+        self._ring: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+        self._log_path: str | None = None
+        self._next_id = 0
+
+    # ----------------------------------------------------------------- set-up
+    def start(self, binding: Binding) -> None:
+        self._binding = binding
+        env = binding.runner_env(dict(os.environ))
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONPATH", None)  # the runner's packages must not leak into HawkEars' env
+        if self.options.threads:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(self.options.threads)
+        self._env = env
+        if self.options.low_band and not self.data_root.has_low_band:
+            raise RunnerSetupError(
+                f"--low-band needs low-band checkpoints in {self.data_root.path}/data/ckpt-low-band; there are none",
+                fix="stage complete models with `make hawkears-models`, or use --no-low-band",
+            )
+        if self._low_band is None and binding.uses_gpu and not self.data_root.has_low_band:
+            log.warning(
+                "no low-band checkpoints in %s: low-band classifier off (HawkEars' GPU default is on)",
+                self.data_root.path,
+            )
+            self._low_band = False
+        if self.options.log_dir:
+            os.makedirs(self.options.log_dir, exist_ok=True)
+            self._log_path = os.path.join(self.options.log_dir, f"hawkears-rank{binding.rank}.log")
+        if self.data_root.is_tiny:
+            log.warning("%s", hawkears_env.tiny_banner(self.data_root))
+        log.info(
+            "HawkEars %s mode, data root %s (%s), models %s",
+            self.options.mode,
+            self.data_root.path,
+            self.data_root.source,
+            self.data_root.model_version,
+        )
+        self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
+        try:
+            self._cfg_path = self._write_config()
+            if self.options.mode == "resident":
+                error = self._start_worker()
+                if error:
+                    raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
+            else:
+                self.hawkears_version = self._query_version()
+        except BaseException:
+            self._cleanup_tmp()
+            raise
+
+    def _start_fix(self) -> str:
+        return (
+            f"read the worker's stderr above{f' or in {self._log_path}' if self._log_path else ''}; "
+            "check the data root and options; raise --hawkears-start-timeout-s if loading is slow; "
+            "or try --hawkears-mode cli"
+        )
+
+    def _write_config(self) -> str:
+        assert self._tmp is not None
+        base = os.path.join(self._tmp, "badc-hawkears.yaml")
+        with open(base, "w", encoding="utf-8") as handle:  # JSON is YAML
+            json.dump(self.data_root.config_overrides(), handle, indent=1)
+        if not self.options.config:
+            return base
+        merged = os.path.join(self._tmp, "badc-hawkears-merged.yaml")
+        argv = [
+            self.python,
+            str(WORKER_SCRIPT),
+            "--data-root",
+            self.data_root.path,
+            "--merge-config",
+            merged,
+            base,
+            self.options.config,
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=self._env)
+        if proc.returncode != 0:
+            raise RunnerSetupError(
+                f"--hawkears-config {self.options.config} cannot be merged: {proc.stderr.strip()[-TAIL_CHARS:]}",
+                fix="give a valid HawkEars YAML",
+            )
+        return merged
+
+    def _query_version(self) -> str | None:
+        code = "import importlib.metadata as m; print(m.version('hawkears'))"
+        try:
+            out = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=120, env=self._env)
+            return out.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    # ------------------------------------------------------------- arguments
+    def worker_options(self) -> list[str]:
+        """Start options of the resident worker (also its telemetry description)."""
+        return worker_argv(self.options, self.data_root.path, str(self._cfg_path), self._low_band)
+
+    def _cli_argv(self, input_path: str, out_dir: str, chunk_opts: dict[str, Any]) -> list[str]:
+        exe = Path(self.python).parent / "hawkears"
+        base = [str(exe)] if exe.exists() else [self.python, "-c", "import sys; from hawkears.cli import cli; sys.exit(cli())"]
+        return [
+            *base,
+            *analyze_argv(self.options, str(self._cfg_path), self._low_band, input_path, out_dir, chunk_opts),
+        ]
+
+    def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
+        opts = chunk_options(chunk)[0]
+        if self.options.mode == "cli":
+            return self._cli_argv(chunk.input_path, scratch_dir, opts)
+        extra = [f"{k}={v}" for k, v in sorted(opts.items())]
+        return [
+            "<resident>",
+            self.python,
+            str(WORKER_SCRIPT),
+            *self.worker_options(),
+            f"input={chunk.input_path}",
+            f"output_dir={scratch_dir}",
+            *extra,
+        ]
+
+    # ------------------------------------------------------------------ runs
+    def run(self, task: Task) -> AttemptResult:
+        chunk = task.chunk
+        result = AttemptResult(
+            ok=False,
+            command=self.command(chunk, task.scratch_dir),
+            raw_format="scores2",
+            model_version=self.data_root.model_version,
+            hawkears_version=self.hawkears_version,
+        )
+        opts, bad = chunk_options(chunk)
+        if bad:
+            return fail(result, INPUT, bad)
+        if not os.path.isfile(chunk.input_path):
+            return fail(result, INPUT, f"input file not found: {chunk.input_path}")
+        os.makedirs(task.scratch_dir, exist_ok=True)
+        if self.options.mode == "cli":
+            return self._run_cli(task, opts, result)
+        return self._run_resident(task, opts, result)
+
+    def _run_resident(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
+        if self._worker is None:
+            error = self._start_worker()
+            if error:
+                return fail(result, EXIT, f"the resident HawkEars worker did not restart: {error}")
+        worker = self._worker
+        assert worker is not None and worker.proc.stdin is not None
+        result.pid = worker.proc.pid
+        result.hawkears_version = self.hawkears_version
+        self._next_id += 1
+        place = dict(zip(("region", "lat", "lon", "date"), resolve_location(self.options, opts), strict=True))
+        request = {
+            "id": self._next_id,
+            "input": task.chunk.input_path,
+            "output_dir": task.scratch_dir,
+            "options": place,
+        }
+        start = time.monotonic()
+        deadline = start + task.timeout_s
+        try:
+            worker.proc.stdin.write((json.dumps(request) + "\n").encode())
+            worker.proc.stdin.flush()
+            line: bytes | str = worker.read_line(deadline)
+        except (BrokenPipeError, OSError):
+            line = "eof"
+        wall_s = time.monotonic() - start
+        result.metrics.update(self._base_metrics(worker), wall_s=round(wall_s, 4))
+        if line == "timeout":
+            self._discard_worker()
+            return fail(
+                result,
+                TIMEOUT,
+                f"no reply after {task.timeout_s:g} s; killed the worker's process group\n{self.stderr_tail()}",
+            )
+        if line == "eof":
+            rc = worker.proc.wait()
+            self._discard_worker()
+            if rc < 0:
+                result.signal = -rc
+                return fail(result, CRASH, f"the HawkEars worker died by signal {-rc} ({signame(-rc)})\n{self.stderr_tail()}")
+            result.exit_code = rc
+            return fail(result, EXIT, f"the HawkEars worker exited with status {rc}\n{self.stderr_tail()}")
+        try:
+            reply = json.loads(line)
+            if reply.get("id") != request["id"]:
+                raise ValueError(f"reply id {reply.get('id')!r} != request id {request['id']}")
+        except ValueError as exc:
+            self._discard_worker()
+            return fail(result, EXIT, f"HawkEars worker protocol error: {exc}: {line[:300]!r}")
+        for key in ("decode_s", "score_s", "cpu_s", "peak_vram_mib", "detections"):
+            result.metrics[key] = reply.get(key)
+        if reply.get("ok"):
+            return self._judge_outputs(result, task.scratch_dir)
+        error_class, message = reply.get("error_class"), reply.get("message") or ""
+        if error_class == "input":
+            return fail(result, INPUT, message)
+        self._discard_worker()  # OOM or an unexpected error: a fresh worker for the next attempt
+        if error_class == "oom":
+            return fail(result, OOM, message)
+        return fail(result, EXIT, f"{message}\n{self.stderr_tail()}")
+
+    def _judge_outputs(self, result: AttemptResult, scratch_dir: str) -> AttemptResult:
+        return judge_outputs(result, scratch_dir, self.stderr_tail)
+
+    def _run_cli(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
+        assert self._tmp is not None
+        argv = self._cli_argv(task.chunk.input_path, task.scratch_dir, opts)
+        result.metrics.update(worker_starts=self.worker_starts)
+
+        def running(pid: int | None) -> None:
+            self._cli_pid = pid
+
+        return run_cli_attempt(
+            argv,
+            task,
+            result,
+            cwd=self.data_root.path,
+            env=self._env,
+            log_path=os.path.join(self._tmp, "cli-attempt.log"),
+            running=running,
+        )
+
+    # --------------------------------------------------------- worker process
+    def _start_worker(self) -> str | None:
+        """Start the resident worker and wait for its hello; an error message on failure."""
+        argv = [self.python, str(WORKER_SCRIPT), *self.worker_options()]
+        if self.worker_starts:
+            self._ring.append(f"--- restarting the HawkEars worker (start {self.worker_starts + 1}) ---")
+        try:
+            worker = spawn_worker(argv, cwd=self.data_root.path, env=self._env, ring=self._ring, log_path=self._log_path)
+        except OSError as exc:
+            return f"cannot run {self.python}: {exc}"
+        proc = worker.proc
+        self.worker_starts += 1
+        begin = time.monotonic()
+        line = worker.read_line(begin + self.options.start_timeout_s)
+        if line in ("timeout", "eof"):
+            worker.kill()
+            what = (
+                f"no hello within {self.options.start_timeout_s:g} s"
+                if line == "timeout"
+                else f"exited with status {proc.returncode}"
+            )
+            return f"{what}\n{self.stderr_tail()}"
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            worker.kill()
+            return f"bad hello {line[:300]!r}\n{self.stderr_tail()}"
+        if not hello.get("ok"):
+            worker.kill()
+            return f"{hello.get('message')}\n{self.stderr_tail()}"
+        worker.hello = hello
+        self.hawkears_version = hello.get("hawkears_version")
+        self._worker = worker
+        log.info(
+            "HawkEars worker pid %d ready in %.1f s (%s, models %s, low-band %s, start %d)",
+            proc.pid,
+            time.monotonic() - begin,
+            hello.get("device"),
+            hello.get("models"),
+            hello.get("low_band_models") or "off",
+            self.worker_starts,
+        )
+        return None
+
+    def _discard_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()
+
+    def _base_metrics(self, worker: WorkerProcess) -> dict[str, Any]:
+        return {
+            "worker_pid": worker.proc.pid,
+            "worker_starts": self.worker_starts,
+            "device": worker.hello.get("device"),
+            "load_s": worker.hello.get("load_s"),
+        }
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        """The last lines the HawkEars worker wrote to stderr (for failure reasons)."""
+        return "\n".join(list(self._ring)[-lines:])[-TAIL_CHARS:]
+
+    # ---------------------------------------------------------------- queries
+    def class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        """From the data root's taxonomy: whatever ``--label`` form HawkEars wrote, canonical
+        detections get both the class code and the common name."""
+        from badc_mpi.storage.detections import load_class_labels
+
+        return load_class_labels(os.path.join(self.data_root.path, "data"))
+
+    def active_pids(self) -> list[int]:
+        worker, cli_pid = self._worker, self._cli_pid
+        pids = [worker.proc.pid] if worker is not None and worker.proc.poll() is None else []
+        return pids + ([cli_pid] if cli_pid else [])
+
+    def interrupt(self) -> None:
+        """From another thread (shutdown): kill what runs now; run() then returns a crash."""
+        worker, cli_pid = self._worker, self._cli_pid
+        for pid in ([worker.proc.pid] if worker is not None else []) + ([cli_pid] if cli_pid else []):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def describe(self) -> dict[str, Any]:
+        hello = self._worker.hello if self._worker else {}
+        return {
+            "runner": self.name,
+            "mode": self.options.mode,
+            "python": self.python,
+            "worker_script": str(WORKER_SCRIPT),
+            "data_root": self.data_root.path,
+            "data_root_source": self.data_root.source,
+            "tiny_model": self.data_root.is_tiny,
+            "model_version": self.data_root.model_version,
+            "hawkears_version": self.hawkears_version,
+            "worker_starts": self.worker_starts,
+            "device": hello.get("device"),
+            "models_loaded": hello.get("models"),
+            "low_band_models_loaded": hello.get("low_band_models"),
+            "options": dataclasses.asdict(self.options),
+        }
+
+    def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            try:
+                assert worker.proc.stdin is not None
+                worker.proc.stdin.write(b'{"op": "quit"}\n')
+                worker.proc.stdin.close()
+                worker.proc.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+            worker.kill(grace_s=2.0)
+        self._cleanup_tmp()
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+# ------------------------------------------------------------------ helpers

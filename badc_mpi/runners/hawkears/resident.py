@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""The resident HawkEars worker: load the ensemble once, then score one chunk per request.
+
+Runs INSIDE HawkEars' own environment, started by file path by
+:class:`badc_mpi.runners.hawkears.adapter.HawkearsRunner` (never imported by the runner: standard library
+plus hawkears/britekit/torch only, no badc_mpi imports).
+
+Protocol (JSON lines). The reply stream is the ORIGINAL stdout; at start, fd 1 and sys.stdout are
+pointed at stderr so nothing that HawkEars, britekit, torch or C libraries print can corrupt it.
+
+- On start: ``{"hello": true, "ok": true, "pid", "hawkears_version", "britekit_version",
+  "torch_version", "device", "load_s", "models", "low_band_models", "max_models", "low_band"}``
+  or ``{"hello": true, "ok": false, "error_class": "error", "message"}`` and exit 1.
+- Request: ``{"id", "input", "output_dir", "options": {"lat", "lon", "date", "region"}}`` (any of
+  the per-chunk options may be absent/null: the start options apply), or ``{"op": "quit"}``.
+  End of stdin also quits.
+- Reply: ``{"id", "ok", "error_class": null|"input"|"oom"|"error", "message", "scores_csv",
+  "detections", "decode_s", "score_s", "cpu_s", "peak_vram_mib", "pid"}`` (``cpu_s``: CPU time of
+  the whole worker process during the request).
+
+Each request runs HawkEars' own ``analyze()`` (the code path of ``hawkears analyze --rtype csv``,
+with ``raise_errors=True``), so ``output_dir/scores.csv`` is byte-for-byte what the CLI writes for
+the same audio and options. What is kept alive between requests, through HawkEars internals that
+are private (hence the exact version check): britekit ``Predictor`` objects (main ensemble and
+low-band models), checkpoints read for class names, and the occurrence database. A cached
+Predictor is reset to its freshly-constructed audio state before reuse.
+
+The version HawkEars must have comes from the runner (``--require-version``), which owns it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import wave
+
+# Run by path, Python puts this folder first on sys.path, where the runner-side ``hawkears.py``
+# would shadow the real ``hawkears`` package: drop it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+_STATS = {"decode_s": 0.0}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="resident HawkEars worker (JSON lines on stdin/stdout)")
+    p.add_argument("--data-root", required=True, help="HawkEars data root")
+    p.add_argument("--require-version", default=None, help="the hawkears version this worker must find (set by the runner)")
+    p.add_argument("--cfg", default=None, help="HawkEars -c YAML (absolute paths, merged user YAML)")
+    p.add_argument("--min-score", type=float, default=None)
+    p.add_argument("--models", type=int, default=None)
+    p.add_argument("--low-band", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--label", default=None)
+    p.add_argument("--region", default=None)
+    p.add_argument("--lat", type=float, default=None)
+    p.add_argument("--lon", type=float, default=None)
+    p.add_argument("--date", default=None)
+    p.add_argument("--include", default=None)
+    p.add_argument("--exclude", default=None)
+    p.add_argument("--seg", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--merge-config",
+        nargs=3,
+        metavar=("OUT", "BASE", "USER"),
+        default=None,
+        help="write BASE (JSON/YAML) merged with USER YAML to OUT, then exit (no models loaded)",
+    )
+    return p.parse_args(argv)
+
+
+class _Recorder(logging.Handler):
+    """Keeps this request's HawkEars warnings/errors (their wording goes into failure messages)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # noqa: BLE001 - a bad log record must not fail the request
+            pass
+
+
+_LOG = _Recorder()
+
+
+class Protocol:
+    """Replies on the original stdout; everything else printed goes to stderr."""
+
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def send(self, message: dict) -> None:
+        self._out.write(json.dumps(message) + "\n")
+        self._out.flush()
+
+
+def merge_config(out: str, base: str, user: str) -> None:
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.load(base), OmegaConf.load(user))
+    OmegaConf.save(merged, out)
+
+
+def check_version(required: str | None) -> tuple[str, str, str]:
+    import britekit
+    import hawkears
+    import torch
+
+    if not required:
+        raise RuntimeError("--require-version is missing: the runner names the hawkears version it supports")
+    if hawkears.__version__ != required:
+        raise RuntimeError(
+            f"the resident HawkEars worker supports hawkears=={required} only (it uses "
+            f"HawkEars internals), found {hawkears.__version__}; rebuild the env with `make hawkears`, or "
+            "use --hawkears-mode cli"
+        )
+    return hawkears.__version__, getattr(britekit, "__version__", "?"), torch.__version__
+
+
+def _cfg_key(cfg) -> str:  # noqa: ANN001
+    """What a Predictor depends on: the config minus the ``hawkears`` section (location etc.)."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg))
+    data.pop("hawkears", None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def install_caches() -> dict:
+    """Keep models and other expensive objects alive across analyze() calls."""
+    import britekit.core.audio as audio_mod
+    import hawkears.core.analyzer as analyzer_mod
+    import hawkears.core.class_manager as class_manager_mod
+    import hawkears.core.occurrence_manager as occurrence_mod
+    import hawkears.heuristics.canada.low_band as low_band_mod
+
+    predictors: dict = {}
+    real_predictor = analyzer_mod.Predictor
+
+    def cached_predictor(model_path, device=None, cfg=None, *args, **kwargs):  # noqa: ANN001, ANN202
+        key = (str(model_path), device, _cfg_key(cfg), repr(args), repr(sorted(kwargs.items())))
+        predictor = predictors.get(key)
+        if predictor is None:
+            predictor = real_predictor(model_path, device, cfg, *args, **kwargs)
+            predictor._badc_own_audio = predictor.audio
+            predictors[key] = predictor
+        else:  # back to the state of a new Predictor (callers may have swapped or reconfigured audio)
+            predictor.audio = predictor._badc_own_audio
+            predictor.audio.signal = None
+            predictor.audio.path = None
+            predictor.audio.load_error = None
+            predictor.audio.set_config(predictor.cfg, resample=False)
+            predictor.last_frame_map = None
+            predictor.labels = None
+        return predictor
+
+    analyzer_mod.Predictor = cached_predictor
+    low_band_mod.Predictor = cached_predictor
+
+    checkpoints: dict = {}
+    real_lfc = class_manager_mod.load_from_checkpoint
+
+    def cached_load_from_checkpoint(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, repr(args), repr(sorted(kwargs.items())))
+        if key not in checkpoints:
+            checkpoints[key] = real_lfc(path, *args, **kwargs)
+        return checkpoints[key]
+
+    class_manager_mod.load_from_checkpoint = cached_load_from_checkpoint
+
+    providers: dict = {}
+    real_provider = occurrence_mod.OccurrencePickleProvider
+
+    def cached_provider(pickle_path=None):  # noqa: ANN001, ANN202
+        key = os.path.abspath(pickle_path) if pickle_path else None
+        if key not in providers:
+            providers[key] = real_provider(pickle_path)
+        return providers[key]
+
+    occurrence_mod.OccurrencePickleProvider = cached_provider
+
+    real_load = audio_mod.Audio.load
+
+    def timed_load(self, path):  # noqa: ANN001, ANN202
+        start = time.perf_counter()
+        try:
+            return real_load(self, path)
+        finally:
+            _STATS["decode_s"] += time.perf_counter() - start
+
+    audio_mod.Audio.load = timed_load
+
+    # manifest.yaml (written by every analyze() call) depends only on the Predictor: render once.
+    import britekit.core.predictor as predictor_mod
+
+    real_save_manifest = predictor_mod.Predictor.save_manifest
+
+    def cached_save_manifest(self, output_path, cfg=None):  # noqa: ANN001, ANN202
+        text = getattr(self, "_badc_manifest", None)
+        if cfg is not None or text is None:
+            real_save_manifest(self, output_path, cfg)
+            if cfg is None:
+                with open(os.path.join(output_path, "manifest.yaml"), encoding="utf-8") as handle:
+                    self._badc_manifest = handle.read()
+            return
+        with open(os.path.join(output_path, "manifest.yaml"), "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    predictor_mod.Predictor.save_manifest = cached_save_manifest
+    return predictors
+
+
+def _write_silence(path: str, seconds: float = 6.0, rate: int = 22050) -> None:
+    """A warm-up recording; not at HawkEars' 28 kHz, so the resampler warms up too."""
+    with wave.open(path, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\x00\x00" * int(seconds * rate))
+
+
+class Resident:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.low_band = {"auto": None, "on": True, "off": False}[args.low_band]
+
+    def analyze(self, input_path: str, output_dir: str, options: dict) -> None:
+        from hawkears.commands._analyze import analyze
+
+        a = self.args
+        # the runner resolves each chunk's place and date (badc_mpi.runners.hawkears.options.resolve_location);
+        # a request without them (the warm-up) uses the start options
+        region, lat, lon, date = (options.get(k, getattr(a, k)) for k in ("region", "lat", "lon", "date"))
+        analyze(
+            cfg_path=a.cfg,
+            input_path=input_path,
+            output_path=output_dir,
+            rtype="csv",
+            date=date,
+            region=region,
+            lat=lat,
+            lon=lon,
+            include=a.include,
+            exclude=a.exclude,
+            min_score=a.min_score,
+            segment_len=a.seg,
+            max_models=a.models,
+            label_field=a.label,
+            low_band=self.low_band,
+            quiet=True,
+            raise_errors=True,
+            data_root=a.data_root,
+        )
+
+    def load(self) -> dict:
+        """Version check, caches, then one warm-up analyze() that loads every model once."""
+        start = time.perf_counter()
+        hk_version, bk_version, torch_version = check_version(self.args.require_version)
+        import torch
+        from britekit.core import util
+
+        if self.args.threads:
+            torch.set_num_threads(self.args.threads)
+        predictors = install_caches()
+        with tempfile.TemporaryDirectory(prefix="badc-hawkears-warmup-") as tmp:
+            wav = os.path.join(tmp, "warmup.wav")
+            _write_silence(wav)
+            self.analyze(wav, os.path.join(tmp, "out"), {})
+        main_models, low_models, max_models, low_band = [], [], None, False
+        for key, predictor in predictors.items():  # Predictor loads the first N sorted checkpoints
+            count = len(predictor.models)
+            loaded = [f for f in sorted(os.listdir(key[0])) if f.endswith(".ckpt")][:count]
+            if os.path.basename(os.path.normpath(key[0])) == "ckpt-low-band":
+                low_band, low_models = True, loaded
+            else:
+                max_models, main_models = count, loaded
+        return {
+            "hello": True,
+            "ok": True,
+            "pid": os.getpid(),
+            "hawkears_version": hk_version,
+            "britekit_version": bk_version,
+            "torch_version": torch_version,
+            "device": util.get_device(),
+            "load_s": round(time.perf_counter() - start, 3),
+            "models": main_models,
+            "low_band_models": low_models,
+            "max_models": max_models,
+            "low_band": low_band,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def handle(self, request: dict) -> dict:
+        import torch
+
+        reply = {
+            "id": request.get("id"),
+            "ok": False,
+            "error_class": None,
+            "message": "",
+            "scores_csv": None,
+            "detections": None,
+            "decode_s": None,
+            "score_s": None,
+            "peak_vram_mib": None,
+            "pid": os.getpid(),
+        }
+        input_path = str(request.get("input") or "")
+        output_dir = str(request.get("output_dir") or "")
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        _STATS["decode_s"] = 0.0
+        _LOG.messages.clear()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            self.analyze(input_path, output_dir, request.get("options") or {})
+        except torch.cuda.OutOfMemoryError as exc:
+            reply.update(error_class="oom", message=f"CUDA out of memory: {exc}")
+        except Exception as exc:  # noqa: BLE001 - failures are data
+            text = str(exc)
+            is_input = type(exc).__name__ == "InferenceError" and (
+                text.startswith("Could not load recording") or text.startswith("Recording ")
+            )
+            if "out of memory" in text.lower() and cuda:
+                reply.update(error_class="oom", message=text)
+            else:
+                reply.update(
+                    error_class="input" if is_input else "error",
+                    message=text if is_input else f"{type(exc).__name__}: {text}",
+                )
+            if not is_input:
+                traceback.print_exc(file=sys.stderr)
+        total = time.perf_counter() - start
+        reply["decode_s"] = round(_STATS["decode_s"], 4)
+        reply["score_s"] = round(max(0.0, total - _STATS["decode_s"]), 4)
+        reply["cpu_s"] = round(time.process_time() - cpu_start, 4)
+        if cuda:
+            reply["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if reply["error_class"] is None:
+            scores = os.path.join(output_dir, "scores.csv")
+            if os.path.isfile(scores):
+                with open(scores, encoding="utf-8") as handle:
+                    rows = sum(1 for _ in handle) - 1
+                reply.update(ok=True, scores_csv=scores, detections=max(rows, 0))
+            else:  # HawkEars wrote nothing: no predictions (e.g. audio too short to score); its own words
+                said = [m for m in _LOG.messages if m.startswith("No predictions generated")]
+                reply.update(
+                    error_class="input",
+                    message=said[-1] if said else f"No predictions generated for {input_path} (no scores.csv)",
+                )
+        return reply
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.merge_config:
+        merge_config(*args.merge_config)
+        return 0
+    proto = Protocol()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="hawkears-worker %(levelname)s %(message)s")
+    logging.getLogger().addHandler(_LOG)
+    worker = Resident(args)
+    try:
+        hello = worker.load()
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc(file=sys.stderr)
+        proto.send(
+            {
+                "hello": True,
+                "ok": False,
+                "error_class": "error",
+                "pid": os.getpid(),
+                "message": f"{type(exc).__name__}: {exc}",
+            }
+        )
+        return 1
+    proto.send(hello)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as exc:
+            proto.send({"id": None, "ok": False, "error_class": "error", "message": f"bad request: {exc}", "pid": os.getpid()})
+            continue
+        if request.get("op") == "quit":
+            break
+        proto.send(worker.handle(request))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The attempt supervisor: runs a rank's attempts through its runner, watches them, finalises outputs.
+
+The supervisor never touches MPI (the rank's loop does). It owns one runner and one thread that
+runs attempts one after another; the loop hands it tasks (:meth:`Supervisor.submit`) and collects
+events (:meth:`Supervisor.drain_events`) without blocking. The stub runner needs no thread: its
+simulated attempts complete by deadline, checked on each :meth:`drain_events`.
+
+An attempt counts as a success only when the runner says so *and* its outputs are valid and
+durable: raw CSV parsed, final files fsynced and renamed into place (:mod:`badc_mpi.storage.outputs`).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import shutil
+import threading
+import time
+import traceback
+from typing import Any
+
+from badc_mpi.errors import BadcError
+from badc_mpi.inputs.sources import input_problem
+from badc_mpi.logs import get_logger
+from badc_mpi.records import INPUT, NO_OUTPUT, Binding
+from badc_mpi.runners.base import AttemptResult, Runner, Task
+from badc_mpi.storage import outputs as outputs_mod
+from badc_mpi.storage import telemetry as tel
+from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig
+
+log = get_logger(__name__)
+
+FAST_ATTEMPT_S = 0.005  #: attempts shorter than this (on average) are latency-bound
+MAX_WINDOW = 8  #: never more than this many chunks in flight per worker
+
+
+class Supervisor:
+    """One rank's attempt supervisor. Thread-safe between the rank's loop and the attempt thread."""
+
+    def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
+        self.config = config
+        self.static = tel.worker_static(binding.rank, os.getpid(), binding)
+        self.binding = binding
+        self.runner = runner
+        self.sampler = sampler  # badc_mpi.gpu.binding.GpuSampler or None
+        self._inline = bool(getattr(runner, "inline", False))
+        self._tasks: queue.Queue[WireTask | None] = queue.Queue()
+        self._events: collections.deque[StartEvent | ResultEvent] = collections.deque()
+        self._queued = 0
+        self._running = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.ready = False
+        self.fatal: str | None = None
+        self.fatal_exc: BaseException | None = None
+        self._inline_queue: collections.deque[WireTask] = collections.deque()
+        self._inline_current: tuple[WireTask, float, float] | None = None
+        self.attempts_done = 0
+        self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
+        self._mean_runtime_s = 1.0
+
+    # -- the loop's side ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the runner (in the worker thread, so a slow model load never stalls rank 0)."""
+        if self._inline:
+            self.runner.start(self.binding)
+            self.ready = True
+            return
+        self._thread = threading.Thread(target=self._thread_main, name="badc-worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            if self._inline:
+                return len(self._inline_queue) + (1 if self._inline_current else 0)
+            return self._queued + self._running
+
+    def submit(self, tasks: list[WireTask]) -> None:
+        if self._inline:
+            self._inline_queue.extend(tasks)
+            return
+        with self._lock:
+            self._queued += len(tasks)
+        for task in tasks:
+            self._tasks.put(task)
+
+    def drain_events(self, now: float | None = None) -> list[StartEvent | ResultEvent]:
+        if self._inline:
+            self._advance_inline(time.time() if now is None else now)
+        out = []
+        while True:
+            try:
+                out.append(self._events.popleft())
+            except IndexError:
+                return out
+
+    def close(self) -> None:
+        """Stop the thread after the current attempt and close the runner."""
+        if self._thread is not None:
+            # drop queued tasks: on close the loop is done with them (final or interrupted)
+            try:
+                while True:
+                    self._tasks.get_nowait()
+            except queue.Empty:
+                pass
+            self._tasks.put(None)
+            self.runner_interrupt()
+            self._thread.join(timeout=60)
+        try:
+            self.runner.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
+            log.exception("closing the %s runner failed", self.runner.name)
+
+    def runner_interrupt(self) -> None:
+        interrupt = getattr(self.runner, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
+    # -- stub (inline) path ----------------------------------------------------------------
+    def _advance_inline(self, now: float) -> None:
+        while True:
+            if self._inline_current is None:
+                if not self._inline_queue:
+                    return
+                task = self._inline_queue.popleft()
+                duration = float(self.runner.duration_s(task.chunk))  # type: ignore[attr-defined]
+                self._inline_current = (task, now, now + duration)
+                self._events.append(self._start_event(task, now, self.runner.command(task.chunk)))
+            task, started, due = self._inline_current
+            if due > now:
+                return
+            result = self.runner.run(self._runner_task(task, scratch=""))
+            self._inline_current = None
+            self._events.append(self._result_event(task, result, started, due, {}, {}, None))
+
+    # -- threaded path ----------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            self.runner.start(self.binding)
+            self.ready = True
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    return
+                with self._lock:
+                    self._queued -= 1
+                    self._running += 1
+                try:
+                    self._events.append(self._attempt(task))
+                finally:
+                    with self._lock:
+                        self._running -= 1
+        except BaseException as exc:  # noqa: BLE001 - reported to the loop, which aborts
+            self.fatal_exc = exc  # set before ``fatal``: the loop reads fatal, then fatal_exc
+            self.fatal = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, BadcError):
+                log.error("this rank's runner cannot work: %s", exc)
+            else:
+                log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
+
+    def _scratch_for(self, task: WireTask) -> str:
+        chunk = task.chunk
+        name = f"{chunk.recording_id}__{chunk.chunk_id}__a{task.attempt}"
+        return os.path.join(self.config.scratch_dir, name)
+
+    def _runner_task(self, task: WireTask, scratch: str) -> Task:
+        return Task(task.chunk, task.attempt, scratch, task.timeout_s, self.config.run_id)
+
+    def _attempt(self, task: WireTask) -> ResultEvent:
+        chunk = task.chunk
+        started = time.time()
+        problem = input_problem(chunk.input_path)
+        if problem is not None:
+            self._events.append(self._start_event(task, started, []))
+            result = AttemptResult(ok=False, failure_class=INPUT, reason=problem)
+            return self._result_event(task, result, started, time.time(), {}, {}, None)
+        scratch = self._scratch_for(task)
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.makedirs(scratch, exist_ok=True)
+        outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
+        command = self.runner.command(chunk, scratch)
+        self._events.append(self._start_event(task, started, list(command)))
+        if self.sampler is not None:
+            self.sampler.begin(self.runner.active_pids)
+        try:
+            result = self.runner.run(self._runner_task(task, scratch))
+        finally:
+            gpu = self.sampler.end() if self.sampler is not None else {}
+        finished = time.time()
+        outputs: dict[str, str] = {}
+        detections = None
+        if result.ok and self.runner.produces_outputs:
+            labels = self._class_labels()
+            try:
+                if not result.raw_output or not os.path.exists(result.raw_output):
+                    raise FileNotFoundError("the runner reported success but wrote no output CSV")
+                final = outputs_mod.finalize_chunk_outputs(
+                    self.config.output_dir,
+                    chunk,
+                    result.raw_output,
+                    result.raw_format,
+                    run_id=self.config.run_id,
+                    hawkears_version=result.hawkears_version,
+                    model_version=result.model_version,
+                    class_map=labels[0] if labels else None,
+                    class_names=labels[1] if labels else None,
+                )
+                outputs = final.as_dict()
+                detections = final.detections
+            except Exception as exc:  # noqa: BLE001 - invalid output is a task failure (data)
+                result.ok = False
+                result.failure_class = NO_OUTPUT
+                result.reason = f"{exc}" + (f" | {result.reason}" if result.reason else "")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return self._result_event(task, result, started, finished, outputs, gpu, detections)
+
+    def _start_event(self, task: WireTask, started: float, command: list[str]) -> StartEvent:
+        line = tel.start_line(self.config.run_id, self.static, task.chunk, task.attempt, started, command)
+        return StartEvent(task.chunk.key, task.attempt, started, command, line)
+
+    def _result_event(
+        self,
+        task: WireTask,
+        result: AttemptResult,
+        started: float,
+        finished: float,
+        outputs: dict[str, str],
+        gpu: dict[str, Any],
+        detections: int | None,
+    ) -> ResultEvent:
+        ev = ResultEvent(
+            key=task.chunk.key,
+            attempt=task.attempt,
+            started_at=started,
+            finished_at=finished,
+            ok=bool(result.ok),
+            failure_class=None if result.ok else (result.failure_class or "exit"),
+            reason=(result.reason or "")[-2000:],
+            exit_code=result.exit_code,
+            signal=result.signal,
+            command=list(result.command),
+            outputs=outputs,
+            detections=detections,
+            runner_pid=result.pid,
+            gpu=gpu,
+            metrics=dict(result.metrics),
+            model_version=result.model_version,
+            hawkears_version=result.hawkears_version,
+        )
+        ev.body = tel.result_body(self.static, task.chunk, ev)
+        self._note_runtime(finished - started)
+        return ev
+
+    def _class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
+        if self._labels is False:
+            try:
+                self._labels = self.runner.class_labels()
+            except Exception as exc:  # noqa: BLE001 - codes/names are a convenience, never a failure
+                log.warning("class codes and names unavailable: %s", exc)
+                self._labels = None
+        return self._labels  # type: ignore[return-value]
+
+    def _note_runtime(self, runtime_s: float) -> None:
+        self.attempts_done += 1
+        self._mean_runtime_s += (runtime_s - self._mean_runtime_s) * 0.2
+
+    def window(self) -> int:
+        """Chunks this worker should hold (queued + running): ``capacity``, about 2.
+
+        Only when attempts are far shorter than a coordinator round trip (dry runs, trivially
+        short chunks) does it widen, up to 4x and at most 8: then nothing can be hoarded that
+        matters, and a window of 2 would leave the worker idle most of the time.
+        """
+        cap = self.config.capacity
+        if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
+            return min(MAX_WINDOW, 4 * cap)
+        return cap
