@@ -69,7 +69,7 @@ resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same ou
 
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest) and run make infer on it (2 ranks)
 	$(PY) scripts/make_demo.py examples/demo
-	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="$(DEMO_ARGS) $(ARGS)"
+	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 
 bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.threads = args.threads or None
     python = args.python or hawkears_env.find_hawkears_python()
-    root = hawkears_env.resolve_data_root(args.data_root, python=python)
+    root = hawkears_env.resolve_data_root(args.data_root, python=python, allow_tiny=True)
     args.data_root = root.path
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="badc-bench-hawkears-"))
     load_before = os.getloadavg()

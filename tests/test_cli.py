@@ -168,3 +168,19 @@ def test_make_check_chunks_and_make_infer_with_a_dry_run(tmp_path):
     )
     assert refused.returncode != 0 and "in_progress" in refused.stderr
     assert len(list((tmp_path / "tel").glob("*.jsonl"))) == 2  # the refused run wrote nothing
+
+
+@pytest.mark.hawkears
+def test_run_without_models_exits_2_naming_the_fix(tmp_path):
+    """After `make demo` a real `make infer` without staged models must not fall back to the tiny model."""
+    from badc_mpi.runners.hawkears import env as hawkears_env
+
+    manifest = make_dataset(tmp_path, 1, 2)
+    python = hawkears_env.find_hawkears_python()
+    env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "HAWKEARS_DATA_ROOT": ""}
+    proc = cli("run", str(manifest), "--no-chunk-check", "--hawkears-python", python, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("badc-mpi: error")]
+    assert len(lines) == 1 and "no HawkEars models" in lines[0] and "make hawkears-models" in lines[0]
+    written = [p for p in tmp_path.rglob("*") if "infer" in p.parts or "telemetry" in p.parts]
+    assert written == []  # nothing was written

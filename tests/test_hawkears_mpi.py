@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.storage.detections import parse_scores_csv
 
 from helpers import MPIEXEC, PYTHON, cmdline, descendants, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
@@ -26,11 +27,10 @@ pytestmark = pytest.mark.hawkears
 @pytest.fixture(scope="module", autouse=True)
 def hawkears_ready():
     from badc_mpi.errors import BadcError
-    from badc_mpi.runners.hawkears import env as hawkears_env
 
     try:
         python = hawkears_env.find_hawkears_python()
-        hawkears_env.resolve_data_root(python=python)
+        hawkears_env.describe_data_root(hawkears_env.tiny_data_root(python=python), "cli")
     except BadcError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
             pytest.skip(f"HawkEars not set up: {exc}")
@@ -43,6 +43,8 @@ def hawkears_args(manifest: Path, root: Path, *extra: str) -> list[str]:
         str(manifest),
         "--models",
         "1",
+        "--hawkears-data-root",  # pinned: the tests must not pick up real models staged on this machine
+        str(hawkears_env.tiny_data_root()),
         "--output-dir",
         str(root / "out"),
         "--telemetry-dir",

@@ -85,9 +85,9 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def hk_python() -> str:
     try:
         python = hawkears_env.find_hawkears_python()
-        root = hawkears_env.resolve_data_root(
-            None, {k: v for k, v in os.environ.items() if k != "HAWKEARS_DATA_ROOT"}, python=python
-        )
+        tiny = hawkears_env.tiny_data_root(python=python)
+        if not (tiny / hawkears_env.TINY_MARKER).exists():
+            raise RunnerSetupError(f"no tiny model at {tiny}", fix="run `make hawkears-tiny`")
     except RunnerSetupError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
             pytest.skip(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
@@ -96,8 +96,6 @@ def hk_python() -> str:
             "(or set BADC_MPI_SKIP_HAWKEARS=1 to skip these tests)",
             pytrace=False,
         )
-    if not root.is_tiny and root.source != "cli":
-        pytest.skip(f"tests expect the tiny model; found a real data root {root.path}")
     return python
 
 
@@ -388,3 +386,16 @@ def test_env_and_data_root_resolution(tmp_path: Path) -> None:
         overrides["misc"]["ckpt_folder"] == str(tiny / "data" / "ckpt")
         and Path(overrides["hawkears"]["occurrence_pickle"]).is_absolute()
     )
+
+
+@pytest.mark.hawkears
+def test_no_models_is_an_error_not_the_tiny_model(hk_python: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing staged there
+    monkeypatch.delenv("HAWKEARS_DATA_ROOT", raising=False)
+    with pytest.raises(RunnerSetupError, match="no HawkEars models") as info:
+        build_hawkears_runner(HawkearsOptions(python=hk_python))
+    assert "make hawkears-models" in str(info.value) and "--hawkears-data-root" in str(info.value)
+    assert build_hawkears_runner(HawkearsOptions(python=hk_python, allow_tiny_model=True)).data_root.is_tiny
+    tiny = str(hawkears_env.tiny_data_root(python=hk_python))
+    named = build_hawkears_runner(HawkearsOptions(python=hk_python, data_root=tiny)).data_root
+    assert named.is_tiny and named.source == "cli"  # naming it is asking for it

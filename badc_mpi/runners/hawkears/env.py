@@ -208,9 +208,14 @@ def describe_data_root(path: str | os.PathLike[str], source: str) -> DataRoot:
 
 
 def resolve_data_root(
-    cli_value: str | None = None, env: Mapping[str, str] = os.environ, *, python: str | None = None
+    cli_value: str | None = None,
+    env: Mapping[str, str] = os.environ,
+    *,
+    python: str | None = None,
+    allow_tiny: bool = False,
 ) -> DataRoot:
-    """CLI flag, then ``HAWKEARS_DATA_ROOT``, then the staged default, then the tiny root."""
+    """CLI flag, then ``HAWKEARS_DATA_ROOT``, then the staged default. The tiny random-weight root
+    is used only when asked for: named explicitly, or ``allow_tiny`` (``--allow-tiny-model``)."""
     if cli_value:
         return describe_data_root(cli_value, "cli")
     if env.get(DATA_ROOT_VAR):
@@ -219,10 +224,12 @@ def resolve_data_root(
     if (staged / "data" / "ckpt").is_dir():
         return describe_data_root(staged, "cache")
     tiny = tiny_data_root(env, python)
-    if (tiny / TINY_MARKER).exists():
+    if allow_tiny and (tiny / TINY_MARKER).exists():
         return describe_data_root(tiny, "tiny")
     raise RunnerSetupError(
-        f"no HawkEars data root: no --hawkears-data-root, no {DATA_ROOT_VAR}, nothing staged at {staged}", fix=FIX_DATA
+        f"no HawkEars models: no --hawkears-data-root, no {DATA_ROOT_VAR}, nothing staged at {staged}",
+        fix="stage them with `make hawkears-models` or pass --hawkears-data-root DIR "
+        "(--allow-tiny-model runs the meaningless tiny test model, for tests and demos only)",
     )
 
 
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         elif what[0] == "env-dir":
             print(hawkears_env_dir())
         elif what[0] == "data-root":
-            root = resolve_data_root(what[1] if len(what) > 1 else None)
+            root = resolve_data_root(what[1] if len(what) > 1 else None, allow_tiny=True)
             print(root.path)
         elif what[0] == "recording":
             print(bundled_recording())

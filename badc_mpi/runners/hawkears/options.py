@@ -46,6 +46,7 @@ class HawkearsOptions:
     threads: int | None = None  #: CPU threads for torch in the HawkEars process
     start_timeout_s: float = 600.0
     log_dir: str | None = None  #: per-rank worker stderr logs go here (else only an in-memory tail)
+    allow_tiny_model: bool = False  #: without a data root, run the tiny random-weight model (tests, demos)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> HawkearsOptions:
@@ -69,6 +70,7 @@ class HawkearsOptions:
             "threads": "hawkears_threads",
             "start_timeout_s": "hawkears_start_timeout_s",
             "log_dir": "hawkears_log_dir",
+            "allow_tiny_model": "allow_tiny_model",
         }
         values = {f: getattr(args, a) for f, a in names.items() if getattr(args, a, None) is not None}
         return cls(**values).validate()
@@ -171,6 +173,13 @@ def add_hawkears_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         metavar="DIR",
         default=None,
         help="write each rank's HawkEars worker stderr to DIR/hawkears-rank<N>.log (default: only its last lines, in failure reasons)",
+    )
+    g.add_argument(
+        "--allow-tiny-model",
+        action="store_true",
+        default=None,
+        help="without --hawkears-data-root, $HAWKEARS_DATA_ROOT or staged models, run the tiny random-weight "
+        "test model (its detections are meaningless: tests and demos only); otherwise such a run stops with exit 2",
     )
     return g
 
