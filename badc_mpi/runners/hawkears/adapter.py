@@ -60,9 +60,7 @@ def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None =
     python = options.python or hawkears_env.find_hawkears_python(os.environ)
     if not os.access(python, os.X_OK):
         raise RunnerSetupError(f"--hawkears-python {python} is not executable", fix=hawkears_env.FIX_ENV)
-    data_root = hawkears_env.resolve_data_root(
-        options.data_root, os.environ, python=python, allow_tiny=options.allow_tiny_model
-    )
+    data_root = hawkears_env.resolve_data_root(options.data_root, os.environ, python=python, allow_tiny=options.allow_tiny_model)
     return HawkearsRunner(options, python=python, data_root=data_root)
 
 
