@@ -74,7 +74,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-dir", metavar="DIR", help="per-chunk outputs (default: see 'where outputs go')")
     g.add_argument("--telemetry-dir", metavar="DIR", help="telemetry JSONL and summaries (default: see below)")
     g.add_argument("--chunks-dir", metavar="DIR", help="where <recording_id>/.chunk_status.json live")
-    g.add_argument("--scratch-dir", metavar="DIR", help="per-attempt scratch (default <output-dir>/.badc-scratch/<run>)")
+    g.add_argument(
+        "--scratch-dir",
+        metavar="DIR",
+        help="where ranks keep per-attempt scratch files: each run creates DIR/badc-mpi-<run>/<host>-r<rank>/ and "
+        "removes only that (default: node-local $SLURM_TMPDIR, then $TMPDIR, then /tmp)",
+    )
     g.add_argument(
         "--allow-missing",
         action="store_true",

@@ -20,6 +20,17 @@ STANDARD_COLUMNS = (
     "sha256",
     "notes",
 )
+#: annotation columns badc-mpi writes into failed-chunks CSVs: never chunk metadata when read back
+ANNOTATION_PREFIX = "badc_"
+FAILED_CSV_COLUMNS = ("badc_failure_class", "badc_failure_reason")
+_LEGACY_ANNOTATIONS = ("failure_class", "reason")  #: what failed CSVs of badc-mpi 0.1 wrote
+
+
+def metadata_columns(header: list[str] | tuple[str, ...]) -> list[str]:
+    """The header's per-chunk metadata columns: not standard, not badc-mpi's own annotations
+    (``badc_*``; and the ``failure_class, reason`` pair older failed CSVs wrote)."""
+    legacy = set(_LEGACY_ANNOTATIONS) if all(c in header for c in _LEGACY_ANNOTATIONS) else set()
+    return [c for c in header if c not in STANDARD_COLUMNS and not c.startswith(ANNOTATION_PREFIX) and c not in legacy]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +134,9 @@ EXIT = "exit"  #: non-zero exit status
 NO_OUTPUT = "no_output"  #: exit 0 but outputs missing or invalid
 INPUT = "input"  #: missing, unreadable, corrupt or non-audio input: retrying cannot help
 OOM = "oom"  #: out of GPU memory; the runner restarts its process before the retry
-FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT, OOM)
+OUTPUT = "output"  #: a file-system error on this rank (full disk, quota, read-only, name too long)
+LOST = "lost"  #: the rank holding the attempt went silent or missed its deadline
+FAILURE_CLASSES = (TIMEOUT, CRASH, EXIT, NO_OUTPUT, INPUT, OOM, OUTPUT, LOST)
 NOT_RETRIED = frozenset({INPUT})
 
 

@@ -135,7 +135,7 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
     # the failed chunks as a manifest, with their last class and reason
     with open(sidecar(tfile, ".failed.csv"), newline="") as fh:
         failed_rows = {f"{r['recording_id']}/{r['chunk_id']}": r for r in csv.DictReader(fh)}
-    assert {k: r["failure_class"] for k, r in failed_rows.items()} == EXPECTED_FAILED
+    assert {k: r["badc_failure_class"] for k, r in failed_rows.items()} == EXPECTED_FAILED
     assert all(os.path.isabs(r["source_path"]) and r["site"] for r in failed_rows.values())
     # the end-of-run report names the files and warns about the worst chunks
     assert str(tfile) in proc.stdout and "succeeded" in proc.stdout
@@ -178,6 +178,13 @@ def test_failed_csv_reruns_as_a_manifest(tmp_path):
     newest = max(telemetry_files(tel), key=lambda p: p.stat().st_mtime_ns)
     finals = [e for e in read_jsonl(newest) if e["event"] == "success"]
     assert len(finals) == 5
+    # the failed CSV's annotations are not chunk metadata: not in telemetry, not in detections
+    assert all(set(e["meta"]) == {"site"} for e in finals)
+    for e in finals:
+        rec, chunk = e["recording_id"], e["chunk_id"]
+        for line in (out / rec / f"{chunk}.detections.jsonl").read_text().splitlines():
+            det = json.loads(line)
+            assert det["site"] and not any(k.startswith("badc_") for k in det) and "reason" not in det
 
 
 def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
@@ -392,7 +399,7 @@ def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
     assert miss["event"] == "failure" and miss["failure_class"] == "input" and "not found" in miss["reason"]
     with open(sidecar(tfile, ".failed.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["chunk_id"] for r in rows] == ["rec001_chunk_600_900"] and rows[0]["failure_class"] == "input"
+    assert [r["chunk_id"] for r in rows] == ["rec001_chunk_600_900"] and rows[0]["badc_failure_class"] == "input"
 
 
 def test_no_launcher_runs_as_one_rank(tmp_path):

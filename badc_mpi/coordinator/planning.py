@@ -114,13 +114,12 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     now = time.time()
     tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
     output_dir = os.path.abspath(loc.output_dir)
-    scratch = options.scratch_dir or os.path.join(output_dir, ".badc-scratch", run_id)
     config = WorkerConfig(
         run_id=run_id,
         runner_kind=kind,
         runner_options=ropts,
         output_dir=output_dir,
-        scratch_dir=os.path.abspath(scratch),
+        scratch_root=os.path.abspath(options.scratch_dir) if options.scratch_dir else None,
         capacity=options.inflight,
     )
     meta = {

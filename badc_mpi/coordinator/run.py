@@ -141,7 +141,6 @@ class Coordinator:
         for rank, why in list(self.dead.items()):  # ranks that could not even start
             self.dead.pop(rank)
             self._worker_lost(rank, why)
-        self._remove_old_scratch(plan)
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
         self.ledger = ledger_mod.LedgerWriter(
             plan.ledger_path,
@@ -334,17 +333,6 @@ class Coordinator:
             backoff = decision.backoff_s if decision.event == "retry" else None
             writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
 
-    def _remove_old_scratch(self, plan: RunPlan) -> None:
-        """Scratch folders of earlier (killed) runs: safe to remove while we hold the lock."""
-        import shutil
-
-        base = os.path.join(plan.output_dir, ".badc-scratch")
-        if not os.path.isdir(base) or self.options.scratch_dir:
-            return
-        for name in os.listdir(base):
-            if name != self.run_id:
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
     # -- signals -----------------------------------------------------------------------
     def _install_signals(self) -> dict[int, Any]:
         old: dict[int, Any] = {}
@@ -409,9 +397,6 @@ class Coordinator:
         self.remote.stop_all(int(code), self.fatal or "")
         self.ledger.close()  # type: ignore[union-attr]
         self.writer.close()  # type: ignore[union-attr]
-        import shutil
-
-        shutil.rmtree(plan.worker_config.scratch_dir, ignore_errors=True)
         counts = self.write_summary(state)
         self.lock.release()  # type: ignore[union-attr]
         outcome = RunOutcome(

@@ -96,3 +96,28 @@ def default_locations(
         telemetry_dir=pick(telemetry_dir, defaults[1]),
         chunks_dir=pick(chunks_dir, defaults[2]),
     )
+
+
+#: node-local scratch, in this order of preference (SLURM's per-job folder first)
+SCRATCH_VARS = ("SLURM_TMPDIR", "TMPDIR")
+
+
+def default_scratch_root(env: dict[str, str] | None = None) -> str:
+    """Node-local scratch: ``$SLURM_TMPDIR``, then ``$TMPDIR``, then the system temporary folder.
+
+    Evaluated on each rank (each node has its own). A run never removes this folder itself, only
+    the ``badc-mpi-<run_id>`` folder it creates inside it.
+    """
+    import tempfile
+
+    env = dict(os.environ) if env is None else env
+    for name in SCRATCH_VARS:
+        value = env.get(name, "").strip()
+        if value and os.path.isdir(value):
+            return os.path.abspath(value)
+    return tempfile.gettempdir()
+
+
+def run_scratch_dir(root: str, run_id: str) -> str:
+    """The folder a run creates inside a scratch root (and removes when its ranks are done)."""
+    return os.path.join(root, f"badc-mpi-{run_id}")

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from badc_mpi.errors import ManifestError
 from badc_mpi.inputs.manifest_csv import read_columns  # REQUIRED_COLUMNS: re-exported
 from badc_mpi.logs import get_logger
-from badc_mpi.records import MAX_ID_BYTES, STANDARD_COLUMNS, Chunk, validate_id
+from badc_mpi.records import MAX_ID_BYTES, Chunk, metadata_columns, validate_id
 
 log = get_logger(__name__)
 
@@ -112,7 +112,7 @@ def load_manifest(path: str | os.PathLike[str], *, check_sources: bool = True, a
     missing = _missing_sources(chunks) if check_sources else []
     if missing and not allow_missing:
         raise _missing_error(mpath, missing, len(chunks))
-    extra = tuple(name for name in header if name not in STANDARD_COLUMNS)
+    extra = tuple(metadata_columns(header))
     log.debug("%s: %d chunks, %d missing sources", mpath, len(chunks), len(missing))
     return Manifest(mpath, tuple(header), extra, chunks, missing)
 
@@ -317,7 +317,7 @@ def _build_chunks(mpath: str, columns: dict, header: list[str], lines: Sequence[
         del raw, nohash
         _release()
     notes = _pylist(columns.pop("notes")) if "notes" in columns else repeat("")
-    pairs = [_pylist(columns.pop(name), lambda value, n=name: (n, value)) for name in header if name not in STANDARD_COLUMNS]
+    pairs = [_pylist(columns.pop(name), lambda value, n=name: (n, value)) for name in metadata_columns(header)]
     extra = zip(*pairs) if pairs else repeat(())
     _release()
     fields = (recordings, chunk_ids, sources, inputs, *ints, sha256, notes, extra, repeat(mpath), lines)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from badc_mpi.records import ChunkState
+from badc_mpi.records import FAILED_CSV_COLUMNS, STANDARD_COLUMNS, ChunkState, metadata_columns
 from badc_mpi.storage.atomic import atomic_write_text
 from badc_mpi.storage.jsonl import dumps
 
@@ -178,7 +178,8 @@ def write_summary(path: str, text: str) -> None:
 
 
 def failed_rows(states: Iterable[ChunkState], extra_columns: list[str]) -> list[dict[str, str]]:
-    """Failed chunks as manifest rows (absolute ``source_path``) plus failure_class and reason."""
+    """Failed chunks as manifest rows (absolute ``source_path``) plus ``badc_failure_class`` and
+    ``badc_failure_reason`` (annotations: read back as a manifest, they are not chunk metadata)."""
     rows = []
     for s in states:
         if s.status != "failed":
@@ -187,8 +188,8 @@ def failed_rows(states: Iterable[ChunkState], extra_columns: list[str]) -> list[
         row["source_path"] = s.chunk.input_path  # the CSV lives elsewhere: keep paths valid
         for col in extra_columns:
             row.setdefault(col, "")
-        row["failure_class"] = s.failure_class or ""
-        row["reason"] = " ".join((s.last_error or "").split())[:1000]
+        row[FAILED_CSV_COLUMNS[0]] = s.failure_class or ""
+        row[FAILED_CSV_COLUMNS[1]] = " ".join((s.last_error or "").split())[:1000]
         rows.append(row)
     return rows
 
@@ -203,9 +204,9 @@ def csv_text(columns: list[str], rows: Iterable[dict[str, Any]]) -> str:
 
 def write_failed_csv(path: str, states: Iterable[ChunkState], columns: list[str]) -> int:
     """Write the failed chunks as a manifest; returns how many. ``columns``: manifest header."""
-    extra = [c for c in columns if c not in ("failure_class", "reason")]
+    extra = [c for c in columns if c in STANDARD_COLUMNS or c in metadata_columns(columns)]
     rows = failed_rows(states, extra)
-    atomic_write_text(path, csv_text(extra + ["failure_class", "reason"], rows))
+    atomic_write_text(path, csv_text(extra + list(FAILED_CSV_COLUMNS), rows))
     return len(rows)
 
 

@@ -43,8 +43,9 @@ class WorkerConfig:
     runner_kind: str  #: ``stub`` | ``command`` | ``hawkears``
     runner_options: Any  #: the runner's own picklable options
     output_dir: str
-    scratch_dir: str
+    scratch_root: str | None  #: ``--scratch-dir``; None = node-local (each rank resolves its own)
     capacity: int = 2  #: chunks in flight per worker (queued + running)
+    scratch_dir: str = ""  #: this rank's own folder, ``<root>/badc-mpi-<run_id>/<host>-r<rank>`` (set per rank)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 from badc_mpi.gpu import binding as gpu_binding
 from badc_mpi.gpu import nvml
 from badc_mpi.gpu.sampler import GpuSampler
+from badc_mpi.inputs.locations import default_scratch_root, run_scratch_dir
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
 from badc_mpi.records import Binding
@@ -51,8 +52,10 @@ def make_sampler(binding: Binding) -> Any:
 
 
 def rank_config(config: WorkerConfig, binding: Binding) -> WorkerConfig:
-    """The per-rank copy of the run's worker config (own scratch folder)."""
-    scratch = os.path.join(config.scratch_dir, f"{binding.host}-r{binding.rank}")
+    """The per-rank copy of the run's worker config: its own scratch folder, inside the run's
+    folder under ``--scratch-dir`` or this node's own scratch (``$SLURM_TMPDIR``, ``$TMPDIR``, /tmp)."""
+    root = config.scratch_root or default_scratch_root()
+    scratch = os.path.join(run_scratch_dir(root, config.run_id), f"{binding.host}-r{binding.rank}")
     return dataclasses.replace(config, scratch_dir=scratch)
 
 

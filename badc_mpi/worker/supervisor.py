@@ -12,6 +12,7 @@ durable: raw CSV parsed, final files fsynced and renamed into place (:mod:`badc_
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import queue
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 from badc_mpi.errors import BadcError
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
-from badc_mpi.records import INPUT, NO_OUTPUT, Binding
+from badc_mpi.records import INPUT, NO_OUTPUT, OUTPUT, Binding
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.storage import outputs as outputs_mod
 from badc_mpi.storage import telemetry as tel
@@ -59,6 +60,7 @@ class Supervisor:
         self.attempts_done = 0
         self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
         self._mean_runtime_s = 1.0
+        self._attempts_started = 0
 
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -112,6 +114,7 @@ class Supervisor:
             self.runner.close()
         except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
             log.exception("closing the %s runner failed", self.runner.name)
+        self._remove_scratch()
 
     def runner_interrupt(self) -> None:
         interrupt = getattr(self.runner, "interrupt", None)
@@ -161,9 +164,19 @@ class Supervisor:
                 log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
 
     def _scratch_for(self, task: WireTask) -> str:
-        chunk = task.chunk
-        name = f"{chunk.recording_id}__{chunk.chunk_id}__a{task.attempt}"
-        return os.path.join(self.config.scratch_dir, name)
+        """A short, fresh folder per attempt (ids never enter the name: no ENAMETOOLONG here)."""
+        self._attempts_started += 1
+        return os.path.join(self.config.scratch_dir, f"a{self._attempts_started}")
+
+    def _remove_scratch(self) -> None:
+        """Remove this rank's scratch folder, then the run's folder if no other rank still uses it."""
+        if not self.config.scratch_dir:
+            return
+        shutil.rmtree(self.config.scratch_dir, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(self.config.scratch_dir))
+        except OSError:  # other ranks of this node still there, or already gone
+            pass
 
     def _runner_task(self, task: WireTask, scratch: str) -> Task:
         return Task(task.chunk, task.attempt, scratch, task.timeout_s, self.config.run_id)
@@ -177,9 +190,14 @@ class Supervisor:
             result = AttemptResult(ok=False, failure_class=INPUT, reason=problem)
             return self._result_event(task, result, started, time.time(), {}, {}, None)
         scratch = self._scratch_for(task)
-        shutil.rmtree(scratch, ignore_errors=True)
-        os.makedirs(scratch, exist_ok=True)
-        outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
+        try:
+            shutil.rmtree(scratch, ignore_errors=True)
+            os.makedirs(scratch, exist_ok=True)
+            outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
+        except OSError as exc:  # full disk, quota, read-only, name too long: this attempt fails, not the job
+            self._events.append(self._start_event(task, started, []))
+            result = AttemptResult(ok=False, failure_class=OUTPUT, reason=fs_reason(exc, "preparing the attempt"))
+            return self._result_event(task, result, started, time.time(), {}, {}, None)
         command = self.runner.command(chunk, scratch)
         self._events.append(self._start_event(task, started, list(command)))
         if self.sampler is not None:
@@ -195,7 +213,7 @@ class Supervisor:
             labels = self._class_labels()
             try:
                 if not result.raw_output or not os.path.exists(result.raw_output):
-                    raise FileNotFoundError("the runner reported success but wrote no output CSV")
+                    raise RuntimeError("the runner reported success but wrote no output CSV")
                 final = outputs_mod.finalize_chunk_outputs(
                     self.config.output_dir,
                     chunk,
@@ -209,6 +227,10 @@ class Supervisor:
                 )
                 outputs = final.as_dict()
                 detections = final.detections
+            except OSError as exc:  # writing the outputs failed on this rank's file system
+                result.ok = False
+                result.failure_class = OUTPUT
+                result.reason = fs_reason(exc, "writing the outputs") + (f" | {result.reason}" if result.reason else "")
             except Exception as exc:  # noqa: BLE001 - invalid output is a task failure (data)
                 result.ok = False
                 result.failure_class = NO_OUTPUT
@@ -277,3 +299,10 @@ class Supervisor:
         if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
             return min(MAX_WINDOW, 4 * cap)
         return cap
+
+
+def fs_reason(exc: OSError, doing: str) -> str:
+    """One line for a file-system error: what failed, the error name and the path."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"file-system error {doing}: {name} {exc.strerror or exc}{where}"
