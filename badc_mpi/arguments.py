@@ -186,6 +186,37 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="take over the output directory's lock even if held by a process on another host",
     )
+    g = p.add_argument_group("faulty ranks (a bad GPU, a full disk, a hung node)")
+    g.add_argument(
+        "--quarantine-after",
+        type=int,
+        default=3,
+        metavar="N",
+        help="set a rank aside after N failed attempts in a row on N different chunks ('input' failures "
+        "do not count); its chunks go to the other ranks (default 3; 0 = never)",
+    )
+    g.add_argument(
+        "--silent-after-s",
+        type=_positive_float,
+        default=120.0,
+        metavar="S",
+        help="a rank not heard from for S seconds (ranks report at least every S/4) is lost; its chunks go "
+        "to the other ranks (default 120)",
+    )
+    g.add_argument(
+        "--deadline-margin-s",
+        type=_positive_float,
+        default=60.0,
+        metavar="S",
+        help="a chunk with no result S seconds after its timeout marks its rank as stuck and goes elsewhere (default 60)",
+    )
+    g.add_argument(
+        "--startup-timeout-s",
+        type=_positive_float,
+        default=600.0,
+        metavar="S",
+        help="ranks that have not joined S seconds after the start are lost (default 600)",
+    )
 
 
 def run_options_from_args(args: argparse.Namespace) -> RunOptions:
@@ -223,4 +254,8 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         skip_failed=args.skip_failed,
         grace_s=args.grace_s,
         force_unlock=args.force_unlock,
+        quarantine_after=args.quarantine_after,
+        silent_after_s=args.silent_after_s,
+        deadline_margin_s=args.deadline_margin_s,
+        startup_timeout_s=args.startup_timeout_s,
     )

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from badc_mpi._version import __version__
 from badc_mpi.arguments import EXIT_CODES_HELP, RUN_EPILOG, add_run_arguments, run_options_from_args
@@ -149,10 +150,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     comm = MPI.COMM_WORLD
     configure_logging(comm.Get_rank(), comm.Get_size(), _verbosity(args))
     outcome = run(args.manifests, run_options_from_args(args), comm=comm)
-    if outcome.interrupted_by and outcome.resume_dirs:
+    if outcome.stop_reason and outcome.resume_dirs:
         command = resume_command(args, outcome.resume_dirs, comm.Get_size())
-        print(f"badc-mpi: interrupted by {outcome.interrupted_by}; resume with:\n  {command}", flush=True)
+        print(f"badc-mpi: {outcome.stop_reason}; resume with:\n  {command}", flush=True)
+    if outcome.lost_ranks:
+        end_job(comm, outcome.exit_code, outcome.lost_ranks)
     return outcome.exit_code
+
+
+def end_job(comm: Any, exit_code: int, lost_ranks: list[int]) -> None:
+    """Ranks that went silent or stuck would hang MPI_Finalize: end the whole job now, with the
+    run's exit code, after everything was written and said."""
+    print(f"badc-mpi: ranks {', '.join(map(str, lost_ranks))} were lost; ending the job", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    comm.Abort(int(exit_code))
 
 
 #: ``run`` options a resume must not copy: it pins the folders and adds --resume itself
@@ -243,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadcError as exc:
         if _rank() == 0:
             print(f"badc-mpi: error: {exc}", file=sys.stderr)
+        if exc.lost_ranks:
+            from mpi4py import MPI
+
+            end_job(MPI.COMM_WORLD, int(exc.exit_code), exc.lost_ranks)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         print("badc-mpi: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ class BadcError(Exception):
     def __init__(self, message: str, *, fix: str | None = None) -> None:
         self.message = message
         self.fix = fix
+        self.lost_ranks: list[int] = []  #: ranks that may not answer: the CLI ends the job with Abort
         super().__init__(message)
 
     def __str__(self) -> str:

@@ -66,6 +66,10 @@ class RunOptions:
     skip_failed: bool = False
     grace_s: float = 60.0
     force_unlock: bool = False
+    quarantine_after: int = 3  #: failed attempts in a row, on different chunks, that set a rank aside (0 = never)
+    silent_after_s: float = 120.0  #: a rank not heard from for this long is lost
+    deadline_margin_s: float = 60.0  #: beyond an attempt's timeout before its rank counts as stuck
+    startup_timeout_s: float = 600.0  #: ranks that have not said hello by then are lost
 
     @property
     def runner_kind(self) -> str:
@@ -91,6 +95,10 @@ class RunOptions:
                 "use 0 for immediate retries",
             ),
             (self.grace_s >= 0, "--grace-s must be >= 0", "use 0 to stop at once"),
+            (self.quarantine_after >= 0, "--quarantine-after must be >= 0", "use 0 to never set a rank aside"),
+            (self.silent_after_s > 0, "--silent-after-s must be > 0", "the default is 120"),
+            (self.deadline_margin_s >= 0, "--deadline-margin-s must be >= 0", "the default is 60"),
+            (self.startup_timeout_s > 0, "--startup-timeout-s must be > 0", "the default is 600"),
             (self.order in ORDERS, f"--order must be one of {', '.join(ORDERS)}", "use manifest or longest-first"),
             (
                 self.runner_kind in ("hawkears", "command", "stub"),

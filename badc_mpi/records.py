@@ -141,6 +141,14 @@ NOT_RETRIED = frozenset({INPUT})
 
 
 # -- bindings --------------------------------------------------------------------------------
+#: launcher variables: (node-local index, node-local count), in the order they are trusted
+LAUNCHER_LOCAL_VARS = (
+    ("MPI_LOCALRANKID", "MPI_LOCALNRANKS"),  # MPICH's hydra mpiexec
+    ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),  # Open MPI
+    ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),  # srun (the count only when the job fixed it)
+)
+
+
 @dataclass(frozen=True)
 class Binding:
     """What a worker rank runs on. Built by :mod:`badc_mpi.gpu.binding`."""

@@ -86,6 +86,8 @@ def build_parser():
     p.add_argument("--fail-file", dest="fail_file")
     p.add_argument("--sleep-s", type=float, default=0.0)
     p.add_argument("--crash-signal", choices=("KILL", "SEGV", "ABRT"), default="KILL")
+    p.add_argument("--fail-if-output-contains", dest="fail_output", default=None, metavar="TEXT",
+                   help="fail every call whose --output folder contains TEXT (e.g. '-r1/': one bad rank)")
     # real HawkEars options a command template may pass; accepted and ignored
     p.add_argument("--rtype", default="csv")
     for opt in ("--region", "--lat", "--lon", "--date", "--filelist", "--seg", "--models", "--threads", "-c"):
@@ -262,6 +264,9 @@ def main(argv=None):
         return 2
     name = os.path.basename(os.path.normpath(input_path))
     faults, attempt_dir = load_faults(args)
+    if args.fail_output and args.fail_output in args.output:
+        log_error("Error: injected failure for output folder %r (fake_hawkears --fail-if-output-contains)" % args.output)
+        return EXIT_FAIL
     apply_faults(faults, attempt_dir, name, args.flaky_times, args.crash_signal)
     if args.sleep_s > 0:
         time.sleep(args.sleep_s)

@@ -371,11 +371,13 @@ def test_env_and_data_root_resolution(tmp_path: Path) -> None:
         return path
 
     tiny = fake_root(hawkears_env.tiny_data_root(env), tiny=True)
-    root = hawkears_env.resolve_data_root(None, env)
+    with pytest.raises(RunnerSetupError, match="no HawkEars models"):  # never the tiny model unasked
+        hawkears_env.resolve_data_root(None, env)
+    root = hawkears_env.resolve_data_root(None, env, allow_tiny=True)
     assert (root.path, root.is_tiny, root.source, root.has_low_band) == (str(tiny), True, "tiny", False)
     assert root.model_version.startswith("tiny:main=[m1.ckpt:")
     staged = fake_root(hawkears_env.default_models_dir(env))
-    assert hawkears_env.resolve_data_root(None, env).path == str(staged)
+    assert hawkears_env.resolve_data_root(None, env, allow_tiny=True).path == str(staged)  # real models first
     via_env = fake_root(tmp_path / "via-env")
     assert hawkears_env.resolve_data_root(None, {**env, "HAWKEARS_DATA_ROOT": str(via_env)}).source == "env"
     assert hawkears_env.resolve_data_root(str(tiny), {**env, "HAWKEARS_DATA_ROOT": str(via_env)}).source == "cli"

@@ -189,3 +189,15 @@ def test_release_takes_back_a_lost_workers_chunks_without_counting_the_attempt()
     assert [c.key for c, _ in again][:2] == [c.key for c, _ in lost]  # front of the queue
     assert all(a == 1 for _, a in again)  # the lost attempt did not count (max_retries=0 still allows one)
     assert coord.counts() == coord.recount()
+
+
+def test_a_retry_goes_to_another_worker_when_one_is_free():
+    sched = Scheduler(chunks(2), max_retries=2, policy=BackoffPolicy(0, 0, 0))
+    (chunk, attempt), _ = sched.take(2, "gpu0@a", 0.0)
+    assert sched.finish(chunk.key, attempt, "gpu0@a", ok=False, failure_class="crash").event == "retry"
+    assert sched.take(1, "gpu0@a", 1.0, others_free=True) == []  # left for the others
+    got = sched.take(1, "gpu1@b", 1.0, others_free=True)
+    assert [(c.key, a) for c, a in got] == [(chunk.key, 2)]
+    assert sched.finish(chunk.key, 2, "gpu1@b", ok=False, failure_class="crash").event == "retry"
+    # nobody else is free: the same worker may take it rather than leave it waiting
+    assert [(c.key, a) for c, a in sched.take(1, "gpu1@b", 2.0, others_free=False)] == [(chunk.key, 3)]

@@ -16,8 +16,9 @@ class RunOutcome:
     summary_path: str | None = None
     failed_csv: str | None = None
     workers_csv: str | None = None
-    interrupted_by: str | None = None  #: SIGTERM / SIGINT when the run was stopped early
-    resume_dirs: dict[str, str] = field(default_factory=dict)  #: folders a resume must reuse (when interrupted)
+    stop_reason: str | None = None  #: why the run stopped before finishing (a signal, no rank left to work)
+    resume_dirs: dict[str, str] = field(default_factory=dict)  #: folders a resume must reuse (when stopped)
+    lost_ranks: list[int] = field(default_factory=list)  #: ranks that may not answer: end the job with Abort
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @property

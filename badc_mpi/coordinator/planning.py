@@ -121,6 +121,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         output_dir=output_dir,
         scratch_root=os.path.abspath(options.scratch_dir) if options.scratch_dir else None,
         capacity=options.inflight,
+        heartbeat_s=options.silent_after_s / 4,
     )
     meta = {
         "badc_mpi_version": __version__,

@@ -23,25 +23,33 @@ class RemoteWorkers:
         self.credit: dict[int, int] = {}
         self.stopped = False
 
-    def collect_hellos(self, backoff: Backoff, handle: Any) -> None:
-        """Wait for every worker's Hello (other early messages go to ``handle``)."""
-        while len(self.hellos) < self.size - 1:
-            src, tag, msg = self.box.wait(None, backoff)
+    def collect_hellos(self, backoff: Backoff, handle: Any, timeout_s: float) -> list[int]:
+        """Wait up to ``timeout_s`` for every worker's Hello (other early messages go to ``handle``);
+        returns the ranks that never said hello (lost: they get no work and are not waited for)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.hellos) < self.size - 1 and time.monotonic() < deadline:
+            got = self.box.poll(None)
+            if got is None:
+                backoff.sleep()
+                continue
+            src, tag, msg = got
+            backoff.reset()
             if tag == TAG_HELLO:
                 self.hellos[src] = msg
                 self.credit[src] = 0
             else:
                 handle(src, tag, msg)
+        return [r for r in range(1, self.size) if r not in self.hellos]
 
-    def stop_all(self, exit_code: int, message: str = "", wait_s: float = 120.0) -> None:
-        """Tell every worker to stop; wait (politely) for their goodbyes."""
+    def stop_all(self, exit_code: int, message: str = "", wait_s: float = 120.0, lost: frozenset[int] = frozenset()) -> None:
+        """Tell every worker to stop; wait (politely) for their goodbyes, except from ``lost`` ranks."""
         if self.stopped or self.size == 1:
             self.stopped = True
             return
         self.stopped = True
         for dest in range(1, self.size):
             self.box.send(dest, TAG_STOP, Stop(exit_code, message))
-        pending = set(range(1, self.size))
+        pending = set(range(1, self.size)) - set(lost)
         deadline = time.monotonic() + wait_s
         backoff = Backoff()
         while pending and time.monotonic() < deadline:

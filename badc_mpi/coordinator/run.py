@@ -7,23 +7,24 @@ worker (a thread), so N ranks on N GPUs leave no GPU idle.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import uuid
 from typing import Any
 
+from badc_mpi.coordinator.health import Health
 from badc_mpi.coordinator.outcome import RunOutcome
 from badc_mpi.coordinator.planning import RunPlan, prepare_plan
 from badc_mpi.coordinator.progress import Progress
 from badc_mpi.coordinator.ranks import RemoteWorkers
 from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
+from badc_mpi.coordinator.signals import StopSignals
 from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
 from badc_mpi.gpu.binding import sharing_warnings
 from badc_mpi.gpu.report import format_binding_table
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
-from badc_mpi.records import Binding
+from badc_mpi.records import LOST, Binding
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import lock as lock_mod
 from badc_mpi.storage import summary as summary_mod
@@ -61,9 +62,13 @@ class Coordinator:
         self.workers: dict[int, WorkerStats] = {}
         self.local: Supervisor | None = None
         self.local_credit = 0
-        self.interrupted: str | None = None
-        self.fatal: str | None = None
-        self.dead: dict[int, str] = {}  #: ranks whose runner cannot work: rank -> why
+        self.signals = StopSignals()
+        self.fatal: str | None = None  #: no rank could even start its runner: exit 2
+        self.stopped: str | None = None  #: no rank is left to work (set aside at run time): exit 75
+        self.dead: dict[int, str] = {}  #: ranks that get no more work: rank -> why
+        self.lost: set[int] = set()  #: ranks that may not answer any more (silent, stuck, never joined)
+        self.health = Health(options.quarantine_after, options.silent_after_s, options.deadline_margin_s)
+        self._next_health_check = 0.0
         self.plan: RunPlan | None = None
         self.coord: Scheduler | None = None
         self.writer: tel.TelemetryWriter | None = None
@@ -87,24 +92,35 @@ class Coordinator:
             self.dead[src] = f"rank {msg.rank} on {msg.host}: {msg.message}"
 
     def _worker_lost(self, rank: int, why: str) -> None:
-        """A rank's runner cannot work (e.g. HawkEars fails to start there): carry on without it,
-        taking back its chunks; only when no rank can work does the run stop (exit 2)."""
+        """A rank's runner cannot work (e.g. HawkEars fails to start there)."""
+        self._set_aside(rank, "failed", why)
+
+    def _set_aside(self, rank: int, status: str, why: str) -> None:
+        """No more work for ``rank`` (its runner ``failed``, ``quarantined``, or ``lost``): its chunks
+        go back to the queue; the run goes on with the others and stops when none is left."""
+        if rank in self.dead:
+            return
         self.dead[rank] = why
+        stats = self.workers[rank]
+        stats.status, stats.note = status, why
+        if status == "lost":
+            self.lost.add(rank)
         if rank == 0:
             self.local_credit = 0
         else:
             self.remote.credit[rank] = 0
-        back = self.coord.release(self.workers[rank].worker) if self.coord is not None else []
+        back = self.coord.release(stats.worker) if self.coord is not None else []
+        self.health.forget_rank(rank)
         alive = self.comm.Get_size() - len(self.dead)
-        log.error(
-            "%s; %s",
-            why,
-            f"continuing on the other {alive} rank(s); {len(back)} chunk(s) go back to the queue"
-            if alive
-            else "no rank is left to work",
-        )
-        if not alive:
-            self.fatal = "no rank can work: " + " | ".join(self.dead[r] for r in sorted(self.dead))
+        tail = f"continuing on the other {alive} rank(s); {len(back)} chunk(s) go back to the queue"
+        log.error("%s %s: %s; %s", stats.worker, status, why, tail if alive else "no rank is left to work")
+        if alive:
+            return
+        reasons = " | ".join(f"{self.workers[r].worker} {self.workers[r].status}: {self.dead[r]}" for r in sorted(self.dead))
+        if all(self.workers[r].status == "failed" for r in self.dead):
+            self.fatal = "no rank can work: " + reasons
+        else:
+            self.stopped = "no rank is left to work: " + reasons
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before any worker is set up."""
@@ -113,13 +129,21 @@ class Coordinator:
         try:
             self.plan = prepare_plan(self.manifest_paths, self.options, self.run_id)
             self.lock = lock_mod.acquire(self.plan.output_dir, self.run_id, force=self.options.force_unlock)
-            self.remote.collect_hellos(backoff, self._early_message)
+            missing = self.remote.collect_hellos(backoff, self._early_message, self.options.startup_timeout_s)
         except BadcError as exc:
-            self.remote.collect_hellos(backoff, self._early_message)
-            self.remote.stop_all(int(exc.exit_code), str(exc))
+            missing = self.remote.collect_hellos(backoff, self._early_message, self.options.startup_timeout_s)
+            self.remote.stop_all(int(exc.exit_code), str(exc), lost=frozenset(missing))
             raise
         for rank, hello in sorted(self.remote.hellos.items()):
             self._register(rank, hello.pid, hello.binding)
+        now = time.monotonic()
+        for rank in sorted(self.remote.hellos):
+            self.health.heard(rank, now)
+        for rank in missing:
+            self.workers[rank] = WorkerStats(f"rank{rank}", "?", rank, "?")
+            self.workers[rank].status = "lost"
+            self.lost.add(rank)
+            self.dead[rank] = f"rank {rank} did not join within {self.options.startup_timeout_s:g} s"
         bindings = [self.binding] + [h.binding for _, h in sorted(self.remote.hellos.items())]
         log.info("binding table:\n%s", format_binding_table(bindings))
         bopts = self.options.binding_options()
@@ -138,9 +162,10 @@ class Coordinator:
             seed=self.options.seed,
         )
         self.coord = coord
-        for rank, why in list(self.dead.items()):  # ranks that could not even start
+        for rank, why in list(self.dead.items()):  # ranks that could not even start, or never joined
+            status = self.workers[rank].status if self.workers[rank].status != "ok" else "failed"
             self.dead.pop(rank)
-            self._worker_lost(rank, why)
+            self._set_aside(rank, status, why)
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
         self.ledger = ledger_mod.LedgerWriter(
             plan.ledger_path,
@@ -176,14 +201,14 @@ class Coordinator:
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
-        old_handlers = self._install_signals()
+        self.signals.install()
         progress = Progress(coord.total, interval_s=self.options.progress_interval_s)
         backoff = Backoff(self.options.poll_max_s)
         last_summary = time.monotonic()
         summary_every_s = self.options.summary_interval_s
         drain_deadline: float | None = None
         try:
-            while not coord.finished and self.fatal is None:
+            while not coord.finished and self.fatal is None and self.stopped is None:
                 now = time.time()
                 progressed = self._pump_local(now)
                 while True:
@@ -196,10 +221,13 @@ class Coordinator:
                 self.writer.flush()
                 self.ledger.flush()
                 self.lock.heartbeat()  # type: ignore[union-attr]
-                if self.interrupted and drain_deadline is None:
+                progressed |= self._check_health(time.monotonic())
+                if self.signals.hurry and drain_deadline is not None:
+                    drain_deadline = min(drain_deadline, time.monotonic())
+                if self.signals.received and drain_deadline is None:
                     log.warning(
                         "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
-                        self.interrupted,
+                        self.signals.received,
                         self.options.grace_s,
                         coord.in_flight_count,
                     )
@@ -221,7 +249,7 @@ class Coordinator:
                 else:
                     backoff.sleep()
         finally:
-            self._restore_signals(old_handlers)
+            self.signals.restore()
         progress.update(coord.final_count, coord.counts()["failed"], force=True)
         progress.close()
         return self.finish()
@@ -242,6 +270,9 @@ class Coordinator:
         return bool(events)
 
     def _handle(self, src: int, tag: int, msg: Any) -> None:
+        self.health.heard(src, time.monotonic())
+        if src in self.lost:  # it spoke again, but its chunks were handed out: it stays aside
+            return
         if tag == TAG_REPORT:
             log.debug("report from rank %d: %d event(s), want %d", src, len(msg.events), msg.want)
             self._events(src, msg.events)
@@ -252,17 +283,21 @@ class Coordinator:
         else:
             log.debug("ignoring message tag %s from rank %s", tag, src)
 
-    def _tasks(self, n: int, rank: int, now: float) -> list[WireTask]:
-        return [
-            WireTask(chunk, attempt, self.options.timeout_for(chunk.duration_s))
-            for chunk, attempt in self.coord.take(n, self.workers[rank].worker, now)
-        ]
+    def _tasks(self, n: int, rank: int, now: float, others_free: bool) -> list[WireTask]:
+        worker, mono = self.workers[rank].worker, time.monotonic()
+        tasks = []
+        for chunk, attempt in self.coord.take(n, worker, now, others_free=others_free):
+            timeout_s = self.options.timeout_for(chunk.duration_s)
+            self.health.sent(rank, chunk.key, timeout_s, mono)
+            tasks.append(WireTask(chunk, attempt, timeout_s))
+        return tasks
 
     def _dispatch(self, now: float) -> bool:
         coord = self.coord
         sent = False
+        free = {r for r, c in self.remote.credit.items() if c > 0} | ({0} if self.local_credit else set())
         if self.local_credit and coord.has_ready(now):
-            tasks = self._tasks(self.local_credit, 0, now)
+            tasks = self._tasks(self.local_credit, 0, now, others_free=len(free - {0}) > 0)
             if tasks:
                 self.local.submit(tasks)  # type: ignore[union-attr]
                 self.local_credit -= len(tasks)
@@ -270,13 +305,48 @@ class Coordinator:
         for rank, credit in self.remote.credit.items():
             if credit <= 0 or not coord.has_ready(now):
                 continue
-            tasks = self._tasks(credit, rank, now)
+            tasks = self._tasks(credit, rank, now, others_free=len(free - {rank}) > 0)
             if tasks:
                 log.debug("assign %d task(s) to rank %d", len(tasks), rank)
                 self.box.send(rank, TAG_ASSIGN, Assign(tasks))
                 self.remote.credit[rank] = credit - len(tasks)
                 sent = True
         return sent
+
+    def _check_health(self, mono: float) -> bool:
+        """Once a second: chunks past their deadline, ranks gone silent. True if any was set aside."""
+        if mono < self._next_health_check:
+            return False
+        self._next_health_check = mono + 1.0
+        acted = False
+        for rank, key in self.health.overdue(mono):
+            state = self.coord.states[key]
+            worker = self.workers[rank].worker
+            timeout_s = self.options.timeout_for(state.chunk.duration_s)
+            why = f"no result for {key} {self.options.deadline_margin_s:g} s past its {timeout_s:g} s timeout"
+            decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
+            self.health.ended(key, timeout_s)
+            if decision.event != "stale":
+                self._record(rank, state, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)
+                self.writer.write(  # type: ignore[union-attr]
+                    tel.bare_record(
+                        self.run_id,
+                        decision.event,
+                        {"rank": rank, "worker": worker},
+                        state.chunk,
+                        state.attempts,
+                        failure_class=LOST,
+                        reason=why,
+                        backoff_s=decision.backoff_s or None,
+                        finished_at=tel.utc_iso(time.time()),
+                    )
+                )
+            self._set_aside(rank, "lost", f"stuck: {why}")
+            acted = True
+        for rank in self.health.silent(mono):
+            self._set_aside(rank, "lost", f"silent: no message for {self.options.silent_after_s:g} s")
+            acted = True
+        return acted
 
     # -- events --------------------------------------------------------------------------
     def _events(self, rank: int, events: list[StartEvent | ResultEvent]) -> None:
@@ -285,7 +355,9 @@ class Coordinator:
             state = coord.states.get(ev.key)
             if state is None:
                 continue
+            timeout_s = self.options.timeout_for(state.chunk.duration_s)
             if isinstance(ev, StartEvent):
+                self.health.started(rank, ev.key, timeout_s, time.monotonic())
                 writer.write_line(ev.line)  # type: ignore[union-attr]
                 continue
             decision = coord.finish(
@@ -301,59 +373,57 @@ class Coordinator:
             if decision.event == "stale":
                 log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
                 continue
-            stats = self.workers[rank]
-            stats.attempts += 1
-            stats.busy_s += ev.runtime_s
-            if decision.event == "success":
-                stats.success += 1
-                stats.chunks += 1
-                state.outputs = ev.outputs
-                state.detections = ev.detections
-            elif decision.event == "retry":
-                stats.retries += 1
-                stats.failed_attempts += 1
-            else:
-                stats.failure += 1
-                stats.failed_attempts += 1
-                stats.chunks += 1
-            if decision.event != "retry":
-                self.fragments[ev.key] = summary_mod.entry_json(state)
-                self.ledger.append(
-                    ledger_mod.entry_record(  # type: ignore[union-attr]
-                        state.chunk,
-                        "success" if decision.event == "success" else "failed",
-                        run_id=self.run_id,
-                        attempts=ev.attempt,
-                        failure_class=ev.failure_class,
-                        reason=ev.reason,
-                        finished_at=tel.utc_iso(ev.finished_at),
-                        has_outputs=bool(ev.outputs),
-                    )
-                )
+            self.health.ended(ev.key, timeout_s)
+            self._record(
+                rank,
+                state,
+                decision,
+                ev.attempt,
+                ev.failure_class,
+                ev.reason,
+                ev.runtime_s,
+                ev.finished_at,
+                ev.outputs,
+                ev.detections,
+            )
             backoff = decision.backoff_s if decision.event == "retry" else None
             writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
+            quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
+            if quarantine and rank not in self.dead:
+                self._set_aside(rank, "quarantined", quarantine)
 
-    # -- signals -----------------------------------------------------------------------
-    def _install_signals(self) -> dict[int, Any]:
-        old: dict[int, Any] = {}
-
-        def handler(signum: int, _frame: Any) -> None:
-            if self.interrupted is None:
-                self.interrupted = signal.Signals(signum).name
-            else:  # a second signal: stop waiting for the grace period
-                self.options = self.options.__class__(**{**self.options.__dict__, "grace_s": 0.0})
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (embedded use)
-                pass
-        return old
-
-    @staticmethod
-    def _restore_signals(old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    def _record(
+        self,
+        rank: int,
+        state: Any,
+        decision: Any,
+        attempt: int,
+        failure_class: str | None,
+        reason: str,
+        runtime_s: float,
+        finished_at: float,
+        outputs: dict[str, str],
+        detections: int | None,
+    ) -> None:
+        """An attempt's end in the worker's totals, and a final outcome in the ledger."""
+        self.workers[rank].count(decision.event, runtime_s)
+        if decision.event == "success":
+            state.outputs, state.detections = outputs, detections
+        if decision.event == "retry":
+            return
+        self.fragments[state.chunk.key] = summary_mod.entry_json(state)
+        self.ledger.append(  # type: ignore[union-attr]
+            ledger_mod.entry_record(
+                state.chunk,
+                "success" if decision.event == "success" else "failed",
+                run_id=self.run_id,
+                attempts=attempt,
+                failure_class=failure_class,
+                reason=reason,
+                finished_at=tel.utc_iso(finished_at),
+                has_outputs=bool(outputs),
+            )
+        )
 
     # -- the end -------------------------------------------------------------------------
     def write_summary(self, state: str) -> dict[str, int]:
@@ -387,14 +457,14 @@ class Coordinator:
         assert plan is not None
         if self.fatal:
             code, state = ExitCode.USAGE, "aborted"
-        elif self.interrupted:
-            code, state = ExitCode.INTERRUPTED, "interrupted"
+        elif self.signals.received or self.stopped:
+            code, state = ExitCode.INTERRUPTED, "interrupted" if self.signals.received else "stopped"
         elif coord.counts()["failed"]:
             code, state = ExitCode.CHUNKS_FAILED, "finished"
         else:
             code, state = ExitCode.OK, "finished"
         self.local.close()  # type: ignore[union-attr]
-        self.remote.stop_all(int(code), self.fatal or "")
+        self.remote.stop_all(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
         self.ledger.close()  # type: ignore[union-attr]
         self.writer.close()  # type: ignore[union-attr]
         counts = self.write_summary(state)
@@ -405,6 +475,7 @@ class Coordinator:
             str(plan.summary_path),
             str(plan.failed_csv) if counts["failed"] else None,
             str(plan.workers_csv),
+            lost_ranks=sorted(self.lost),
         )
         text, warn = summary_mod.format_final_report(
             {"run_id": self.run_id, "state": state, "counts": counts},
@@ -422,15 +493,17 @@ class Coordinator:
         print(text, file=sys.stdout, flush=True)
         if warn:
             log.warning("%s", warn)
-        if self.interrupted:
-            outcome.interrupted_by = self.interrupted
+        if self.signals.received or self.stopped:
+            outcome.stop_reason = f"interrupted by {self.signals.received}" if self.signals.received else str(self.stopped)
             outcome.resume_dirs = {
                 "output_dir": plan.output_dir,
                 "telemetry_dir": str(plan.telemetry_path.parent),
                 "chunks_dir": plan.chunks_dir,
             }
         if self.fatal:
-            raise RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")
+            error = RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")
+            error.lost_ranks = sorted(self.lost)  # the CLI ends the job rather than wait for them
+            raise error
         return outcome
 
 

@@ -126,14 +126,21 @@ class Scheduler:
         return dict(self._counts)
 
     # -- transitions ---------------------------------------------------------------------
-    def take(self, n: int, worker: str, now: float) -> list[tuple[Chunk, int]]:
-        """Up to ``n`` chunks for ``worker`` as ``(chunk, attempt)``: due retries first."""
+    def take(self, n: int, worker: str, now: float, *, others_free: bool = False) -> list[tuple[Chunk, int]]:
+        """Up to ``n`` chunks for ``worker`` as ``(chunk, attempt)``: due retries first. With
+        ``others_free`` (another worker can take work now), a retry never goes back to the worker
+        whose attempt failed: it is left for the others."""
         out: list[tuple[Chunk, int]] = []
         if self.draining:
             return out
+        kept: list[tuple[float, int, str]] = []
         while len(out) < n:
             if self._delayed and self._delayed[0][0] <= now:
-                key = heapq.heappop(self._delayed)[2]
+                item = heapq.heappop(self._delayed)
+                key = item[2]
+                if others_free and self.states[key].worker == worker:
+                    kept.append(item)
+                    continue
             elif self._queue:
                 key = self._queue.popleft()
                 if self.states[key].status != PENDING:
@@ -146,6 +153,8 @@ class Scheduler:
             state.worker = worker
             self._in_flight[key] = worker
             out.append((state.chunk, state.attempts))
+        for item in kept:
+            heapq.heappush(self._delayed, item)
         return out
 
     def finish(

@@ -19,7 +19,7 @@ from badc_mpi.errors import UsageError
 from badc_mpi.gpu.nvml import NvmlBackend, NvmlUnavailable, open_backend
 from badc_mpi.logs import get_logger
 from badc_mpi.options import BindingOptions
-from badc_mpi.records import Binding
+from badc_mpi.records import LAUNCHER_LOCAL_VARS, Binding
 
 log = get_logger(__name__)
 
@@ -40,8 +40,8 @@ How ranks get GPUs (per node; "local rank" = the rank's index among the ranks on
 `badc-mpi gpus` shows what this node sees and the binding each local rank would get."""
 
 #: launcher variables giving a rank's node-local index / node-local count / world rank
-LOCAL_RANK_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
-LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+LOCAL_RANK_VARS = tuple(rank_var for rank_var, _ in LAUNCHER_LOCAL_VARS)
+LOCAL_SIZE_VARS = tuple(size_var for _, size_var in LAUNCHER_LOCAL_VARS)
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 
 _NO_DEVICE_WORDS = {"nodevfiles", "none", "void", "no"}

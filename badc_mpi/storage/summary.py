@@ -29,6 +29,8 @@ WORKER_COLUMNS = (
     "failed_attempts",
     "busy_s",
     "mean_runtime_s",
+    "status",
+    "note",
 )
 
 
@@ -49,6 +51,23 @@ class WorkerStats:
     failed_attempts: int = 0
     attempts: int = 0
     busy_s: float = 0.0
+    status: str = "ok"  #: ``ok`` | ``failed`` (runner cannot start) | ``quarantined`` | ``lost``
+    note: str = ""  #: why, when the status is not ``ok``
+
+    def count(self, event: str, runtime_s: float) -> None:
+        """One attempt's end: ``success``, ``retry`` or ``failure`` (the chunk's final outcome)."""
+        self.attempts += 1
+        self.busy_s += runtime_s
+        if event == "success":
+            self.success += 1
+            self.chunks += 1
+        elif event == "retry":
+            self.retries += 1
+            self.failed_attempts += 1
+        else:
+            self.failure += 1
+            self.failed_attempts += 1
+            self.chunks += 1
 
     @property
     def mean_runtime_s(self) -> float:
@@ -66,6 +85,8 @@ class WorkerStats:
             "failed_attempts": self.failed_attempts,
             "busy_s": round(self.busy_s, 3),
             "mean_runtime_s": round(self.mean_runtime_s, 3),
+            "status": self.status,
+            "note": self.note,
         }
 
 

@@ -12,12 +12,22 @@ import os
 import time
 from typing import Any
 
+from badc_mpi.records import LAUNCHER_LOCAL_VARS
+
 BACKOFF_ENV = "BADC_MPI_BACKOFF_MAX_S"
 DEFAULT_BACKOFF_MAX_S = 0.001
 
 
-def node_local(comm: Any) -> tuple[int, int]:
-    """This rank's index among the ranks on its node, and how many there are (``COMM_TYPE_SHARED``)."""
+def node_local(comm: Any, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """This rank's index among the ranks on its node, and how many there are.
+
+    From the launcher's variables when it sets both (no communication: a rank that never joins
+    cannot hang the others here), else from ``COMM_TYPE_SHARED`` (a collective)."""
+    env = dict(os.environ) if env is None else env
+    for rank_var, size_var in LAUNCHER_LOCAL_VARS:
+        rank, size = env.get(rank_var, "").strip(), env.get(size_var, "").strip()
+        if rank.isdigit() and size.isdigit() and int(rank) < int(size):
+            return int(rank), int(size)
     from mpi4py import MPI
 
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())

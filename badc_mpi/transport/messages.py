@@ -45,6 +45,7 @@ class WorkerConfig:
     output_dir: str
     scratch_root: str | None  #: ``--scratch-dir``; None = node-local (each rank resolves its own)
     capacity: int = 2  #: chunks in flight per worker (queued + running)
+    heartbeat_s: float = 30.0  #: a worker reports at least this often, even with nothing to say
     scratch_dir: str = ""  #: this rank's own folder, ``<root>/badc-mpi-<run_id>/<host>-r<rank>`` (set per rank)
 
 

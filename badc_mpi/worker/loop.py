@@ -8,6 +8,7 @@ themselves run in the rank's :class:`~badc_mpi.worker.supervisor.Supervisor`.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from badc_mpi.errors import BadcError
@@ -75,8 +76,12 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
     fatal_sent = worker is None
     stop: Stop | None = None
     backoff.reset()
+    last_sent = time.monotonic()
     while stop is None:
         progressed = False
+        if time.monotonic() - last_sent >= config.heartbeat_s:  # alive, even with nothing to say
+            box.send(0, TAG_REPORT, Report(rank, [], 0))
+            last_sent = time.monotonic()
         if worker is not None:
             events = worker.drain_events()
             if worker.fatal and not fatal_sent:
@@ -91,6 +96,7 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
             if events or want:
                 log.debug("report: %d event(s), want %d", len(events), want)
                 box.send(0, TAG_REPORT, Report(rank, events, want))
+                last_sent = time.monotonic()
                 outstanding += want
                 progressed = True
         got = box.poll(0)
