@@ -86,8 +86,13 @@ def build_parser():
     p.add_argument("--fail-file", dest="fail_file")
     p.add_argument("--sleep-s", type=float, default=0.0)
     p.add_argument("--crash-signal", choices=("KILL", "SEGV", "ABRT"), default="KILL")
-    p.add_argument("--fail-if-output-contains", dest="fail_output", default=None, metavar="TEXT",
-                   help="fail every call whose --output folder contains TEXT (e.g. '-r1/': one bad rank)")
+    p.add_argument(
+        "--fail-if-output-contains",
+        dest="fail_output",
+        default=None,
+        metavar="TEXT",
+        help="fail every call whose --output folder contains TEXT (e.g. '-r1/': one bad rank)",
+    )
     # real HawkEars options a command template may pass; accepted and ignored
     p.add_argument("--rtype", default="csv")
     for opt in ("--region", "--lat", "--lon", "--date", "--filelist", "--seg", "--models", "--threads", "-c"):
