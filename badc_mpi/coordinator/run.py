@@ -17,6 +17,7 @@ from badc_mpi.coordinator.outcome import RunOutcome
 from badc_mpi.coordinator.planning import RunPlan, prepare_plan
 from badc_mpi.coordinator.progress import Progress
 from badc_mpi.coordinator.ranks import RemoteWorkers
+from badc_mpi.coordinator.recorder import Recorder
 from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
 from badc_mpi.coordinator.signals import StopSignals
 from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
@@ -25,7 +26,6 @@ from badc_mpi.gpu.report import format_binding_table
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
 from badc_mpi.records import LOST, Binding
-from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import lock as lock_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
@@ -71,10 +71,7 @@ class Coordinator:
         self._next_health_check = 0.0
         self.plan: RunPlan | None = None
         self.coord: Scheduler | None = None
-        self.writer: tel.TelemetryWriter | None = None
-        self.ledger: ledger_mod.LedgerWriter | None = None
-        self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
-        self._carried_json: list[tuple[str, str]] | None = None
+        self.recorder: Recorder | None = None
         self.lock: lock_mod.OutputLock | None = None
         self.t0 = time.monotonic()
 
@@ -166,11 +163,7 @@ class Coordinator:
             status = self.workers[rank].status if self.workers[rank].status != "ok" else "failed"
             self.dead.pop(rank)
             self._set_aside(rank, status, why)
-        self.writer = tel.TelemetryWriter(plan.telemetry_path)
-        self.ledger = ledger_mod.LedgerWriter(
-            plan.ledger_path,
-            ledger_mod.header_record(self.run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"]),
-        )
+        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers)
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()
@@ -181,23 +174,7 @@ class Coordinator:
         )
         static0 = tel.worker_static(0, os.getpid(), self.binding)
         for chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
-            coord.mark_failed(chunk.key, "input", reason)
-            at = tel.utc_iso(time.time())
-            self.writer.write(
-                tel.bare_record(self.run_id, "failure", static0, chunk, 0, failure_class="input", reason=reason, finished_at=at)
-            )
-            self.ledger.append(
-                ledger_mod.entry_record(
-                    chunk,
-                    "failed",
-                    run_id=self.run_id,
-                    attempts=0,
-                    failure_class="input",
-                    reason=reason,
-                    finished_at=at,
-                    has_outputs=False,
-                )
-            )
+            recorder.failed_before_dispatch(chunk, reason, static0)
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -218,8 +195,7 @@ class Coordinator:
                     progressed = True
                     self._handle(*got)
                 progressed |= self._dispatch(now)
-                self.writer.flush()
-                self.ledger.flush()
+                recorder.flush()
                 self.lock.heartbeat()  # type: ignore[union-attr]
                 progressed |= self._check_health(time.monotonic())
                 if self.signals.hurry and drain_deadline is not None:
@@ -238,7 +214,7 @@ class Coordinator:
                     break
                 if time.monotonic() - last_summary >= summary_every_s:
                     t0 = time.monotonic()
-                    self.write_summary("running")
+                    recorder.write_summary("running")
                     spent = time.monotonic() - t0
                     summary_every_s = max(self.options.summary_interval_s, 20 * spent)
                     last_summary = time.monotonic()
@@ -327,19 +303,16 @@ class Coordinator:
             decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self._record(rank, state, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)
-                self.writer.write(  # type: ignore[union-attr]
-                    tel.bare_record(
-                        self.run_id,
-                        decision.event,
-                        {"rank": rank, "worker": worker},
-                        state.chunk,
-                        state.attempts,
-                        failure_class=LOST,
-                        reason=why,
-                        backoff_s=decision.backoff_s or None,
-                        finished_at=tel.utc_iso(time.time()),
-                    )
+                self.recorder.attempt_ended(rank, state, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
+                self.recorder.event(  # type: ignore[union-attr]
+                    decision.event,
+                    {"rank": rank, "worker": worker},
+                    state.chunk,
+                    state.attempts,
+                    failure_class=LOST,
+                    reason=why,
+                    backoff_s=decision.backoff_s or None,
+                    finished_at=tel.utc_iso(time.time()),
                 )
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
@@ -350,7 +323,8 @@ class Coordinator:
 
     # -- events --------------------------------------------------------------------------
     def _events(self, rank: int, events: list[StartEvent | ResultEvent]) -> None:
-        coord, writer = self.coord, self.writer
+        coord, recorder = self.coord, self.recorder
+        assert coord is not None and recorder is not None
         for ev in events:
             state = coord.states.get(ev.key)
             if state is None:
@@ -358,7 +332,7 @@ class Coordinator:
             timeout_s = self.options.timeout_for(state.chunk.duration_s)
             if isinstance(ev, StartEvent):
                 self.health.started(rank, ev.key, timeout_s, time.monotonic())
-                writer.write_line(ev.line)  # type: ignore[union-attr]
+                recorder.line(ev.line)
                 continue
             decision = coord.finish(
                 ev.key,
@@ -374,7 +348,7 @@ class Coordinator:
                 log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
                 continue
             self.health.ended(ev.key, timeout_s)
-            self._record(
+            recorder.attempt_ended(
                 rank,
                 state,
                 decision,
@@ -387,71 +361,12 @@ class Coordinator:
                 ev.detections,
             )
             backoff = decision.backoff_s if decision.event == "retry" else None
-            writer.write_line(tel.result_line(self.run_id, decision.event, backoff, ev.body))  # type: ignore[union-attr]
+            recorder.line(tel.result_line(self.run_id, decision.event, backoff, ev.body))
             quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
             if quarantine and rank not in self.dead:
                 self._set_aside(rank, "quarantined", quarantine)
 
-    def _record(
-        self,
-        rank: int,
-        state: Any,
-        decision: Any,
-        attempt: int,
-        failure_class: str | None,
-        reason: str,
-        runtime_s: float,
-        finished_at: float,
-        outputs: dict[str, str],
-        detections: int | None,
-    ) -> None:
-        """An attempt's end in the worker's totals, and a final outcome in the ledger."""
-        self.workers[rank].count(decision.event, runtime_s)
-        if decision.event == "success":
-            state.outputs, state.detections = outputs, detections
-        if decision.event == "retry":
-            return
-        self.fragments[state.chunk.key] = summary_mod.entry_json(state)
-        self.ledger.append(  # type: ignore[union-attr]
-            ledger_mod.entry_record(
-                state.chunk,
-                "success" if decision.event == "success" else "failed",
-                run_id=self.run_id,
-                attempts=attempt,
-                failure_class=failure_class,
-                reason=reason,
-                finished_at=tel.utc_iso(finished_at),
-                has_outputs=bool(outputs),
-            )
-        )
-
     # -- the end -------------------------------------------------------------------------
-    def write_summary(self, state: str) -> dict[str, int]:
-        """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
-        plan = self.plan
-        assert plan is not None
-        if self._carried_json is None:
-            from badc_mpi.coordinator.resume import carried_entry
-
-            self._carried_json = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
-        fragments = self.fragments
-        pending, entry_json = summary_mod.pending_json, summary_mod.entry_json
-
-        def entry(key: str, st: Any) -> str:
-            text = fragments.get(key)
-            if text is not None:
-                return text
-            return pending(st.chunk.sha256) if st.status == "pending" and not st.attempts else entry_json(st)
-
-        entries = self._carried_json + [(key, entry(key, st)) for key, st in self.coord.states.items()]
-        counts = summary_mod.summary_counts(self.coord.counts(), plan.carried_counts)
-        text = summary_mod.render_summary(plan.meta, counts, self.workers.values(), entries, state=state, run_id=self.run_id)
-        summary_mod.write_summary(str(plan.summary_path), text)
-        summary_mod.write_workers_csv(str(plan.workers_csv), self.workers.values())
-        if counts["failed"]:
-            summary_mod.write_failed_csv(str(plan.failed_csv), self.coord.states.values(), plan.columns)
-        return counts
-
     def finish(self) -> RunOutcome:
         plan, coord = self.plan, self.coord
         assert plan is not None
@@ -465,9 +380,8 @@ class Coordinator:
             code, state = ExitCode.OK, "finished"
         self.local.close()  # type: ignore[union-attr]
         self.remote.stop_all(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
-        self.ledger.close()  # type: ignore[union-attr]
-        self.writer.close()  # type: ignore[union-attr]
-        counts = self.write_summary(state)
+        self.recorder.close()  # type: ignore[union-attr]
+        counts = self.recorder.write_summary(state)  # type: ignore[union-attr]
         self.lock.release()  # type: ignore[union-attr]
         outcome = RunOutcome(
             int(code),

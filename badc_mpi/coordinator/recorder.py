@@ -1,0 +1,126 @@
+"""Rank 0's single writer: telemetry lines, the resume ledger, and summary snapshots.
+
+Every final outcome goes to the ledger (the resume truth) in the same loop iteration as its
+telemetry line; summaries are snapshots of the scheduler's states, with the entries of final
+chunks encoded once, when they become final.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from badc_mpi.coordinator.planning import RunPlan
+from badc_mpi.coordinator.scheduler import Decision, Scheduler
+from badc_mpi.records import INPUT, Chunk, ChunkState
+from badc_mpi.storage import ledger as ledger_mod
+from badc_mpi.storage import summary as summary_mod
+from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.summary import WorkerStats
+
+
+class Recorder:
+    def __init__(self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats]) -> None:
+        self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
+        self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        self.ledger = ledger_mod.LedgerWriter(
+            plan.ledger_path,
+            ledger_mod.header_record(run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"]),
+        )
+        self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
+        self._carried: list[tuple[str, str]] | None = None
+
+    def line(self, text: str) -> None:
+        """A telemetry line encoded elsewhere (a worker's start line, a result line)."""
+        self.writer.write_line(text)
+
+    def event(self, event: str, static: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> None:
+        """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt)."""
+        self.writer.write(tel.bare_record(self.run_id, event, static, chunk, attempt, **fields))
+
+    def failed_before_dispatch(self, chunk: Chunk, reason: str, static: dict[str, Any]) -> None:
+        """Missing audio (``--allow-missing``): failed as ``input`` without an attempt."""
+        self.scheduler.mark_failed(chunk.key, INPUT, reason)
+        at = tel.utc_iso(time.time())
+        self.event("failure", static, chunk, 0, failure_class=INPUT, reason=reason, finished_at=at)
+        self._final(chunk, "failed", 0, INPUT, reason, at, False)
+
+    def attempt_ended(
+        self,
+        rank: int,
+        state: ChunkState,
+        decision: Decision,
+        attempt: int,
+        failure_class: str | None,
+        reason: str,
+        runtime_s: float,
+        finished_at: float,
+        outputs: dict[str, str],
+        detections: int | None,
+    ) -> None:
+        """An attempt's end in the worker's totals, and a final outcome in the ledger."""
+        self.workers[rank].count(decision.event, runtime_s)
+        if decision.event == "success":
+            state.outputs, state.detections = outputs, detections
+        if decision.event == "retry":
+            return
+        self.fragments[state.chunk.key] = summary_mod.entry_json(state)
+        status = "success" if decision.event == "success" else "failed"
+        self._final(state.chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
+
+    def _final(
+        self,
+        chunk: Chunk,
+        status: str,
+        attempts: int,
+        failure_class: str | None,
+        reason: str,
+        finished_at: str | None,
+        has_outputs: bool,
+    ) -> None:
+        self.ledger.append(
+            ledger_mod.entry_record(
+                chunk,
+                status,
+                run_id=self.run_id,
+                attempts=attempts,
+                failure_class=failure_class,
+                reason=reason,
+                finished_at=finished_at,
+                has_outputs=has_outputs,
+            )
+        )
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self.ledger.flush()
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.writer.close()
+
+    def write_summary(self, state: str) -> dict[str, int]:
+        """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
+        plan = self.plan
+        if self._carried is None:
+            from badc_mpi.coordinator.resume import carried_entry
+
+            self._carried = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
+        fragments = self.fragments
+        pending, entry_json = summary_mod.pending_json, summary_mod.entry_json
+
+        def entry(key: str, st: ChunkState) -> str:
+            text = fragments.get(key)
+            if text is not None:
+                return text
+            return pending(st.chunk.sha256) if st.status == "pending" and not st.attempts else entry_json(st)
+
+        entries = self._carried + [(key, entry(key, st)) for key, st in self.scheduler.states.items()]
+        counts = summary_mod.summary_counts(self.scheduler.counts(), plan.carried_counts)
+        workers = self.workers.values()
+        text = summary_mod.render_summary(plan.meta, counts, workers, entries, state=state, run_id=self.run_id)
+        summary_mod.write_summary(str(plan.summary_path), text)
+        summary_mod.write_workers_csv(str(plan.workers_csv), workers)
+        if counts["failed"]:
+            summary_mod.write_failed_csv(str(plan.failed_csv), self.scheduler.states.values(), plan.columns)
+        return counts
