@@ -160,6 +160,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="local ranks beyond the GPU slots that work on the CPU (default 0: they share GPUs, with a warning)",
     )
+    g.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="run on the CPU even though the job was given GPUs (CUDA_VISIBLE_DEVICES, SLURM's GPU variables, "
+        "--max-gpus) that this rank cannot use; without it such a rank does not start (exit 2 when none can)",
+    )
     g = p.add_argument_group("resume and stopping")
     g.add_argument(
         "--resume",
@@ -246,6 +252,7 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         max_gpus=args.max_gpus,
         workers_per_gpu=args.workers_per_gpu,
         cpu_workers=args.cpu_workers,
+        allow_cpu=args.allow_cpu,
         summary_interval_s=args.summary_interval_s,
         progress_interval_s=args.progress_interval_s,
         seed=args.seed,

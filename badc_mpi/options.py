@@ -18,6 +18,7 @@ class BindingOptions:
     max_gpus: int | None = None
     workers_per_gpu: int = 1
     cpu_workers: int = 0
+    allow_cpu: bool = False  #: run on the CPU even where the job was given GPUs that cannot be used
 
     def __post_init__(self) -> None:
         if self.max_gpus is not None and self.max_gpus < 0:
@@ -57,6 +58,7 @@ class RunOptions:
     max_gpus: int | None = None
     workers_per_gpu: int = 1
     cpu_workers: int = 0
+    allow_cpu: bool = False
     summary_interval_s: float = 30.0
     progress_interval_s: float | None = None
     poll_max_s: float | None = None
@@ -119,7 +121,7 @@ class RunOptions:
 
     def binding_options(self) -> BindingOptions:
         """``--max-gpus``, ``--workers-per-gpu``, ``--cpu-workers`` (UsageError when out of range)."""
-        return BindingOptions(self.max_gpus, self.workers_per_gpu, self.cpu_workers)
+        return BindingOptions(self.max_gpus, self.workers_per_gpu, self.cpu_workers, self.allow_cpu)
 
     def timeout_for(self, duration_s: float | None) -> float:
         """The attempt timeout: ``--timeout-s``, else ``max(min, factor x duration)``, else default."""

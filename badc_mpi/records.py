@@ -162,6 +162,7 @@ class Binding:
     gpu_uuid: str | None = None
     gpu_name: str | None = None
     gpu_memory_total_mib: int | None = None
+    problem: str | None = None  #: why this rank must not work (it was given GPUs but cannot use them)
 
     @property
     def uses_gpu(self) -> bool:

@@ -23,6 +23,7 @@ from badc_mpi.gpu.binding import (
     GpuInfo,
     bind_rank,
     detect,
+    gpus_expected,
     parse_visible_devices,
     plan_binding,
     plan_node,
@@ -556,3 +557,73 @@ def test_fake_reaches_ranks_of_a_real_mpiexec():
     )
     assert done.returncode == 0, done.stderr
     assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [[0, U3], [1, U1]]
+
+
+# ---------------------------------------------------------------------------- no silent CPU
+
+
+@pytest.mark.parametrize(
+    "env,options,expected",
+    [
+        ({}, BindingOptions(), None),
+        ({"CUDA_VISIBLE_DEVICES": ""}, BindingOptions(), None),
+        ({"CUDA_VISIBLE_DEVICES": "0,1"}, BindingOptions(), "CUDA_VISIBLE_DEVICES=0,1"),
+        ({"SLURM_JOB_GPUS": "0,1,2,3"}, BindingOptions(), "SLURM_JOB_GPUS=0,1,2,3"),
+        ({"SLURM_GPUS_ON_NODE": "0"}, BindingOptions(), None),
+        ({"SLURM_STEP_GPUS": "0"}, BindingOptions(), "SLURM_STEP_GPUS=0"),  # a list: GPU index 0
+        ({"SLURM_JOB_GPUS": "0"}, BindingOptions(max_gpus=0), None),
+        ({}, BindingOptions(max_gpus=2), "--max-gpus 2"),
+    ],
+)
+def test_gpus_expected(env, options, expected):
+    assert gpus_expected(env, options) == expected
+
+
+def test_a_rank_given_gpus_it_cannot_use_gets_a_problem_not_a_cpu_run():
+    env = {**fake_env("no_driver"), "CUDA_VISIBLE_DEVICES": "0"}
+    binding, _, reason = bind_rank(host="n1", rank=0, local_rank=0, local_size=1, options=BindingOptions(), env=env)
+    assert not binding.uses_gpu and reason and "NVML is unavailable" in binding.problem
+    assert "CUDA_VISIBLE_DEVICES=0" in binding.problem
+    allowed, _, _ = bind_rank(host="n1", rank=0, local_rank=0, local_size=1, options=BindingOptions(allow_cpu=True), env=env)
+    assert allowed.problem is None
+    plain, _, _ = bind_rank(host="n1", rank=0, local_rank=0, local_size=1, options=BindingOptions(), env=fake_env("no_driver"))
+    assert plain.problem is None  # no GPU was given: CPU is what this machine has
+    zero = {**fake_env("zero"), "SLURM_STEP_GPUS": "0"}
+    none_seen, _, _ = bind_rank(host="n1", rank=0, local_rank=0, local_size=1, options=BindingOptions(), env=zero)
+    assert "NVML sees no usable GPU" in none_seen.problem
+    gpu, _, _ = bind_rank(
+        host="n1", rank=0, local_rank=0, local_size=1, options=BindingOptions(), env={**fake_env("one"), "SLURM_JOB_GPUS": "0"}
+    )
+    assert gpu.uses_gpu and gpu.problem is None
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to this Python")
+def test_run_with_gpus_it_cannot_use_stops_with_exit_2_unless_allow_cpu(tmp_path):
+    import subprocess
+
+    from helpers import make_dataset
+
+    manifest = make_dataset(tmp_path, 1, 3, seconds=0.2)
+    env = {**os.environ, **fake_env("no_driver"), "CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    base = [
+        str(MPIEXEC),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "badc_mpi",
+        "run",
+        str(manifest),
+        "--dry-run",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--telemetry-dir",
+        str(tmp_path / "tel"),
+    ]
+    refused = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("badc-mpi: error")]
+    assert len(errors) == 1 and "no rank can work" in errors[0] and "NVML is unavailable" in errors[0]
+    assert "--allow-cpu" in errors[0]
+    allowed = subprocess.run([*base, "--allow-cpu"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]

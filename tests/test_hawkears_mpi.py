@@ -198,3 +198,15 @@ def test_a_rank_whose_hawkears_cannot_start_is_left_out_and_the_others_finish(tm
     (tfile,) = telemetry_files(tmp_path / "tel")
     finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
     assert len(finals) == 4 and {e["rank"] for e in finals} == {0}
+
+
+def test_hawkears_on_the_cpu_of_a_gpu_rank_is_refused(tmp_path):
+    """The binding says GPU (fake NVML), torch in HawkEars' env has no CUDA: the rank must not score
+    on the CPU without a word; with every rank so, the run stops with exit 2 naming the mismatch."""
+    from fakes.nvml import fake_env
+
+    manifest = make_dataset(tmp_path, recordings=1, chunks_per_recording=2, seconds=6.0, sample_rate=22050)
+    proc = run_badc(hawkears_args(manifest, tmp_path), np=None, env=fake_env("one"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("badc-mpi: error")]
+    assert len(errors) == 1 and "HawkEars runs on cpu although" in errors[0] and "is bound to GPU" in errors[0]

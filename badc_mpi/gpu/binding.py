@@ -9,6 +9,7 @@ I/O. Per-attempt sampling lives in :mod:`badc_mpi.gpu.sampler`, the ``badc-mpi g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -45,6 +46,10 @@ LOCAL_SIZE_VARS = tuple(size_var for _, size_var in LAUNCHER_LOCAL_VARS)
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 
 _NO_DEVICE_WORDS = {"nodevfiles", "none", "void", "no"}
+
+#: SLURM's variables that say the job (step) was given GPUs: lists of GPU indices, then counts
+SLURM_GPU_LISTS = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+SLURM_GPU_COUNTS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_TASK", "SLURM_GPUS")
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,37 @@ def detect(
     return gpus, visible_env, None
 
 
+def gpus_expected(env: Mapping[str, str], options: BindingOptions) -> str | None:
+    """Why this rank should have a GPU (the job was given some), or None. Pure.
+
+    ``--max-gpus N`` (N > 0), a non-empty ``CUDA_VISIBLE_DEVICES``, or SLURM's GPU variables
+    (other than 0 / empty). ``CUDA_VISIBLE_DEVICES=""`` and ``--max-gpus 0`` mean CPU on purpose.
+    """
+    if options.max_gpus == 0:
+        return None
+    if options.max_gpus:
+        return f"--max-gpus {options.max_gpus}"
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        return f"CUDA_VISIBLE_DEVICES={cvd}" if parse_visible_devices(cvd) else None
+    for name in SLURM_GPU_LISTS + SLURM_GPU_COUNTS:
+        value = env.get(name, "").strip()
+        if value and value not in ("(null)", "N/A") and (name in SLURM_GPU_LISTS or value != "0"):
+            return f"{name}={value}"
+    return None
+
+
+def gpu_problem(binding: Binding, env: Mapping[str, str], options: BindingOptions, nvml_reason: str | None) -> str | None:
+    """Why a CPU binding must not work: the job was given GPUs and this rank cannot use any. Pure."""
+    if binding.uses_gpu or options.allow_cpu or binding.worker.startswith("cpu") and options.cpu_workers:
+        return None
+    why = gpus_expected(env, options)
+    if why is None:
+        return None
+    cause = f"NVML is unavailable ({nvml_reason})" if nvml_reason else "NVML sees no usable GPU"
+    return f"this job was given GPUs ({why}) but {cause}, so {binding.worker} would run HawkEars on the CPU"
+
+
 def bind_rank(
     *,
     host: str,
@@ -347,6 +383,9 @@ def bind_rank(
         visible_env=visible_env,
         options=options,
     )
+    problem = gpu_problem(binding, env, options, reason)
+    if problem:
+        binding = dataclasses.replace(binding, problem=problem)
     return binding, warnings, reason
 
 

@@ -21,7 +21,7 @@ import time
 import traceback
 from typing import Any
 
-from badc_mpi.errors import BadcError
+from badc_mpi.errors import BadcError, RunnerSetupError
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
 from badc_mpi.records import INPUT, NO_OUTPUT, OUTPUT, Binding
@@ -65,6 +65,13 @@ class Supervisor:
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
         """Start the runner (in the worker thread, so a slow model load never stalls rank 0)."""
+        if self.binding.problem:  # given GPUs it cannot use: never a silent CPU run
+            error = RunnerSetupError(
+                self.binding.problem, fix="fix the GPU (driver, NVML) on that node, or pass --allow-cpu to run on the CPU"
+            )
+            self.fatal_exc, self.fatal = error, f"RunnerSetupError: {error}"
+            log.error("this rank cannot work: %s", error)
+            return
         if self._inline:
             self.runner.start(self.binding)
             self.ready = True

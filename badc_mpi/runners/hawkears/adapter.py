@@ -126,6 +126,7 @@ class HawkearsRunner(Runner):
                 error = self._start_worker()
                 if error:
                     raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
+                check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
             else:
                 self.hawkears_version = self._query_version()
         except BaseException:
@@ -425,3 +426,20 @@ class HawkearsRunner(Runner):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def check_device(device: str, binding: Binding) -> None:
+    """The device HawkEars reports must be the one this rank is bound to: never a silent CPU run
+    on a GPU rank (a CUDA/driver mismatch), never a GPU that the binding hid."""
+    on_gpu = device.startswith("cuda")
+    if binding.uses_gpu and not on_gpu:
+        raise RunnerSetupError(
+            f"HawkEars runs on {device} although {binding.worker} is bound to GPU {binding.gpu_index} ({binding.gpu_uuid})",
+            fix="check that torch in HawkEars' environment sees CUDA (driver and CUDA versions, "
+            "`make hawkears` on a GPU node), or run this rank on the CPU on purpose with --max-gpus 0",
+        )
+    if on_gpu and not binding.uses_gpu:
+        raise RunnerSetupError(
+            f"HawkEars runs on {device} although {binding.worker} is a CPU rank",
+            fix="report this: the rank's CUDA_VISIBLE_DEVICES should hide every GPU",
+        )
