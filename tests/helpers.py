@@ -145,7 +145,10 @@ def run_own(
 
 def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     """SIGTERM ``proc``, wait up to ``grace_s``, then SIGKILL ``proc`` and every process that was
-    below it when this was called (each checked by start time, so a reused PID is left alone)."""
+    below it when this was called (each checked by start time, so a reused PID is left alone).
+    A ``proc`` already reaped is left alone: its PID may be someone else's by now."""
+    if proc.poll() is not None:
+        return
     tree = ProcessTree(proc.pid, interval_s=None)
     tree.refresh()
     signal_own(proc.pid, tree.start_times.get(proc.pid), signal.SIGTERM)
