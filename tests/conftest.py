@@ -1,4 +1,5 @@
-"""Test configuration: make tests/ importable (helpers), keep MPI ranks > 0 quiet."""
+"""Test configuration: make tests/ importable (helpers), keep MPI ranks > 0 quiet, and pin every
+test (and every process it starts) to a GPU-less host, so the suite means the same on a GPU node."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fakes.nvml import fake_env  # noqa: E402
+
+
+def pin_no_gpu(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """No GPU, whatever the host has: the fake NVML seam with ``zero.json`` and no
+    ``CUDA_VISIBLE_DEVICES`` (a scheduler's mask would name a GPU the fake does not have). Tests
+    that want GPUs name another fake (``fake_env("one")``), which overrides this in their env."""
+    environ.update(fake_env("zero"))
+    environ.pop("CUDA_VISIBLE_DEVICES", None)
+
+
+pin_no_gpu()  # at import: before any test, fixture or subprocess reads the environment
 
 
 def pytest_configure(config):  # noqa: ANN001 - pytest hook

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,10 @@ import make_audio  # noqa: E402
 
 PYTHON = sys.executable
 VENV_BIN = Path(PYTHON).parent
-MPIEXEC = os.environ.get("BADC_MPI_TEST_MPIEXEC") or str(VENV_BIN / "mpiexec")
+# the MPICH wheel's mpiexec next to this Python (make install); with a site MPI (make install
+# MPI=system: no mpiexec in the venv) the one on PATH, as the CLI's printed resume command does.
+# `make test` exports BADC_MPI_TEST_MPIEXEC=$(MPIEXEC), the launcher of its --only-mpi pass.
+MPIEXEC = os.environ.get("BADC_MPI_TEST_MPIEXEC") or (str(VENV_BIN / "mpiexec") if (VENV_BIN / "mpiexec").exists() else "mpiexec")
 FAKE = str(REPO / "scripts" / "fake_hawkears.py")
 FAKE_CMD = f"{PYTHON} {FAKE} --input {{input}} --output {{output_dir}}"
 HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"
@@ -81,7 +86,7 @@ def run_badc(
     np: int | None = 3,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-    timeout_s: float = 240,
+    timeout_s: float = 200,
 ) -> subprocess.CompletedProcess[str]:
     """``mpiexec -n np python -m badc_mpi ARGS`` (or no launcher when np is None), under a timeout.
 
@@ -94,14 +99,137 @@ def run_badc(
     cmd = [PYTHON, "-m", "badc_mpi", *args]
     if np is not None:
         cmd = [MPIEXEC, "-n", str(np), *cmd]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        ["timeout", "-s", "TERM", "-k", "20", str(timeout_s), *cmd],
+    return run_own(cmd, timeout_s=timeout_s, cwd=cwd, env={"PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+GRACE_S = 20.0  # SIGTERM to the launcher, then this long before SIGKILL to what it started
+
+
+def run_own(
+    cmd: list[str],
+    *,
+    timeout_s: float,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in its own session; past ``timeout_s`` stop it and everything it started, and
+    fail the test. An exception while waiting (pytest-timeout's, a KeyboardInterrupt) stops them too.
+
+    Stopping: SIGTERM to ``cmd`` (mpiexec forwards it to its ranks), :data:`GRACE_S` to finish,
+    then SIGKILL to every process below it, found by parent PID before anything was signalled:
+    only this test's own processes, never another job's.
+    """
+    proc = subprocess.Popen(
+        cmd,
         cwd=cwd,
-        env=full_env,
-        capture_output=True,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_tree(proc)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"timed out after {timeout_s} s and stopped: {' '.join(map(str, cmd))}\n"
+            f"--- stdout (tail)\n{out[-2000:]}\n--- stderr (tail)\n{err[-3000:]}"
+        ) from None
+    except BaseException:
+        stop_tree(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """SIGTERM ``proc``, wait up to ``grace_s``, then SIGKILL ``proc`` and every process that was
+    below it when this was called (each checked by start time, so a reused PID is left alone).
+    A ``proc`` already reaped is left alone: its PID may be someone else's by now."""
+    if proc.poll() is not None:
+        return
+    tree = ProcessTree(proc.pid, interval_s=None)
+    tree.refresh()
+    signal_own(proc.pid, tree.start_times.get(proc.pid), signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    tree.refresh()
+    tree.kill_all()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), ``None`` once it
+    is gone or a zombie: with the PID it names one process, so a PID reused by someone else's
+    process is never mistaken for ours."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def signal_own(pid: int, started: int | None, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at ``started``."""
+    if started is None or start_time(pid) != started:
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class ProcessTree:
+    """Every process seen below ``root`` (by parent PID) while it runs, with its start time.
+
+    With ``interval_s`` a thread records them every ``interval_s`` until :meth:`close`; processes
+    re-parented to init after their parent was killed stay recorded, so a test can signal what its
+    own launcher left behind, and only that.
+    """
+
+    def __init__(self, root: int, interval_s: float | None = 0.1) -> None:
+        self.root = root
+        self.start_times: dict[int, int] = {}
+        started = start_time(root)
+        if started is not None:
+            self.start_times[root] = started
+        self._stop = threading.Event()
+        self._thread = None
+        if interval_s is not None:
+            self._thread = threading.Thread(target=self._watch, args=(interval_s,), daemon=True)
+            self._thread.start()
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Record the living processes below the root and below every process recorded so far."""
+        roots = {self.root} | set(self.alive())  # a dead recorded PID may be someone else's by now
+        for pid in _below(roots, _children()):
+            if pid not in self.start_times:
+                started = start_time(pid)
+                if started is not None:
+                    self.start_times[pid] = started
+
+    def alive(self) -> list[int]:
+        return [pid for pid, started in list(self.start_times.items()) if start_time(pid) == started]
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        for pid, started in list(self.start_times.items()):
+            signal_own(pid, started, sig)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def telemetry_files(telemetry_dir: Path) -> list[Path]:
@@ -116,8 +244,7 @@ def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name[: -len(".jsonl")] + suffix)
 
 
-def descendants(root: int) -> set[int]:
-    """PIDs of every living process below ``root`` (by parent PID): tests signal only their own."""
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -125,14 +252,23 @@ def descendants(root: int) -> set[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(proc.name))
+    return children
+
+
+def _below(roots: set[int], children: dict[int, list[int]]) -> set[int]:
     out: set[int] = set()
-    todo = [root]
+    todo = list(roots)
     while todo:
         for child in children.get(todo.pop(), ()):
             if child not in out:
                 out.add(child)
                 todo.append(child)
     return out
+
+
+def descendants(root: int) -> set[int]:
+    """PIDs of every living process below ``root`` (by parent PID): tests signal only their own."""
+    return _below({root}, _children())
 
 
 def cmdline(pid: int) -> str:

@@ -13,7 +13,7 @@ import badc_mpi
 from badc_mpi.cli import build_parser, main
 
 from fakes.nvml import fake_env
-from helpers import REPO, make_dataset
+from helpers import MPIEXEC, REPO, make_dataset, run_own
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -140,31 +140,30 @@ def test_make_help_lists_every_target(target):
         assert f"make {name} " in proc.stdout, name
 
 
+def this_venv() -> list[str]:
+    """make variables for the venv that runs these tests and its MPI (pypi | system, from the
+    install stamp), so `make infer` here uses them and not another venv or launcher."""
+    venv = Path(sys.executable).parent.parent
+    stamps = [p.name.rsplit("-", 1)[1] for p in venv.glob(".badc-installed-*")]
+    assert len(stamps) == 1, f"{venv}: not made by `make install` ({stamps})"
+    return [f"VENV={venv}", f"MPI={stamps[0]}", f"MPIEXEC={MPIEXEC}"]
+
+
 def test_make_check_chunks_and_make_infer_with_a_dry_run(tmp_path):
     manifest = make_dataset(tmp_path, 2, 3)
     chunks = tmp_path / "artifacts" / "chunks"
-    guard = subprocess.run(
-        ["make", "-s", "-C", str(REPO), "check-chunks", f"MANIFEST={manifest}", f"ARGS=--chunks-dir {chunks}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    guard = run_own(
+        ["make", "-s", "-C", str(REPO), *this_venv(), "check-chunks", f"MANIFEST={manifest}", f"ARGS=--chunks-dir {chunks}"],
+        timeout_s=90,
     )
     assert guard.returncode == 0, guard.stderr
     args = f"--dry-run --chunks-dir {chunks} --output-dir {tmp_path / 'out'} --telemetry-dir {tmp_path / 'tel'}"
-    infer = subprocess.run(
-        ["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    infer = run_own(["make", "-s", "-C", str(REPO), *this_venv(), "infer", f"MANIFEST={manifest}", f"ARGS={args}"], timeout_s=90)
     assert infer.returncode == 0, infer.stderr[-2000:]
-    assert "6 succeeded" in infer.stdout and "on 2 ranks" in infer.stdout  # NP: no GPU here, so 2
+    assert "6 succeeded" in infer.stdout and "on 2 ranks" in infer.stdout  # NP: no GPU (conftest pins a GPU-less fake NVML), so 2
     (chunks / "rec000" / ".chunk_status.json").write_text('{"status": "in_progress"}')
-    refused = subprocess.run(
-        ["make", "-s", "-C", str(REPO), "infer", f"MANIFEST={manifest}", f"ARGS={args}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    refused = run_own(
+        ["make", "-s", "-C", str(REPO), *this_venv(), "infer", f"MANIFEST={manifest}", f"ARGS={args}"], timeout_s=90
     )
     assert refused.returncode != 0 and "in_progress" in refused.stderr
     assert len(list((tmp_path / "tel").glob("*.jsonl"))) == 2  # the refused run wrote nothing

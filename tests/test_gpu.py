@@ -38,6 +38,7 @@ from badc_mpi.records import Binding
 
 from fakes.nvml import FAKE_ENV, FakeNvmlBackend
 from fakes.nvml import fake_env as fake_vars
+from helpers import MPIEXEC
 
 FAKES = Path(__file__).parent / "fake_nvml"
 U0, U1, U2, U3 = (
@@ -539,10 +540,6 @@ def test_gpus_report_sharing_warning_in_report():
     assert "warning:" in format_gpus_report(report)
 
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-
-
-@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to this Python")
 def test_fake_reaches_ranks_of_a_real_mpiexec():
     import subprocess
 
@@ -552,9 +549,7 @@ def test_fake_reaches_ranks_of_a_real_mpiexec():
     )
     env = {**os.environ, **fake_env("four", "3,1"), "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("MPI_LOCALRANKID", None)
-    done = subprocess.run(
-        [str(MPIEXEC), "-n", "2", sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(json.loads(line) for line in done.stdout.splitlines()) == [[0, U3], [1, U1]]
 

@@ -11,15 +11,29 @@ import os
 import signal
 import subprocess
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
 from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.storage.detections import parse_scores_csv
+from badc_mpi.storage.ledger import read_ledger
 
-from helpers import MPIEXEC, PYTHON, cmdline, descendants, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+from helpers import (
+    MPIEXEC,
+    PYTHON,
+    ProcessTree,
+    cmdline,
+    descendants,
+    make_dataset,
+    read_jsonl,
+    run_badc,
+    run_own,
+    sidecar,
+    stop_tree,
+    telemetry_files,
+)
 
 pytestmark = pytest.mark.hawkears
 
@@ -65,7 +79,7 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + os.urandom(3000))
     lines.append("rec001,rec001_corrupt,../audio/corrupt.wav,99000,105000,0,,,site9")
     manifest.write_text("\n".join(lines) + "\n")
-    proc = run_badc(hawkears_args(manifest, tmp_path), np=2, timeout_s=600)
+    proc = run_badc(hawkears_args(manifest, tmp_path), np=2)
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "TINY" in proc.stderr.upper()  # the loud banner: detections from random weights are meaningless
     (tfile,) = telemetry_files(tmp_path / "tel")
@@ -102,33 +116,44 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     assert all(len(p) == 1 for p in pids_by_rank.values()), "one HawkEars worker per rank, not one per chunk"
 
 
+@pytest.mark.timeout(420)  # its runs' own limits: 150 + 30 + 200 s
 def test_kill_a_rank_mid_run_then_resume_with_real_hawkears(tmp_path):
     manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=6, seconds=6.0, sample_rate=22050)
     cmd = [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    tfile = None
-    while time.monotonic() < deadline:  # kill once some chunks are done and others in flight
-        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
-        if files and sum(1 for e in read_jsonl_safe(files[0]) if e["event"] == "success") >= 3:
-            tfile = files[0]
-            break
-        time.sleep(0.2)
-    assert tfile is not None, "the first run never got going"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    tree = ProcessTree(proc.pid)  # this run's processes, the resident HawkEars workers included
+    try:
+        deadline = time.monotonic() + 150
+        tfile = None
+        while time.monotonic() < deadline and proc.poll() is None:  # kill once some chunks are done and others in flight
+            files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+            if files and sum(1 for e in read_jsonl_safe(files[0]) if e["event"] == "success") >= 3:
+                tfile = files[0]
+                break
+            time.sleep(0.2)
+        assert tfile is not None, "the first run never got going"
+        tree.refresh()
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and its ranks (their own session)
+        proc.wait(timeout=30)
+    finally:
+        tree.kill_all()  # what the ranks left behind (resident workers in their own groups), as a scheduler would
+        tree.close()
+        stop_tree(proc)
     time.sleep(1.0)
-    resumed = run_badc(hawkears_args(manifest, tmp_path, "--resume"), np=2, timeout_s=600)
+    resumed = run_badc(hawkears_args(manifest, tmp_path, "--resume"), np=2, timeout_s=200)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     first = read_jsonl_safe(tfile)
-    done_first = {e["chunk_id"] for e in first if e["event"] == "success"}
+    done_first = {e["c"] for e in read_ledger(sidecar(tfile, ".ledger.jsonl")).entries if e["s"] == "success"}
     in_flight = {e["chunk_id"] for e in first if e["event"] == "start"} - done_first
+    assert len(done_first) >= 3 and in_flight, "the kill hit no chunk in flight"
     newest = max(telemetry_files(tmp_path / "tel"), key=lambda p: p.stat().st_mtime_ns)
     second = read_jsonl(newest)
     rerun = {e["chunk_id"] for e in second if e["event"] == "start"}
+    everything = {f"rec{r:03d}_chunk_{c * 6000}_{c * 6000 + 6000}" for r in range(2) for c in range(6)}
     assert not (rerun & done_first), "chunks done before the kill ran again"
-    assert len(rerun) == 12 - len(done_first)
-    assert len(rerun & in_flight) <= len(in_flight)
+    assert rerun == everything - done_first and in_flight <= rerun, (
+        "the chunks in flight at the kill, and only the unfinished, ran again"
+    )
     summary = json.loads(sidecar(newest, ".summary.json").read_text())
     assert summary["counts"]["success"] == 12
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ".tmp-" in p.name]
@@ -141,36 +166,60 @@ def read_jsonl_safe(path: Path) -> list[dict]:
 
 
 def resident_pids(root: int) -> list[int]:
-    """The resident HawkEars processes started under ``root`` (this test's own mpiexec)."""
-    return [pid for pid in descendants(root) if "runners/hawkears/resident.py" in cmdline(pid)]
+    """The resident HawkEars processes started under ``root`` (this test's own mpiexec), not any
+    process such a resident started itself."""
+    found = {pid for pid in descendants(root) if "runners/hawkears/resident.py" in cmdline(pid)}
+    return sorted(pid for pid in found if parent(pid) not in found)
 
 
+def parent(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.mark.timeout(420)  # its run's own limits: 150 + 200 s
 def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
     manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=5, seconds=20.0, sample_rate=22050)
+    keys = {f"rec{r:03d}/rec{r:03d}_chunk_{c * 20000}_{c * 20000 + 20000}" for r in range(2) for c in range(5)}
     cmd = [MPIEXEC, "-n", "2", PYTHON, "-m", "badc_mpi", *hawkears_args(manifest, tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     killed: list[int] = []
-    while time.monotonic() < deadline and not killed:
-        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
-        # once both ranks have started a chunk, both resident workers are up: kill them mid-work
-        if files and {e["rank"] for e in read_jsonl_safe(files[0]) if e["event"] == "start"} == {0, 1}:
-            for pid in resident_pids(proc.pid):
-                os.kill(pid, signal.SIGKILL)  # mid-chunk (or between chunks): the rank must survive it
-                killed.append(pid)
-        time.sleep(0.05)
-    assert killed, "no HawkEars worker to kill"
-    out, err = proc.communicate(timeout=600)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not killed and proc.poll() is None:
+            files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+            # once both ranks have started a chunk, both resident workers are up: kill them mid-work
+            if files and {e["rank"] for e in read_jsonl_safe(files[0]) if e["event"] == "start"} == {0, 1}:
+                for pid in resident_pids(proc.pid):
+                    os.kill(pid, signal.SIGKILL)  # mid-chunk (or between chunks): the rank must survive it
+                    killed.append(pid)
+            time.sleep(0.05)
+        assert killed, "no HawkEars worker to kill"
+        out, err = proc.communicate(timeout=200)
+    except BaseException:
+        stop_tree(proc)
+        raise
     assert proc.returncode == 0, err[-3000:]
     (tfile,) = telemetry_files(tmp_path / "tel")
     events = read_jsonl(tfile)
+    # every chunk exactly one success, none failed
+    successes = Counter(f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "success")
+    assert successes == Counter(keys), successes
+    assert not [e for e in events if e["event"] == "failure"]
+    # each killed worker crashed exactly one attempt (the chunk it was scoring, or the next one sent
+    # to its rank), which was retried as a crash and then succeeded on a restarted worker
     retries = [e for e in events if e["event"] == "retry"]
-    assert retries and all(e["failure_class"] == "crash" for e in retries)
-    finals = [e for e in events if e["event"] == "success"]
-    assert len(finals) == 10
+    assert all(e["failure_class"] == "crash" for e in retries), retries
+    assert sorted(e["metrics"]["worker_pid"] for e in retries) == sorted(killed), (retries, killed)
+    finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] == "success"}
     for e in retries:
-        final = next(f for f in finals if f["chunk_id"] == e["chunk_id"])
-        assert final["attempt"] == e["attempt"] + 1 and final["metrics"]["worker_starts"] == 2
+        final = finals[f"{e['recording_id']}/{e['chunk_id']}"]
+        assert final["attempt"] == e["attempt"] + 1 == 2
+        assert final["metrics"]["worker_starts"] == 2 and final["metrics"]["worker_pid"] not in killed
+    retried = {f"{e['recording_id']}/{e['chunk_id']}" for e in retries}
+    assert all(e["attempt"] == 1 for k, e in finals.items() if k not in retried)
 
 
 def test_a_rank_whose_hawkears_cannot_start_is_left_out_and_the_others_finish(tmp_path):
@@ -192,7 +241,7 @@ def test_a_rank_whose_hawkears_cannot_start_is_left_out_and_the_others_finish(tm
         PYTHON,
         *args,
     ]
-    proc = subprocess.run(["timeout", "600", *cmd], cwd=tmp_path, capture_output=True, text=True)
+    proc = run_own(cmd, cwd=tmp_path, timeout_s=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 1 on" in proc.stderr and "continuing on the other 1 rank(s)" in proc.stderr
     (tfile,) = telemetry_files(tmp_path / "tel")

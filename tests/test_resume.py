@@ -15,7 +15,21 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from helpers import MPIEXEC, PYTHON, REPO, make_dataset, run_badc, sidecar, telemetry_files
+import pytest
+
+from helpers import (
+    MPIEXEC,
+    PYTHON,
+    REPO,
+    ProcessTree,
+    make_dataset,
+    run_badc,
+    run_own,
+    sidecar,
+    signal_own,
+    stop_tree,
+    telemetry_files,
+)
 
 FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
 
@@ -38,93 +52,91 @@ def run_args(manifest: Path, root: Path, *extra: str) -> list[str]:
     ]
 
 
-def rank_pids(marker: str) -> dict[int, int]:
-    """PMI rank -> pid of the badc-mpi ranks whose command line mentions ``marker``."""
+def rank_pids(tree: ProcessTree) -> dict[int, int]:
+    """PMI rank -> pid of the badc-mpi ranks among the processes of ``tree`` (this test's mpiexec)."""
     found = {}
-    for proc in Path("/proc").glob("[0-9]*"):
+    for pid in tree.alive():
         try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-            if "badc_mpi" not in cmd or marker not in cmd:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+            if "badc_mpi" not in cmd:
                 continue
-            env = dict(
-                kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv
-            )
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
+        env = dict(kv.split("=", 1) for kv in environ.split("\0") if "=" in kv)
         if "PMI_RANK" in env:
-            found[int(env["PMI_RANK"])] = int(proc.name)
+            found[int(env["PMI_RANK"])] = pid
     return found
 
 
-def orphan_proxies() -> list[int]:
-    """MPICH proxies whose mpiexec was killed (re-parented to init)."""
-    out = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == 1 and "hydra_pmi_proxy" in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                out.append(int(proc.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> None:
-    """Start a 3-rank run and SIGKILL ``target`` (rank0 | worker | mpiexec) after ``delay_s``."""
+def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> Path:
+    """Start a 3-rank run, SIGKILL ``target`` (rank0 | worker | mpiexec) ``delay_s`` after its first
+    chunk started, and return the killed run's telemetry file. Only this run's own processes (every
+    process seen below its mpiexec while it ran) are signalled."""
     cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *run_args(manifest, root, "--resume")]
     before = set(telemetry_files(root / "tel")) if (root / "tel").exists() else set()
-    log = open(root / f"kill-{target}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # the moment counts from the first chunk started
-        new = set(telemetry_files(root / "tel")) - before if (root / "tel").exists() else set()
-        if new and next(iter(new)).stat().st_size > 0:
-            break
-        time.sleep(0.05)
-    time.sleep(delay_s)
-    if target == "mpiexec":
-        os.kill(proc.pid, signal.SIGKILL)
-    else:
-        pids = rank_pids(str(root))
-        victim = pids.get(0 if target == "rank0" else 1)
-        if victim is not None:
-            os.kill(victim, signal.SIGKILL)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    # whatever the launcher left behind (orphaned ranks and proxies) goes too, as a scheduler would do
-    for pid in list(rank_pids(str(root)).values()) + orphan_proxies():
+    log_path = root / f"kill-{target}-{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        tree = ProcessTree(proc.pid)
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=20)
-    log.close()
+            tfile = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:  # the moment counts from the first chunk started
+                new = set(telemetry_files(root / "tel")) - before if (root / "tel").exists() else set()
+                if new and b'"event":"start"' in next(iter(new)).read_bytes():
+                    tfile = next(iter(new))
+                    break
+                time.sleep(0.05)
+            assert tfile is not None, f"no chunk started within 60 s (exit {proc.poll()}): {log_path.read_text()[-2000:]}"
+            time.sleep(delay_s)
+            assert proc.poll() is None, f"the run ended before the kill ({delay_s:.2f} s after its first start)"
+            tree.refresh()
+            if target == "mpiexec":
+                signal_own(proc.pid, tree.start_times.get(proc.pid), signal.SIGKILL)
+            else:
+                rank = 0 if target == "rank0" else 1
+                victim = rank_pids(tree).get(rank)
+                assert victim is not None, f"rank {rank} of this run not found"
+                signal_own(victim, tree.start_times[victim], signal.SIGKILL)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            # whatever the launcher left behind (orphaned ranks and proxies) goes too, as a scheduler would do
+        finally:
+            tree.refresh()
+            tree.kill_all()
+            tree.close()
+            proc.wait(timeout=20)
     deadline = time.monotonic() + 20
-    while rank_pids(str(root)) and time.monotonic() < deadline:
+    while tree.alive() and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert not tree.alive(), f"processes of the killed run survive: {tree.alive()}"
+    return tfile
+
+
+def run_of(tfile: Path) -> tuple[list[dict], list[dict]]:
+    """(telemetry events, ledger entries) of one run (torn last lines dropped)."""
+    from badc_mpi.storage.ledger import read_ledger
+
+    text = tfile.read_bytes()
+    lines = text[: text.rfind(b"\n") + 1].decode().splitlines()
+    ledger = sidecar(tfile, ".ledger.jsonl")
+    return [json.loads(x) for x in lines if x.strip()], read_ledger(ledger).entries if ledger.exists() else []
+
+
+def created_at(tfile: Path) -> str:
+    from badc_mpi.storage.ledger import read_ledger
+
+    ledger = sidecar(tfile, ".ledger.jsonl")
+    return (read_ledger(ledger).header.get("created_at") if ledger.exists() else None) or ""
 
 
 def all_runs(tel: Path) -> list[tuple[list[dict], list[dict]]]:
     """(telemetry events, ledger entries) of every run, oldest first (torn last lines dropped)."""
-    from badc_mpi.storage.ledger import read_ledger
-
-    runs = []
-    for tfile in telemetry_files(tel):
-        text = tfile.read_bytes()
-        lines = text[: text.rfind(b"\n") + 1].decode().splitlines()
-        events = [json.loads(x) for x in lines if x.strip()]
-        ledger = sidecar(tfile, ".ledger.jsonl")
-        contents = read_ledger(ledger) if ledger.exists() else None
-        created = (contents.header.get("created_at") if contents else None) or ""
-        runs.append((created, tfile.name, events, contents.entries if contents else []))
-    return [(events, entries) for _, _, events, entries in sorted(runs)]  # by start time (ms), not name
+    ordered = sorted(telemetry_files(tel), key=lambda t: (created_at(t), t.name))  # by start time (ms), not name
+    return [run_of(tfile) for tfile in ordered]
 
 
 def check_outputs(out: Path, keys: set[str]) -> None:
@@ -140,18 +152,34 @@ def check_outputs(out: Path, keys: set[str]) -> None:
     assert set(files) == expected, sorted(set(files) ^ expected)[:10]
 
 
+@pytest.mark.timeout(600)  # ten killed runs (each under 60 s to start, 20 s to die) and a resume (150 s)
 def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_only_in_flight(tmp_path):
     manifest = make_dataset(tmp_path, recordings=10, chunks_per_recording=30, seconds=0.2)
     keys = {f"rec{r:03d}/rec{r:03d}_chunk_{c * 200}_{c * 200 + 200}" for r in range(10) for c in range(30)}
     rng = random.Random(20261128)
     targets = ["rank0", "worker", "mpiexec"]
     moments = [(targets[i % 3], rng.uniform(0.2, 2.0)) for i in range(10)]
-    for target, delay in moments:
-        kill_run(manifest, tmp_path, target, delay)
-    final = run_badc(run_args(manifest, tmp_path, "--resume"), np=3, cwd=tmp_path, timeout_s=600)
+    killed = [kill_run(manifest, tmp_path, target, delay) for target, delay in moments]
+    final = run_badc(run_args(manifest, tmp_path, "--resume"), np=3, cwd=tmp_path, timeout_s=150)
     assert final.returncode == 0, final.stderr[-3000:]
     runs = all_runs(tmp_path / "tel")
-    assert len(runs) >= 11
+    assert len(runs) == len(moments) + 1  # each killed run started a chunk, so wrote telemetry
+    # every kill hit in-flight work: the killed run started a chunk its ledger never finished
+    for tfile, (target, delay) in zip(killed, moments):
+        (events, entries) = run_of(tfile)
+        started = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "start"}
+        finished = {f"{e['r']}/{e['c']}" for e in entries}
+        assert started - finished, f"the kill of {target} after {delay:.2f} s hit no chunk in flight ({tfile.name})"
+    # no run recorded a chunk as a success twice, in its ledger or its telemetry
+    for index, (events, entries) in enumerate(runs):
+        twice = [k for k, n in Counter(f"{e['r']}/{e['c']}" for e in entries if e["s"] == "success").items() if n > 1]
+        assert not twice, f"run {index}: chunks recorded as success twice in one ledger: {twice[:5]}"
+        twice = [
+            k
+            for k, n in Counter(f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "success").items()
+            if n > 1
+        ]
+        assert not twice, f"run {index}: two success events for one chunk: {twice[:5]}"
     # exactly one success per chunk over every ledger of every run
     successes = Counter(f"{e['r']}/{e['c']}" for _, entries in runs for e in entries if e["s"] == "success")
     assert set(successes) == keys and set(successes.values()) == {1}
@@ -159,16 +187,16 @@ def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_onl
     assert summary["counts"]["success"] == 300 and summary["counts"]["total"] == 300
     assert all(e["status"] == "success" for e in summary["chunks"].values()) and set(summary["chunks"]) == keys
     check_outputs(tmp_path / "out", keys)
-    # redone chunks: only those in flight (started, no final record) when a run was killed
+    # redone chunks: only those in flight (started, no final ledger record) when a run was killed
     done_before: set[str] = set()
     in_flight_total = 0
     starts_per_chunk: Counter[str] = Counter()
     for index, (events, entries) in enumerate(runs):
         started = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "start"}
-        finals = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] in ("success", "failure")}
+        finished = {f"{e['r']}/{e['c']}" for e in entries}
         again = started & done_before
         assert not again, f"run {index}: chunks done in an earlier run ran again: {sorted(again)[:5]}"
-        in_flight_total += len(started - finals)
+        in_flight_total += len(started - finished)
         done_before |= {f"{e['r']}/{e['c']}" for e in entries if e["s"] == "success"}
         starts_per_chunk.update(started)
     redone = sum(n - 1 for n in starts_per_chunk.values())
@@ -234,7 +262,7 @@ def test_output_lock_refuses_a_concurrent_run_and_takes_over_a_dead_one(tmp_path
         str(manifest),
         "--dry-run",
         "--stub-sleep-s",
-        "1.0",
+        "4.0",  # 4 chunks per rank: the first run holds the lock for ~16 s, far longer than a start-up
         "--output-dir",
         str(tmp_path / "out"),
         "--telemetry-dir",
@@ -246,16 +274,37 @@ def test_output_lock_refuses_a_concurrent_run_and_takes_over_a_dead_one(tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     lock = tmp_path / "out" / ".badc-mpi.lock"
-    deadline = time.monotonic() + 30
-    while not lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    second = run_badc(args, np=2)
-    assert second.returncode == 4, second.stderr
-    holder = json.loads(lock.read_text())
-    assert f"pid {holder['pid']}" in second.stderr and holder["host"] in second.stderr
-    assert first.wait(timeout=60) == 0
+    try:
+        # wait until the first run holds the lock: its run_id (from its telemetry) in the lock file
+        holder: dict = {}
+        run_id = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+            if files and run_id is None:
+                events = [json.loads(x) for x in files[0].read_text().splitlines()[:1] if x.endswith("}")]
+                run_id = events[0]["run_id"] if events else None
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if run_id is not None and holder.get("run_id") == run_id:
+                break
+            time.sleep(0.05)
+        assert run_id is not None and holder.get("run_id") == run_id, (first.poll(), run_id, holder)
+        second = run_badc(args, np=2)
+        assert first.poll() is None, "the first run ended before the second checked the lock"
+        assert second.returncode == 4, second.stderr
+        assert json.loads(lock.read_text()) == holder
+        assert f"pid {holder['pid']}" in second.stderr and holder["host"] in second.stderr
+        out, err = first.communicate(timeout=90)
+    except BaseException:
+        stop_tree(first)
+        raise
+    assert first.returncode == 0, err[-2000:]
     assert not lock.exists()
     # a stale lock of a dead process on this host is taken over with a warning
     dead = subprocess.Popen(["true"])
@@ -277,15 +326,19 @@ def test_sigterm_writes_summary_exits_75_and_the_printed_command_resumes(tmp_pat
     args = run_args(manifest, tmp_path, "--grace-s", "20")
     args[args.index("--runner-cmd") + 1] = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.4")
     cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *args]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
-        if files and files[0].read_text().count('"event":"success"') >= 3:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to every rank, as srun does at the time limit
-    out, err = proc.communicate(timeout=60)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = telemetry_files(tmp_path / "tel") if (tmp_path / "tel").exists() else []
+            if files and files[0].read_text().count('"event":"success"') >= 3:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # mpiexec forwards it to every rank, as srun does at the time limit
+        out, err = proc.communicate(timeout=60)
+    except BaseException:
+        stop_tree(proc)
+        raise
     assert proc.returncode == 75, err[-2000:]
     (tfile,) = telemetry_files(tmp_path / "tel")
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
@@ -295,7 +348,7 @@ def test_sigterm_writes_summary_exits_75_and_the_printed_command_resumes(tmp_pat
     assert 0 < done < 30
     command = out.split("resume with:\n", 1)[1].strip().splitlines()[0]
     assert shlex.split(command)[:3] == [MPIEXEC, "-n", "3"] and command.endswith(" --resume")
-    resumed = subprocess.run(["bash", "-c", command], cwd="/", capture_output=True, text=True, timeout=300)
+    resumed = run_own(["bash", "-c", command], cwd="/", timeout_s=150)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{done} skipped" in resumed.stdout
     newest = max(telemetry_files(tmp_path / "tel"), key=lambda p: p.stat().st_mtime_ns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fakes.nvml import fake_env
-from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
+from helpers import FAKE_CMD, MPIEXEC, PYTHON, REPO, make_dataset, read_jsonl, run_badc, run_own, sidecar, telemetry_files
 
 FAULTS = {
     "fail": ["rec001_chunk_2000_2500", "rec004_chunk_0_500"],
@@ -140,8 +141,11 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
     # the end-of-run report names the files and warns about the worst chunks
     assert str(tfile) in proc.stdout and "succeeded" in proc.stdout
     assert "rec003/rec003_chunk_500_1000" in proc.stderr
-    # no runner process survives (the hung one was killed with its process group)
-    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, "rec003_chunk_500_1000")]
+    # no runner process survives (the hung one was killed with its process group); only this test's
+    # own runners count (their command lines name its tmp_path), not those of another session's run
+    assert not [
+        p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, "rec003_chunk_500_1000") and _cmdline_has(p, str(tmp_path))
+    ]
 
 
 def _cmdline_has(proc_dir: Path, needle: str) -> bool:
@@ -202,16 +206,8 @@ def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
         "sys.exit(_main())\n"
     )
     t0 = time.monotonic()
-    import subprocess
-
-    from helpers import MPIEXEC
-
-    proc = subprocess.run(
+    proc = run_own(
         [
-            "timeout",
-            "-s",
-            "KILL",
-            "60",
             MPIEXEC,
             "-n",
             "3",
@@ -227,14 +223,14 @@ def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
             "--telemetry-dir",
             str(tmp_path / "t"),
         ],
-        capture_output=True,
-        text=True,
         cwd=REPO,
+        timeout_s=60,
     )
     elapsed = time.monotonic() - t0
-    assert proc.returncode not in (0, 137), proc.stderr[-2000:]
+    assert proc.returncode == 70, proc.stderr[-2000:]  # a rank crashed: the job aborted with 70 (README)
     assert elapsed < 30
-    assert "rank 1 on" in proc.stderr and "injected failure" in proc.stderr
+    line = f"badc-mpi: rank 1 on {socket.gethostname()}: unexpected RuntimeError: injected failure; aborting the job"
+    assert line in proc.stderr.splitlines(), proc.stderr[-2000:]
 
 
 def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path):
@@ -284,6 +280,7 @@ def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path
     for e in cpu_events:
         assert e["gpu_uuid"] is None and e["vram_used_mib"] is None
     seen = dict(line.split("\t") for line in probe_log.read_text().splitlines())
+    assert set(seen) == {f"{e['chunk_id']}.wav" for e in finals}  # every chunk's environment was probed
     cpu_chunks = {e["chunk_id"] for e in cpu_events}
     for name, cvd in seen.items():
         expected = "''" if name[:-4] in cpu_chunks else repr(fake["uuid"])
