@@ -132,7 +132,11 @@ def check_nvml(ctx: Ctx, res: CheckResult) -> None:
     used: list[float] = []
     util: list[float | None] = []
     try:
-        hello = json.loads(ctx.read_line(child, ctx.budget.cap(120)) or "{}")
+        line = ctx.read_line(child, ctx.budget.cap(120))
+        if not line:
+            child.kill()
+            raise AssertionError(f"the torch child {python} said nothing: {one_line(child.stderr.read()[-2000:])}")
+        hello = json.loads(line)
         for _ in range(12):
             proc_mib.append(ctx.backend.process_vram_mib(dev, {child.pid}))
             used.append(ctx.backend.device_vram_used_mib(dev))
@@ -247,6 +251,7 @@ def check_sweep(ctx: Ctx, res: CheckResult) -> None:
     rows, failures = [], []
     for k in ctx.sweep_ranks:
         if ctx.budget.left() < MIN_CHECK_S:
+            print(budget_line(f"sweep K={k}", ctx.budget.left()), file=sys.stderr, flush=True)
             rows.append({"K": k, "result": "skipped: budget spent"})
             failures.append(f"K={k} skipped (budget)")
             continue
