@@ -160,7 +160,7 @@ def check_nvml(ctx: Ctx, res: CheckResult) -> None:
             raise AssertionError("the fake backend gave no per-process VRAM or utilisation")
         return
     if not hello.get("cuda"):
-        raise AssertionError(f"the child python {python} has no CUDA torch: {hello}")
+        raise AssertionError(f"torch in the child python {python} sees no CUDA device: {hello}")
     if ctx.device.mig:
         res.reason = "MIG: per-process VRAM and utilisation are not reported by NVML (expected)"
         return
@@ -273,6 +273,8 @@ def check_sweep(ctx: Ctx, res: CheckResult) -> None:
         if done.rc != 0 or figs["chunks_ok"] != chunks:
             why = "timed out" if done.timed_out else f"exit {done.rc}"
             failures.append(f"K={k}: {why}, {figs['chunks_ok']}/{chunks} chunks: {one_line(done.err[-2000:])}")
+        elif not ctx.dry and not (figs["devices"] and all(d.startswith("cuda") for d in figs["devices"])):
+            failures.append(f"K={k}: HawkEars ran on {figs['devices']}, not cuda")
         elif figs["util_max_pct"] is None and not ctx.device.mig:
             failures.append(f"K={k}: no GPU utilisation in telemetry")
     res.figures.update(chunks=chunks, chunk_s=ctx.chunk_s, runs=rows)

@@ -195,7 +195,7 @@ def check_oom(ctx: Ctx, res: Any) -> None:
         hog, grabbed = _hog(ctx, python)
         res.figures.update(hog_grabbed_mib=grabbed.get("grabbed_mib"), free_left_mib=grabbed.get("free_mib"))
         if not ctx.dry and not grabbed.get("cuda"):
-            raise AssertionError(f"the memory hog ({python}) has no CUDA torch")
+            raise AssertionError(f"torch in the memory hog ({python}) sees no CUDA device")
         first, _ = _attempt(ctx, runner, big, None, 0)
         _release(hog)
         hog = None

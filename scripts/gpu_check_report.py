@@ -173,4 +173,5 @@ def telemetry_figures(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "vram_runner_peak_mib": round(max(vram), 1) if vram else None,
         "vram_device_peak_mib": round(max(device), 1) if device else None,
         "workers": sorted({str(e.get("worker")) for e in ok}),
+        "devices": sorted({str(d) for e in ok if (d := (e.get("metrics") or {}).get("device"))}),
     }

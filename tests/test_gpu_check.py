@@ -144,4 +144,6 @@ def test_telemetry_figures() -> None:
     assert figs["chunks_ok"] == 2 and figs["failed_attempts"] == 1 and figs["span_s"] == 4.0
     assert figs["chunks_per_s"] == 0.5 and figs["util_mean_pct"] == 30.0 and figs["util_max_pct"] == 40.0
     assert figs["vram_runner_peak_mib"] == 900.0 and figs["vram_device_peak_mib"] is None
-    assert telemetry_figures([])["chunks_per_s"] is None
+    assert figs["devices"] == [] and telemetry_figures([])["chunks_per_s"] is None
+    events[1]["metrics"] = {"device": "cuda"}
+    assert telemetry_figures(events)["devices"] == ["cuda"]
