@@ -17,7 +17,7 @@ STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man check-chunks infer resume demo bench clean
+.PHONY: help install lint test man check-chunks infer resume demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -80,6 +80,9 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_dispatch.py
 	$(PY) scripts/bench_resume.py
 	$(PY) scripts/bench_hawkears.py
+
+gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache

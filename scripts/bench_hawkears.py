@@ -17,8 +17,10 @@ The three modes are interleaved chunk by chunk (resident, bare, and now and then
 other load on a shared machine hits them alike; CPU times are reported next to wall times.
 Targets: resident >= 15x CLI chunks/s; resident per-chunk time <= 1.2x bare.
 
+On a GPU, ``--cuda-visible-devices UUID`` binds all three modes to that GPU (default "": CPU).
+
 Usage: python scripts/bench_hawkears.py [--chunks 40] [--chunk-s 30] [--cli-chunks 5]
-       [--models 3] [--threads 1] [--data-root DIR] [--workdir DIR]
+       [--models 3] [--threads 1] [--data-root DIR] [--workdir DIR] [--cuda-visible-devices UUID]
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ from badc_mpi.runners.hawkears.adapter import build_hawkears_runner  # noqa: E40
 from badc_mpi.runners.hawkears.options import HawkearsOptions  # noqa: E402
 
 CPU = Binding(host=platform.node(), rank=1, local_rank=0, worker="cpu0@bench", cuda_visible_devices="")
+
+
+def bench_binding(mask: str) -> Binding:
+    """CPU for ``""``; else the GPU that ``mask`` (a UUID or MIG id) names, as a rank binds it."""
+    if not mask:
+        return CPU
+    return Binding(host=platform.node(), rank=1, local_rank=0, worker="gpu@bench", cuda_visible_devices=mask, gpu_uuid=mask)
+
+
 START_TIMES = {
     1: [0.0],
     2: [0.0, 1.5],
@@ -151,7 +162,7 @@ class RunnerMode(Mode):
             HawkearsOptions(mode=mode, data_root=args.data_root, models=args.models, threads=args.threads, python=args.python)
         )
         t0 = time.perf_counter()
-        self.runner.start(CPU)
+        self.runner.start(bench_binding(args.cuda_visible_devices))
         self.start_s = time.perf_counter() - t0
 
     def score(self, path: Path) -> None:
@@ -165,7 +176,11 @@ class RunnerMode(Mode):
             self.failures.append(f"{path.name}: {res.failure_class}: {res.reason[:200]}")
 
     def close(self) -> None:
-        self.extra = {"worker_starts": self.runner.worker_starts, "model_version": self.runner.data_root.model_version}
+        self.extra = {
+            "worker_starts": self.runner.worker_starts,
+            "model_version": self.runner.data_root.model_version,
+            "device": self.runner.describe().get("device"),
+        }
         self.runner.close()
 
 
@@ -175,7 +190,7 @@ class BareMode(Mode):
     def __init__(self, python: str, root: str, warm: Path, out: Path, args: argparse.Namespace) -> None:
         super().__init__("bare")
         out.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+        env = bench_binding(args.cuda_visible_devices).runner_env(dict(os.environ))
         env.pop("PYTHONPATH", None)
         if args.threads:
             env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -220,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="default: the tiny model")
     p.add_argument("--python", default=None, help="HawkEars env python (default: make hawkears's)")
     p.add_argument("--workdir", default=None, help="keep chunks and outputs here (default: a temp dir)")
+    p.add_argument("--cuda-visible-devices", default="", metavar="UUID", help="GPU for every mode (default '': CPU)")
     args = p.parse_args(argv)
     args.threads = args.threads or None
     python = args.python or hawkears_env.find_hawkears_python()
@@ -271,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": args.models,
         "threads": args.threads or "torch default",
         "device": ba["device"],
+        "cuda_visible_devices": args.cuda_visible_devices,
         "resident": res,
         "cli": cl,
         "bare": ba,

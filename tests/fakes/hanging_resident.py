@@ -1,6 +1,8 @@
 """The real resident HawkEars script (first argument), except that a request whose input path
-contains ``BADC_TEST_HANG_ON`` sleeps forever: the tests' way to make HawkEars hang or be killed
-mid-chunk. Started by ``tests/fakes/hawkears_python``; production code knows nothing of it."""
+contains ``BADC_TEST_HANG_ON`` sleeps forever (the tests' way to make HawkEars hang or be killed
+mid-chunk), and one whose input path contains ``BADC_TEST_OOM_ON`` raises torch's
+``OutOfMemoryError`` inside ``analyze`` (a CUDA OOM without a GPU: ``scripts/gpu_check.py
+--dry-run``). Started by ``tests/fakes/hawkears_python``; production code knows nothing of it."""
 
 from __future__ import annotations
 
@@ -27,5 +29,18 @@ def handle(self, request: dict) -> dict:  # noqa: ANN001
     return real_handle(self, request)
 
 
+oom_on = os.environ.get("BADC_TEST_OOM_ON", "")
+real_analyze = resident.Resident.analyze
+
+
+def analyze(self, input_path: str, output_dir: str, options: dict) -> None:  # noqa: ANN001
+    if oom_on and oom_on in input_path:
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake: {input_path} contains {oom_on})")
+    real_analyze(self, input_path, output_dir, options)
+
+
 resident.Resident.handle = handle
+resident.Resident.analyze = analyze
 sys.exit(resident.main())
