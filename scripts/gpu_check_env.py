@@ -159,7 +159,9 @@ def setup_hawkears(ctx: Ctx) -> tuple[str, str]:
         python = setup_python(ctx)
         if ctx.data_root is None:
             try:
-                ctx.data_root = hawkears_env.resolve_data_root(ctx.args.hawkears_data_root, ctx.env, python=python).path
+                ctx.data_root = hawkears_env.resolve_data_root(
+                    ctx.args.hawkears_data_root, ctx.env, python=python, allow_tiny=True
+                ).path
             except RunnerSetupError:
                 if ctx.args.hawkears_data_root:
                     raise
