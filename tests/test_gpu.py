@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -592,7 +593,7 @@ def test_a_rank_given_gpus_it_cannot_use_gets_a_problem_not_a_cpu_run():
     assert gpu.uses_gpu and gpu.problem is None
 
 
-@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec next to this Python")
+@pytest.mark.skipif(not shutil.which(MPIEXEC), reason="no mpiexec")
 def test_run_with_gpus_it_cannot_use_stops_with_exit_2_unless_allow_cpu(tmp_path):
     import subprocess
 
