@@ -48,7 +48,7 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 170) -> subproce
 
 def _hawkears_ready() -> bool:
     try:
-        hawkears_env.resolve_data_root(None, python=hawkears_env.find_hawkears_python())
+        hawkears_env.resolve_data_root(None, python=hawkears_env.find_hawkears_python(), allow_tiny=True)
         return True
     except RunnerSetupError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":

@@ -73,7 +73,10 @@ def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> Path:
     """Start a 3-rank run, SIGKILL ``target`` (rank0 | worker | mpiexec) ``delay_s`` after its first
     chunk started, and return the killed run's telemetry file. Only this run's own processes (every
     process seen below its mpiexec while it ran) are signalled."""
-    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *run_args(manifest, root, "--resume")]
+    args = run_args(manifest, root, "--resume")
+    # 0.2 s a chunk: 300 chunks outlast the ten seeded kills (1.1 s each on average) on any machine
+    args[args.index("--runner-cmd") + 1] = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.2")
+    cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *args]
     before = set(telemetry_files(root / "tel")) if (root / "tel").exists() else set()
     log_path = root / f"kill-{target}-{time.monotonic_ns()}.log"
     with open(log_path, "w") as log:
