@@ -100,8 +100,29 @@ def _uuid_binding(ctx: Ctx) -> Binding:
     return binding
 
 
-def _device_ok(ctx: Ctx, device: Any) -> bool:
-    return str(device).startswith("cpu") if ctx.dry else str(device).startswith("cuda")
+def _device_ok(ctx: Ctx, device: Any, *, bound: bool = True) -> bool:
+    """cuda on a GPU binding (in a dry run the fake resident reports FAKE_DEVICE); the bench of a
+    dry run runs unbound, on the CPU."""
+    return str(device).startswith("cuda") if bound or not ctx.dry else str(device).startswith("cpu")
+
+
+#: what the fake resident of a dry run reports: the GPU binding's code paths without CUDA
+FAKE_DEVICE = "cuda (fake: dry run on the CPU)"
+
+
+def _runner_python(ctx: Ctx, python: str) -> str:
+    """HawkEars' python; in a dry run the fake one, whose resident reports a CUDA device (the
+    rank is bound to a fake GPU, and badc-mpi refuses a GPU rank whose HawkEars runs on the CPU)
+    and raises torch's OutOfMemoryError for OOM_MARK inputs."""
+    if not ctx.dry:
+        return python
+    os.environ.update(BADC_TEST_REAL_HAWKEARS_PYTHON=python, BADC_TEST_OOM_ON=OOM_MARK, BADC_TEST_REPORT_DEVICE=FAKE_DEVICE)
+    return str(FAKE_PYTHON)
+
+
+def _forget_fakes() -> None:
+    for var in ("BADC_TEST_REAL_HAWKEARS_PYTHON", "BADC_TEST_OOM_ON", "BADC_TEST_REPORT_DEVICE"):
+        os.environ.pop(var, None)
 
 
 # ---------------------------------------------------------------------------- c) resident
@@ -110,7 +131,7 @@ def check_resident(ctx: Ctx, res: Any) -> None:
     binding = _uuid_binding(ctx)
     n = 2 if ctx.dry else 4
     chunks = _wavs(ctx.work / "resident", [f"resident{i}" for i in range(n)], ctx.hawkears_chunk_s)
-    runner = _runner(ctx, python, data_root, "resident")
+    runner = _runner(ctx, _runner_python(ctx, python), data_root, "resident")
     sampler = GpuSampler(ctx.backend, binding, interval_s=0.25)
     results = []
     try:
@@ -120,6 +141,7 @@ def check_resident(ctx: Ctx, res: Any) -> None:
         described = runner.describe()
     finally:
         runner.close()
+        _forget_fakes()
     ok = [r for r, _ in results if r.ok]
     gpu = [g for _, g in results]
     per = [r.metrics.get("wall_s") for r, _ in results if r.metrics.get("wall_s") is not None]
@@ -181,10 +203,7 @@ def _release(hog: subprocess.Popen) -> None:
 def check_oom(ctx: Ctx, res: Any) -> None:
     python, data_root = setup_hawkears(ctx)
     binding = _uuid_binding(ctx)
-    runner_python = python
-    if ctx.dry:  # no CUDA: the fake resident raises torch's OutOfMemoryError for OOM_MARK inputs
-        os.environ.update(BADC_TEST_REAL_HAWKEARS_PYTHON=python, BADC_TEST_OOM_ON=OOM_MARK)
-        runner_python = str(FAKE_PYTHON)
+    runner_python = _runner_python(ctx, python)
     big_s = ctx.hawkears_chunk_s if ctx.dry else OOM_CHUNK_S
     big = _wavs(ctx.work / "oom", [OOM_MARK], big_s)[0]
     after = _wavs(ctx.work / "oom", ["after-oom"], ctx.hawkears_chunk_s)[0]
@@ -214,8 +233,7 @@ def check_oom(ctx: Ctx, res: Any) -> None:
         if hog is not None:
             _release(hog)
         runner.close()
-        for var in ("BADC_TEST_REAL_HAWKEARS_PYTHON", "BADC_TEST_OOM_ON"):
-            os.environ.pop(var, None)
+        _forget_fakes()
     if first.failure_class != OOM:
         raise AssertionError(f"the hogged chunk came back {first.failure_class or 'ok'}, not oom: {one_line(first.reason)}")
     if not second.ok:
@@ -250,5 +268,5 @@ def check_bench(ctx: Ctx, res: Any) -> None:
     failures = resident["failures"] + cli["failures"] + bare["failures"]
     if failures:
         raise AssertionError(f"{len(failures)} failed chunk(s): {one_line(failures[0])}")
-    if not (_device_ok(ctx, report.get("device")) and _device_ok(ctx, resident.get("device"))):
+    if not (_device_ok(ctx, report.get("device"), bound=False) and _device_ok(ctx, resident.get("device"), bound=False)):
         raise AssertionError(f"bench ran on {report.get('device')} / {resident.get('device')}")

@@ -2,7 +2,8 @@
 contains ``BADC_TEST_HANG_ON`` sleeps forever (the tests' way to make HawkEars hang or be killed
 mid-chunk), and one whose input path contains ``BADC_TEST_OOM_ON`` raises torch's
 ``OutOfMemoryError`` inside ``analyze`` (a CUDA OOM without a GPU: ``scripts/gpu_check.py
---dry-run``). Started by ``tests/fakes/hawkears_python``; production code knows nothing of it."""
+--dry-run``). With ``BADC_TEST_REPORT_DEVICE`` set, its hello reports that device (a GPU rank's
+code paths on a machine without CUDA: the dry run again). Started by ``tests/fakes/hawkears_python``; production code knows nothing of it."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def analyze(self, input_path: str, output_dir: str, options: dict) -> None:  # n
     real_analyze(self, input_path, output_dir, options)
 
 
+report_device = os.environ.get("BADC_TEST_REPORT_DEVICE", "")
+real_load = resident.Resident.load
+
+
+def load(self) -> dict:  # noqa: ANN001
+    hello = real_load(self)
+    if report_device:
+        hello["device"] = report_device
+    return hello
+
+
+resident.Resident.load = load
 resident.Resident.handle = handle
 resident.Resident.analyze = analyze
 sys.exit(resident.main())
