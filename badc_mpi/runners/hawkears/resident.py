@@ -26,6 +26,13 @@ low-band models), checkpoints read for class names, and the occurrence database.
 Predictor is reset to its freshly-constructed audio state before reuse.
 
 The version HawkEars must have comes from the runner (``--require-version``), which owns it.
+
+Stopping. The worker dies with the runner's rank: first thing, on Linux, it asks the kernel for
+SIGKILL when its parent goes (``prctl(PR_SET_PDEATHSIG)``) and exits at once if its parent is no
+longer ``--parent-pid`` (the parent died before that). SIGTERM or SIGINT (SLURM signals every
+process of a job step) makes it exit promptly with status 128+signal, also while it is still
+loading models; if HawkEars or torch hold it up, a watchdog thread woken by the signal itself
+(``signal.set_wakeup_fd``) ends the process after :data:`STOP_GRACE_S`.
 """
 
 from __future__ import annotations
@@ -34,8 +41,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import wave
@@ -46,6 +55,49 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 _STATS = {"decode_s": 0.0}
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 2.0  #: after SIGTERM/SIGINT, how long a clean exit may take before a hard one
+
+
+def tie_to_parent(parent_pid: int | None) -> None:
+    """Die (SIGKILL) with the parent; exit now if the parent that started us is already gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        sys.stderr.write(f"hawkears-worker: parent {parent_pid} is gone; exiting\n")
+        os._exit(1)
+
+
+def exit_on_stop_signals() -> None:
+    """SIGTERM/SIGINT: raise SystemExit(128+signal) in the main thread (finally blocks run); a
+    watchdog woken by the signal itself hard-exits if that has not ended the process in time."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    stops = (int(signal.SIGTERM), int(signal.SIGINT))
+
+    def handler(signum: int, _frame: object) -> None:
+        sys.stderr.write(f"hawkears-worker: {signal.Signals(signum).name} received; exiting\n")
+        raise SystemExit(128 + signum)
+
+    def watchdog() -> None:
+        while True:
+            data = os.read(wake_r, 64)
+            if not data:
+                return
+            hit = [b for b in data if b in stops]
+            if hit:
+                time.sleep(STOP_GRACE_S)
+                os._exit(128 + hit[0])
+
+    for sig in stops:
+        signal.signal(sig, handler)
+    threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,6 +117,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exclude", default=None)
     p.add_argument("--seg", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit at once if the parent is not this process")
     p.add_argument(
         "--merge-config",
         nargs=3,
@@ -366,6 +419,8 @@ class Resident:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    tie_to_parent(args.parent_pid)
+    exit_on_stop_signals()
     if args.merge_config:
         merge_config(*args.merge_config)
         return 0
