@@ -64,7 +64,7 @@ class RunOptions:
     resume: bool = False
     resume_summaries: tuple[str, ...] = field(default_factory=tuple)
     skip_failed: bool = False
-    grace_s: float = 60.0
+    grace_s: float = 20.0
     force_unlock: bool = False
 
     @property

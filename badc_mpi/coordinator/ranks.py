@@ -11,6 +11,8 @@ from badc_mpi.transport.messages import TAG_GOODBYE, TAG_HELLO, TAG_STOP, Hello,
 
 log = get_logger(__name__)
 
+GOODBYE_WAIT_S = 120.0  #: at the end of a finished run, how long to wait for every rank's goodbye
+
 
 class RemoteWorkers:
     """Rank 0's view of the other ranks: hellos, credits, stop and goodbye."""
@@ -22,6 +24,7 @@ class RemoteWorkers:
         self.hellos: dict[int, Hello] = {}
         self.credit: dict[int, int] = {}
         self.stopped = False
+        self._pending: set[int] = set()  #: ranks told to stop that have not said goodbye
 
     def collect_hellos(self, backoff: Backoff, handle: Any) -> None:
         """Wait for every worker's Hello (other early messages go to ``handle``)."""
@@ -33,15 +36,24 @@ class RemoteWorkers:
             else:
                 handle(src, tag, msg)
 
-    def stop_all(self, exit_code: int, message: str = "", wait_s: float = 120.0) -> None:
-        """Tell every worker to stop; wait (politely) for their goodbyes."""
-        if self.stopped or self.size == 1:
-            self.stopped = True
+    def stop_all(self, exit_code: int, message: str = "", wait_s: float = GOODBYE_WAIT_S) -> None:
+        """Tell every worker to stop; wait (politely, at most ``wait_s``) for their goodbyes."""
+        self.send_stop(exit_code, message)
+        self.await_goodbyes(wait_s)
+
+    def send_stop(self, exit_code: int, message: str = "") -> None:
+        """Tell every worker to stop (once): each interrupts its runner and says goodbye."""
+        if self.stopped:
             return
         self.stopped = True
         for dest in range(1, self.size):
             self.box.send(dest, TAG_STOP, Stop(exit_code, message))
-        pending = set(range(1, self.size))
+        self._pending = set(range(1, self.size))
+
+    def await_goodbyes(self, wait_s: float) -> None:
+        """Wait at most ``wait_s`` for the goodbyes of the ranks told to stop; a rank that stays
+        silent is named and left behind (its own close is bounded too)."""
+        pending = self._pending
         deadline = time.monotonic() + wait_s
         backoff = Backoff()
         while pending and time.monotonic() < deadline:
@@ -53,4 +65,5 @@ class RemoteWorkers:
                 pending.discard(got[0])
         if pending:
             log.warning("ranks %s did not confirm the stop within %.0f s", sorted(pending), wait_s)
-        self.box.flush()
+            pending.clear()
+        self.box.flush(timeout_s=max(1.0, deadline - time.monotonic()))

@@ -7,7 +7,6 @@ worker (a thread), so N ranks on N GPUs leave no GPU idle.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 import uuid
@@ -16,8 +15,9 @@ from typing import Any
 from badc_mpi.coordinator.outcome import RunOutcome
 from badc_mpi.coordinator.planning import RunPlan, prepare_plan
 from badc_mpi.coordinator.progress import Progress
-from badc_mpi.coordinator.ranks import RemoteWorkers
+from badc_mpi.coordinator.ranks import GOODBYE_WAIT_S, RemoteWorkers
 from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
+from badc_mpi.coordinator.stopping import STOP_WAIT_S, install_stop_handlers, restore_handlers
 from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
 from badc_mpi.gpu.binding import sharing_warnings
 from badc_mpi.gpu.report import format_binding_table
@@ -128,6 +128,14 @@ class Coordinator:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        """Plan, work, finish; a stop signal at any point (planning included) drains the run."""
+        old_handlers = install_stop_handlers(self._on_stop_signal)
+        try:
+            return self._run()
+        finally:
+            restore_handlers(old_handlers)
+
+    def _run(self) -> RunOutcome:
         self.prepare()
         plan = self.plan
         assert plan is not None
@@ -177,52 +185,48 @@ class Coordinator:
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
-        old_handlers = self._install_signals()
         progress = Progress(coord.total, interval_s=self.options.progress_interval_s)
         backoff = Backoff(self.options.poll_max_s)
         last_summary = time.monotonic()
         summary_every_s = self.options.summary_interval_s
-        drain_deadline: float | None = None
-        try:
-            while not coord.finished and self.fatal is None:
-                now = time.time()
-                progressed = self._pump_local(now)
-                while True:
-                    got = self.box.poll(None)
-                    if got is None:
-                        break
-                    progressed = True
-                    self._handle(*got)
-                progressed |= self._dispatch(now)
-                self.writer.flush()
-                self.ledger.flush()
-                self.lock.heartbeat()  # type: ignore[union-attr]
-                if self.interrupted and drain_deadline is None:
-                    log.warning(
-                        "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
-                        self.interrupted,
-                        self.options.grace_s,
-                        coord.in_flight_count,
-                    )
-                    coord.drain()
-                    drain_deadline = time.monotonic() + self.options.grace_s
-                if drain_deadline is not None and time.monotonic() > drain_deadline:
-                    log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+        drain_since: float | None = None
+        while not coord.finished and self.fatal is None:
+            if self.interrupted and drain_since is None:
+                log.warning(
+                    "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
+                    self.interrupted,
+                    self.options.grace_s,
+                    coord.in_flight_count,
+                )
+                coord.drain()
+                drain_since = time.monotonic()
+            if drain_since is not None and time.monotonic() > drain_since + self.options.grace_s:  # 2nd signal: 0
+                log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+                break
+            now = time.time()
+            progressed = self._pump_local(now)
+            while True:
+                got = self.box.poll(None)
+                if got is None:
                     break
-                if time.monotonic() - last_summary >= summary_every_s:
-                    t0 = time.monotonic()
-                    self.write_summary("running")
-                    spent = time.monotonic() - t0
-                    summary_every_s = max(self.options.summary_interval_s, 20 * spent)
-                    last_summary = time.monotonic()
-                counts = coord.counts()
-                progress.update(coord.final_count, counts["failed"])
-                if progressed:
-                    backoff.reset()
-                else:
-                    backoff.sleep()
-        finally:
-            self._restore_signals(old_handlers)
+                progressed = True
+                self._handle(*got)
+            progressed |= self._dispatch(now)
+            self.writer.flush()
+            self.ledger.flush()
+            self.lock.heartbeat()  # type: ignore[union-attr]
+            if time.monotonic() - last_summary >= summary_every_s:
+                t0 = time.monotonic()
+                self.write_summary("running")
+                spent = time.monotonic() - t0
+                summary_every_s = max(self.options.summary_interval_s, 20 * spent)
+                last_summary = time.monotonic()
+            counts = coord.counts()
+            progress.update(coord.final_count, counts["failed"])
+            if progressed:
+                backoff.reset()
+            else:
+                backoff.sleep()
         progress.update(coord.final_count, coord.counts()["failed"], force=True)
         progress.close()
         return self.finish()
@@ -346,26 +350,11 @@ class Coordinator:
                 shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
     # -- signals -----------------------------------------------------------------------
-    def _install_signals(self) -> dict[int, Any]:
-        old: dict[int, Any] = {}
-
-        def handler(signum: int, _frame: Any) -> None:
-            if self.interrupted is None:
-                self.interrupted = signal.Signals(signum).name
-            else:  # a second signal: stop waiting for the grace period
-                self.options = self.options.__class__(**{**self.options.__dict__, "grace_s": 0.0})
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (embedded use)
-                pass
-        return old
-
-    @staticmethod
-    def _restore_signals(old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    def _on_stop_signal(self, name: str) -> None:
+        if self.interrupted is None:
+            self.interrupted = name
+        else:  # a second signal: stop waiting for the grace period
+            self.options = self.options.__class__(**{**self.options.__dict__, "grace_s": 0.0})
 
     # -- the end -------------------------------------------------------------------------
     def write_summary(self, state: str) -> dict[str, int]:
@@ -405,8 +394,11 @@ class Coordinator:
             code, state = ExitCode.CHUNKS_FAILED, "finished"
         else:
             code, state = ExitCode.OK, "finished"
-        self.local.close()  # type: ignore[union-attr]
-        self.remote.stop_all(int(code), self.fatal or "")
+        # every rank stops at once (coordinator/stopping.py): the others are told first
+        stop_by = time.monotonic() + STOP_WAIT_S
+        self.remote.send_stop(int(code), self.fatal or "")
+        self.local.close(timeout_s=STOP_WAIT_S)  # type: ignore[union-attr]
+        self.remote.await_goodbyes(max(1.0, stop_by - time.monotonic()) if self.interrupted else GOODBYE_WAIT_S)
         self.ledger.close()  # type: ignore[union-attr]
         self.writer.close()  # type: ignore[union-attr]
         import shutil
