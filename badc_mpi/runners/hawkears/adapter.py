@@ -436,7 +436,7 @@ class HawkearsRunner(Runner):
                     worker.proc.wait(timeout=QUIT_WAIT_S)
                 except (OSError, ValueError, subprocess.TimeoutExpired):
                     pass
-            worker.kill(grace_s=0.0 if interrupted else 2.0)
+            worker.kill(grace_s=0.0, reap_s=2.0) if interrupted else worker.kill(grace_s=2.0)
         self._cleanup_tmp()
 
     def _cleanup_tmp(self) -> None:

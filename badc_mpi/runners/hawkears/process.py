@@ -94,9 +94,9 @@ class WorkerProcess:
         self.hello = hello
         return None
 
-    def kill(self, grace_s: float = 3.0) -> None:
+    def kill(self, grace_s: float = 3.0, reap_s: float = 10.0) -> None:
         """SIGTERM then SIGKILL to the whole process group; reap; let the stderr pump finish."""
-        kill_group(self.proc, grace_s)
+        kill_group(self.proc, grace_s, reap_s)
         self.close_pipes()
 
     def close_pipes(self) -> None:

@@ -26,13 +26,7 @@ low-band models), checkpoints read for class names, and the occurrence database.
 Predictor is reset to its freshly-constructed audio state before reuse.
 
 The version HawkEars must have comes from the runner (``--require-version``), which owns it.
-
-Stopping. The worker dies with the runner's rank: first thing, on Linux, it asks the kernel for
-SIGKILL when its parent goes (``prctl(PR_SET_PDEATHSIG)``) and exits at once if its parent is no
-longer ``--parent-pid`` (the parent died before that). SIGTERM or SIGINT (SLURM signals every
-process of a job step) makes it exit promptly with status 128+signal, also while it is still
-loading models; if HawkEars or torch hold it up, a watchdog thread woken by the signal itself
-(``signal.set_wakeup_fd``) ends the process after :data:`STOP_GRACE_S`.
+Stopping: it dies with its rank (:func:`tie_to_parent`) and exits promptly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -55,45 +49,41 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 _STATS = {"decode_s": 0.0}
-PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 2.0  #: after SIGTERM/SIGINT, how long a clean exit may take before a hard one
 
 
 def tie_to_parent(parent_pid: int | None) -> None:
-    """Die (SIGKILL) with the parent; exit now if the parent that started us is already gone."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
+    """First thing: die (SIGKILL) with the parent (the rank); exit now if it is already gone."""
+    try:
+        import ctypes
 
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG, Linux only
+    except (OSError, AttributeError, TypeError):
+        pass
     if parent_pid and os.getppid() != parent_pid:
         sys.stderr.write(f"hawkears-worker: parent {parent_pid} is gone; exiting\n")
         os._exit(1)
 
 
 def exit_on_stop_signals() -> None:
-    """SIGTERM/SIGINT: raise SystemExit(128+signal) in the main thread (finally blocks run); a
-    watchdog woken by the signal itself hard-exits if that has not ended the process in time."""
+    """SIGTERM/SIGINT: SystemExit(128+signal) in the main thread (finally blocks run); a watchdog
+    woken by the C-level handler itself (whatever the main thread does) hard-exits if that is slow."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    stops = (int(signal.SIGTERM), int(signal.SIGINT))
+    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))  # a forked child's signals are its own
+    stops = (signal.SIGTERM, signal.SIGINT)
 
     def handler(signum: int, _frame: object) -> None:
         sys.stderr.write(f"hawkears-worker: {signal.Signals(signum).name} received; exiting\n")
         raise SystemExit(128 + signum)
 
     def watchdog() -> None:
-        while True:
-            data = os.read(wake_r, 64)
-            if not data:
-                return
-            hit = [b for b in data if b in stops]
-            if hit:
-                time.sleep(STOP_GRACE_S)
-                os._exit(128 + hit[0])
+        hit: list[int] = []
+        while not hit:
+            hit = [b for b in os.read(wake_r, 64) if b in stops]
+        time.sleep(STOP_GRACE_S)
+        os._exit(128 + hit[0])
 
     for sig in stops:
         signal.signal(sig, handler)
