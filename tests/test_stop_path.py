@@ -96,8 +96,10 @@ class Job:
             self.proc.send_signal(getattr(signal, how))
         elif how == "kill-mpiexec":
             self.proc.send_signal(signal.SIGKILL)
-        else:  # kill -9 of one rank the test recorded (the last: rank 1 under MPICH's launch order)
-            self.alive_or_none(self.ranks()[-1]) and os.kill(self.ranks()[-1], signal.SIGKILL)
+        else:  # kill -9 of one rank the test recorded (which one does not matter: MPICH then ends the job)
+            rank = self.ranks()[-1]
+            if self.alive_or_none(rank):
+                os.kill(rank, signal.SIGKILL)
         return time.monotonic()
 
     def alive_or_none(self, pid: int) -> bool:
