@@ -183,9 +183,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--grace-s",
         type=_positive_float,
-        default=60.0,
+        default=20.0,
         metavar="S",
-        help="on SIGTERM/SIGINT, let chunks in flight finish for up to S seconds (default 60)",
+        help="on SIGTERM/SIGINT, let chunks in flight finish for up to S seconds (default 20: with the stop "
+        "that follows, within SLURM's default KillWait of 30 s); a second signal stops at once",
     )
     g.add_argument(
         "--force-unlock",

@@ -66,7 +66,7 @@ class RunOptions:
     resume: bool = False
     resume_summaries: tuple[str, ...] = field(default_factory=tuple)
     skip_failed: bool = False
-    grace_s: float = 60.0
+    grace_s: float = 20.0
     force_unlock: bool = False
     quarantine_after: int = 3  #: failed attempts in a row, on different chunks, that set a rank aside (0 = never)
     silent_after_s: float = 120.0  #: a rank not heard from for this long is lost

@@ -16,10 +16,10 @@ from badc_mpi.coordinator.health import Health
 from badc_mpi.coordinator.outcome import RunOutcome
 from badc_mpi.coordinator.planning import RunPlan, prepare_plan
 from badc_mpi.coordinator.progress import Progress
-from badc_mpi.coordinator.ranks import RemoteWorkers
+from badc_mpi.coordinator.ranks import GOODBYE_WAIT_S, RemoteWorkers
 from badc_mpi.coordinator.recorder import Recorder
 from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
-from badc_mpi.coordinator.signals import StopSignals
+from badc_mpi.coordinator.stopping import STOP_WAIT_S, StopSignals
 from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
 from badc_mpi.gpu.binding import sharing_warnings
 from badc_mpi.gpu.report import format_binding_table
@@ -149,6 +149,14 @@ class Coordinator:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        """Plan, work, finish; a stop signal at any point (planning included) drains the run."""
+        self.signals.install()
+        try:
+            return self._run()
+        finally:
+            self.signals.restore()
+
+    def _run(self) -> RunOutcome:
         self.prepare()
         plan = self.plan
         assert plan is not None
@@ -178,54 +186,50 @@ class Coordinator:
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
-        self.signals.install()
         progress = Progress(coord.total, interval_s=self.options.progress_interval_s)
         backoff = Backoff(self.options.poll_max_s)
         last_summary = time.monotonic()
         summary_every_s = self.options.summary_interval_s
         drain_deadline: float | None = None
-        try:
-            while not coord.finished and self.fatal is None and self.stopped is None:
-                now = time.time()
-                progressed = self._pump_local(now)
-                while True:
-                    got = self.box.poll(None)
-                    if got is None:
-                        break
-                    progressed = True
-                    self._handle(*got)
-                progressed |= self._dispatch(now)
-                recorder.flush()
-                self.lock.heartbeat()  # type: ignore[union-attr]
-                progressed |= self._check_health(time.monotonic())
-                if self.signals.hurry and drain_deadline is not None:
-                    drain_deadline = min(drain_deadline, time.monotonic())
-                if self.signals.received and drain_deadline is None:
-                    log.warning(
-                        "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
-                        self.signals.received,
-                        self.options.grace_s,
-                        coord.in_flight_count,
-                    )
-                    coord.drain()
-                    drain_deadline = time.monotonic() + self.options.grace_s
-                if drain_deadline is not None and time.monotonic() > drain_deadline:
-                    log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+        while not coord.finished and self.fatal is None and self.stopped is None:
+            if self.signals.received and drain_deadline is None:  # also a signal during planning
+                log.warning(
+                    "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
+                    self.signals.received,
+                    self.options.grace_s,
+                    coord.in_flight_count,
+                )
+                coord.drain()
+                drain_deadline = time.monotonic() + self.options.grace_s
+            if self.signals.hurry and drain_deadline is not None:  # a second signal: no more grace
+                drain_deadline = min(drain_deadline, time.monotonic())
+            if drain_deadline is not None and time.monotonic() > drain_deadline:
+                log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+                break
+            now = time.time()
+            progressed = self._pump_local(now)
+            while True:
+                got = self.box.poll(None)
+                if got is None:
                     break
-                if time.monotonic() - last_summary >= summary_every_s:
-                    t0 = time.monotonic()
-                    recorder.write_summary("running")
-                    spent = time.monotonic() - t0
-                    summary_every_s = max(self.options.summary_interval_s, 20 * spent)
-                    last_summary = time.monotonic()
-                counts = coord.counts()
-                progress.update(coord.final_count, counts["failed"])
-                if progressed:
-                    backoff.reset()
-                else:
-                    backoff.sleep()
-        finally:
-            self.signals.restore()
+                progressed = True
+                self._handle(*got)
+            progressed |= self._dispatch(now)
+            recorder.flush()
+            self.lock.heartbeat()  # type: ignore[union-attr]
+            progressed |= self._check_health(time.monotonic())
+            if time.monotonic() - last_summary >= summary_every_s:
+                t0 = time.monotonic()
+                recorder.write_summary("running")
+                spent = time.monotonic() - t0
+                summary_every_s = max(self.options.summary_interval_s, 20 * spent)
+                last_summary = time.monotonic()
+            counts = coord.counts()
+            progress.update(coord.final_count, counts["failed"])
+            if progressed:
+                backoff.reset()
+            else:
+                backoff.sleep()
         progress.update(coord.final_count, coord.counts()["failed"], force=True)
         progress.close()
         return self.finish()
@@ -378,8 +382,12 @@ class Coordinator:
             code, state = ExitCode.CHUNKS_FAILED, "finished"
         else:
             code, state = ExitCode.OK, "finished"
-        self.local.close()  # type: ignore[union-attr]
-        self.remote.stop_all(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
+        # every rank stops at once (coordinator/stopping.py): the others are told first
+        stop_by = time.monotonic() + STOP_WAIT_S
+        self.remote.send_stop(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
+        self.local.close(timeout_s=STOP_WAIT_S)  # type: ignore[union-attr]
+        hurry = self.signals.received or self.stopped
+        self.remote.await_goodbyes(max(1.0, stop_by - time.monotonic()) if hurry else GOODBYE_WAIT_S)
         self.recorder.close()  # type: ignore[union-attr]
         counts = self.recorder.write_summary(state)  # type: ignore[union-attr]
         self.lock.release()  # type: ignore[union-attr]

@@ -16,12 +16,13 @@ import re
 import shlex
 import signal
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from badc_mpi.errors import UsageError
 from badc_mpi.records import CRASH, EXIT, NO_OUTPUT, TIMEOUT, Binding, Chunk
 from badc_mpi.runners.base import AttemptResult, Runner, Task
-from badc_mpi.runners.process import kill_group
+from badc_mpi.runners.process import die_with_parent, kill_group
 
 PLACEHOLDERS = ("input", "output_dir", "chunk_id", "recording_id", "start_ms", "end_ms")
 RAW_FILES = {"scores2": "scores.csv", "labels1": "HawkEars_labels.csv"}
@@ -96,6 +97,8 @@ class CommandRunner(Runner):
         self.tokens = parse_template(options.template)
         self._env: dict[str, str] = dict(os.environ)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._guard = threading.Lock()  #: between run() starting a process and interrupt()
+        self._stopping = False
 
     def start(self, binding: Binding) -> None:
         self._env = binding.runner_env(dict(os.environ))
@@ -120,19 +123,23 @@ class CommandRunner(Runner):
         err_log = os.path.join(task.scratch_dir, "runner.stderr.log")
         raw = os.path.join(task.scratch_dir, RAW_FILES[self.options.output_format])
         with open(out_log, "wb") as out, open(err_log, "wb") as err:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    env=self._env,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                return AttemptResult(ok=False, failure_class=EXIT, reason=f"cannot start {argv[0]}: {exc}", command=argv)
-            self._proc = proc
+            with self._guard:
+                if self._stopping:
+                    return AttemptResult(ok=False, failure_class=EXIT, reason="not started: the run is stopping", command=argv)
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        env=self._env,
+                        start_new_session=True,
+                        close_fds=True,
+                        preexec_fn=die_with_parent(),  # a prctl only: the child dies with this rank
+                    )
+                except OSError as exc:
+                    return AttemptResult(ok=False, failure_class=EXIT, reason=f"cannot start {argv[0]}: {exc}", command=argv)
+                self._proc = proc
             try:
                 code = proc.wait(timeout=task.timeout_s)
             except subprocess.TimeoutExpired:
@@ -172,7 +179,10 @@ class CommandRunner(Runner):
         return [proc.pid] if proc is not None else []
 
     def interrupt(self) -> None:
-        proc = self._proc
+        """From another thread (the run stops): kill what runs now and start nothing more."""
+        with self._guard:
+            self._stopping = True
+            proc = self._proc
         if proc is not None:
             kill_group(proc, grace_s=0)
 

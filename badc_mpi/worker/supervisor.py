@@ -34,6 +34,7 @@ log = get_logger(__name__)
 
 FAST_ATTEMPT_S = 0.005  #: attempts shorter than this (on average) are latency-bound
 MAX_WINDOW = 8  #: never more than this many chunks in flight per worker
+CLOSE_WAIT_S = 5.0  #: on close, how long the interrupted attempt may take to end
 
 
 class Supervisor:
@@ -105,8 +106,10 @@ class Supervisor:
             except IndexError:
                 return out
 
-    def close(self) -> None:
-        """Stop the thread after the current attempt and close the runner."""
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Interrupt the runner (what runs now is killed, a model load included), stop the thread
+        and close the runner. Waits at most ``timeout_s`` for the thread: a stopping run must fit
+        SLURM's KillWait, and the thread is a daemon."""
         if self._thread is not None:
             # drop queued tasks: on close the loop is done with them (final or interrupted)
             try:
@@ -116,7 +119,9 @@ class Supervisor:
                 pass
             self._tasks.put(None)
             self.runner_interrupt()
-            self._thread.join(timeout=60)
+            self._thread.join(timeout=max(0.0, timeout_s))
+            if self._thread.is_alive():
+                log.warning("the %s runner's attempt did not end within %.0f s of the stop", self.runner.name, timeout_s)
         try:
             self.runner.close()
         except Exception:  # noqa: BLE001 - closing must not mask the run's outcome

@@ -21,9 +21,9 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,13 @@ from badc_mpi.runners.hawkears.options import (
     worker_argv,
 )
 from badc_mpi.runners.hawkears.process import WorkerProcess, spawn_worker
-from badc_mpi.runners.process import signame
+from badc_mpi.runners.process import signal_group, signame
 
 log = get_logger(__name__)
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("resident.py")
 _STDERR_LINES = 300
+QUIT_WAIT_S = 5.0  #: at the end of a run, how long the worker may take to quit before its group is killed
 
 
 def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None = None) -> HawkearsRunner:
@@ -81,6 +82,9 @@ class HawkearsRunner(Runner):
         self._cfg_path: str | None = None
         self._low_band = options.low_band
         self._worker: WorkerProcess | None = None
+        self._starting: WorkerProcess | None = None  #: a worker not yet ready (loading models)
+        self._stopping = False  #: set by interrupt()/close(): start nothing more
+        self._guard = threading.Lock()  #: between the attempt thread and interrupt()/close()
         self._cli_pid: int | None = None
         self._ring: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         self._log_path: str | None = None
@@ -124,9 +128,12 @@ class HawkearsRunner(Runner):
             self._cfg_path = self._write_config()
             if self.options.mode == "resident":
                 error = self._start_worker()
-                if error:
+                if error and self._stopping:
+                    log.info("HawkEars worker start interrupted: the run is stopping")
+                elif error:
                     raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
-                check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
+                else:
+                    check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
             else:
                 self.hawkears_version = self._query_version()
         except BaseException:
@@ -292,7 +299,14 @@ class HawkearsRunner(Runner):
         result.metrics.update(worker_starts=self.worker_starts)
 
         def running(pid: int | None) -> None:
-            self._cli_pid = pid
+            with self._guard:
+                self._cli_pid = pid
+                stopping = self._stopping
+            if pid and stopping:  # interrupt() came between the start and now
+                signal_group(pid)
+
+        if self._stopping:
+            return fail(result, EXIT, "not started: the run is stopping")
 
         return run_cli_attempt(
             argv,
@@ -307,36 +321,33 @@ class HawkearsRunner(Runner):
     # --------------------------------------------------------- worker process
     def _start_worker(self) -> str | None:
         """Start the resident worker and wait for its hello; an error message on failure."""
-        argv = [self.python, str(WORKER_SCRIPT), *self.worker_options()]
+        argv = [self.python, str(WORKER_SCRIPT), *self.worker_options(), "--parent-pid", str(os.getpid())]
         if self.worker_starts:
             self._ring.append(f"--- restarting the HawkEars worker (start {self.worker_starts + 1}) ---")
-        try:
-            worker = spawn_worker(argv, cwd=self.data_root.path, env=self._env, ring=self._ring, log_path=self._log_path)
-        except OSError as exc:
-            return f"cannot run {self.python}: {exc}"
+        with self._guard:  # interrupt() either sees this worker as starting, or stops it being started
+            if self._stopping:
+                return "not started: the run is stopping"
+            try:
+                worker = spawn_worker(argv, cwd=self.data_root.path, env=self._env, ring=self._ring, log_path=self._log_path)
+            except OSError as exc:
+                return f"cannot run {self.python}: {exc}"
+            self._starting = worker
         proc = worker.proc
         self.worker_starts += 1
         begin = time.monotonic()
-        line = worker.read_line(begin + self.options.start_timeout_s)
-        if line in ("timeout", "eof"):
-            worker.kill()
-            what = (
-                f"no hello within {self.options.start_timeout_s:g} s"
-                if line == "timeout"
-                else f"exited with status {proc.returncode}"
-            )
-            return f"{what}\n{self.stderr_tail()}"
-        try:
-            hello = json.loads(line)
-        except ValueError:
-            worker.kill()
-            return f"bad hello {line[:300]!r}\n{self.stderr_tail()}"
-        if not hello.get("ok"):
-            worker.kill()
-            return f"{hello.get('message')}\n{self.stderr_tail()}"
-        worker.hello = hello
+        error = worker.await_hello(self.options.start_timeout_s)  # interrupt()/close() end this wait at once
+        with self._guard:
+            self._starting = None
+            stopping = self._stopping
+            if not error and not stopping:
+                self._worker = worker
+        if stopping:
+            worker.kill(grace_s=0)
+            return "not started: the run is stopping"
+        if error:
+            return f"{error}\n{self.stderr_tail()}"
+        hello = worker.hello
         self.hawkears_version = hello.get("hawkears_version")
-        self._worker = worker
         log.info(
             "HawkEars worker pid %d ready in %.1f s (%s, models %s, low-band %s, start %d)",
             proc.pid,
@@ -379,13 +390,16 @@ class HawkearsRunner(Runner):
         return pids + ([cli_pid] if cli_pid else [])
 
     def interrupt(self) -> None:
-        """From another thread (shutdown): kill what runs now; run() then returns a crash."""
-        worker, cli_pid = self._worker, self._cli_pid
-        for pid in ([worker.proc.pid] if worker is not None else []) + ([cli_pid] if cli_pid else []):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """From another thread (the run stops): kill what runs now (a worker still loading models
+        included) and start nothing more; run() then returns a failure, a start an error."""
+        with self._guard:
+            self._stopping = True
+            running = [w for w in (self._worker, self._starting) if w is not None]
+            cli_pid = self._cli_pid
+        for worker in running:
+            signal_group(worker.proc.pid)  # the thread waiting on it reaps it
+        if cli_pid:
+            signal_group(cli_pid)
 
     def describe(self) -> dict[str, Any]:
         hello = self._worker.hello if self._worker else {}
@@ -407,16 +421,24 @@ class HawkearsRunner(Runner):
         }
 
     def close(self) -> None:
-        worker, self._worker = self._worker, None
+        """End the worker's whole process group: politely (quit, then SIGTERM, SIGKILL) at the end
+        of a run, at once after :meth:`interrupt`. A worker still loading models is killed."""
+        with self._guard:
+            interrupted, self._stopping = self._stopping, True
+            worker, self._worker = self._worker, None
+            starting = self._starting
+        if starting is not None:
+            signal_group(starting.proc.pid)  # its starting thread reaps it
         if worker is not None:
-            try:
-                assert worker.proc.stdin is not None
-                worker.proc.stdin.write(b'{"op": "quit"}\n')
-                worker.proc.stdin.close()
-                worker.proc.wait(timeout=10)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
-            worker.kill(grace_s=2.0)
+            if not interrupted:
+                try:
+                    assert worker.proc.stdin is not None
+                    worker.proc.stdin.write(b'{"op": "quit"}\n')
+                    worker.proc.stdin.close()
+                    worker.proc.wait(timeout=QUIT_WAIT_S)
+                except (OSError, ValueError, subprocess.TimeoutExpired):
+                    pass
+            worker.kill(grace_s=0.0, reap_s=2.0) if interrupted else worker.kill(grace_s=2.0)
         self._cleanup_tmp()
 
     def _cleanup_tmp(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from badc_mpi.records import CRASH, EXIT, INPUT, NO_OUTPUT, TIMEOUT
 from badc_mpi.runners.base import AttemptResult, Task
-from badc_mpi.runners.process import kill_group, signame
+from badc_mpi.runners.process import die_with_parent, kill_group, signame
 
 TAIL_CHARS = 4000  #: of stderr, in failure reasons
 INPUT_ERROR_MARKERS = (
@@ -61,6 +61,7 @@ def run_cli_attempt(
             cwd=cwd,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # a prctl only: `hawkears analyze` dies with this rank
         )
         result.pid = proc.pid
         running(proc.pid)

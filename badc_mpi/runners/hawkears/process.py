@@ -10,6 +10,7 @@ request/reply protocol on top of these lines lives in ``adapter.py``.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import select
 import subprocess
@@ -17,7 +18,7 @@ import threading
 import time
 from typing import IO, Any
 
-from badc_mpi.runners.process import kill_group
+from badc_mpi.runners.process import die_with_parent, kill_group
 
 
 class StderrPump(threading.Thread):
@@ -71,9 +72,31 @@ class WorkerProcess:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line
 
-    def kill(self, grace_s: float = 3.0) -> None:
+    def await_hello(self, timeout_s: float) -> str | None:
+        """Wait for the worker's hello (models loaded): None when it is ready (``self.hello`` set),
+        else what went wrong, the worker then killed. Killing the worker's group from another
+        thread ends the wait at once (its stdout closes)."""
+        try:
+            line = self.read_line(time.monotonic() + timeout_s)
+        except OSError:  # the pipe closed under us
+            line = "eof"
+        if isinstance(line, str):
+            self.kill()
+            return f"no hello within {timeout_s:g} s" if line == "timeout" else f"exited with status {self.proc.returncode}"
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            self.kill()
+            return f"bad hello {line[:300]!r}"
+        if not hello.get("ok"):
+            self.kill()
+            return str(hello.get("message"))
+        self.hello = hello
+        return None
+
+    def kill(self, grace_s: float = 3.0, reap_s: float = 10.0) -> None:
         """SIGTERM then SIGKILL to the whole process group; reap; let the stderr pump finish."""
-        kill_group(self.proc, grace_s)
+        kill_group(self.proc, grace_s, reap_s)
         self.close_pipes()
 
     def close_pipes(self) -> None:
@@ -98,6 +121,7 @@ def spawn_worker(
         cwd=cwd,
         env=env,
         start_new_session=True,
+        preexec_fn=die_with_parent(),  # a prctl only: the worker dies with this rank (it also asks itself)
     )
     assert proc.stderr is not None
     pump = StderrPump(proc.stderr, ring, log_path)

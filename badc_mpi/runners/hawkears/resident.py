@@ -26,6 +26,7 @@ low-band models), checkpoints read for class names, and the occurrence database.
 Predictor is reset to its freshly-constructed audio state before reuse.
 
 The version HawkEars must have comes from the runner (``--require-version``), which owns it.
+Stopping: it dies with its rank (:func:`tie_to_parent`) and exits promptly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import wave
@@ -46,6 +49,45 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 _STATS = {"decode_s": 0.0}
+STOP_GRACE_S = 2.0  #: after SIGTERM/SIGINT, how long a clean exit may take before a hard one
+
+
+def tie_to_parent(parent_pid: int | None) -> None:
+    """First thing: die (SIGKILL) with the parent (the rank); exit now if it is already gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG, Linux only
+    except (OSError, AttributeError, TypeError):
+        pass
+    if parent_pid and os.getppid() != parent_pid:
+        sys.stderr.write(f"hawkears-worker: parent {parent_pid} is gone; exiting\n")
+        os._exit(1)
+
+
+def exit_on_stop_signals() -> None:
+    """SIGTERM/SIGINT: SystemExit(128+signal) in the main thread (finally blocks run); a watchdog
+    woken by the C-level handler itself (whatever the main thread does) hard-exits if that is slow."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))  # a forked child's signals are its own
+    stops = (signal.SIGTERM, signal.SIGINT)
+
+    def handler(signum: int, _frame: object) -> None:
+        sys.stderr.write(f"hawkears-worker: {signal.Signals(signum).name} received; exiting\n")
+        raise SystemExit(128 + signum)
+
+    def watchdog() -> None:
+        hit: list[int] = []
+        while not hit:
+            hit = [b for b in os.read(wake_r, 64) if b in stops]
+        time.sleep(STOP_GRACE_S)
+        os._exit(128 + hit[0])
+
+    for sig in stops:
+        signal.signal(sig, handler)
+    threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,6 +107,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exclude", default=None)
     p.add_argument("--seg", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit at once if the parent is not this process")
     p.add_argument(
         "--merge-config",
         nargs=3,
@@ -366,6 +409,8 @@ class Resident:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    tie_to_parent(args.parent_pid)
+    exit_on_stop_signals()
     if args.merge_config:
         merge_config(*args.merge_config)
         return 0
