@@ -208,7 +208,7 @@ def hawkears() -> tuple[str, str]:
 
     try:
         python = hawkears_env.find_hawkears_python()
-        root = hawkears_env.resolve_data_root(python=python)
+        root = hawkears_env.describe_data_root(hawkears_env.tiny_data_root(python=python), "cli")  # pinned
     except BadcError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
             pytest.skip(f"HawkEars not set up: {exc}")
@@ -220,7 +220,7 @@ def hawkears() -> tuple[str, str]:
 @pytest.mark.parametrize("how", STOPS)
 def test_no_hawkears_worker_outlives_a_stop_during_model_loading(tmp_path, hawkears, how):
     manifest = make_dataset(tmp_path, 1, 2, seconds=6.0, sample_rate=22050)
-    job = Job(run_args(manifest, tmp_path, "--models", "1"), tmp_path, tmp_path / "job.log")
+    job = Job(run_args(manifest, tmp_path, "--models", "1", "--hawkears-data-root", hawkears[1]), tmp_path, tmp_path / "job.log")
     try:
         job.wait_for(lambda j: len(j.residents()) >= 2)  # both ranks' workers started, loading models
         time.sleep(0.5)
