@@ -189,6 +189,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "that follows, within SLURM's default KillWait of 30 s); a second signal stops at once",
     )
     g.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="with --resume: run again the chunks earlier runs did with other settings (HawkEars or model "
+        "version, --min-score, --label, region/date options, species lists, runner); without it or "
+        "--accept-mixed such a resume stops with exit 2 naming what differs",
+    )
+    g.add_argument(
+        "--accept-mixed",
+        action="store_true",
+        help="with --resume: keep the chunks earlier runs did with other settings (results then mix settings)",
+    )
+    g.add_argument(
         "--force-unlock",
         action="store_true",
         help="take over the output directory's lock even if held by a process on another host",
@@ -260,6 +272,8 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         resume=args.resume,
         resume_summaries=tuple(args.resume_summary),
         skip_failed=args.skip_failed,
+        rerun_changed=args.rerun_changed,
+        accept_mixed=args.accept_mixed,
         grace_s=args.grace_s,
         force_unlock=args.force_unlock,
         quarantine_after=args.quarantine_after,

@@ -66,6 +66,8 @@ class RunOptions:
     resume: bool = False
     resume_summaries: tuple[str, ...] = field(default_factory=tuple)
     skip_failed: bool = False
+    rerun_changed: bool = False  #: resume: rerun chunks done with other settings
+    accept_mixed: bool = False  #: resume: keep chunks done with other settings
     grace_s: float = 20.0
     force_unlock: bool = False
     quarantine_after: int = 3  #: failed attempts in a row, on different chunks, that set a rank aside (0 = never)
@@ -97,6 +99,11 @@ class RunOptions:
                 "use 0 for immediate retries",
             ),
             (self.grace_s >= 0, "--grace-s must be >= 0", "use 0 to stop at once"),
+            (
+                not (self.rerun_changed and self.accept_mixed),
+                "--rerun-changed and --accept-mixed exclude each other",
+                "choose one",
+            ),
             (self.quarantine_after >= 0, "--quarantine-after must be >= 0", "use 0 to never set a rank aside"),
             (self.silent_after_s > 0, "--silent-after-s must be > 0", "the default is 120"),
             (self.deadline_margin_s >= 0, "--deadline-margin-s must be >= 0", "the default is 60"),

@@ -80,7 +80,7 @@ def main() -> int:
         writer.close()
         chunks = load_manifest(manifest, check_sources=False).chunks
         t0 = time.perf_counter()
-        state = load_state(summaries=[], telemetry_dir=str(tel), manifests=[str(manifest)], output_dir=str(out), discover=True)
+        state = load_state(summaries=[], telemetry_dir=str(tel), output_dir=str(out), discover=True)
         t_read = time.perf_counter() - t0
         decision = decide(chunks, state, output_dir=str(out), skip_failed=False, verify_outputs=not args.no_verify_outputs)
         total = time.perf_counter() - t0

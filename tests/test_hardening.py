@@ -220,3 +220,28 @@ def test_a_rank_that_never_joins_is_lost_at_start_up(tmp_path):
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
     (lost,) = [w for w in summary["workers"].values() if w["status"] != "ok"]
     assert lost["status"] == "lost" and "did not join" in lost["note"]
+
+
+def test_resume_never_mixes_settings_silently_and_finds_work_under_any_manifest_name(tmp_path):
+    manifest = make_dataset(tmp_path, 2, 3, seconds=0.2)
+    first = run_badc(command_args(manifest, tmp_path), np=2)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the same chunks under another manifest name: earlier work is found by output folder and keys
+    renamed = manifest.with_name("renamed.csv")
+    renamed.write_text(manifest.read_text())
+    again = run_badc(command_args(renamed, tmp_path, "--resume"), np=2)
+    assert again.returncode == 0 and "6 skipped" in again.stdout, again.stdout + again.stderr[-2000:]
+    # other settings (here the runner's command; for HawkEars: versions, models, --min-score, ...)
+    changed = f"{FAKE_CMD} --min-score 0.5"
+    refused = run_badc(command_args(manifest, tmp_path, "--resume", cmd=changed), np=2)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("badc-mpi: error")]
+    assert len(errors) == 1 and "done with other settings" in errors[0] and "template" in errors[0]
+    assert "--rerun-changed" in errors[0] and "--accept-mixed" in errors[0]
+    kept = run_badc(command_args(manifest, tmp_path, "--resume", "--accept-mixed", cmd=changed), np=2)
+    assert kept.returncode == 0 and "6 kept although done with other settings" in kept.stdout, kept.stderr[-2000:]
+    rerun = run_badc(command_args(manifest, tmp_path, "--resume", "--rerun-changed", cmd=changed), np=2)
+    assert rerun.returncode == 0 and "6 rerun because they were done with other settings" in rerun.stdout
+    # and now the new settings' run is the one found: a plain resume with them skips everything
+    plain = run_badc(command_args(manifest, tmp_path, "--resume", cmd=changed), np=2)
+    assert plain.returncode == 0 and "6 skipped" in plain.stdout, plain.stderr[-2000:]

@@ -205,3 +205,22 @@ def test_pending_summary_entry_template_matches_the_full_encoder(sha):
     from helpers import make_chunk
 
     assert sm.pending_json(sha) == sm.entry_json(ChunkState(make_chunk(sha256=sha)))
+
+
+def test_resume_refuses_a_ledger_without_fingerprint_unless_told(tmp_path):
+    from badc_mpi.coordinator.resume import ResumeState, decide
+    from badc_mpi.errors import StateError
+
+    from helpers import make_chunk
+
+    chunk = make_chunk()
+    rec = ("success", None, False, 1, None, "", "2026-11-01T00:00:00Z", "old-run")
+    state = ResumeState(records={chunk.key: rec}, sources=["old.ledger.jsonl"], fingerprints={"old-run": None})
+    now = {"runner": "hawkears", "min_score": 0.5}
+    with pytest.raises(StateError, match="older badc-mpi"):
+        decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now)
+    assert decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now, on_change="accept").skipped == 1
+    rerun = decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now, on_change="rerun")
+    assert rerun.to_run == [chunk] and rerun.changed_settings == 1
+    same = ResumeState(records={chunk.key: rec}, sources=["x"], fingerprints={"old-run": dict(now)})
+    assert decide([chunk], same, output_dir=str(tmp_path), skip_failed=False, fingerprint=now).skipped == 1

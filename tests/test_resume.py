@@ -32,6 +32,8 @@ from helpers import (
 )
 
 FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
+#: 0.2 s a chunk: the kill -9 test's 300 chunks outlast its ten seeded kills (1.1 s each on average)
+SLOWER = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.2")
 
 
 def run_args(manifest: Path, root: Path, *extra: str) -> list[str]:
@@ -74,8 +76,7 @@ def kill_run(manifest: Path, root: Path, target: str, delay_s: float) -> Path:
     chunk started, and return the killed run's telemetry file. Only this run's own processes (every
     process seen below its mpiexec while it ran) are signalled."""
     args = run_args(manifest, root, "--resume")
-    # 0.2 s a chunk: 300 chunks outlast the ten seeded kills (1.1 s each on average) on any machine
-    args[args.index("--runner-cmd") + 1] = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.2")
+    args[args.index("--runner-cmd") + 1] = SLOWER
     cmd = [MPIEXEC, "-n", "3", PYTHON, "-m", "badc_mpi", *args]
     before = set(telemetry_files(root / "tel")) if (root / "tel").exists() else set()
     log_path = root / f"kill-{target}-{time.monotonic_ns()}.log"
@@ -163,7 +164,9 @@ def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_onl
     targets = ["rank0", "worker", "mpiexec"]
     moments = [(targets[i % 3], rng.uniform(0.2, 2.0)) for i in range(10)]
     killed = [kill_run(manifest, tmp_path, target, delay) for target, delay in moments]
-    final = run_badc(run_args(manifest, tmp_path, "--resume"), np=3, cwd=tmp_path, timeout_s=150)
+    final_args = run_args(manifest, tmp_path, "--resume")
+    final_args[final_args.index("--runner-cmd") + 1] = SLOWER  # the killed runs' settings: nothing to rerun
+    final = run_badc(final_args, np=3, cwd=tmp_path, timeout_s=150)
     assert final.returncode == 0, final.stderr[-3000:]
     runs = all_runs(tmp_path / "tel")
     assert len(runs) == len(moments) + 1  # each killed run started a chunk, so wrote telemetry

@@ -100,6 +100,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     ropts = runner_options(options)
     probe = build_runner(kind, ropts)  # validates templates, finds HawkEars' environment
     described = probe.describe()
+    fingerprint = probe.fingerprint()
     probe.close()
     chunks = [c for m in manifests for c in m.chunks]
     missing = {c.key for m in manifests for c in m.missing}
@@ -108,7 +109,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     if options.resume or options.resume_summaries:
         from badc_mpi.coordinator.resume import apply_resume
 
-        chunks, carried, resume_note = apply_resume(chunks, manifest_paths, loc, options)
+        chunks, carried, resume_note = apply_resume(chunks, loc, options, fingerprint)
     ordered = order_chunks(chunks, options.order)
     unavailable = [(c, input_problem(c.input_path) or "input missing") for c in ordered if c.key in missing]
     now = time.time()
@@ -134,6 +135,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         "ledger": str(tel.sidecar(tpath, LEDGER_SUFFIX)),
         "resumed_from": list(options.resume_summaries) if options.resume_summaries else None,
         "runner": described,
+        "fingerprint": fingerprint,
         "options": options.public(),
     }
     return RunPlan(

@@ -25,7 +25,9 @@ class Recorder:
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
         self.ledger = ledger_mod.LedgerWriter(
             plan.ledger_path,
-            ledger_mod.header_record(run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"]),
+            ledger_mod.header_record(
+                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"]
+            ),
         )
         self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
         self._carried: list[tuple[str, str]] | None = None

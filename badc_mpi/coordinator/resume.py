@@ -1,8 +1,15 @@
 """Resume: which chunks earlier runs finished, so a rerun does only what is left.
 
 State comes from ledgers (the truth) and, with ``--resume-summary``, from named summaries (a
-snapshot) overlaid with their runs' ledgers. ``--resume`` finds every earlier run of the same
-manifest(s) with the same output folder in the telemetry folder. Later records win.
+snapshot) overlaid with their runs' ledgers. ``--resume`` finds every earlier run with the same
+output folder in the telemetry folder, whatever its manifests were called or where they lay (a
+renamed or re-mounted manifest, a retry through ``X.failed.csv``): chunks are matched by key.
+Later records win.
+
+Results are never mixed silently: every run records the fingerprint of what determines its
+detections (HawkEars and model versions, options, species lists); a chunk done by a run with
+another fingerprint stops the resume with exit 2 naming what differs, unless ``--rerun-changed``
+(run such chunks again) or ``--accept-mixed`` (keep them).
 
 A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
 (when the manifest has one) and its detections file still exists; ``failed`` chunks run again
@@ -45,6 +52,7 @@ class ResumeState:
     records: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: key -> ledger.RECORD_FIELDS values
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
+    fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
 
 
 @dataclass
@@ -55,6 +63,8 @@ class ResumeDecision:
     orphans: int
     changed_hash: int
     missing_outputs: int
+    changed_settings: int = 0  #: done with another fingerprint, run again (--rerun-changed)
+    mixed: int = 0  #: done with another fingerprint, kept (--accept-mixed)
 
     def note(self) -> str:
         parts = [
@@ -65,6 +75,10 @@ class ResumeDecision:
             parts.append(f"{self.changed_hash} rerun because their sha256 changed")
         if self.missing_outputs:
             parts.append(f"{self.missing_outputs} rerun because their outputs are gone")
+        if self.changed_settings:
+            parts.append(f"{self.changed_settings} rerun because they were done with other settings")
+        if self.mixed:
+            parts.append(f"{self.mixed} kept although done with other settings (--accept-mixed)")
         return "; ".join(parts)
 
 
@@ -75,8 +89,9 @@ def _summary_error(path: str, why: str) -> StateError:
     )
 
 
-def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | None]:
-    """A summary's chunk entries as compact records, and its run's ledger path (if recorded)."""
+def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | None, dict[str, Any]]:
+    """A summary's chunk entries as compact records, its run's ledger path (if recorded), and the
+    document's head (run id, fingerprint, ...)."""
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -104,7 +119,8 @@ def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | Non
             e.get("finished_at"),
             e.get("run_id", run_id),
         )
-    return out, doc.get("ledger")
+    head = {k: v for k, v in doc.items() if k != "chunks"}
+    return out, doc.get("ledger"), head
 
 
 def _overlay_ledger(state: ResumeState, path: str) -> None:
@@ -114,11 +130,12 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
         state.torn.append(path)
     state.records.update(contents.records)
     state.sources.append(path)
+    if contents.header.get("run_id"):
+        state.fingerprints[contents.header["run_id"]] = contents.header.get("fingerprint")
 
 
-def find_run_ledgers(telemetry_dir: str, manifests: list[str], output_dir: str) -> list[str]:
-    """Ledgers of earlier runs of the same manifest set and output folder, oldest first."""
-    want = sorted(os.path.abspath(m) for m in manifests)
+def find_run_ledgers(telemetry_dir: str, output_dir: str) -> list[str]:
+    """Ledgers of earlier runs into the same output folder, oldest first (any manifests)."""
     found = []
     for path in sorted(Path(telemetry_dir).glob(f"*{LEDGER_SUFFIX}")):
         try:
@@ -129,33 +146,60 @@ def find_run_ledgers(telemetry_dir: str, manifests: list[str], output_dir: str) 
                 f"{path}, line 1: unreadable ledger header ({exc})",
                 fix="move the damaged ledger aside (its run's chunks then run again)",
             ) from exc
-        if sorted(header.get("manifests", [])) == want and header.get("output_dir") == os.path.abspath(output_dir):
+        if header.get("output_dir") == os.path.abspath(output_dir):
             found.append((header.get("created_at") or "", str(path)))
     return [p for _, p in sorted(found)]
 
 
-def load_state(
-    *, summaries: Iterable[str], telemetry_dir: str | None, manifests: list[str], output_dir: str, discover: bool
-) -> ResumeState:
+def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_dir: str, discover: bool) -> ResumeState:
     state = ResumeState()
     for summary in summaries:
-        records, ledger_path = read_summary_state(summary)
+        records, ledger_path, head = read_summary_state(summary)
         state.records.update(records)
         state.sources.append(summary)
+        if head.get("run_id"):
+            state.fingerprints[head["run_id"]] = head.get("fingerprint")
+        # chunks that run carried from earlier runs were checked against its own settings (unless it
+        # was told --accept-mixed): its fingerprint vouches for them, until their own ledgers say more
+        vouch = head.get("fingerprint") if not (head.get("options") or {}).get("accept_mixed") else None
+        if vouch is not None:
+            for rec in records.values():
+                state.fingerprints.setdefault(rec[RUN], vouch)
         if ledger_path and os.path.exists(ledger_path):
             _overlay_ledger(state, ledger_path)
     if discover and telemetry_dir and os.path.isdir(telemetry_dir):
-        for ledger_path in find_run_ledgers(telemetry_dir, manifests, output_dir):
+        for ledger_path in find_run_ledgers(telemetry_dir, output_dir):
             if ledger_path not in state.sources:
                 _overlay_ledger(state, ledger_path)
     return state
 
 
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between two runs' fingerprints, one ``key: old -> new`` each (pure)."""
+    if old is None:
+        return ["fingerprint: none recorded (a run of an older badc-mpi) -> " + ", ".join(f"{k}={v}" for k, v in new.items())]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def decide(
-    chunks: list[Chunk], state: ResumeState, *, output_dir: str, skip_failed: bool, verify_outputs: bool = True
+    chunks: list[Chunk],
+    state: ResumeState,
+    *,
+    output_dir: str,
+    skip_failed: bool,
+    verify_outputs: bool = True,
+    fingerprint: dict[str, Any] | None = None,
+    on_change: str = "refuse",
 ) -> ResumeDecision:
-    """Split the manifest's chunks into to-run and skipped (carried into the new summary)."""
+    """Split the manifest's chunks into to-run and skipped (carried into the new summary).
+
+    A chunk done by a run whose fingerprint differs from ``fingerprint``: ``on_change`` is
+    ``refuse`` (StateError naming what differs), ``rerun`` or ``accept``."""
     records = state.records
+    differs = {run: fingerprint_changes(fp, fingerprint) for run, fp in state.fingerprints.items()} if fingerprint else {}
+    differs = {run: changes for run, changes in differs.items() if changes}
+    stale_runs: dict[str, int] = {}
+    rerun_changed = mixed = 0
     listings: dict[str, set[str]] = {}
 
     def has_detections(chunk: Chunk) -> bool:  # one listing per recording folder, not a stat per chunk
@@ -189,12 +233,28 @@ def decide(
                 missing += 1
                 to_run.append(chunk)
                 continue
+            if fingerprint is not None and (rec[RUN] in differs or rec[RUN] not in state.fingerprints):
+                stale_runs[rec[RUN]] = stale_runs.get(rec[RUN], 0) + 1
+                if on_change == "rerun":
+                    rerun_changed += 1
+                    to_run.append(chunk)
+                    continue
+                mixed += 1
         elif not skip_failed:
             to_run.append(chunk)
             continue
         carried[key] = rec
     orphans = len(records) - seen
-    return ResumeDecision(to_run, carried, len(carried), orphans, changed, missing)
+    if stale_runs and on_change == "refuse":
+        run, count = max(stale_runs.items(), key=lambda item: item[1])
+        what = "; ".join(differs.get(run, ["no fingerprint found for that run"])[:4])
+        raise StateError(
+            f"--resume would keep {sum(stale_runs.values())} chunk(s) done with other settings "
+            f"(run {run}, {count} chunk(s): {what})",
+            fix="pass --rerun-changed to run them again with these settings, or --accept-mixed to keep them "
+            "(the results then mix settings)",
+        )
+    return ResumeDecision(to_run, carried, len(carried), orphans, changed, missing, rerun_changed, mixed)
 
 
 def carried_entry(rec: tuple[Any, ...]) -> dict[str, Any]:
@@ -213,24 +273,30 @@ def carried_entry(rec: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def apply_resume(
-    chunks: list[Chunk], manifest_paths: list[str], loc: Any, options: Any
+    chunks: list[Chunk], loc: Any, options: Any, fingerprint: dict[str, Any] | None = None
 ) -> tuple[list[Any], dict[str, tuple[Any, ...]], str]:
     """The planning hook: (chunks to run, carried summary entries, a one-line note)."""
     state = load_state(
         summaries=options.resume_summaries,
         telemetry_dir=loc.telemetry_dir,
-        manifests=[os.path.abspath(m) for m in manifest_paths],
         output_dir=os.path.abspath(loc.output_dir),
         discover=options.resume,
     )
     if not state.sources:
         log.warning(
-            "resume: no earlier run of %s with output folder %s found in %s; running everything",
-            ", ".join(manifest_paths),
+            "resume: no earlier run with output folder %s found in %s; running everything",
             loc.output_dir,
             loc.telemetry_dir,
         )
-    decision = decide(chunks, state, output_dir=os.path.abspath(loc.output_dir), skip_failed=options.skip_failed)
+    on_change = "rerun" if options.rerun_changed else "accept" if options.accept_mixed else "refuse"
+    decision = decide(
+        chunks,
+        state,
+        output_dir=os.path.abspath(loc.output_dir),
+        skip_failed=options.skip_failed,
+        fingerprint=fingerprint,
+        on_change=on_change,
+    )
     note = decision.note()
     log.info("%s (state from %d file(s))", note, len(state.sources))
     return decision.to_run, decision.carried, note

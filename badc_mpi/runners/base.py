@@ -77,5 +77,10 @@ class Runner(abc.ABC):
         """Static facts for telemetry/summary (runner name, versions, options)."""
         return {"runner": self.name}
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines this runner's detections (versions, models, options, file
+        contents), JSON-friendly: resume refuses to mix results of runs whose fingerprints differ."""
+        return {"runner": self.name}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Called once at the end; must not leave child processes behind."""

@@ -188,3 +188,6 @@ class CommandRunner(Runner):
 
     def describe(self) -> dict[str, object]:
         return {"runner": self.name, "template": self.options.template, "output_format": self.options.output_format}
+
+    def fingerprint(self) -> dict[str, object]:
+        return self.describe()

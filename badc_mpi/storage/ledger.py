@@ -29,13 +29,18 @@ LEDGER_SUFFIX = ".ledger.jsonl"
 SYNC_INTERVAL_S = 0.1
 
 
-def header_record(run_id: str, manifests: list[str], output_dir: str, created_at: str | None) -> dict[str, Any]:
+def header_record(
+    run_id: str, manifests: list[str], output_dir: str, created_at: str | None, fingerprint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The first line: the run, its manifests and output folder, and the fingerprint of what
+    determines its detections (resume compares it)."""
     return {
         "ledger": LEDGER_SCHEMA,
         "run_id": run_id,
         "manifests": manifests,
         "output_dir": output_dir,
         "created_at": created_at,
+        "fingerprint": fingerprint,
     }
 
 

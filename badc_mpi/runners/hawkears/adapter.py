@@ -420,6 +420,23 @@ class HawkearsRunner(Runner):
             "options": dataclasses.asdict(self.options),
         }
 
+    def fingerprint(self) -> dict[str, Any]:
+        """HawkEars' version, the models' checkpoint hashes, and every option that changes detections
+        (not the mode, threads or logs: the resident process and the CLI give the same output)."""
+        o = self.options
+        files = {name: file_sha12(getattr(o, name)) for name in ("include", "exclude", "config")}
+        version = self.hawkears_version or self._query_version()
+        return {
+            "runner": self.name,
+            "hawkears_version": version,
+            "model_version": self.data_root.model_version,
+            **{
+                name: getattr(o, name)
+                for name in ("min_score", "models", "low_band", "label", "region", "lat", "lon", "date", "seg")
+            },
+            **files,
+        }
+
     def close(self) -> None:
         """End the worker's whole process group: politely (quit, then SIGTERM, SIGKILL) at the end
         of a run, at once after :meth:`interrupt`. A worker still loading models is killed."""
@@ -465,3 +482,8 @@ def check_device(device: str, binding: Binding) -> None:
             f"HawkEars runs on {device} although {binding.worker} is a CPU rank",
             fix="report this: the rank's CUDA_VISIBLE_DEVICES should hide every GPU",
         )
+
+
+def file_sha12(path: str | None) -> str | None:
+    """``name:sha12`` of a file's content (a species list, a config), None without one."""
+    return f"{os.path.basename(path)}:{hawkears_env.file_sha12(Path(path))}" if path else None

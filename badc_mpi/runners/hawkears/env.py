@@ -172,7 +172,8 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.ckpt") if p.is_file()) if folder.is_dir() else []
 
 
-def _sha12(path: Path) -> str:
+def file_sha12(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256 (checkpoints, species lists, configs)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(1 << 20):
@@ -194,7 +195,7 @@ def describe_data_root(path: str | os.PathLike[str], source: str) -> DataRoot:
     is_tiny = (root / TINY_MARKER).exists()
 
     def ids(ckpts: list[Path]) -> str:
-        return ",".join(f"{p.name}:{_sha12(p)}" for p in ckpts)
+        return ",".join(f"{p.name}:{file_sha12(p)}" for p in ckpts)
 
     version = f"main=[{ids(main)}];low_band=[{ids(low)}]"
     return DataRoot(
