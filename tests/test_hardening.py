@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from helpers import FAKE_CMD, MPIEXEC, PYTHON, descendants, make_dataset, read_jsonl, run_badc, sidecar, telemetry_files
 
 
@@ -245,3 +247,58 @@ def test_resume_never_mixes_settings_silently_and_finds_work_under_any_manifest_
     # and now the new settings' run is the one found: a plain resume with them skips everything
     plain = run_badc(command_args(manifest, tmp_path, "--resume", cmd=changed), np=2)
     assert plain.returncode == 0 and "6 skipped" in plain.stdout, plain.stderr[-2000:]
+
+
+def _one_error(proc) -> str:  # noqa: ANN001
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("badc-mpi: error")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return errors[0]
+
+
+def test_unwritable_output_or_telemetry_folder_is_a_one_line_error_before_the_run(tmp_path):
+    manifest = make_dataset(tmp_path, 1, 2, seconds=0.2)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = command_args(manifest, tmp_path)
+    args[args.index("--output-dir") + 1] = str(blocker / "out")
+    error = _one_error(run_badc(args, np=None))
+    assert "output folder" in error and "cannot be written" in error and "--output-dir" in error
+    args = command_args(manifest, tmp_path)
+    args[args.index("--telemetry-dir") + 1] = "/proc/badc-mpi-telemetry"  # not writable, even for root
+    error = _one_error(run_badc(args, np=None))
+    assert "telemetry folder" in error and "--telemetry-dir" in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing was written
+
+
+def test_long_ids_work_and_names_too_long_for_the_file_system_stop_before_the_run(tmp_path, monkeypatch):
+    """Two valid 130-character ids once made a 255+ byte scratch name (ENAMETOOLONG aborted the job):
+    scratch names are short now. What can still be too long is refused before the run."""
+    manifest = make_dataset(tmp_path, 1, 2, seconds=0.2)
+    lines = manifest.read_text().splitlines()
+    first = lines[1].split(",")
+    first[0], first[1] = "r" * 130, "c" * 130
+    (tmp_path / "artifacts" / "chunks" / first[0]).mkdir(parents=True)
+    (tmp_path / "artifacts" / "chunks" / first[0] / ".chunk_status.json").write_text('{"status": "completed"}')
+    manifest.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    ok = run_badc(command_args(manifest, tmp_path), np=None)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "out" / first[0] / f"{first[1]}.detections.jsonl").exists()
+    long_name = manifest.with_name("m" * 230 + ".csv")  # telemetry names add ~36 bytes to its stem
+    long_name.write_text(manifest.read_text())
+    error = _one_error(run_badc(command_args(long_name, tmp_path / "again"), np=None))
+    assert "makes telemetry file names of" in error and "rename the manifest" in error
+    assert not (tmp_path / "again").exists()  # nothing was written
+
+
+def test_chunk_ids_over_a_smaller_name_limit_are_refused(monkeypatch, tmp_path):
+    from badc_mpi.errors import UsageError
+    from badc_mpi.inputs import locations
+
+    from helpers import make_chunk
+
+    monkeypatch.setattr(locations, "name_max", lambda folder: 143)  # e.g. eCryptfs
+    chunks = [make_chunk(chunk_id="c" * 90), make_chunk(chunk_id="c" * 110, line=7)]
+    with pytest.raises(UsageError) as info:
+        locations.check_name_lengths(chunks, str(tmp_path), str(tmp_path), "manifest")
+    assert "line 7" in str(info.value) and "limit of 143" in str(info.value) and "at most 104" in str(info.value)
+    locations.check_name_lengths(chunks[:1], str(tmp_path), str(tmp_path), "manifest")  # 90 + 39 fits

@@ -351,7 +351,7 @@ def test_missing_sources_reported_together(tmp_path):
         load_manifest(path)
     text = str(info.value)
     assert_where(info.value, 3, "source_path")
-    assert f"25 of 26 source files do not exist: line 3: {tmp_path}/audio/gone0.wav;" in text
+    assert f"25 of 26 source files are missing or unusable: line 3: {tmp_path}/audio/gone0.wav (does not exist);" in text
     assert f"line {2 + MAX_LISTED}: " in text and f"line {3 + MAX_LISTED}: " not in text
     assert "and 5 more" in text and "datalad get" not in text and str(tmp_path) in text
     manifest = load_manifest(path, allow_missing=True)
@@ -368,7 +368,7 @@ def test_broken_annex_symlink_says_datalad_get(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     text = str(info.value)
-    assert "1 of 2 source files do not exist" in text
+    assert "1 of 2 source files are missing or unusable" in text
     assert "broken symlink: annexed content not present" in text and "run `datalad get`" in text
     assert "correct source_path" not in text
 
@@ -376,7 +376,22 @@ def test_broken_annex_symlink_says_datalad_get(tmp_path):
 def test_source_in_root_and_unlistable_folder(tmp_path):
     path = write(tmp_path, HEADER + row(source="/") + row(chunk="c2", source="/no/such/dir/x.wav"))
     manifest = load_manifest(path, allow_missing=True)
-    assert [c.chunk_id for c in manifest.missing] == ["c2"]
+    assert [c.chunk_id for c in manifest.missing] == ["c1", "c2"]  # "/" is a folder, not audio
+
+
+def test_a_folder_or_a_symlink_to_one_is_not_a_source(tmp_path):
+    (tmp_path / "audio").mkdir()
+    (tmp_path / "audio" / "dir.wav").mkdir()  # a folder with an audio file's name
+    (tmp_path / "audio" / "real.wav").write_bytes(b"RIFF")
+    (tmp_path / "audio" / "link.wav").symlink_to(tmp_path / "audio" / "real.wav")  # git-annex style: fine
+    (tmp_path / "audio" / "dirlink.wav").symlink_to(tmp_path / "audio" / "dir.wav")
+    rows = row(chunk="c1", source="audio/dir.wav") + row(chunk="c2", source="audio/link.wav")
+    path = write(tmp_path, HEADER + rows + row(chunk="c3", source="audio/dirlink.wav"))
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    text = str(info.value)
+    assert "2 of 3 source files are missing or unusable" in text and text.count("(not a regular file)") == 2
+    assert [c.chunk_id for c in load_manifest(path, allow_missing=True).missing] == ["c1", "c3"]
 
 
 # ---------------------------------------------------------------------- several manifests

@@ -79,7 +79,7 @@ def union_columns(manifests: list[Any]) -> list[str]:
 
 
 def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) -> RunPlan:
-    from badc_mpi.inputs.locations import default_locations
+    from badc_mpi.inputs.locations import check_name_lengths, check_writable, default_locations
     from badc_mpi.inputs.manifest import load_manifests
     from badc_mpi.runners import build_runner
 
@@ -96,13 +96,14 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
 
         report = check_chunk_status(manifests, loc.chunks_dir)
         enforce_chunk_status(report, options.allow_partial_chunks)
+    chunks = [c for m in manifests for c in m.chunks]
+    check_name_lengths(chunks, loc.output_dir, loc.telemetry_dir, Path(manifest_paths[0]).stem)
     kind = options.runner_kind
     ropts = runner_options(options)
     probe = build_runner(kind, ropts)  # validates templates, finds HawkEars' environment
     described = probe.describe()
     fingerprint = probe.fingerprint()
     probe.close()
-    chunks = [c for m in manifests for c in m.chunks]
     missing = {c.key for m in manifests for c in m.missing}
     carried: dict[str, tuple[Any, ...]] = {}
     resume_note = ""
@@ -113,6 +114,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     ordered = order_chunks(chunks, options.order)
     unavailable = [(c, input_problem(c.input_path) or "input missing") for c in ordered if c.key in missing]
     now = time.time()
+    check_writable(loc.output_dir, "output folder", "--output-dir")  # last: nothing is created on bad input
+    check_writable(loc.telemetry_dir, "telemetry folder", "--telemetry-dir")
     tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
     output_dir = os.path.abspath(loc.output_dir)
     config = WorkerConfig(

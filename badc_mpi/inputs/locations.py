@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from badc_mpi.errors import UsageError
+from badc_mpi.records import Chunk
+
 # relative to the dataset root, or to the current directory outside a dataset
 DATASET_OUTPUT = os.path.join("artifacts", "infer")
 DATASET_TELEMETRY = os.path.join("artifacts", "telemetry", "infer")
@@ -121,3 +124,61 @@ def default_scratch_root(env: dict[str, str] | None = None) -> str:
 def run_scratch_dir(root: str, run_id: str) -> str:
     """The folder a run creates inside a scratch root (and removes when its ranks are done)."""
     return os.path.join(root, f"badc-mpi-{run_id}")
+
+
+#: what badc-mpi adds to a chunk id in the longest name it writes: ``.<chunk_id>.detections.jsonl``
+#: plus an atomic write's ``.tmp-<pid>-<8 hex>`` (pid up to 7 digits)
+CHUNK_NAME_EXTRA_BYTES = len(".") + len(".detections.jsonl") + len(".tmp-") + 7 + len("-") + 8
+#: the same for the run's files beside the telemetry: ``.<stem>_<UTC>_NN.summary.json.tmp-...``
+RUN_NAME_EXTRA_BYTES = len(".") + len("_20261201T000000Z_99") + len(".summary.json") + len(".tmp-") + 7 + 1 + 8
+
+
+def name_max(folder: str) -> int:
+    """The longest file name the file system holding ``folder`` (or its nearest existing parent) takes."""
+    probe = os.path.abspath(folder)
+    while not os.path.isdir(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        return int(os.pathconf(probe, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_name_lengths(chunks: list[Chunk], output_dir: str, telemetry_dir: str, stem: str) -> None:
+    """UsageError (before anything is written) when a chunk id or the manifest's name would make a
+    file name longer than its file system takes: ENAMETOOLONG mid-run instead would fail chunks."""
+    limit = name_max(output_dir)
+    longest = max(chunks, key=lambda c: len(c.chunk_id.encode()), default=None)
+    if longest is not None:
+        size = len(longest.chunk_id.encode()) + CHUNK_NAME_EXTRA_BYTES
+        if size > limit:
+            raise UsageError(
+                f"{longest.manifest}, line {longest.line}: chunk_id {longest.chunk_id[:40]!r}... makes file names of "
+                f"{size} bytes in {output_dir}, over that file system's limit of {limit}",
+                fix=f"shorten chunk ids to at most {limit - CHUNK_NAME_EXTRA_BYTES} UTF-8 bytes",
+            )
+    limit = name_max(telemetry_dir)
+    size = len(stem.encode()) + RUN_NAME_EXTRA_BYTES
+    if size > limit:
+        raise UsageError(
+            f"the manifest name {stem[:40]!r}... makes telemetry file names of {size} bytes in {telemetry_dir}, "
+            f"over that file system's limit of {limit}",
+            fix=f"rename the manifest to at most {limit - RUN_NAME_EXTRA_BYTES} bytes before '.csv'",
+        )
+
+
+def check_writable(folder: str, what: str, flag: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written in it (a probe file, removed at
+    once): a read-only or uncreatable output or telemetry folder is a one-line error before the run."""
+    import tempfile
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".badc-mpi-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(
+            f"the {what} {folder} cannot be written ({exc.strerror or exc})",
+            fix=f"give a writable folder with {flag}, or fix its permissions, quota or mount",
+        ) from None

@@ -331,37 +331,40 @@ def _build_chunks(mpath: str, columns: dict, header: list[str], lines: Sequence[
 
 
 def _missing_sources(chunks: list[Chunk]) -> list[Chunk]:
-    """Chunks whose input_path does not exist (a broken symlink counts as missing).
+    """Chunks whose input_path is not a readable regular file (or a symlink to one): absent, a
+    broken symlink (annexed content not present), a folder, or unreadable.
 
-    Lists each folder once (cheap on parallel file systems, where a stat per file is not);
-    only names that are absent or symlinks (git-annex) are checked one by one.
+    Lists each folder once (cheap on parallel file systems, where a stat per file is not): a name
+    the listing shows as a plain file needs only an access check; symlinks (git-annex) and
+    anything else are checked one by one.
     """
     listings: dict[str, frozenset[str]] = {}
     missing = []
     for chunk in chunks:
         folder, _, name = chunk.input_path.rpartition("/")
-        present = listings.get(folder)
-        if present is None:
-            present = listings[folder] = _plain_entries(folder or "/")
-        if name not in present and not os.path.exists(chunk.input_path):
+        files = listings.get(folder)
+        if files is None:
+            files = listings[folder] = _plain_files(folder or "/")
+        path = chunk.input_path
+        usable = os.access(path, os.R_OK) if name in files else (os.path.isfile(path) and os.access(path, os.R_OK))
+        if not usable:
             missing.append(chunk)
     return missing
 
 
-def _plain_entries(folder: str) -> frozenset[str]:
-    """Names in ``folder`` that are not symlinks (a symlink may point at absent content)."""
+def _plain_files(folder: str) -> frozenset[str]:
+    """Names of the regular files in ``folder`` (from the listing: no stat per file)."""
     try:
         with os.scandir(folder) as entries:
-            return frozenset([entry.name for entry in entries if not entry.is_symlink()])
+            return frozenset([entry.name for entry in entries if entry.is_file(follow_symlinks=False)])
     except OSError:
         return frozenset()
 
 
 def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestError:
     """One error for all missing sources: the first MAX_LISTED, a count, and how to fix them."""
-    annexed = sum(1 for chunk in missing if os.path.islink(chunk.input_path))
-    note = " (broken symlink: annexed content not present)"
-    shown = [f"line {c.line}: {c.input_path}{note if os.path.islink(c.input_path) else ''}" for c in missing[:MAX_LISTED]]
+    annexed = sum(1 for chunk in missing if os.path.islink(chunk.input_path) and not os.path.exists(chunk.input_path))
+    shown = [f"line {c.line}: {_why_unusable(c.input_path)}" for c in missing[:MAX_LISTED]]
     more = f"; and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     fixes = []
     if annexed:
@@ -371,8 +374,18 @@ def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestErro
     fixes.append("or pass --allow-missing to record those chunks as failed `input` chunks")
     return ManifestError(
         mpath,
-        f"{len(missing)} of {total} source files do not exist: " + "; ".join(shown) + more,
+        f"{len(missing)} of {total} source files are missing or unusable: " + "; ".join(shown) + more,
         line=missing[0].line,
         column="source_path",
         fix=", ".join(fixes),
     )
+
+
+def _why_unusable(path: str) -> str:
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{path} (broken symlink: annexed content not present)"
+    if not os.path.exists(path):
+        return f"{path} (does not exist)"
+    if not os.path.isfile(path):
+        return f"{path} (not a regular file)"
+    return f"{path} (not readable)"
