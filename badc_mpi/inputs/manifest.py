@@ -335,18 +335,24 @@ def _missing_sources(chunks: list[Chunk]) -> list[Chunk]:
     broken symlink (annexed content not present), a folder, or unreadable.
 
     Lists each folder once (cheap on parallel file systems, where a stat per file is not): a name
-    the listing shows as a plain file needs only an access check; symlinks (git-annex) and
-    anything else are checked one by one.
+    the listing shows as a plain file is a regular file; readability is checked on the first file
+    of each folder (permissions go by tree), and on every file of a folder where that one fails.
+    Symlinks (git-annex) and anything else are checked one by one. A single unreadable file in a
+    readable folder is caught when its chunk runs (an ``input`` failure, not a crash).
     """
-    listings: dict[str, frozenset[str]] = {}
+    listings: dict[str, tuple[frozenset[str], bool]] = {}
     missing = []
     for chunk in chunks:
-        folder, _, name = chunk.input_path.rpartition("/")
-        files = listings.get(folder)
-        if files is None:
-            files = listings[folder] = _plain_files(folder or "/")
         path = chunk.input_path
-        usable = os.access(path, os.R_OK) if name in files else (os.path.isfile(path) and os.access(path, os.R_OK))
+        folder, _, name = path.rpartition("/")
+        listed = listings.get(folder)
+        if listed is None:
+            listed = listings[folder] = (_plain_files(folder or "/"), os.access(path, os.R_OK))
+        files, readable = listed
+        if name in files:
+            usable = readable or os.access(path, os.R_OK)
+        else:
+            usable = os.path.isfile(path) and os.access(path, os.R_OK)
         if not usable:
             missing.append(chunk)
     return missing
