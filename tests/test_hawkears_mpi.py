@@ -112,6 +112,7 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
         assert e["metrics"]["worker_starts"] == 1
         pids_by_rank[e["rank"]].add(e["metrics"]["worker_pid"])
         assert e["command"][0].startswith("<resident")
+        assert e["device"] == "cpu"  # what HawkEars itself reports, in every line
     assert set(pids_by_rank) == {0, 1}, "both ranks worked"
     assert all(len(p) == 1 for p in pids_by_rank.values()), "one HawkEars worker per rank, not one per chunk"
 

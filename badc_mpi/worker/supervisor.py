@@ -154,6 +154,7 @@ class Supervisor:
     def _thread_main(self) -> None:
         try:
             self.runner.start(self.binding)
+            self._note_device()
             self.ready = True
             while True:
                 task = self._tasks.get()
@@ -174,6 +175,12 @@ class Supervisor:
                 log.error("this rank's runner cannot work: %s", exc)
             else:
                 log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
+
+    def _note_device(self) -> None:
+        """The device the runner reports (HawkEars: ``cuda``/``cpu``) goes into every telemetry line."""
+        device = self.runner.describe().get("device")
+        if device:
+            self.static = {**self.static, "device": str(device)}
 
     def _scratch_for(self, task: WireTask) -> str:
         """A short, fresh folder per attempt (ids never enter the name: no ENAMETOOLONG here)."""
