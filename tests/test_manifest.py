@@ -351,7 +351,7 @@ def test_missing_sources_reported_together(tmp_path):
         load_manifest(path)
     text = str(info.value)
     assert_where(info.value, 3, "source_path")
-    assert f"25 of 26 source files are missing or unusable: line 3: {tmp_path}/audio/gone0.wav (does not exist);" in text
+    assert f"25 of 26 source files are missing or unusable: line 3: input file not found: {tmp_path}/audio/gone0.wav;" in text
     assert f"line {2 + MAX_LISTED}: " in text and f"line {3 + MAX_LISTED}: " not in text
     assert "and 5 more" in text and "datalad get" not in text and str(tmp_path) in text
     manifest = load_manifest(path, allow_missing=True)
@@ -369,7 +369,7 @@ def test_broken_annex_symlink_says_datalad_get(tmp_path):
         load_manifest(path)
     text = str(info.value)
     assert "1 of 2 source files are missing or unusable" in text
-    assert "broken symlink: annexed content not present" in text and "run `datalad get`" in text
+    assert "symlink to absent (annexed) content" in text and "run `datalad get`" in text
     assert "correct source_path" not in text
 
 
@@ -390,7 +390,7 @@ def test_a_folder_or_a_symlink_to_one_is_not_a_source(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     text = str(info.value)
-    assert "2 of 3 source files are missing or unusable" in text and text.count("(not a regular file)") == 2
+    assert "2 of 3 source files are missing or unusable" in text and text.count("input is not a file") == 2
     assert [c.chunk_id for c in load_manifest(path, allow_missing=True).missing] == ["c1", "c3"]
 
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from badc_mpi.errors import ManifestError
 from badc_mpi.inputs.manifest_csv import read_columns  # REQUIRED_COLUMNS: re-exported
+from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
 from badc_mpi.records import MAX_ID_BYTES, Chunk, metadata_columns, validate_id
 
@@ -370,7 +371,7 @@ def _plain_files(folder: str) -> frozenset[str]:
 def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestError:
     """One error for all missing sources: the first MAX_LISTED, a count, and how to fix them."""
     annexed = sum(1 for chunk in missing if os.path.islink(chunk.input_path) and not os.path.exists(chunk.input_path))
-    shown = [f"line {c.line}: {_why_unusable(c.input_path)}" for c in missing[:MAX_LISTED]]
+    shown = [f"line {c.line}: {input_problem(c.input_path) or c.input_path}" for c in missing[:MAX_LISTED]]
     more = f"; and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     fixes = []
     if annexed:
@@ -385,13 +386,3 @@ def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestErro
         column="source_path",
         fix=", ".join(fixes),
     )
-
-
-def _why_unusable(path: str) -> str:
-    if os.path.islink(path) and not os.path.exists(path):
-        return f"{path} (broken symlink: annexed content not present)"
-    if not os.path.exists(path):
-        return f"{path} (does not exist)"
-    if not os.path.isfile(path):
-        return f"{path} (not a regular file)"
-    return f"{path} (not readable)"
