@@ -17,10 +17,14 @@ from fakes.nvml import fake_env  # noqa: E402
 
 def pin_no_gpu(environ: dict[str, str] | os._Environ = os.environ) -> None:
     """No GPU, whatever the host has: the fake NVML seam with ``zero.json`` and no
-    ``CUDA_VISIBLE_DEVICES`` (a scheduler's mask would name a GPU the fake does not have). Tests
+    ``CUDA_VISIBLE_DEVICES`` or SLURM GPU variables (a scheduler's mask would name a GPU the fake
+    does not have, and a rank given GPUs it cannot use refuses to start). Tests
     that want GPUs name another fake (``fake_env("one")``), which overrides this in their env."""
+    from badc_mpi.gpu.binding import SLURM_GPU_COUNTS, SLURM_GPU_LISTS
+
     environ.update(fake_env("zero"))
-    environ.pop("CUDA_VISIBLE_DEVICES", None)
+    for name in ("CUDA_VISIBLE_DEVICES", *SLURM_GPU_LISTS, *SLURM_GPU_COUNTS):  # a GPU job's: not ours to use
+        environ.pop(name, None)
 
 
 pin_no_gpu()  # at import: before any test, fixture or subprocess reads the environment
