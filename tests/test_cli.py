@@ -117,7 +117,7 @@ def test_man_page_builds_from_the_parser(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
-    assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page
+    assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page and "monitor" in page
 
 
 @pytest.mark.parametrize("target", ["help"])
@@ -131,6 +131,7 @@ def test_make_help_lists_every_target(target):
         "check-chunks",
         "infer",
         "resume",
+        "monitor",
         "demo",
         "bench",
         "hawkears",
