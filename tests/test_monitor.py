@@ -274,11 +274,11 @@ lines = open(src).read().splitlines(keepends=True)
 with open(dst, "a") as fh:
     for i, line in enumerate(lines):
         if i % 5 == 4:  # now and then a torn line, finished a little later
-            fh.write(line[:40]); fh.flush(); time.sleep(0.05); fh.write(line[40:])
+            fh.write(line[:40]); fh.flush(); time.sleep(0.1); fh.write(line[40:])
         else:
             fh.write(line)
         fh.flush()
-        time.sleep(0.05)
+        time.sleep(0.1)
 time.sleep(0.3)
 open(summary + ".tmp", "w").write(json.dumps({"run_id": run_id, "state": "finished", "counts": {"total": 5}}))
 import os; os.replace(summary + ".tmp", summary)
@@ -295,10 +295,15 @@ def test_follow_sees_another_process_append_and_ends_when_the_summary_says_finis
     )  # fmt: skip
     writer = None
     try:
-        time.sleep(0.5)  # the file does not exist yet: the monitor waits for it
+        head = ""  # the file does not exist yet: the monitor says it waits, then the writer starts
+        while "waiting for the telemetry file" not in head:
+            line = monitor.stdout.readline()
+            assert line, f"the monitor ended early: {monitor.stderr.read()}"
+            head += line
         writer = subprocess.Popen([PYTHON, "-c", WRITER, str(src), str(path), str(summary), RUN], start_new_session=True)
         assert writer.wait(timeout=60) == 0
         out, err = monitor.communicate(timeout=60)
+        out = head + out
     finally:
         for proc in (writer, monitor):
             if proc is not None and proc.poll() is None:
