@@ -1,5 +1,5 @@
 # badc-mpi: Make targets chain chunk-status checks, inference, aggregation and bundles.
-# `make help` lists every target. Variables: MANIFEST, NP, ARGS, MPI (pypi|system), PYTHON.
+# `make help` lists every target. Variables: MANIFEST, NP, ARGS, MPI (pypi|system), PYTHON, TELEMETRY.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -13,15 +13,16 @@ TEST_MPIEXEC := $(if $(filter system,$(MPI)),$(MPIEXEC),$(abspath $(MPIEXEC)))
 NP ?=
 ARGS ?=
 MANIFEST ?=
+TELEMETRY ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man check-chunks infer resume demo bench gpu-check clean
+.PHONY: help install lint test man check-chunks infer resume monitor demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: MANIFEST=path.csv NP=ranks ARGS='extra badc-mpi run flags' MPI=pypi|system"
+	@echo "  variables: MANIFEST=path.csv NP=ranks ARGS='extra badc-mpi flags' MPI=pypi|system TELEMETRY=run.jsonl|dir"
 
 $(STAMP): setup.cfg setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,15 +71,20 @@ resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same ou
 	@test -n "$(MANIFEST)" || { echo "usage: make resume MANIFEST=path/to/manifest.csv [NP=4] [ARGS=...]" >&2; exit 2; }
 	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) --resume $(ARGS)
 
+monitor: install ## live view of a run from its telemetry: make monitor TELEMETRY=run.jsonl|folder [ARGS=--follow]
+	@test -n "$(TELEMETRY)" || { echo "usage: make monitor TELEMETRY=path/to/run.jsonl (or its folder) [ARGS='--follow --interval-s 5']" >&2; exit 2; }
+	$(BADC) monitor $(TELEMETRY) $(ARGS)
+
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest) and run make infer on it (2 ranks)
 	$(PY) scripts/make_demo.py examples/demo
 	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
 	$(PY) scripts/bench_resume.py
+	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_hawkears.py
 
 gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')

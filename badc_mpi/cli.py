@@ -88,7 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gpus", type=int, metavar="N")
     p.add_argument("--workers-per-gpu", type=int, default=1, metavar="K")
     p.add_argument("--cpu-workers", type=int, default=0, metavar="N")
+
+    p = sub.add_parser(
+        "monitor",
+        help="watch a run live from its telemetry: progress, ETA, per-worker GPU, retries, errors",
+        description="Show a run's progress from its telemetry JSONL (and the summary beside it): "
+        "per worker chunks done/failed, retries, runtime, GPU utilisation and VRAM, sparklines, "
+        "the last error; overall progress, rate, ETA, failures by class. Reads only new bytes.",
+        epilog=MONITOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("telemetry", metavar="TELEMETRY", help="the run's telemetry .jsonl, or its folder (newest run)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-f", "--follow", action="store_true", help="refresh until the run is over or Ctrl-C")
+    mode.add_argument("--once", action="store_true", help="print one plain snapshot and exit (the default)")
+    p.add_argument("--interval-s", type=float, default=2.0, metavar="S", help="refresh interval (default 2)")
     return parser
+
+
+MONITOR_EPILOG = """\
+--follow redraws in place on a terminal and prints one snapshot per interval elsewhere (a SLURM
+log); it waits for a telemetry file that does not exist yet and starts over when it is replaced.
+exit codes:
+  0   snapshot shown, or --follow ended (the summary says finished/interrupted/stopped/aborted, or Ctrl-C)
+  2   no such telemetry file (without --follow), a sidecar named instead, or a bad option"""
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -140,6 +163,16 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     report = gpus_report(options=BindingOptions(args.max_gpus, args.workers_per_gpu, args.cpu_workers))
     print(json.dumps(report, indent=1, default=str) if args.json else format_gpus_report(report))
     return ExitCode.USAGE if report.get("error") else ExitCode.OK
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from badc_mpi.results.monitor import MonitorOptions, run_monitor
+
+    try:
+        return run_monitor(MonitorOptions(args.telemetry, follow=args.follow, interval_s=args.interval_s))
+    except KeyboardInterrupt:  # Ctrl-C is how a --follow ends: not an error
+        print(file=sys.stdout, flush=True)
+        return int(ExitCode.OK)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -230,7 +263,13 @@ def resume_command(args: argparse.Namespace, dirs: dict[str, str], ranks: int, e
     return shlex.join(launcher + python)
 
 
-COMMANDS = {"run": cmd_run, "check-chunks": cmd_check_chunks, "validate": cmd_validate, "gpus": cmd_gpus}
+COMMANDS = {
+    "run": cmd_run,
+    "check-chunks": cmd_check_chunks,
+    "validate": cmd_validate,
+    "gpus": cmd_gpus,
+    "monitor": cmd_monitor,
+}
 
 
 def _verbosity(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def test_version_and_help():
         "srun",
     ):
         assert needle in run_help, needle
-    assert set(build_parser()._subparsers._group_actions[0].choices) == {"run", "check-chunks", "validate", "gpus"}
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {"run", "check-chunks", "validate", "gpus", "monitor"}
 
 
 def test_validate_and_check_chunks_exit_codes(tmp_path):
@@ -117,7 +117,7 @@ def test_man_page_builds_from_the_parser(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
-    assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page
+    assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page and "monitor" in page
 
 
 @pytest.mark.parametrize("target", ["help"])
@@ -131,6 +131,7 @@ def test_make_help_lists_every_target(target):
         "check-chunks",
         "infer",
         "resume",
+        "monitor",
         "demo",
         "bench",
         "hawkears",
