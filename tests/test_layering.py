@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"arguments"},
     {"api"},
+    {"results"},
     {"coordinator"},
     {"worker"},
     {"runners", "transport", "gpu"},
