@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from badc_mpi.errors import BadcError, UsageError
@@ -144,7 +145,7 @@ def _run_rows(
 ) -> list[dict[str, Any]]:
     won = Counter(v.run_id for v in verdicts if v.run_id)
     by_run: dict[str, dict[str, list[Any]]] = {}
-    succ = attempts.filter(pa.compute.equal(attempts.column("event"), "success"))
+    succ = attempts.filter(pc.equal(attempts.column("event"), "success"))
     for r, mv, hv in zip(*(succ.column(n).to_pylist() for n in ("run_id", "model_version", "hawkears_version"))):
         entry = by_run.setdefault(r, {"model": [], "hawkears": []})
         entry["model"].append(mv)
@@ -183,20 +184,22 @@ def _run_rows(
     return rows
 
 
-def _check_keys(batch: Any) -> set[int]:
-    """Positions (in ``batch.chunks``) of chunks whose records name another chunk."""
+def _check_keys(batch: Any) -> tuple[set[int], set[int]]:
+    """Positions (in ``batch.chunks``) of chunks whose records name another chunk, and of chunks
+    whose records name another run than the ledger's success (a later run wrote the file, then
+    was killed before its ledger recorded it)."""
     if not batch.table.num_rows:
-        return set()
+        return set(), set()
     counts = np.asarray(batch.counts, dtype=np.int64)
-    owner = np.repeat(np.arange(len(counts)), counts)
-    want_r = pa.array([c.recording_id for c in batch.chunks]).take(pa.array(owner))
-    want_c = pa.array([c.chunk_id for c in batch.chunks]).take(pa.array(owner))
-    ok = pa.compute.and_(
-        pa.compute.equal(batch.table.column("recording_id"), want_r),
-        pa.compute.equal(batch.table.column("chunk_id"), want_c),
-    )
-    bad = np.flatnonzero(~np.asarray(ok.fill_null(False)))
-    return set(owner[bad].tolist())
+    owner = pa.array(np.repeat(np.arange(len(counts)), counts))
+
+    def differs(column: str, values: list[str]) -> set[int]:
+        same = pc.equal(batch.table.column(column), pa.array(values).take(owner)).fill_null(False)
+        return set(np.asarray(owner)[np.flatnonzero(~np.asarray(same))].tolist())
+
+    wrong = differs("recording_id", [c.recording_id for c in batch.chunks])
+    wrong |= differs("chunk_id", [c.chunk_id for c in batch.chunks])
+    return wrong, differs("run_id", [c.run_id for c in batch.chunks]) - wrong
 
 
 def _stream_detections(
@@ -207,7 +210,7 @@ def _stream_detections(
         for chunk, path, reason in batch.unreadable:
             problems.append(Problem(path, reason))
             verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, f"detections unreadable: {reason}"
-        wrong = _check_keys(batch)
+        wrong, other_run = _check_keys(batch)
         table, offset = batch.table, 0
         keep = np.ones(table.num_rows, dtype=bool)
         for i, (chunk, n) in enumerate(zip(batch.chunks, batch.counts)):
@@ -217,6 +220,11 @@ def _stream_detections(
                 verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, "detections name another chunk"
             else:
                 verdicts[chunk.key].detections = n
+                if i in other_run:
+                    verdicts[chunk.key].note = (
+                        f"detections file rewritten by a later run than {chunk.run_id} (killed before its ledger "
+                        "recorded it); its detections are counted, once"
+                    )
             offset += n
         if wrong:
             table = table.filter(pa.array(keep))
