@@ -231,9 +231,8 @@ def _stream_detections(
         out.write(S.normalise_detections(table, schema))
 
 
-def _orphan_outputs(verdicts: list[Verdict], output_dirs: set[str], problems: list[Problem]) -> int:
-    """Detection files on disk whose chunk no ledger calls done: listed, not counted."""
-    done = {v.key for v in verdicts if v.status == S.ANALYSED}
+def _orphan_outputs(verdicts: list[Verdict], done: set[str], output_dirs: set[str], problems: list[Problem]) -> int:
+    """Detection files on disk whose chunk no ledger calls done (``done``: keys): listed, not counted."""
     recordings = {v.recording_id for v in verdicts}
     found = 0
     for folder in sorted(output_dirs):
@@ -302,7 +301,7 @@ def aggregate(
     except BaseException:
         det_out.abort()
         raise
-    orphans = _orphan_outputs(verdicts, set(outs), problems)
+    orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, set(outs), problems)
     attempts = _attempts(sel.runs, problems)
     finals = _finals(attempts)
     rows = []
