@@ -11,8 +11,11 @@ the append-only per-run detection store planned next gets its own reader in :dat
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
@@ -21,6 +24,7 @@ from badc_mpi.results.schema import RAW_DETECTION_SCHEMA
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
 
 BATCH_BYTES = 32 << 20  #: JSON text parsed at once (bounded memory: a few times this)
+PARSE_BLOCK_BYTES = 4 << 20  #: pyarrow parses blocks of this size on its threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ DetectionReader = Callable[[Iterable[DoneChunk]], Iterator[DetectionBatch]]
 def _parse(data: bytes) -> pa.Table:
     return pajson.read_json(
         pa.BufferReader(data),
-        read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 64 << 20))),
+        read_options=pajson.ReadOptions(block_size=PARSE_BLOCK_BYTES),
         parse_options=pajson.ParseOptions(explicit_schema=RAW_DETECTION_SCHEMA, unexpected_field_behavior="infer"),
     )
 
@@ -91,26 +95,77 @@ def _flush(chunks: list[DoneChunk], blobs: list[bytes], bad: list[tuple[DoneChun
     return DetectionBatch(good, good_counts, merged, bad)
 
 
-def read_jsonl_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BATCH_BYTES) -> Iterator[DetectionBatch]:
-    """Today's source: each done chunk's ``.detections.jsonl`` (empty file: analysed, nothing
-    found). A missing or unreadable file is reported with its path, never skipped silently."""
-    pending: list[DoneChunk] = []
-    blobs: list[bytes] = []
-    bad: list[tuple[DoneChunk, str, str]] = []
-    size = 0
+def _read_files(chunks: Iterable[DoneChunk]) -> Iterator[tuple[DoneChunk, bytes | None, str]]:
+    """(chunk, file bytes or None, why not) in order; a missing or torn file is a reason."""
     for chunk in chunks:
         path = chunk.detections_path
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            bad.append((chunk, path, "detections file missing although the ledger records a success"))
+            yield chunk, None, "detections file missing although the ledger records a success"
             continue
         except OSError as exc:
-            bad.append((chunk, path, f"cannot read detections ({exc.strerror})"))
+            yield chunk, None, f"cannot read detections ({exc.strerror})"
             continue
         if data and not data.endswith(b"\n"):
-            bad.append((chunk, path, "last line cut short: not a complete detections file"))
+            yield chunk, None, "last line cut short: not a complete detections file"
+            continue
+        yield chunk, data, ""
+
+
+def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced on a helper thread, at most ``depth`` ahead (file reads overlap parsing)."""
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    end = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(item)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer thread
+            slots.put(_Raised(exc))
+            return
+        slots.put(end)
+
+    thread = threading.Thread(target=produce, name="badc-detections-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is end:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
+@dataclass
+class _Raised:
+    exc: BaseException
+
+
+def read_jsonl_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BATCH_BYTES) -> Iterator[DetectionBatch]:
+    """Today's source: each done chunk's ``.detections.jsonl`` (empty file: analysed, nothing
+    found). A missing or unreadable file is reported with its path, never skipped silently.
+    Files are read on a helper thread while the previous batch is parsed."""
+    pending: list[DoneChunk] = []
+    blobs: list[bytes] = []
+    bad: list[tuple[DoneChunk, str, str]] = []
+    size = 0
+    for chunk, data, why in _ahead(_read_files(chunks), depth=4096):
+        if data is None:
+            bad.append((chunk, chunk.detections_path, why))
             continue
         pending.append(chunk)
         blobs.append(data)
