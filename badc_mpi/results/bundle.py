@@ -76,6 +76,7 @@ def build_database(folder: str, *, bucket_minutes: float, top_n: int) -> str:
     try:
         con = duckdb.connect(tmp)
         try:
+            con.execute(V.FAST_LOAD)
             for table in TABLES:
                 con.execute(V.LOAD[table], [os.path.join(folder, f"{table}.parquet")])
             con.execute(V.SETTINGS)
@@ -97,13 +98,20 @@ def build_database(folder: str, *, bucket_minutes: float, top_n: int) -> str:
     return path
 
 
-def export_quicklooks(con: Any, folder: str) -> list[str]:
+def view_tables(con: Any) -> dict[str, pa.Table]:
+    """Every view, computed once (the quicklooks, the summary and the report share them)."""
+    out = {}
+    for view in V.VIEWS:
+        table = con.table(view).arrow()
+        out[view] = table.read_all() if isinstance(table, pa.RecordBatchReader) else table
+    return out
+
+
+def export_quicklooks(views: dict[str, pa.Table], folder: str) -> list[str]:
     """Each view as ``quicklook/<view>.csv`` (atomic)."""
     out_dir = ensure_dir(os.path.join(folder, "quicklook"))
     paths = []
-    for view in V.VIEWS:
-        table = con.table(view).arrow()
-        table = table.read_all() if isinstance(table, pa.RecordBatchReader) else table
+    for view, table in views.items():
         path = os.path.join(out_dir, f"{view}.csv")
         tmp = temp_path_for(path)
         try:
@@ -117,25 +125,21 @@ def export_quicklooks(con: Any, folder: str) -> list[str]:
     return paths
 
 
-def _fetch(con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    cur = con.execute(sql, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def bundle_summary(con: Any, agg: AggregateResult, *, bucket_minutes: float, top_n: int) -> dict[str, Any]:
-    """What ``summary.json`` and the report's head say (pure over the database)."""
-    runs = _fetch(con, "SELECT * FROM run_summary")
+def bundle_summary(
+    con: Any, views: dict[str, pa.Table], agg: AggregateResult, *, bucket_minutes: float, top_n: int
+) -> dict[str, Any]:
+    """What ``summary.json`` and the report's head say."""
+    runs = views["run_summary"].to_pylist()
     models = sorted({r["model_version"] for r in runs if r["model_version"]})
     tiny = any(r["tiny_model"] for r in runs) or any(m.startswith(TINY_PREFIX) for m in models)
     return {
         "schema": BUNDLE_SCHEMA,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "counts": agg.counts,
-        "labels": con.execute("SELECT count(*) FROM label_summary").fetchone()[0],
-        "recordings": con.execute("SELECT count(DISTINCT recording_id) FROM chunks").fetchone()[0],
-        "top_labels": _fetch(con, V.TOP_LABELS, [top_n]),
-        "runs": [{k: v for k, v in r.items()} for r in runs],
+        "labels": views["label_summary"].num_rows,
+        "recordings": con.execute("SELECT count(DISTINCT recording_id) FROM chunks").fetchall()[0][0],
+        "top_labels": views["label_summary"].slice(0, top_n).to_pylist(),
+        "runs": runs,
         "model_versions": models,
         "hawkears_versions": sorted({r["hawkears_version"] for r in runs if r["hawkears_version"]}),
         "badc_mpi_versions": sorted({r["badc_mpi_version"] for r in runs if r["badc_mpi_version"]}),
@@ -183,11 +187,15 @@ def build_bundle(
     t2 = time.monotonic()
     con = duckdb.connect(os.path.join(folder, DB_NAME), read_only=True)
     try:
-        export_quicklooks(con, folder)
-        summary = {"name": os.path.basename(folder), **bundle_summary(con, agg, bucket_minutes=bucket_minutes, top_n=top_n)}
+        views = view_tables(con)
+        export_quicklooks(views, folder)
+        summary = {
+            "name": os.path.basename(folder),
+            **bundle_summary(con, views, agg, bucket_minutes=bucket_minutes, top_n=top_n),
+        }
         seconds["quicklook"] = time.monotonic() - t2
         t3 = time.monotonic()
-        write_report(con, summary, os.path.join(folder, "report.html"), top_n=top_n)
+        write_report(con, views, summary, os.path.join(folder, "report.html"), top_n=top_n)
         seconds["report"] = time.monotonic() - t3
     finally:
         con.close()

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from badc_mpi.results import charts
 from badc_mpi.results import views as V
@@ -64,17 +66,18 @@ def _bucket_text(ms: int, basis: str) -> str:
     return f"{minutes // 60:d}:{minutes % 60:02d}"
 
 
-def chart_images(con: Any, summary: dict[str, Any], top_n: int) -> dict[str, bytes]:
-    """Every chart of the report, from the bundle's database."""
-    top = _rows(con, V.TOP_LABELS, [top_n])
+def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], top_n: int) -> dict[str, bytes]:
+    """Every chart of the report, from the views (computed once) and two queries."""
+    top = views["label_summary"].slice(0, top_n).to_pylist()
     names = [
         f"{r['label']} ({r['label_name']})" if r["label_name"] and r["label_name"] != r["label"] else r["label"] for r in top
     ]
     out = {"top_species": charts.top_species_bar(names, [r["detections"] for r in top], f"Top {len(top)} species by detections")}
-    cells = _rows(con, V.TIMELINE_TOP, [top_n])
-    basis_row = con.execute("SELECT any_value(time_basis) FROM timeline").fetchone()
-    basis = basis_row[0] if basis_row and basis_row[0] else "recording"
     labels = [r["label"] for r in top]
+    timeline = views["timeline"]
+    basis = timeline.column("time_basis")[0].as_py() if timeline.num_rows else "recording"
+    shown = timeline.filter(pc.is_in(timeline.column("label"), value_set=pa.array(labels, pa.string())))
+    cells = shown.select(["label", "bucket_start_ms", "detections"]).to_pylist()
     starts = sorted({c["bucket_start_ms"] for c in cells})
     if starts:
         width = int(summary["bucket_minutes"] * 60000)
@@ -93,7 +96,7 @@ def chart_images(con: Any, summary: dict[str, Any], top_n: int) -> dict[str, byt
         xlabel,
     )
     hist: dict[str, np.ndarray] = {}
-    for r in _rows(con, V.CONFIDENCE_BINS, [HIST_BINS, HIST_BINS, HIST_LABELS]):
+    for r in _rows(con, V.CONFIDENCE_BINS, [HIST_BINS, HIST_BINS, labels[:HIST_LABELS]]):
         hist.setdefault(r["label"], np.zeros(HIST_BINS))[r["bin"]] = r["n"]
     ordered = {lab: hist[lab] for lab in labels if lab in hist}
     out["confidence"] = charts.confidence_histograms(ordered, HIST_BINS, f"Confidence, top {len(ordered)} species")
@@ -180,10 +183,10 @@ def render_html(
     return "".join(parts)
 
 
-def write_report(con: Any, summary: dict[str, Any], path: str, *, top_n: int) -> str:
-    images = chart_images(con, summary, top_n)
+def write_report(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], path: str, *, top_n: int) -> str:
+    images = chart_images(con, views, summary, top_n)
     failed = _rows(con, V.FAILED_CHUNKS, [FAILED_ROWS])
-    workers = _rows(con, "SELECT * FROM worker_throughput")
+    workers = views["worker_throughput"].to_pylist()
     options = {r["run_id"]: json.loads(r["options"] or "{}") for r in _rows(con, "SELECT run_id, options FROM runs")}
     page = render_html({**summary, "options": options}, images, failed, workers)
     atomic_write_text(path, page)

@@ -10,6 +10,10 @@ from __future__ import annotations
 SETTINGS = "CREATE TABLE bundle_settings (bucket_minutes DOUBLE, top_n INTEGER)"
 SETTINGS_INSERT = "INSERT INTO bundle_settings VALUES (?, ?)"
 
+#: row order of the loaded tables is not kept (detections are unordered; sort when order matters):
+#: loading 10M rows takes about 40 % less time
+FAST_LOAD = "SET preserve_insertion_order = false"
+
 #: table name -> statement loading it from Parquet (the path is a parameter)
 LOAD = {
     "detections": "CREATE TABLE detections AS SELECT * FROM read_parquet(?)",
@@ -24,7 +28,6 @@ SELECT coalesce(label_code, label) AS label,
        max(label_name) AS label_name,
        count(*) AS detections,
        count(DISTINCT recording_id) AS recordings,
-       count(DISTINCT chunk_id) AS chunks,
        avg(confidence)::DOUBLE AS mean_confidence,
        max(confidence)::DOUBLE AS max_confidence
 FROM detections
@@ -137,16 +140,11 @@ def view_statements(has_absolute_time: bool) -> list[str]:
     return [LABEL_SUMMARY, RECORDING_SUMMARY, timeline, RUN_SUMMARY, WORKER_THROUGHPUT]
 
 
-#: report queries (constant; limits and bins are parameters)
-TOP_LABELS = "SELECT label, label_name, detections, recordings, mean_confidence, max_confidence FROM label_summary LIMIT ?"
+#: report queries (constant; limits, bins and label lists are parameters)
 CONFIDENCE_BINS = """
 SELECT coalesce(label_code, label) AS label, least(floor(confidence * ?), ? - 1)::INTEGER AS bin, count(*) AS n
-FROM detections WHERE coalesce(label_code, label) IN (SELECT label FROM label_summary LIMIT ?)
+FROM detections WHERE coalesce(label_code, label) IN (SELECT unnest(?::VARCHAR[]))
 GROUP BY 1, 2 ORDER BY 1, 2
-"""
-TIMELINE_TOP = """
-SELECT t.label, t.bucket_start_ms, t.detections FROM timeline t
-WHERE t.label IN (SELECT label FROM label_summary LIMIT ?) ORDER BY 1, 2
 """
 WORKER_SERIES = """
 SELECT worker, epoch_ms(TRY_CAST(finished_at AS TIMESTAMPTZ)) AS at_ms, runtime_s, gpu_util_pct_mean, event
