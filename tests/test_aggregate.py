@@ -150,3 +150,30 @@ def test_exactly_once_across_a_killed_and_resumed_run(tmp_path, monkeypatch):
     assert len({c["run_id"] for c in chunks.values()}) >= 2
     assert all(c["runs_tried"] >= 1 for c in chunks.values())
     assert [p for p in result.problems if p.kind not in ("torn", "note")] == []
+
+
+def test_jsonl_reader_counts_each_chunk_and_names_every_bad_file(tmp_path):
+    from badc_mpi.results.sources import DoneChunk, read_jsonl_detections
+
+    out = tmp_path / "out"
+    (out / "r").mkdir(parents=True)
+    chunks = [DoneChunk("r", f"c{i}", "run", str(out)) for i in range(8)]
+    for i, chunk in enumerate(chunks):
+        lines = "".join(
+            json.dumps({"recording_id": "r", "chunk_id": chunk.chunk_id, "label": "L", "confidence": 0.5, "x": i}) + "\n"
+            for _ in range(i)
+        )
+        Path(chunk.detections_path).write_text(lines)
+    Path(chunks[3].detections_path).write_text('{"recording_id": "r", "chunk_id": "c3"}\n{oops\n')  # corrupt
+    Path(chunks[5].detections_path).write_text('{"recording_id": "r", "chunk_id": "c5"}')  # cut short
+    Path(chunks[6].detections_path).unlink()  # missing
+    for batch_bytes in (1, 200, 1 << 20):  # one file per batch, a few, all at once
+        batches = list(read_jsonl_detections(chunks, batch_bytes=batch_bytes))
+        counts = {c.chunk_id: n for b in batches for c, n in zip(b.chunks, b.counts)}
+        assert counts == {"c0": 0, "c1": 1, "c2": 2, "c4": 4, "c7": 7}
+        assert sum(b.table.num_rows for b in batches) == 14
+        assert [r["chunk_id"] for b in batches for r in b.table.select(["chunk_id"]).to_pylist()] == [
+            f"c{i}" for i in (1, 2, 2, 4, 4, 4, 4) + (7,) * 7
+        ]
+        bad = {c.chunk_id: why for b in batches for c, _, why in b.unreadable}
+        assert set(bad) == {"c3", "c5", "c6"} and "cut short" in bad["c5"] and "missing" in bad["c6"] and "JSON" in bad["c3"]

@@ -59,63 +59,107 @@ class DetectionBatch:
 DetectionReader = Callable[[Iterable[DoneChunk]], Iterator[DetectionBatch]]
 
 
-def _parse(data: bytes) -> pa.Table:
+def _parse(data: Any) -> pa.Table:
     return pajson.read_json(
-        pa.BufferReader(data),
+        pa.BufferReader(pa.py_buffer(data)),
         read_options=pajson.ReadOptions(block_size=PARSE_BLOCK_BYTES),
         parse_options=pajson.ParseOptions(explicit_schema=RAW_DETECTION_SCHEMA, unexpected_field_behavior="infer"),
     )
 
 
-def _flush(chunks: list[DoneChunk], blobs: list[bytes], bad: list[tuple[DoneChunk, str, str]]) -> DetectionBatch:
+@dataclass
+class _RawBatch:
+    """Files read back to back into one buffer (``spans[i]``: offset, length of chunk i's file)."""
+
+    chunks: list[DoneChunk]
+    counts: list[int]
+    spans: list[tuple[int, int]]
+    buffer: memoryview
+    bad: list[tuple[DoneChunk, str, str]]
+
+
+def _parse_batch(raw: _RawBatch) -> DetectionBatch:
     """Parse the files' text at once; when that fails, file by file, to name the bad ones."""
-    counts = [b.count(b"\n") for b in blobs]
+    total = sum(raw.counts)
     try:
-        table = _parse(b"".join(blobs)) if sum(counts) else RAW_DETECTION_SCHEMA.empty_table()
-        if table.num_rows != sum(counts):
+        table = _parse(raw.buffer) if total else RAW_DETECTION_SCHEMA.empty_table()
+        if table.num_rows != total:
             raise pa.ArrowInvalid("blank lines: row count differs from line count")
-        return DetectionBatch(chunks, counts, table, bad)
+        return DetectionBatch(raw.chunks, raw.counts, table, raw.bad)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     good: list[DoneChunk] = []
     tables: list[pa.Table] = []
     good_counts: list[int] = []
-    for chunk, blob, n in zip(chunks, blobs, counts):
+    for chunk, (offset, length), n in zip(raw.chunks, raw.spans, raw.counts):
         try:
-            table = _parse(blob) if n else RAW_DETECTION_SCHEMA.empty_table()
+            table = _parse(raw.buffer[offset : offset + length]) if n else RAW_DETECTION_SCHEMA.empty_table()
             if table.num_rows != n:
                 raise pa.ArrowInvalid(f"{n} lines but {table.num_rows} records (blank lines)")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            bad.append((chunk, chunk.detections_path, f"not valid detection JSON lines ({str(exc).splitlines()[0]})"))
+            raw.bad.append((chunk, chunk.detections_path, f"not valid detection JSON lines ({str(exc).splitlines()[0]})"))
             continue
         good.append(chunk)
         tables.append(table)
         good_counts.append(n)
     merged = pa.concat_tables(tables, promote_options="permissive") if tables else RAW_DETECTION_SCHEMA.empty_table()
-    return DetectionBatch(good, good_counts, merged, bad)
+    return DetectionBatch(good, good_counts, merged, raw.bad)
 
 
-def _read_files(chunks: Iterable[DoneChunk]) -> Iterator[tuple[DoneChunk, bytes | None, str]]:
-    """(chunk, file bytes or None, why not) in order; a missing or torn file is a reason."""
+def _read_into(path: str, buf: bytearray, offset: int) -> int:
+    """Read the whole file at ``path`` into ``buf`` at ``offset`` (grown when needed); its length."""
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if offset + size + 1 > len(buf):
+            buf.extend(bytes(offset + size + 1 - len(buf)))
+        view = memoryview(buf)
+        got = 0
+        while True:
+            n = fh.readinto(view[offset + got :])
+            if not n:
+                break
+            got += n
+            if offset + got == len(buf):  # the file grew while read: make room
+                buf.extend(bytes(max(got, 1 << 16)))
+                view = memoryview(buf)
+        return got
+
+
+def _raw_batches(chunks: Iterable[DoneChunk], batch_bytes: int) -> Iterator[_RawBatch]:
+    """Files read back to back into buffers of about ``batch_bytes`` (no copy, no join), with
+    each file's line count; a missing, unreadable or cut-short file is a reason, not text."""
+    buf = bytearray(batch_bytes)
+    used = 0
+    batch = _RawBatch([], [], [], memoryview(b""), [])
     for chunk in chunks:
         path = chunk.detections_path
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            size = _read_into(path, buf, used)
         except FileNotFoundError:
-            yield chunk, None, "detections file missing although the ledger records a success"
+            batch.bad.append((chunk, path, "detections file missing although the ledger records a success"))
             continue
         except OSError as exc:
-            yield chunk, None, f"cannot read detections ({exc.strerror})"
+            batch.bad.append((chunk, path, f"cannot read detections ({exc.strerror})"))
             continue
-        if data and not data.endswith(b"\n"):
-            yield chunk, None, "last line cut short: not a complete detections file"
+        if size and buf[used + size - 1] != 0x0A:
+            batch.bad.append((chunk, path, "last line cut short: not a complete detections file"))
             continue
-        yield chunk, data, ""
+        batch.chunks.append(chunk)
+        batch.counts.append(buf.count(b"\n", used, used + size))
+        batch.spans.append((used, size))
+        used += size
+        if used >= batch_bytes:
+            batch.buffer = memoryview(buf)[:used]
+            yield batch
+            buf, used = bytearray(batch_bytes), 0
+            batch = _RawBatch([], [], [], memoryview(b""), [])
+    if batch.chunks or batch.bad:
+        batch.buffer = memoryview(buf)[:used]
+        yield batch
 
 
 def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """``items`` produced on a helper thread, at most ``depth`` ahead (file reads overlap parsing)."""
+    """``items`` produced on a helper thread, at most ``depth`` ahead (reading overlaps parsing)."""
     slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
     end = object()
     stop = threading.Event()
@@ -158,23 +202,10 @@ class _Raised:
 def read_jsonl_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BATCH_BYTES) -> Iterator[DetectionBatch]:
     """Today's source: each done chunk's ``.detections.jsonl`` (empty file: analysed, nothing
     found). A missing or unreadable file is reported with its path, never skipped silently.
-    Files are read on a helper thread while the previous batch is parsed."""
-    pending: list[DoneChunk] = []
-    blobs: list[bytes] = []
-    bad: list[tuple[DoneChunk, str, str]] = []
-    size = 0
-    for chunk, data, why in _ahead(_read_files(chunks), depth=4096):
-        if data is None:
-            bad.append((chunk, chunk.detections_path, why))
-            continue
-        pending.append(chunk)
-        blobs.append(data)
-        size += len(data)
-        if size >= batch_bytes:
-            yield _flush(pending, blobs, bad)
-            pending, blobs, bad, size = [], [], [], 0
-    if pending or bad:
-        yield _flush(pending, blobs, bad)
+    A helper thread reads the next batch of files while this one is parsed (memory: about three
+    batches)."""
+    for raw in _ahead(_raw_batches(chunks, batch_bytes), depth=2):
+        yield _parse_batch(raw)
 
 
 #: detection sources by name (``--source``); the per-run detection store will join here
