@@ -333,3 +333,22 @@ def test_report_renders_in_headless_chromium(golden, tmp_path):
         assert img["src"].startswith("data:image/png;base64,"), name
         assert int(img["data-natural-width"]) > 0 and img["data-complete"] == "true", name
     assert "TINY TEST MODEL" in dom.stdout and 'id="failure-table"' in dom.stdout
+
+
+def test_inside_a_dataset_the_bundle_goes_to_its_artifacts_and_the_cli_says_where(tmp_path, monkeypatch, capsys):
+    from badc_mpi.cli import main
+
+    manifest = make_golden(tmp_path)
+    (tmp_path / ".datalad").mkdir()
+    shutil.copytree(tmp_path / "tel", tmp_path / "artifacts" / "telemetry" / "infer")
+    monkeypatch.chdir("/")
+    by_manifest = build_bundle([str(manifest)])  # its runs in <dataset>/artifacts/telemetry/infer
+    assert by_manifest.folder == str(tmp_path / "artifacts" / "aggregate" / "golden")
+    assert main(["bundle", str(tmp_path), "--top-n", "3"]) == 0  # DATASET=...: every run, name "all"
+    out = capsys.readouterr().out
+    report = tmp_path / "artifacts" / "aggregate" / "all" / "report.html"
+    assert f"report   {report}" in out and "AMRO (American Robin)" in out and report.exists()
+    assert "2 run(s), 5 chunks: 3 analysed, 1 failed, 1 not analysed; 4 detections" in out
+    assert main(["aggregate", str(tmp_path / "nowhere.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no such manifest" in err and "Fix:" in err and len(err.strip().splitlines()) == 1

@@ -125,8 +125,9 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
     for source in sources:
         path = os.path.abspath(source)
         if os.path.isdir(path):
-            root = find_dataset_root(path) if os.path.isdir(os.path.join(path, ".datalad")) else None
-            folder = os.path.join(root, DATASET_TELEMETRY) if root else path
+            root = find_dataset_root(path)  # a dataset, or a telemetry folder inside one
+            is_dataset = os.path.isdir(os.path.join(path, ".datalad"))
+            folder = os.path.join(path, DATASET_TELEMETRY) if is_dataset else path
             sel.dataset_root = sel.dataset_root or root
             if not os.path.isdir(folder):
                 raise UsageError(
@@ -142,6 +143,7 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
             found = runs_in_folder(loc.telemetry_dir, sel.problems) if os.path.isdir(loc.telemetry_dir) else []
             found = [r for r in found if path in r.manifests]
         elif os.path.isfile(path):
+            sel.dataset_root = sel.dataset_root or find_dataset_root(path)
             run = load_run(run_base(path), sel.problems)
             found = [run] if run else []
         else:

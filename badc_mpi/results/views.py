@@ -154,4 +154,7 @@ FAILED_CHUNKS = """
 SELECT recording_id, chunk_id, status, failure_class, attempts, run_id, coalesce(error, note) AS reason
 FROM chunks WHERE status <> 'analysed' ORDER BY status, recording_id, chunk_id LIMIT ?
 """
-STATUS_COUNTS = "SELECT status, count(*) AS n FROM chunks GROUP BY status"
+FAILURE_CLASSES = """
+SELECT coalesce(failure_class, '?') AS failure_class, count(*) AS n FROM chunks WHERE status = 'failed'
+GROUP BY 1 ORDER BY n DESC, 1
+"""
