@@ -45,7 +45,14 @@ def test_version_and_help():
         "srun",
     ):
         assert needle in run_help, needle
-    assert set(build_parser()._subparsers._group_actions[0].choices) == {"run", "check-chunks", "validate", "gpus"}
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {
+        "run",
+        "check-chunks",
+        "validate",
+        "gpus",
+        "aggregate",
+        "bundle",
+    }
 
 
 def test_validate_and_check_chunks_exit_codes(tmp_path):
