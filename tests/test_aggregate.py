@@ -19,16 +19,18 @@ from badc_mpi.results.verdicts import decide
 from helpers import FAKE_CMD, make_chunk, make_dataset, run_badc, telemetry_files
 
 
-def rec(status: str, sha: str | None = None, attempts: int = 1, fclass: str | None = None, run: str = "r") -> tuple:
-    return (status, sha, status == "success", attempts, fclass, "why" if fclass else "", "t", run)
+def rec(
+    status: str, sha: str | None = None, attempts: int = 1, fclass: str | None = None, run: str = "r", outputs: bool = True
+) -> tuple:
+    return (status, sha, status == "success" and outputs, attempts, fclass, "why" if fclass else "", "t", run)
 
 
 def test_latest_success_wins_failures_and_never_run_are_distinct():
-    chunks = [make_chunk(recording_id="r", chunk_id=c, sha256=("f" * 64 if c == "h" else None)) for c in "abcdeh"]
+    chunks = [make_chunk(recording_id="r", chunk_id=c, sha256=("f" * 64 if c == "h" else None)) for c in "abcdehy"]
     ledgers = [
         ("run1", {"r/a": rec("success"), "r/b": rec("success"), "r/c": rec("failed", fclass="exit"), "r/h": rec("success", "0" * 64), "r/x": rec("success")}),
         ("run2", {"r/a": rec("success"), "r/b": rec("failed", fclass="crash"), "r/c": rec("failed", attempts=3, fclass="timeout")}),
-        ("run3", {"r/d": rec("failed", fclass="input")}),
+        ("run3", {"r/d": rec("failed", fclass="input"), "r/y": rec("success", outputs=False)}),
     ]  # fmt: skip
     verdicts, duplicates = decide(chunks + chunks[:1], ledgers)
     got = {v.chunk_id: (v.status, v.run_id, v.failure_class, v.attempts, v.runs_tried, v.in_manifest) for v in verdicts}
@@ -40,6 +42,7 @@ def test_latest_success_wins_failures_and_never_run_are_distinct():
         "e": ("not_analysed", None, None, None, 0, True),  # never run
         "h": ("not_analysed", None, None, None, 0, True),  # its sha256 changed since
         "x": ("analysed", "run1", None, 1, 1, False),  # in a ledger, no longer in the manifest
+        "y": ("not_analysed", None, None, None, 1, True),  # a --dry-run "success": nothing analysed
     }
     assert "sha256 changed" in next(v.note for v in verdicts if v.chunk_id == "h")
     assert duplicates == ["r/a"]

@@ -3,7 +3,8 @@
 Runs are read oldest first. Per chunk: the latest ``success`` in any ledger wins (its detections
 are counted, once); a chunk with ledger records but no success is ``failed`` (its latest
 failure); a chunk of the manifests that no ledger names, or whose record no longer applies
-(its sha256 changed in the manifest), is ``not_analysed``.
+(its sha256 changed in the manifest), is ``not_analysed``; so is a chunk whose only successes
+wrote no outputs (``--dry-run``: nothing was analysed).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from badc_mpi.records import Chunk
 from badc_mpi.results.schema import ANALYSED, FAILED, NOT_ANALYSED
-from badc_mpi.storage.ledger import ATTEMPTS, ERROR, FAILURE_CLASS, FINISHED_AT, SHA256, STATUS
+from badc_mpi.storage.ledger import ATTEMPTS, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SHA256, STATUS
 
 
 @dataclass(slots=True)
@@ -128,6 +129,23 @@ def _verdict(
             sha256=sha,
             note=note,
         )
+    dry = [(i, rec) for i, rec in history if rec[STATUS] == "success" and not rec[HAS_OUTPUTS]]
+    if dry and len(dry) == len(history):
+        note = "success without outputs (a --dry-run): nothing was analysed"
+        return Verdict(
+            **base,
+            status=NOT_ANALYSED,
+            run_index=None,
+            run_id=None,
+            attempts=None,
+            runs_tried=len({i for i, _ in history}),
+            failure_class=None,
+            error=None,
+            finished_at=None,
+            sha256=sha,
+            note=note,
+        )
+    history = [(i, rec) for i, rec in history if not (rec[STATUS] == "success" and not rec[HAS_OUTPUTS])]
     status, index, rec = _pick(history)
     return Verdict(
         **base,
