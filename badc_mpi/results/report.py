@@ -43,13 +43,19 @@ def _img(png: bytes, alt: str, chart_id: str) -> str:
     return f'<img class="chart" id="{chart_id}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
 def _table(rows: Sequence[dict[str, Any]], table_id: str) -> str:
     if not rows:
         return f'<p id="{table_id}">none</p>'
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in r.values()) + "</tr>" for r in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
     return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
 
 
