@@ -14,11 +14,12 @@ NP ?=
 ARGS ?=
 MANIFEST ?=
 TELEMETRY ?=
+DATASET ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man check-chunks infer resume monitor demo bench gpu-check clean
+.PHONY: help install lint test man check-chunks infer resume monitor aggregate bundle browser demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -75,16 +76,31 @@ monitor: install ## live view of a run from its telemetry: make monitor TELEMETR
 	@test -n "$(TELEMETRY)" || { echo "usage: make monitor TELEMETRY=path/to/run.jsonl (or its folder) [ARGS='--follow --interval-s 5']" >&2; exit 2; }
 	$(BADC) monitor $(TELEMETRY) $(ARGS)
 
-demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest) and run make infer on it (2 ranks)
+aggregate: install ## runs into Parquet (detections, chunks, runs): make aggregate MANIFEST=m.csv | DATASET=dir [ARGS='--force']
+	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make aggregate MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS=...]" >&2; exit 2; }
+	$(BADC) aggregate $(MANIFEST) $(DATASET) $(ARGS)
+
+bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html: make bundle MANIFEST=m.csv | DATASET=dir
+	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30']" >&2; exit 2; }
+	$(BADC) bundle $(MANIFEST) $(DATASET) $(ARGS)
+
+browser: ## Debian's chromium for the report.html test (as root; tests/test_bundle.py skips without it)
+	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	else echo "make browser: needs root (sudo make browser), or install chromium with your package manager" >&2; exit 2; fi
+
+demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest), make infer on it (2 ranks), then make bundle
 	$(PY) scripts/make_demo.py examples/demo
 	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
+	$(MAKE) --no-print-directory bundle MANIFEST=examples/demo/manifests/demo.csv
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
 	$(PY) scripts/bench_resume.py
 	$(PY) scripts/bench_monitor.py
+	$(PY) scripts/bench_aggregate.py
 	$(PY) scripts/bench_hawkears.py
 
 gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')

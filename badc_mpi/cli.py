@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifests", nargs="+", metavar="MANIFEST")
     p.add_argument("--allow-missing", action="store_true", help="report missing audio instead of refusing")
 
+    add_results_commands(sub)
+
     p = sub.add_parser(
         "gpus",
         help="show detected GPUs and the binding a rank here would use",
@@ -191,6 +193,93 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+RESULTS_SOURCES_HELP = (
+    "SOURCE: a manifest (its runs in its telemetry folder), a DataLad dataset folder (every run in "
+    "artifacts/telemetry/infer), a telemetry folder (every run in it) or one run's file (.ledger.jsonl, "
+    ".jsonl, .summary.json). The latest success per chunk counts, once; files that cannot be read "
+    "are listed with their path. Written to <dataset>/artifacts/aggregate/<name>/ "
+    "(./artifacts/aggregate/<name>/ outside a dataset); <name> defaults to the manifest's stem. "
+    "Schema: docs/results.md."
+)
+
+
+def add_results_commands(sub: Any) -> None:
+    for name, text in (
+        ("aggregate", "aggregate runs into Parquet: detections, chunks, runs, attempts"),
+        ("bundle", "aggregate when needed, then DuckDB views, quicklook CSVs, summary.json and report.html"),
+    ):
+        p = sub.add_parser(name, help=text, description=text + ".", epilog=RESULTS_SOURCES_HELP)
+        p.add_argument("sources", nargs="+", metavar="SOURCE")
+        p.add_argument("--name", help="bundle folder name (default: the manifest's stem, else 'all')")
+        p.add_argument("--dest", metavar="DIR", help="write here instead of <dataset>/artifacts/aggregate/<name>")
+        p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
+        p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+        p.add_argument(
+            "--source", default="jsonl", metavar="KIND", help="detection source (default jsonl: <chunk>.detections.jsonl)"
+        )
+        p.add_argument("--force", action="store_true", help="aggregate again even when the inputs did not change")
+        if name == "bundle":
+            p.add_argument("--bucket-minutes", type=float, default=60.0, metavar="MIN", help="timeline bucket (default 60)")
+            p.add_argument("--top-n", type=int, default=20, metavar="N", help="species in the charts (default 20)")
+
+
+def _print_problems(problems: list[Any]) -> None:
+    from badc_mpi.results.aggregate import iter_problem_lines
+
+    if problems:
+        print(f"badc-mpi: {len(problems)} file(s) skipped or read in part:", file=sys.stderr)
+        for line in iter_problem_lines(problems):
+            print(line, file=sys.stderr)
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['runs']} run(s), {counts['chunks']} chunks: {counts['analysed']} analysed, {counts['failed']} failed, "
+        f"{counts['not_analysed']} not analysed; {counts['detections']} detections"
+    )
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from badc_mpi.results.aggregate import aggregate
+    from badc_mpi.results.bundle import bundle_folder
+    from badc_mpi.results.runs import find_runs
+
+    sel = find_runs(args.sources, telemetry_dir=args.telemetry_dir)
+    folder = bundle_folder(args.sources, sel, args.name, args.dest)
+    result = aggregate(args.sources, folder, output_dir=args.output_dir, reader=args.source, reuse=not args.force, selection=sel)
+    _print_problems(result.problems)
+    print(f"aggregate{' (unchanged, reused)' if result.reused else ''}: {_counts_line(result.counts)}")
+    print(f"  parquet  {result.folder}")
+    return ExitCode.OK
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from badc_mpi.results.bundle import build_bundle
+
+    result = build_bundle(
+        args.sources,
+        name=args.name,
+        dest=args.dest,
+        bucket_minutes=args.bucket_minutes,
+        top_n=args.top_n,
+        telemetry_dir=args.telemetry_dir,
+        output_dir=args.output_dir,
+        reuse=not args.force,
+    )
+    summary = result.summary
+    _print_problems(result.aggregate.problems)
+    if summary["tiny_model"]:
+        print("badc-mpi: WARNING: the tiny random-weight model made these detections: they are meaningless")
+    print(f"bundle: {_counts_line(summary['counts'])}")
+    print("top species:")
+    for row in summary["top_labels"][:10]:
+        name = f" ({row['label_name']})" if row["label_name"] and row["label_name"] != row["label"] else ""
+        print(f"  {row['detections']:>9,}  {row['label']}{name}  mean confidence {row['mean_confidence']:.2f}")
+    print(f"  bundle   {result.folder}")
+    print(f"  report   {result.report}")
+    return ExitCode.OK
+
+
 def end_job(comm: Any, exit_code: int, lost_ranks: list[int]) -> None:
     """Ranks that went silent or stuck would hang MPI_Finalize: end the whole job now, with the
     run's exit code, after everything was written and said."""
@@ -269,6 +358,8 @@ COMMANDS = {
     "validate": cmd_validate,
     "gpus": cmd_gpus,
     "monitor": cmd_monitor,
+    "aggregate": cmd_aggregate,
+    "bundle": cmd_bundle,
 }
 
 

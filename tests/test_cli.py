@@ -45,7 +45,15 @@ def test_version_and_help():
         "srun",
     ):
         assert needle in run_help, needle
-    assert set(build_parser()._subparsers._group_actions[0].choices) == {"run", "check-chunks", "validate", "gpus", "monitor"}
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {
+        "run",
+        "check-chunks",
+        "validate",
+        "gpus",
+        "monitor",
+        "aggregate",
+        "bundle",
+    }
 
 
 def test_validate_and_check_chunks_exit_codes(tmp_path):

@@ -1,0 +1,114 @@
+"""The report's charts: plain data in, PNG bytes out (matplotlib, Agg backend, no display).
+
+Every function returns an image even without data (a titled "no data" panel), so that the report
+always has each chart in the same place.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+DPI = 100
+
+
+def _png(fig: matplotlib.figure.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _empty(ax: matplotlib.axes.Axes, title: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, fontsize=14, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def top_species_bar(labels: Sequence[str], counts: Sequence[int], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.32 * len(labels) + 1)))
+    if not labels:
+        _empty(ax, title)
+        return _png(fig)
+    y = np.arange(len(labels))
+    ax.barh(y, counts, color="#3a7ca5")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("detections")
+    ax.set_title(title)
+    for yi, c in zip(y, counts):
+        ax.text(c, yi, f" {c:,}", va="center", fontsize=8)
+    return _png(fig)
+
+
+def heatmap(labels: Sequence[str], buckets: Sequence[str], grid: np.ndarray, title: str, xlabel: str) -> bytes:
+    """``grid[i, j]``: detections of ``labels[i]`` in ``buckets[j]``."""
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.32 * len(labels) + 1.5)))
+    if not labels or not buckets:
+        _empty(ax, title)
+        return _png(fig)
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(np.arange(len(labels)), labels)
+    step = max(1, len(buckets) // 12)
+    ax.set_xticks(np.arange(0, len(buckets), step), [buckets[i] for i in range(0, len(buckets), step)], rotation=45, ha="right")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="detections")
+    return _png(fig)
+
+
+def confidence_histograms(series: dict[str, np.ndarray], bins: int, title: str) -> bytes:
+    """One small histogram per label: ``series[label][k]`` = detections in confidence bin k."""
+    n = len(series)
+    cols = min(3, max(1, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    if not series:
+        _empty(axes[0][0], title)
+        return _png(fig)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for ax, (label, counts) in zip(axes.flat, series.items()):
+        ax.bar(edges[:-1], counts, width=1.0 / bins, align="edge", color="#6a994e")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def worker_series(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str) -> bytes:
+    """Per worker: (minutes since the first attempt, cumulative chunks, GPU utilisation %) -> two panels."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    if not series:
+        _empty(top, title)
+        _empty(bottom, "GPU utilisation")
+        return _png(fig)
+    any_gpu = False
+    for worker, (minutes, done, util) in series.items():
+        top.step(minutes, done, where="post", label=worker)
+        ok = ~np.isnan(util)
+        if ok.any():
+            any_gpu = True
+            bottom.plot(minutes[ok], util[ok], marker=".", linestyle="-", label=worker)
+    top.set_ylabel("chunks finished")
+    top.set_title(title)
+    top.legend(fontsize=7, ncol=4)
+    bottom.set_ylabel("GPU utilisation, % (mean per attempt)")
+    bottom.set_xlabel("minutes since the first attempt")
+    if not any_gpu:
+        bottom.text(0.5, 0.5, "no GPU samples (CPU workers)", ha="center", va="center", transform=bottom.transAxes, color="grey")
+    else:
+        bottom.set_ylim(0, 100)
+        bottom.legend(fontsize=7, ncol=4)
+    return _png(fig)

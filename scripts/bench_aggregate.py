@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Aggregate + bundle benchmark: 10,000,000 synthetic detections to Parquet and DuckDB.
+
+Target: <= 30 s and <= 2 GiB peak RSS on the 2-core dev machine (docs/benchmarks.md).
+
+Writes one finished run as badc-mpi leaves it (manifest, ledger, telemetry, summary, one
+``<chunk>.detections.jsonl`` per chunk: ``--per-chunk`` detections each, canonical records of
+~420 bytes with a ``site`` column), then, in a fresh child process (so the peak RSS is the
+bundle's alone), times ``build_bundle``: aggregate (JSONL -> Parquet), DuckDB tables and views,
+quicklook CSVs, report.html. Prints one JSON line.
+
+Usage: .venv/bin/python scripts/bench_aggregate.py [--detections 10000000] [--per-chunk 50]
+       [--folder DIR (keep and reuse the generated run)] [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LABELS = [(f"SP{i:02d}", f"Species number {i}") for i in range(60)]
+RUN = "20260101T000000Z-bench001"
+STAMP = ".bench-complete"
+
+CHILD = """
+import json, resource, sys, time
+t0 = time.monotonic()
+from badc_mpi.results.bundle import build_bundle
+r = build_bundle([sys.argv[1]], dest=sys.argv[2], reuse=False)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+                  "peak_rss_mib": round(ru.ru_maxrss / 1024), "stages_s": {k: round(v, 2) for k, v in r.seconds.items()},
+                  "detections": r.summary["counts"]["detections"], "chunks": r.summary["counts"]["chunks"]}))
+"""
+
+
+def generate(root: Path, detections: int, per_chunk: int) -> Path:
+    """One finished run of ``detections // per_chunk`` chunks (100 per recording)."""
+    from badc_mpi.storage.ledger import header_record
+
+    if (root / STAMP).exists():
+        return root / "manifests" / "bench.csv"
+    chunks = detections // per_chunk
+    manifest = root / "manifests" / "bench.csv"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    out, tel = root / "out", root / "tel"
+    tel.mkdir(parents=True, exist_ok=True)
+    rows = ["recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"]
+    ledger = [json.dumps(header_record(RUN, [str(manifest)], str(out), "2026-01-01T00:00:00.000Z"))]
+    telemetry = []
+    for i in range(chunks):
+        rec, k = f"rec{i // 100:05d}", i % 100
+        start = k * 60000
+        cid = f"{rec}_chunk_{start}_{start + 60000}"
+        site = f"site{(i // 100) % 7}"
+        rows.append(f"{rec},{cid},../audio/{cid}.wav,{start},{start + 60000},0,,,{site}")
+        if k == 0:
+            (out / rec).mkdir(parents=True, exist_ok=True)
+        head = (
+            f'{{"recording_id":"{rec}","chunk_id":"{cid}","label":"%s","label_code":"%s","label_name":"%s",'
+            f'"confidence":%.3f,"start_s":%.1f,"end_s":%.1f,"start_ms":%d,"end_ms":%d,"chunk_start_ms":{start},'
+            f'"chunk_end_ms":{start + 60000},"source_path":"../audio/{cid}.wav","chunk_sha256":null,'
+            f'"hawkears_version":"2.3.0","model_version":"main=[hgnet.1:0123456789ab]","run_id":"{RUN}","site":"{site}"}}\n'
+        )
+        lines = []
+        for j in range(per_chunk):
+            code, name = LABELS[(i * 7 + j * 13) % len(LABELS)]
+            s = (j * 3) % 57
+            lines.append(
+                head % (code, code, name, 0.5 + ((i + j) % 50) / 100, s, s + 3, start + s * 1000, start + s * 1000 + 3000)
+            )
+        (out / rec / f"{cid}.detections.jsonl").write_text("".join(lines))
+        at = f"2026-01-01T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
+        ledger.append(
+            f'{{"r":"{rec}","c":"{cid}","h":null,"s":"success","a":1,"f":null,"e":"","t":"{at}","o":true,"run":"{RUN}"}}'
+        )
+        telemetry.append(
+            f'{{"schema":"badc-mpi.telemetry/1","run_id":"{RUN}","event":"success","recording_id":"{rec}","chunk_id":"{cid}",'
+            f'"attempt":1,"rank":{i % 8},"host":"node1","worker":"gpu{i % 4}@node1","gpu_index":{i % 4},"gpu_name":"H100",'
+            f'"started_at":"{at}","finished_at":"{at}","runtime_s":1.2,"gpu_util_pct_mean":{60 + i % 30},'
+            f'"gpu_util_pct_max":95,"vram_used_mib":3000,"detections":{per_chunk},"model_version":"main=[hgnet.1:0123456789ab]",'
+            f'"hawkears_version":"2.3.0"}}'
+        )
+    manifest.write_text("\n".join(rows) + "\n")
+    base = tel / "bench_20260101T000000Z"
+    Path(f"{base}.ledger.jsonl").write_text("\n".join(ledger) + "\n")
+    Path(f"{base}.jsonl").write_text("\n".join(telemetry) + "\n")
+    summary = {"schema": "badc-mpi.summary/1", "state": "finished", "runner": {"runner": "hawkears"}, "options": {}, "chunks": {}}
+    Path(f"{base}.summary.json").write_text(json.dumps(summary))
+    (root / STAMP).write_text("")
+    return manifest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--detections", type=int, default=10_000_000)
+    ap.add_argument("--per-chunk", type=int, default=50)
+    ap.add_argument("--folder", help="generate here and keep it (reused when complete)")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.folder) if args.folder else Path(tmp)
+        t0 = time.monotonic()
+        manifest = generate(root, args.detections, args.per_chunk)
+        gen_s = time.monotonic() - t0
+        data_bytes = sum(f.stat().st_size for f in (root / "out").rglob("*.jsonl"))
+        for _ in range(args.repeat):
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(manifest.parents[1] / "tel"), str(Path(tmp) / "bundle")],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return done.returncode
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            result.update(
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                machine=f"{platform.node()} {os.cpu_count()} cores",
+                python=platform.python_version(),
+                jsonl_mib=round(data_bytes / 2**20),
+                generate_s=round(gen_s, 1),
+                target="<= 30 s, <= 2048 MiB",
+                loadavg=os.getloadavg()[0],
+                parquet_mib=round((Path(tmp) / "bundle" / "detections.parquet").stat().st_size / 2**20, 1),
+                duckdb_mib=round((Path(tmp) / "bundle" / "bundle.duckdb").stat().st_size / 2**20, 1),
+            )
+            print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
