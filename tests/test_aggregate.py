@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_resume import kill_run, run_args, run_of
+from test_resume import SLOWER, kill_run, run_args, run_of
 
 from badc_mpi.errors import BadcError
 from badc_mpi.results.aggregate import aggregate
@@ -129,7 +129,9 @@ def test_exactly_once_across_a_killed_and_resumed_run(tmp_path, monkeypatch):
         events, entries = run_of(tfile)
         started = {f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "start"}
         assert started - {f"{e['r']}/{e['c']}" for e in entries}
-    final = run_badc(run_args(manifest, tmp_path, "--resume"), np=3, cwd=tmp_path, timeout_s=150)
+    final_args = run_args(manifest, tmp_path, "--resume")
+    final_args[final_args.index("--runner-cmd") + 1] = SLOWER  # the killed runs' settings (resume refuses a mix)
+    final = run_badc(final_args, np=3, cwd=tmp_path, timeout_s=150)
     assert final.returncode == 0, final.stderr[-3000:]
     runs = telemetry_files(tmp_path / "tel")
     assert len(runs) == 3
