@@ -96,21 +96,8 @@ def _verdict(
         end_ms=chunk.end_ms if chunk else None,
         in_manifest=in_manifest,
     )
-    if not history:
-        return Verdict(
-            **base,
-            status=NOT_ANALYSED,
-            run_index=None,
-            run_id=None,
-            attempts=None,
-            runs_tried=0,
-            failure_class=None,
-            error=None,
-            finished_at=None,
-            sha256=sha,
-        )
     note = None
-    if sha is not None:
+    if sha is not None and history:
         current = [(i, rec) for i, rec in history if rec[SHA256] == sha]
         if not current:
             note = "sha256 changed in the manifest since its last result: run it again"
