@@ -66,6 +66,7 @@ from gpu_check_report import (  # noqa: E402
 from badc_mpi.errors import RunnerSetupError  # noqa: E402
 from badc_mpi.gpu import nvml  # noqa: E402
 from badc_mpi.gpu.binding import detect  # noqa: E402
+from badc_mpi.runners.process import signal_group  # noqa: E402
 
 FAKE_BACKEND = f"{REPO / 'tests' / 'fakes' / 'nvml.py'}:FakeNvmlBackend"
 FAKE_FILE = REPO / "tests" / "fake_nvml" / "four.json"
@@ -181,10 +182,7 @@ def _stop(child: subprocess.Popen) -> None:
             child.stdin.close()
         child.wait(timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_group(child.pid)
         child.wait()
 
 

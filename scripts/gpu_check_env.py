@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import signal
 import socket
 import stat
 import subprocess
@@ -24,6 +23,7 @@ from badc_mpi.gpu.nvml import DeviceInfo, NvmlBackend  # noqa: E402
 from badc_mpi.options import BindingOptions  # noqa: E402
 from badc_mpi.records import Binding  # noqa: E402
 from badc_mpi.runners.hawkears import env as hawkears_env  # noqa: E402
+from badc_mpi.runners.process import signal_group  # noqa: E402
 
 
 class Budget:
@@ -114,17 +114,11 @@ def run_cmd(argv: list[str], *, timeout: float, env: dict[str, str] | None = Non
         out, err = proc.communicate(timeout=timeout)
         return Done(proc.returncode, out, err, time.monotonic() - start)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_group(proc.pid)
         out, err = proc.communicate()
         return Done(124, out, f"timed out after {timeout:.0f} s\n{err}", time.monotonic() - start, True)
     except BaseException:  # the global budget alarm: leave nothing behind
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        signal_group(proc.pid)
         proc.wait()
         raise
 
