@@ -250,9 +250,9 @@ class Coordinator:
         return bool(events)
 
     def _handle(self, src: int, tag: int, msg: Any) -> None:
-        self.health.heard(src, time.monotonic())
         if src in self.lost:  # it spoke again, but its chunks were handed out: it stays aside
             return
+        self.health.heard(src, time.monotonic())
         if tag == TAG_REPORT:
             log.debug("report from rank %d: %d event(s), want %d", src, len(msg.events), msg.want)
             self._events(src, msg.events)
