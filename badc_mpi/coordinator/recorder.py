@@ -16,6 +16,7 @@ from badc_mpi.records import INPUT, Chunk, ChunkState
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.store import STORE, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
 
 
@@ -23,11 +24,14 @@ class Recorder:
     def __init__(self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats]) -> None:
         self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        layout = plan.worker_config.layout
+        self.store = StoreWriter(plan.output_dir, run_id) if layout == STORE else None
         self.ledger = ledger_mod.LedgerWriter(
             plan.ledger_path,
             ledger_mod.header_record(
-                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"]
+                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"], layout
             ),
+            before_sync=self.store.sync if self.store is not None else None,
         )
         self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
         self._carried: list[tuple[str, str]] | None = None
@@ -46,6 +50,12 @@ class Recorder:
         at = tel.utc_iso(time.time())
         self.event("failure", static, chunk, 0, failure_class=INPUT, reason=reason, finished_at=at)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
+
+    def detections(self, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
+        """A success's detections into the store, handed to the OS before its ledger line can be."""
+        if self.store is not None and record:
+            self.store.append(record, versions, hawkears_version, model_version)
+            self.store.flush()
 
     def attempt_ended(
         self,
@@ -95,10 +105,12 @@ class Recorder:
 
     def flush(self) -> None:
         self.writer.flush()
-        self.ledger.flush()
+        self.ledger.flush()  # its fsync syncs the store first
 
     def close(self) -> None:
         self.ledger.close()
+        if self.store is not None:
+            self.store.close()
         self.writer.close()
 
     def write_summary(self, state: str) -> dict[str, int]:

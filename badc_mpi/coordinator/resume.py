@@ -41,6 +41,7 @@ from badc_mpi.storage.ledger import (
     STATUS,
     read_ledger,
 )
+from badc_mpi.storage.store import STORE
 
 log = get_logger(__name__)
 
@@ -53,6 +54,7 @@ class ResumeState:
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
+    stored: set[str] = field(default_factory=set)  #: runs whose detections are in the detection store
 
 
 @dataclass
@@ -132,6 +134,8 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
     state.sources.append(path)
     if contents.header.get("run_id"):
         state.fingerprints[contents.header["run_id"]] = contents.header.get("fingerprint")
+        if contents.header.get("layout") == STORE:
+            state.stored.add(contents.header["run_id"])
 
 
 def find_run_ledgers(telemetry_dir: str, output_dir: str) -> list[str]:
@@ -159,6 +163,8 @@ def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_di
         state.sources.append(summary)
         if head.get("run_id"):
             state.fingerprints[head["run_id"]] = head.get("fingerprint")
+            if head.get("layout") == STORE:
+                state.stored.add(head["run_id"])
         # chunks that run carried from earlier runs were checked against its own settings (unless it
         # was told --accept-mixed): its fingerprint vouches for them, until their own ledgers say more
         vouch = head.get("fingerprint") if not (head.get("options") or {}).get("accept_mixed") else None
@@ -229,7 +235,8 @@ def decide(
             to_run.append(chunk)
             continue
         if status == "success":
-            if verify_outputs and rec[HAS_OUTPUTS] and not has_detections(chunk):
+            # store runs: the store was synced before the ledger line (storage/store.py); per-chunk: look
+            if verify_outputs and rec[HAS_OUTPUTS] and rec[RUN] not in state.stored and not has_detections(chunk):
                 missing += 1
                 to_run.append(chunk)
                 continue

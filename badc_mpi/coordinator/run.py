@@ -352,6 +352,8 @@ class Coordinator:
                 log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
                 continue
             self.health.ended(ev.key, timeout_s)
+            if decision.event == "success":
+                recorder.detections(ev.record, ev.versions, ev.hawkears_version, ev.model_version)
             recorder.attempt_ended(
                 rank,
                 state,
