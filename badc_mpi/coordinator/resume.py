@@ -12,7 +12,7 @@ another fingerprint stops the resume with exit 2 naming what differs, unless ``-
 (run such chunks again) or ``--accept-mixed`` (keep them).
 
 A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
-(when the manifest has one) and its detections file still exists; ``failed`` chunks run again
+(when the manifest has one) and its detections still exist (its file, or its run's store segments); ``failed`` chunks run again
 unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 """
@@ -41,7 +41,7 @@ from badc_mpi.storage.ledger import (
     STATUS,
     read_ledger,
 )
-from badc_mpi.storage.store import STORE
+from badc_mpi.storage.store import run_segments
 
 log = get_logger(__name__)
 
@@ -54,7 +54,6 @@ class ResumeState:
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
-    stored: set[str] = field(default_factory=set)  #: runs whose detections are in the detection store
 
 
 @dataclass
@@ -134,8 +133,6 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
     state.sources.append(path)
     if contents.header.get("run_id"):
         state.fingerprints[contents.header["run_id"]] = contents.header.get("fingerprint")
-        if contents.header.get("layout") == STORE:
-            state.stored.add(contents.header["run_id"])
 
 
 def find_run_ledgers(telemetry_dir: str, output_dir: str) -> list[str]:
@@ -163,8 +160,6 @@ def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_di
         state.sources.append(summary)
         if head.get("run_id"):
             state.fingerprints[head["run_id"]] = head.get("fingerprint")
-            if head.get("layout") == STORE:
-                state.stored.add(head["run_id"])
         # chunks that run carried from earlier runs were checked against its own settings (unless it
         # was told --accept-mixed): its fingerprint vouches for them, until their own ledgers say more
         vouch = head.get("fingerprint") if not (head.get("options") or {}).get("accept_mixed") else None
@@ -218,6 +213,14 @@ def decide(
             listings[chunk.recording_id] = names
         return chunk.chunk_id + ".detections.jsonl" in names
 
+    segments: dict[str, bool] = {}
+
+    def stored(run: str) -> bool:  # one listing per run: its store segments still there
+        found = segments.get(run)
+        if found is None:
+            found = segments[run] = bool(run_segments(output_dir, run))
+        return found
+
     to_run: list[Any] = []
     carried: dict[str, tuple[Any, ...]] = {}
     changed = missing = 0
@@ -236,7 +239,7 @@ def decide(
             continue
         if status == "success":
             # store runs: the store was synced before the ledger line (storage/store.py); per-chunk: look
-            if verify_outputs and rec[HAS_OUTPUTS] and rec[RUN] not in state.stored and not has_detections(chunk):
+            if verify_outputs and rec[HAS_OUTPUTS] and not stored(rec[RUN]) and not has_detections(chunk):
                 missing += 1
                 to_run.append(chunk)
                 continue

@@ -227,7 +227,7 @@ def _stream_detections(
 
 
 def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, schema: pa.Schema, problems: list[Problem]) -> None:
-    problems.extend(Problem(path, reason) for path, reason in batch.problems)
+    problems.extend(Problem(path, reason, kind) for path, reason, kind in batch.problems)
     for chunk, path, reason in batch.unreadable:
         problems.append(Problem(path, f"{chunk.key}: {reason}" if chunk.layout != PER_CHUNK else reason))
         verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, f"detections unreadable: {reason}"

@@ -64,7 +64,7 @@ class DetectionBatch:
     counts: list[int]
     table: pa.Table
     unreadable: list[tuple[DoneChunk, str, str]] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  #: (path, reason) not tied to a done chunk
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  #: (path, reason, kind) not tied to a done chunk
 
 
 DetectionReader = Callable[[Iterable[DoneChunk]], Iterator[DetectionBatch]]

@@ -101,7 +101,7 @@ def _parse(data: bytes) -> pa.Table:
     )
 
 
-def _parse_block(block: _Block, problems: list[tuple[str, str]]) -> pa.Table | None:
+def _parse_block(block: _Block, problems: list[tuple[str, str, str]]) -> pa.Table | None:
     """The block's lines as a table; a damaged line is named (byte offset) and left out."""
     if not block.data:
         return None
@@ -119,14 +119,16 @@ def _parse_block(block: _Block, problems: list[tuple[str, str]]) -> pa.Table | N
         if ok:
             good.append(raw)
         else:
-            problems.append((block.path, f"damaged line at byte {at} skipped: not a store record"))
+            problems.append((block.path, f"damaged line at byte {at} skipped: not a store record", "unreadable"))
         at += len(raw) + 1
     if not good:
         return None
     try:
         return _parse(b"\n".join(good) + b"\n")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        problems.append((block.path, f"block at byte {block.offset} unreadable ({str(exc).splitlines()[0]}); skipped"))
+        problems.append(
+            (block.path, f"block at byte {block.offset} unreadable ({str(exc).splitlines()[0]}); skipped", "unreadable")
+        )
         return None
 
 
@@ -179,7 +181,7 @@ def _consistent(rows: pa.Table) -> np.ndarray:
 
 
 def _chunk_batch(
-    block: _Block, table: pa.Table, run: _RunState, everyone: set[str], problems: list[tuple[str, str]]
+    block: _Block, table: pa.Table, run: _RunState, everyone: set[str], problems: list[tuple[str, str, str]]
 ) -> DetectionBatch | None:
     """The block's done chunks (of this run, first record each) as a batch."""
     if "versions" in table.column_names:
@@ -202,10 +204,10 @@ def _chunk_batch(
             unknown += key not in everyone
             continue
         if key in run.found:
-            problems.append((block.path, f"{key}: a second record in one run; the first counts"))
+            problems.append((block.path, f"{key}: a second record in one run; the first counts", "note"))
             continue
         if not good[i]:
-            problems.append((block.path, f"{key}: detection lists of unequal length; not counted"))
+            problems.append((block.path, f"{key}: detection lists of unequal length; not counted", "unreadable"))
             continue
         run.found.add(key)
         keep[i] = True
@@ -216,6 +218,7 @@ def _chunk_batch(
                 block.path,
                 f"{unknown} chunk record(s) from byte {block.offset} without a success in any ledger read "
                 "(rank 0 stopped between the store and the ledger, or a run not aggregated): not counted",
+                "orphan_output",
             )
         )
     if not chunks:
@@ -232,12 +235,12 @@ def read_store_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BAT
         runs.setdefault((chunk.output_dir, chunk.run_id), _RunState({})).wanted[chunk.key] = chunk
     everyone = {key for run in runs.values() for key in run.wanted}
     for (output_dir, run_id), run in runs.items():
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str, str, str]] = []
         for block in _ahead(_blocks(run_segments(output_dir, run_id), batch_bytes), depth=2):
             if block.torn_at is not None:
                 reason = f"torn last line at byte {block.torn_at} skipped (rank 0 stopped mid-write; that chunk was never done)"
                 log.warning("%s: %s", block.path, reason)
-                problems.append((block.path, reason))
+                problems.append((block.path, reason, "torn"))
                 continue
             table = _parse_block(block, problems)
             batch = _chunk_batch(block, table, run, everyone, problems) if table is not None else None
