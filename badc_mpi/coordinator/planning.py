@@ -22,7 +22,7 @@ from badc_mpi.options import RunOptions
 from badc_mpi.records import Chunk
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.storage.ledger import LEDGER_SUFFIX
-from badc_mpi.storage.store import PER_CHUNK, STORE
+from badc_mpi.storage.store import PER_CHUNK, STORE, store_dir
 from badc_mpi.transport.messages import WorkerConfig
 
 log = get_logger(__name__)
@@ -117,6 +117,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     now = time.time()
     check_writable(loc.output_dir, "output folder", "--output-dir")  # last: nothing is created on bad input
     check_writable(loc.telemetry_dir, "telemetry folder", "--telemetry-dir")
+    if not options.per_chunk_outputs:
+        check_writable(store_dir(loc.output_dir), "detection store folder", "--output-dir")
     tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
     output_dir = os.path.abspath(loc.output_dir)
     config = WorkerConfig(
