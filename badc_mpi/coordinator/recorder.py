@@ -19,6 +19,8 @@ from badc_mpi.storage import telemetry as tel
 from badc_mpi.storage.store import STORE, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
 
+STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B) stay far below ledger.BUFFER_BYTES
+
 
 class Recorder:
     def __init__(self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats]) -> None:
@@ -33,6 +35,7 @@ class Recorder:
             ),
             before_sync=self.store.sync if self.store is not None else None,
         )
+        self._unflushed = 0  #: store records appended since the store's last flush
         self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
         self._carried: list[tuple[str, str]] | None = None
 
@@ -55,7 +58,10 @@ class Recorder:
         """A success's detections into the store, handed to the OS before its ledger line can be."""
         if self.store is not None and record:
             self.store.append(record, versions, hawkears_version, model_version)
-            self.store.flush()
+            self._unflushed += 1
+            if self._unflushed >= STORE_AHEAD:  # long before the ledger's buffer could flush by itself
+                self.store.flush()
+                self._unflushed = 0
 
     def attempt_ended(
         self,
@@ -104,8 +110,13 @@ class Recorder:
         )
 
     def flush(self) -> None:
+        """Once per loop iteration: telemetry, then the store, then the ledger (whose fsync syncs the
+        store first): no ledger line reaches the OS or the disk before its chunk's detections."""
         self.writer.flush()
-        self.ledger.flush()  # its fsync syncs the store first
+        if self.store is not None:
+            self.store.flush()
+            self._unflushed = 0
+        self.ledger.flush()
 
     def close(self) -> None:
         self.ledger.close()

@@ -27,6 +27,7 @@ from badc_mpi.storage.jsonl import complete_lines, dumps
 LEDGER_SCHEMA = "badc-mpi.ledger/1"
 LEDGER_SUFFIX = ".ledger.jsonl"
 SYNC_INTERVAL_S = 0.1
+BUFFER_BYTES = 1 << 20  #: lines written before the buffer could flush by itself: far more than STORE_AHEAD
 
 
 def header_record(
@@ -83,7 +84,8 @@ class LedgerWriter:
         self.path = Path(path)
         self.before_sync = before_sync  #: called before every fsync (the detection store syncs first)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
+        # a large buffer: lines reach the OS only on flush (the detection store's lines go first)
+        self._fh = open(self.path, "a", encoding="utf-8", buffering=BUFFER_BYTES)  # noqa: SIM115 - long-lived handle
         self._pending = 0
         self._last_sync = time.monotonic()
         self._fh.write(json.dumps(header, ensure_ascii=False, separators=(",", ":")) + "\n")
