@@ -313,6 +313,8 @@ def store_records(out: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
             if "chunk_id" not in rec:
                 continue  # the header and versions lines
             lists = ("label", "label_code", "label_name", "confidence", "start_s", "end_s")
+            for same in ("label_code", "label_name"):  # null: repeats label
+                rec[same] = rec["label"] if rec[same] is None else rec[same]
             assert all(len(rec[k]) == rec["n"] for k in lists), path
             rec["detections"] = [dict(zip(lists, values)) for values in zip(*(rec[k] for k in lists))]
             runs.setdefault(rec["run_id"], {}).setdefault(f"{rec['recording_id']}/{rec['chunk_id']}", []).append(rec)

@@ -231,7 +231,7 @@ def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, sc
     for chunk, path, reason in batch.unreadable:
         problems.append(Problem(path, f"{chunk.key}: {reason}" if chunk.layout != PER_CHUNK else reason))
         verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, f"detections unreadable: {reason}"
-    wrong, other_run = _check_keys(batch)
+    wrong, other_run = (set(), set()) if batch.keyed else _check_keys(batch)
     table, offset = batch.table, 0
     keep = np.ones(table.num_rows, dtype=bool)
     for i, (chunk, n) in enumerate(zip(batch.chunks, batch.counts)):

@@ -65,6 +65,7 @@ class DetectionBatch:
     table: pa.Table
     unreadable: list[tuple[DoneChunk, str, str]] = field(default_factory=list)
     problems: list[tuple[str, str, str]] = field(default_factory=list)  #: (path, reason, kind) not tied to a done chunk
+    keyed: bool = False  #: rows were matched to ``chunks`` by their own keys (nothing left to check)
 
 
 DetectionReader = Callable[[Iterable[DoneChunk]], Iterator[DetectionBatch]]

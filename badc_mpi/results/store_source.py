@@ -3,7 +3,7 @@
 Reads each run's segments in blocks of whole lines (bounded memory), parses them with pyarrow,
 keeps the chunk lines the ledgers call done for that run, and explodes their parallel lists into
 raw detection records (:data:`~badc_mpi.results.schema.RAW_DETECTION_SCHEMA` plus the manifest's
-extra keys). Never counted, always named: a torn last line (file and byte offset), a damaged line,
+extra keys; chunk-level text as dictionary arrays). Never counted, always named: a torn last line (file and byte offset), a damaged line,
 a chunk line no ledger calls done (rank 0 stopped between the store and the ledger), and a done
 chunk the store lacks.
 """
@@ -134,13 +134,20 @@ def _parse_block(block: _Block, problems: list[tuple[str, str, str]]) -> pa.Tabl
 
 def _explode(rows: pa.Table, versions: dict[str, tuple[str | None, str | None]]) -> pa.Table:
     """Chunk lines -> one raw detection record per list element (chunk fields repeated)."""
-    parents = pc.list_parent_indices(rows.column("label"))
+    labels = rows.column("label")
+    for name in ("label_code", "label_name"):  # null: the same as ``label`` (storage/store.py)
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.coalesce(rows.column(name), labels))
+    parents = pc.list_parent_indices(labels)
     flat = {name: pc.list_flatten(rows.column(name)) for name in _LISTS}
-    take = {name: rows.column(name).take(parents) for name in ("recording_id", "chunk_id", "run_id", "source_path")}
+    # chunk-level text repeats per detection: dictionary-encode once per chunk, then take indices only
+    take = {
+        name: pc.dictionary_encode(rows.column(name)).take(parents)
+        for name in ("recording_id", "chunk_id", "run_id", "source_path", "sha256")
+    }
     base_ms = pc.fill_null(rows.column("chunk_start_ms"), 0).take(parents)
     vids = rows.column("v").to_pylist()
-    hv = pa.array([versions.get(v, (None, None))[0] for v in vids], TEXT).take(parents)
-    mv = pa.array([versions.get(v, (None, None))[1] for v in vids], TEXT).take(parents)
+    hv = pc.dictionary_encode(pa.array([versions.get(v, (None, None))[0] for v in vids], TEXT)).take(parents)
+    mv = pc.dictionary_encode(pa.array([versions.get(v, (None, None))[1] for v in vids], TEXT)).take(parents)
     columns: dict[str, Any] = {
         "recording_id": take["recording_id"],
         "chunk_id": take["chunk_id"],
@@ -150,7 +157,7 @@ def _explode(rows: pa.Table, versions: dict[str, tuple[str | None, str | None]])
         "chunk_start_ms": rows.column("chunk_start_ms").take(parents),
         "chunk_end_ms": rows.column("chunk_end_ms").take(parents),
         "source_path": take["source_path"],
-        "chunk_sha256": rows.column("sha256").take(parents),
+        "chunk_sha256": take["sha256"],
         "hawkears_version": hv,
         "model_version": mv,
         "run_id": take["run_id"],
@@ -162,7 +169,7 @@ def _explode(rows: pa.Table, versions: dict[str, tuple[str | None, str | None]])
         meta = rows.column("meta").combine_chunks()
         names = [meta.type.field(i).name for i in range(meta.type.num_fields)]
         for i, (_column, key) in enumerate(extra_key_map(names)):
-            table = table.append_column(key, meta.field(i).cast(TEXT).take(parents))
+            table = table.append_column(key, pc.dictionary_encode(meta.field(i).cast(TEXT)).take(parents))
     return table
 
 
@@ -175,7 +182,10 @@ def _consistent(rows: pa.Table) -> np.ndarray:
     n = rows.column("n").to_numpy(zero_copy_only=False)
     ok = np.ones(rows.num_rows, dtype=bool)
     for name in _LISTS:
-        lengths = pc.fill_null(pc.list_value_length(rows.column(name)), -1).to_numpy(zero_copy_only=False)
+        column = rows.column(name)
+        if name in ("label_code", "label_name"):
+            column = pc.coalesce(column, rows.column("label"))
+        lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False)
         ok &= lengths == n
     return ok
 
@@ -225,7 +235,7 @@ def _chunk_batch(
         return None
     rows = rows.filter(pa.array(keep))
     counts = rows.column("n").to_pylist()
-    return DetectionBatch(chunks, counts, _explode(rows, run.versions))
+    return DetectionBatch(chunks, counts, _explode(rows, run.versions), keyed=True)
 
 
 def read_store_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BATCH_BYTES) -> Iterator[DetectionBatch]:

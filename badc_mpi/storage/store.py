@@ -9,7 +9,8 @@ Each segment is JSON Lines: a ``store`` header line, ``versions`` lines (HawkEar
 versions, written once per segment and referred to by id), and one ``chunk`` line per chunk that
 succeeded: the chunk's identity and provenance once, then its detections as parallel lists
 (``label``, ``label_code``, ``label_name``, ``confidence``, ``start_s``, ``end_s``; times
-chunk-relative seconds as HawkEars wrote them). A chunk with no detection has ``"n":0`` and empty
+chunk-relative seconds as HawkEars wrote them; ``label_code`` or ``label_name`` is ``null`` when
+it would repeat ``label`` element for element). A chunk with no detection has ``"n":0`` and empty
 lists: "analysed, nothing found" is a record, not an absence.
 
 Workers encode their chunk lines (:func:`chunk_line`); rank 0 appends them (:class:`StoreWriter`)
@@ -95,8 +96,8 @@ def chunk_line(
         "chunk_end_ms": chunk.end_ms,
         "n": len(labels),
         "label": list(labels),
-        "label_code": list(codes),
-        "label_name": list(names),
+        "label_code": _unless_labels(codes, labels),
+        "label_name": _unless_labels(names, labels),
         "confidence": list(confidences),
         "start_s": list(starts_s),
         "end_s": list(ends_s),
@@ -104,6 +105,12 @@ def chunk_line(
     if chunk.extra:
         record["meta"] = dict(chunk.extra)
     return dumps(record)
+
+
+def _unless_labels(values: Sequence[str | None], labels: Sequence[str]) -> list[str | None] | None:
+    """``values`` as a list, or None when it repeats ``labels`` (readers then take ``label``)."""
+    values = list(values)
+    return None if values == list(labels) and labels else values
 
 
 def detections_line(chunk: Chunk, run_id: str, versions: str, raw: Sequence[Any]) -> str:
