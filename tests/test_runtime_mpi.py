@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from badc_mpi.storage.ledger import read_ledger
+
 from fakes.nvml import fake_env
 from helpers import FAKE_CMD, MPIEXEC, PYTHON, REPO, make_dataset, read_jsonl, run_badc, run_own, sidecar, telemetry_files
 
@@ -119,10 +121,16 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
     assert summary["state"] == "finished"
     assert summary["counts"]["success"] == 195 and summary["counts"]["failed"] == 5
+    # summary/2 lists the failed chunks only (a finished run has none unfinished); the ledger has every one
+    assert set(summary["chunks"]) == {key for key, e in finals.items() if e["event"] != "success"}
+    for key, entry in summary["chunks"].items():
+        assert entry["status"] == "failed" and entry["attempts"] == finals[key]["attempt"]
+        assert entry["retries"] == finals[key]["attempt"] - 1 and entry["failure_class"] == finals[key]["failure_class"]
+    ledger = {f"{r['r']}/{r['c']}": r for r in read_ledger(sidecar(tfile, ".ledger.jsonl")).entries}
+    assert set(ledger) == set(finals)
     for key, e in finals.items():
-        entry = summary["chunks"][key]
-        assert entry["status"] == ("success" if e["event"] == "success" else "failed")
-        assert entry["attempts"] == e["attempt"] and entry["retries"] == e["attempt"] - 1
+        assert ledger[key]["s"] == ("success" if e["event"] == "success" else "failed")
+        assert ledger[key]["a"] == e["attempt"]
     # workers CSV agrees with telemetry
     with open(sidecar(tfile, ".workers.csv"), newline="") as fh:
         rows = {r["worker"]: r for r in csv.DictReader(fh)}

@@ -88,7 +88,9 @@ def _code(codes: list[str | None], run: str | None) -> int:
 class ResumeState:
     """Latest known outcome per chunk key (as columns), and where it came from."""
 
-    records: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: key -> ledger.RECORD_FIELDS values (tests, old summaries)
+    records: dict[str, tuple[Any, ...]] = field(
+        default_factory=dict
+    )  #: key -> ledger.RECORD_FIELDS values (tests, old summaries)
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
@@ -297,7 +299,9 @@ def decide(
     layer = state.merged()
     keys, digests, has_digest = _columns(chunks)
     n = len(keys)
-    reversed_keys = layer.keys.take(pa.array(np.arange(len(layer.keys) - 1, -1, -1)))  # index_in finds the first match: the latest record
+    reversed_keys = layer.keys.take(
+        pa.array(np.arange(len(layer.keys) - 1, -1, -1))
+    )  # index_in finds the first match: the latest record
     match = pc.index_in(keys, value_set=reversed_keys)
     found = match.is_valid().to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(found)
