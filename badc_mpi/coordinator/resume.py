@@ -299,15 +299,18 @@ def decide(
     layer = state.merged()
     keys, digests, has_digest = _columns(chunks)
     n = len(keys)
-    reversed_keys = layer.keys.take(
-        pa.array(np.arange(len(layer.keys) - 1, -1, -1))
-    )  # index_in finds the first match: the latest record
-    match = pc.index_in(keys, value_set=reversed_keys)
-    found = match.is_valid().to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(found)
-    rec = (len(layer.keys) - 1 - match.drop_null().to_numpy().astype(np.int64)) if len(rows) else np.zeros(0, np.int64)
-    del match, reversed_keys
-    orphans = (pc.count_distinct(layer.keys).as_py() if len(layer.keys) else 0) - len(rows)
+    # the manifests' keys are unique: look every record up among them (one hash table over the
+    # chunks, none over the records), and let the latest record of a chunk win
+    where = pc.index_in(layer.keys, value_set=keys)
+    known = where.is_valid().to_numpy(zero_copy_only=False)
+    latest = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(latest, where.drop_null().to_numpy().astype(np.int64), np.flatnonzero(known))
+    unknown = layer.keys.filter(pa.array(~known))
+    orphans = pc.count_distinct(unknown).as_py() if len(unknown) else 0
+    del where, unknown
+    rows = np.flatnonzero(latest >= 0)
+    rec = latest[rows]
+    del latest
     changed = has_digest[rows] & ~(layer.has_sha[rec] & (layer.sha[rec] == digest_prefix(digests[rows])))
     ok = layer.ok[rec] & ~changed
     missing = np.zeros(len(rows), dtype=bool)
