@@ -99,6 +99,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
 	$(PY) scripts/bench_resume.py
+	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_aggregate.py
 	$(PY) scripts/bench_hawkears.py

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from badc_mpi.storage.ledger import read_ledger
+
 from fakes.nvml import fake_env
 from helpers import (
     FAKE_CMD,
@@ -139,10 +141,16 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np, lay
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
     assert summary["state"] == "finished"
     assert summary["counts"]["success"] == 195 and summary["counts"]["failed"] == 5
+    # summary/2 lists the failed chunks only (a finished run has none unfinished); the ledger has every one
+    assert set(summary["chunks"]) == {key for key, e in finals.items() if e["event"] != "success"}
+    for key, entry in summary["chunks"].items():
+        assert entry["status"] == "failed" and entry["attempts"] == finals[key]["attempt"]
+        assert entry["retries"] == finals[key]["attempt"] - 1 and entry["failure_class"] == finals[key]["failure_class"]
+    ledger = {f"{r['r']}/{r['c']}": r for r in read_ledger(sidecar(tfile, ".ledger.jsonl")).entries}
+    assert set(ledger) == set(finals)
     for key, e in finals.items():
-        entry = summary["chunks"][key]
-        assert entry["status"] == ("success" if e["event"] == "success" else "failed")
-        assert entry["attempts"] == e["attempt"] and entry["retries"] == e["attempt"] - 1
+        assert ledger[key]["s"] == ("success" if e["event"] == "success" else "failed")
+        assert ledger[key]["a"] == e["attempt"]
     # workers CSV agrees with telemetry
     with open(sidecar(tfile, ".workers.csv"), newline="") as fh:
         rows = {r["worker"]: r for r in csv.DictReader(fh)}
@@ -204,11 +212,11 @@ def test_failed_csv_reruns_as_a_manifest(tmp_path):
     assert len(finals) == 5
     # the failed CSV's annotations are not chunk metadata: not in telemetry, not in detections
     assert all(set(e["meta"]) == {"site"} for e in finals)
+    stored = store_records(out)[newest_run := finals[0]["run_id"]]
+    assert len(stored) == 5 and {e["run_id"] for e in finals} == {newest_run}
     for e in finals:
-        rec, chunk = e["recording_id"], e["chunk_id"]
-        for line in (out / rec / f"{chunk}.detections.jsonl").read_text().splitlines():
-            det = json.loads(line)
-            assert det["site"] and not any(k.startswith("badc_") for k in det) and "reason" not in det
+        (record,) = stored[f"{e['recording_id']}/{e['chunk_id']}"]
+        assert set(record["meta"]) == {"site"} and record["meta"]["site"]
 
 
 def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
@@ -438,4 +446,5 @@ def test_no_launcher_runs_as_one_rank(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 chunks on 1 rank;" in proc.stdout
-    assert len(list((tmp_path / "out").rglob("*.detections.jsonl"))) == 5
+    (stored,) = store_records(tmp_path / "out").values()
+    assert len(stored) == 5

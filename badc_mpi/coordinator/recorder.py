@@ -1,8 +1,8 @@
 """Rank 0's single writer: telemetry lines, the resume ledger, and summary snapshots.
 
 Every final outcome goes to the ledger (the resume truth) in the same loop iteration as its
-telemetry line; summaries are snapshots of the scheduler's states, with the entries of final
-chunks encoded once, when they become final.
+telemetry line; summaries are snapshots of the scheduler's counts and the workers' totals, listing
+only the chunks that failed or are unfinished (:func:`badc_mpi.storage.summary.render_summary`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class Recorder:
             before_sync=self.store.sync if self.store is not None else None,
         )
         self._unflushed = 0  #: store records appended since the store's last flush
-        self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
-        self._carried: list[tuple[str, str]] | None = None
 
     def line(self, text: str) -> None:
         """A telemetry line encoded elsewhere (a worker's start line, a result line)."""
@@ -47,9 +45,9 @@ class Recorder:
         """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt)."""
         self.writer.write(tel.bare_record(self.run_id, event, static, chunk, attempt, **fields))
 
-    def failed_before_dispatch(self, chunk: Chunk, reason: str, static: dict[str, Any]) -> None:
+    def failed_before_dispatch(self, index: int, chunk: Chunk, reason: str, static: dict[str, Any]) -> None:
         """Missing audio (``--allow-missing``): failed as ``input`` without an attempt."""
-        self.scheduler.mark_failed(chunk.key, INPUT, reason)
+        self.scheduler.mark_failed(index, INPUT, reason)
         at = tel.utc_iso(time.time())
         self.event("failure", static, chunk, 0, failure_class=INPUT, reason=reason, finished_at=at)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
@@ -82,7 +80,6 @@ class Recorder:
             state.outputs, state.detections = outputs, detections
         if decision.event == "retry":
             return
-        self.fragments[state.chunk.key] = summary_mod.entry_json(state)
         status = "success" if decision.event == "success" else "failed"
         self._final(state.chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
 
@@ -126,26 +123,15 @@ class Recorder:
 
     def write_summary(self, state: str) -> dict[str, int]:
         """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
-        plan = self.plan
-        if self._carried is None:
-            from badc_mpi.coordinator.resume import carried_entry
-
-            self._carried = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
-        fragments = self.fragments
-        pending, entry_json = summary_mod.pending_json, summary_mod.entry_json
-
-        def entry(key: str, st: ChunkState) -> str:
-            text = fragments.get(key)
-            if text is not None:
-                return text
-            return pending(st.chunk.sha256) if st.status == "pending" and not st.attempts else entry_json(st)
-
-        entries = self._carried + [(key, entry(key, st)) for key, st in self.scheduler.states.items()]
-        counts = summary_mod.summary_counts(self.scheduler.counts(), plan.carried_counts)
+        plan, scheduler = self.plan, self.scheduler
+        listed = scheduler.indices("failed", "in_flight", "backoff")
+        entries = ((st.chunk.key, summary_mod.entry_json(st)) for st in scheduler.iter_states(listed))
+        counts = summary_mod.summary_counts(scheduler.counts(), plan.carried_counts)
         workers = self.workers.values()
         text = summary_mod.render_summary(plan.meta, counts, workers, entries, state=state, run_id=self.run_id)
         summary_mod.write_summary(str(plan.summary_path), text)
         summary_mod.write_workers_csv(str(plan.workers_csv), workers)
         if counts["failed"]:
-            summary_mod.write_failed_csv(str(plan.failed_csv), self.scheduler.states.values(), plan.columns)
+            failed = scheduler.iter_states(scheduler.indices("failed"))
+            summary_mod.write_failed_csv(str(plan.failed_csv), failed, plan.columns)
         return counts

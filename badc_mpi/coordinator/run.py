@@ -183,8 +183,8 @@ class Coordinator:
             flush=True,
         )
         static0 = tel.worker_static(0, os.getpid(), self.binding)
-        for chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
-            recorder.failed_before_dispatch(chunk, reason, static0)
+        for index, chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
+            recorder.failed_before_dispatch(index, chunk, reason, static0)
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -302,8 +302,11 @@ class Coordinator:
         self._next_health_check = mono + 1.0
         acted = False
         for rank, key in self.health.overdue(mono):
-            state = self.coord.states[key]
+            state = self.coord.in_flight_state(key)
             worker = self.workers[rank].worker
+            if state is None:  # no longer in flight (taken back): only the deadline is left
+                self.health.ended(key, 0.0)
+                continue
             timeout_s = self.options.timeout_for(state.chunk.duration_s)
             why = f"no result for {key} {self.options.deadline_margin_s:g} s past its {timeout_s:g} s timeout"
             decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
@@ -332,8 +335,10 @@ class Coordinator:
         coord, recorder = self.coord, self.recorder
         assert coord is not None and recorder is not None
         for ev in events:
-            state = coord.states.get(ev.key)
-            if state is None:
+            state = coord.in_flight_state(ev.key)
+            if state is None:  # not in flight (any more): a late or duplicate report
+                if isinstance(ev, ResultEvent):
+                    log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
                 continue
             timeout_s = self.options.timeout_for(state.chunk.duration_s)
             if isinstance(ev, StartEvent):
@@ -422,7 +427,7 @@ class Coordinator:
         text, warn = summary_mod.format_final_report(
             {"run_id": self.run_id, "state": state, "counts": counts},
             self.workers.values(),
-            self.coord.states.values(),
+            self.coord.worst(),
             {
                 "telemetry": outcome.telemetry_path,
                 "summary": outcome.summary_path,
