@@ -83,7 +83,13 @@ def run_argv(
         argv += ["--input", path]
     for path in outputs:
         argv += ["--output", path]
-    return argv + [*ON_CMD_FAILURE, "--", *command]
+    return argv + [*ON_CMD_FAILURE, "--", *(escape_braces(word) for word in command)]
+
+
+def escape_braces(word: str) -> str:
+    """``datalad run`` fills ``{inputs}``-style placeholders in the command: double every brace so
+    that a command's own braces (``--runner-cmd '... {input}'``) reach it unchanged."""
+    return word.replace("{", "{{").replace("}", "}}")
 
 
 def printable(argv: Sequence[str], root: str) -> str:
