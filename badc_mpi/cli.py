@@ -238,6 +238,11 @@ def add_results_commands(sub: Any) -> None:
         if name == "bundle":
             p.add_argument("--bucket-minutes", type=float, default=60.0, metavar="MIN", help="timeline bucket (default 60)")
             p.add_argument("--top-n", type=int, default=20, metavar="N", help="species in the charts (default 20)")
+            p.add_argument(
+                "--record-datalad",
+                action="store_true",
+                help="inside a DataLad dataset, `datalad save` the bundle folder afterwards (make bundle does, unless RECORD_DATALAD=0)",
+            )
 
 
 def _print_problems(problems: list[Any]) -> None:
@@ -294,6 +299,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"  {row['detections']:>9,}  {row['label']}{name}  mean confidence {row['mean_confidence']:.2f}")
     print(f"  bundle   {result.folder}")
     print(f"  report   {result.report}")
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        save_bundle(result.folder, f"badc-mpi bundle {os.path.basename(result.folder)}: {_counts_line(summary['counts'])}")
     return ExitCode.OK
 
 

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_CMD, PYTHON, make_chunk, make_dataset, run_badc, run_own
 
 from badc_mpi.orchestrate.datalad import collapse_dirs, escape_braces, run_argv
 from badc_mpi.orchestrate.plan import tally
+
+from helpers import FAKE_CMD, PYTHON, make_chunk, make_dataset, run_badc, run_own
 
 VENV_BIN = Path(PYTHON).parent
 DATALAD = VENV_BIN / "datalad"
@@ -155,7 +156,9 @@ def tool_env():
 
 
 def datalad(args, cwd):
-    done = subprocess.run([str(DATALAD), *args], cwd=cwd, env={**os.environ, **tool_env()}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(DATALAD), *args], cwd=cwd, env={**os.environ, **tool_env()}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done
 
@@ -192,7 +195,7 @@ def test_print_datalad_run_is_exact_and_runs_nothing(dataset):
     out = badc(["run", "manifests/chunks.csv", "--np", "1", "--max-retries", "3", "--print-datalad-run"], cwd=root)
     assert out.returncode == 0, out.stderr
     expected = (
-        f"cd {root} && datalad run -m 'badc-mpi run: chunks.csv (4 chunks, 4 to run)' --input manifests/chunks.csv "
+        f"cd {root} && datalad run -m 'badc-mpi run: chunks.csv (4 chunks, 0 done earlier)' --input manifests/chunks.csv "
         f"--input audio --output artifacts/infer --output artifacts/telemetry/infer --on-cmd-failure all -- "
         f"{PYTHON} -m badc_mpi run manifests/chunks.csv --max-retries 3"
     )
@@ -207,7 +210,7 @@ def test_apply_is_recorded_with_datalad_run_and_rerun_reproduces_it(dataset):
     out = badc(["orchestrate", str(root), "--apply", "--np", "1", "--run-args", *RUN_ARGS], cwd=root, env=tool_env())
     assert out.returncode == 0, out.stdout + out.stderr
     message = git(["log", "-1", "--format=%B"], root)
-    assert message.startswith("[DATALAD RUNCMD] badc-mpi run: chunks.csv (4 chunks, 4 to run)")
+    assert message.startswith("[DATALAD RUNCMD] badc-mpi run: chunks.csv (4 chunks, 0 done earlier)")
     record = json.loads(message.split("=== Do not change lines below ===")[1].split("^^^")[0])
     assert record["exit"] == 0 and record["inputs"] == ["manifests/chunks.csv", "audio"]
     assert record["outputs"] == ["artifacts/infer", "artifacts/telemetry/infer"]
@@ -238,7 +241,9 @@ def test_dirty_dataset_gets_one_line_and_exit_2(dataset):
     assert "datalad save" in out.stderr and "--no-record-datalad" in out.stderr and "Traceback" not in out.stderr
     assert not (root / "artifacts" / "infer").exists()
     plain = badc(
-        ["orchestrate", str(root), "--apply", "--np", "1", "--no-record-datalad", "--run-args", *RUN_ARGS], cwd=root, env=tool_env()
+        ["orchestrate", str(root), "--apply", "--np", "1", "--no-record-datalad", "--run-args", *RUN_ARGS],
+        cwd=root,
+        env=tool_env(),
     )
     assert plain.returncode == 0 and "[DATALAD RUNCMD]" not in git(["log", "-1", "--format=%s"], root)
 

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import FAKE, PYTHON, REPO, make_dataset
 
 from badc_mpi.errors import UsageError
 from badc_mpi.orchestrate.sbatch import JobSpec, SbatchOptions, render, shipped_scripts
+
+from helpers import FAKE, PYTHON, REPO, make_dataset
 
 GOLDEN = Path(__file__).parent / "golden"
 FAKES = Path(__file__).parent / "fakes"
@@ -32,7 +33,10 @@ QUEUE_SPEC = JobSpec(
     script_path="/scratch/st-lab-1/jobs/ds.sbatch",
 )
 CASES = {
-    "queue.sbatch": (QUEUE_SPEC, SbatchOptions(account="st-lab-1-gpu", nodes=2, time="1-00:00:00", log_dir="/scratch/st-lab-1/logs")),
+    "queue.sbatch": (
+        QUEUE_SPEC,
+        SbatchOptions(account="st-lab-1-gpu", nodes=2, time="1-00:00:00", log_dir="/scratch/st-lab-1/logs"),
+    ),
     "array.sbatch": (
         QUEUE_SPEC,
         SbatchOptions(array=True, gres="none", mpi="pmix", bundle_aggregate_dir="/scratch/agg", bundle_bucket_minutes=30),
@@ -208,7 +212,12 @@ def test_sigterm_to_the_batch_shell_reaches_the_run_which_stops_cleanly(tmp_path
     env = job_env(tmp_path, DATASET=str(tmp_path / "ds"))
     args = [str(manifest), "--", *run_args("--sleep-s", "30"), "--grace-s", "1"]
     proc = subprocess.Popen(
-        ["bash", str(REPO / "slurm" / "infer.sbatch"), *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["bash", str(REPO / "slurm" / "infer.sbatch"), *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         telemetry = tmp_path / "ds" / "data" / "telemetry" / "infer"

@@ -89,7 +89,7 @@ def datalad_command(plan: Plan, command: Sequence[str], datalad: str = "datalad"
     ]
     names = ", ".join(os.path.basename(m) for m in plan.manifests[:3]) + (" ..." if len(plan.manifests) > 3 else "")
     t = plan.totals()
-    message = f"badc-mpi run: {names} ({t['chunks']} chunks, {t['remaining']} to run)"
+    message = f"badc-mpi run: {names} ({t['chunks']} chunks, {t['done']} done earlier)"
     return dl.run_argv(message, inputs, outputs, command, datalad=datalad)
 
 
@@ -118,6 +118,18 @@ def print_run_record(manifests: Sequence[str], flags: Sequence[str], np: int | N
     return 0
 
 
+def save_bundle(folder: str, message: str) -> None:
+    """``datalad save`` a bundle folder when it lies in a DataLad dataset (else nothing)."""
+    root = find_dataset_root(folder)
+    datalad = dl.datalad_executable()
+    if root is None or datalad is None:
+        return
+    argv = dl.save_argv(root, message, [os.path.relpath(folder, root)], datalad=datalad)
+    print(f"recording the bundle: {shlex.join(argv)}", flush=True)
+    if launch.execute(argv, cwd=root, env=dl.tool_env()) != 0:
+        raise UsageError(f"datalad save of {folder} failed (above)", fix=f"run it yourself: {shlex.join(argv)}")
+
+
 # -- the shell -------------------------------------------------------------------------------------
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="badc-mpi orchestrate --run-args", add_help=False)
@@ -127,11 +139,8 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def _manifests(args: argparse.Namespace) -> tuple[str, list[str]]:
     first = args.manifest[0] if args.manifest else None
-    dataset = (
-        args.dataset
-        or (find_dataset_root(first) if first else None)
-        or (os.path.dirname(os.path.abspath(first)) if first else ".")
-    )
+    # outside a DataLad dataset: here, as for `badc-mpi run`
+    dataset = args.dataset or (find_dataset_root(first) if first else None) or "."
     dataset = os.path.abspath(dataset)
     if not os.path.isdir(dataset):
         raise UsageError(f"{dataset}: no such dataset folder", fix="give the dataset's folder")
