@@ -164,7 +164,8 @@ def datalad(args, cwd):
 
 
 def git(args, cwd):
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=True).stdout
+    env = {**os.environ, **tool_env()}  # git-annex (its filter) is in the venv
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
 
 
 @pytest.fixture
