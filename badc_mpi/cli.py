@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole CLI (also used by ``make man`` through argparse-manpage)."""
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
+    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)
+    add_record_arguments(p)
 
     p = sub.add_parser(
         "check-chunks",
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="report missing audio instead of refusing")
 
     add_results_commands(sub)
+    add_orchestrate_parser(sub)
 
     p = sub.add_parser(
         "gpus",
@@ -177,7 +180,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
 
 
+def cmd_orchestrate(args: argparse.Namespace) -> int:
+    from badc_mpi.orchestrate.command import cmd_orchestrate as orchestrate
+
+    return orchestrate(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.print_datalad_run:
+        from badc_mpi.orchestrate.command import print_run_record
+
+        return print_run_record(args.manifests, run_flags(args) + _own_flags(args), args.np)
     from mpi4py import MPI
 
     from badc_mpi.api import run
@@ -225,6 +238,11 @@ def add_results_commands(sub: Any) -> None:
         if name == "bundle":
             p.add_argument("--bucket-minutes", type=float, default=60.0, metavar="MIN", help="timeline bucket (default 60)")
             p.add_argument("--top-n", type=int, default=20, metavar="N", help="species in the charts (default 20)")
+            p.add_argument(
+                "--record-datalad",
+                action="store_true",
+                help="inside a DataLad dataset, `datalad save` the bundle folder afterwards (make bundle does, unless RECORD_DATALAD=0)",
+            )
 
 
 def _print_problems(problems: list[Any]) -> None:
@@ -281,6 +299,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"  {row['detections']:>9,}  {row['label']}{name}  mean confidence {row['mean_confidence']:.2f}")
     print(f"  bundle   {result.folder}")
     print(f"  report   {result.report}")
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        save_bundle(result.folder, f"badc-mpi bundle {os.path.basename(result.folder)}: {_counts_line(summary['counts'])}")
     return ExitCode.OK
 
 
@@ -293,7 +315,16 @@ def end_job(comm: Any, exit_code: int, lost_ranks: list[int]) -> None:
 
 
 #: ``run`` options a resume must not copy: it pins the folders and adds --resume itself
-_RESUME_OWN = frozenset({"manifests", "output_dir", "telemetry_dir", "chunks_dir", "resume", "help"})
+_RESUME_OWN = frozenset({"manifests", "output_dir", "telemetry_dir", "chunks_dir", "resume", "help", "print_datalad_run", "np"})
+
+
+def _own_flags(args: argparse.Namespace) -> list[str]:
+    """The folder options and --resume that :func:`run_flags` leaves out, as given."""
+    words: list[str] = []
+    for dest in ("output_dir", "telemetry_dir", "chunks_dir"):
+        if getattr(args, dest, None):
+            words += ["--" + dest.replace("_", "-"), getattr(args, dest)]
+    return words + (["--resume"] if args.resume else [])
 
 
 def run_flags(args: argparse.Namespace) -> list[str]:
@@ -364,6 +395,7 @@ COMMANDS = {
     "monitor": cmd_monitor,
     "aggregate": cmd_aggregate,
     "bundle": cmd_bundle,
+    "orchestrate": cmd_orchestrate,
 }
 
 
