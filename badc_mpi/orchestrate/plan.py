@@ -23,7 +23,7 @@ from badc_mpi.inputs.chunk_status import GuardReport, check_chunk_status
 from badc_mpi.inputs.locations import default_locations
 from badc_mpi.inputs.manifest import Manifest, load_manifests
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import SHA256, STATUS
+from badc_mpi.storage.ledger import SHA256, STATUS, read_ledger
 
 PLAN_SCHEMA = "badc-mpi.plan/1"
 PLAN_COLUMNS = ("manifest", "recording_id", "chunks", "chunk_status", "done", "failed", "remaining", "missing_audio")
@@ -270,7 +270,10 @@ def build_plan(
     earlier: list[str] = []
     for out in outputs:
         state = load_state(summaries=(), telemetry_dir=loc.telemetry_dir, output_dir=out, discover=True)
-        records[out] = state.records
+        merged: dict[str, tuple[Any, ...]] = {}
+        for source in state.sources:  # the ledgers, oldest first: later records win
+            merged.update(read_ledger(source).records)
+        records[out] = merged
         earlier += [s for s in state.sources if s not in earlier]
     rows: list[RecordingRow] = []
     for number, manifest in enumerate(loaded):
