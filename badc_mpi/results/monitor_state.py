@@ -205,6 +205,11 @@ class MonitorState:
         self.bad_lines += cols.bad_lines
         if not cols.n:
             return
+        named = (cols.worker >= 0) | (cols.event >= 0)
+        if not named.all():  # the run header (and any other line of no worker and no chunk event)
+            cols = cols.keep(named)
+            if not cols.n:
+                return
         lut = [self._worker(name) for name in cols.worker_names]
         if (cols.worker < 0).any():
             lut.append(self._worker(UNKNOWN_WORKER))
