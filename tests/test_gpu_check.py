@@ -148,5 +148,7 @@ def test_telemetry_figures() -> None:
     events[1]["metrics"] = {"device": "cuda"}  # telemetry 1: in the line
     assert telemetry_figures(events)["devices"] == ["cuda"]
     del events[1]["metrics"]  # telemetry 2: in the worker event of the line's rank
-    events = [{"event": "worker", "rank": 2, "device": "cuda:0"}] + [{**e, "rank": 2} for e in events]
-    assert telemetry_figures(events)["devices"] == ["cuda:0"]
+    compact = [{"event": "worker", "rank": 2, "worker": "gpu1@m", "device": "cuda:0"}]
+    compact += [{**{k: v for k, v in e.items() if k != "worker"}, "rank": 2} for e in events]
+    figs = telemetry_figures(compact)
+    assert figs["devices"] == ["cuda:0"] and figs["workers"] == ["gpu1@m"] and figs["chunks_ok"] == 2

@@ -4,8 +4,8 @@ Events: ``run`` (the header: schema, run id, the run's facts), ``worker`` (one r
 ready: host, pid, GPU, runner, model and HawkEars versions, command template; written again when
 one of these changes), ``start`` (an attempt began), ``retry`` (an attempt failed and the chunk will
 run again after ``backoff_s``), ``success`` and ``failure`` (the chunk's final outcome; exactly one
-per chunk). Per-chunk lines name their ``rank`` and ``worker`` and nothing that is the same for
-every chunk of that worker (:func:`with_facts` joins them back); docs/telemetry.md has the format. Each line is flushed as soon as the batch it arrived in is handled, and the file is
+per chunk). Per-chunk lines name their ``rank`` and nothing that is the same for every chunk of
+that worker (:func:`with_facts` joins the facts back); docs/telemetry.md has the format. Each line is flushed as soon as the batch it arrived in is handled, and the file is
 fsynced at least every second, so ``tail -f`` sees the run live and a crash loses at most a
 second. A torn last line (the writer killed mid-write) is tolerated by readers.
 
@@ -140,8 +140,8 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 # 0, the single writer, only adds the outcome it decided (``result_line``) and appends: encoding is
 # spread over all ranks instead of queueing on rank 0. Facts that do not change from one chunk to
 # the next (host, pid, GPU, runner, versions, command template) are written once, in the ``run``
-# header and in each worker's ``worker`` event; per-chunk lines carry ``rank`` and ``worker`` to
-# join them (:func:`with_facts`). A key whose value would be null is left out of a per-chunk line.
+# header and in each worker's ``worker`` event; per-chunk lines carry the ``rank`` to join them
+# (:func:`with_facts`). A key whose value would be null is left out of a per-chunk line.
 _GPU_KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
 #: keys of a ``worker`` event that are bookkeeping, not facts (never copied into chunk records)
 _NOT_FACTS = frozenset({"event", "at", "schema"})
@@ -159,12 +159,13 @@ def worker_static(rank: int, pid: int, binding: Any) -> dict[str, Any]:
         "gpu_index": binding.gpu_index,
         "gpu_uuid": binding.gpu_uuid,
         "gpu_name": binding.gpu_name,
+        "gpu_memory_total_mib": getattr(binding, "gpu_memory_total_mib", None),
     }
 
 
 def who(static: dict[str, Any]) -> dict[str, Any]:
-    """What every per-chunk line says of its worker: ``rank`` and ``worker`` (the join keys)."""
-    return {"rank": static.get("rank"), "worker": static.get("worker")}
+    """What every per-chunk line says of its worker: its ``rank``, the key of its ``worker`` event."""
+    return {"rank": static.get("rank")}
 
 
 def run_record(run_id: str, at: float, **fields: Any) -> dict[str, Any]:
@@ -189,10 +190,9 @@ def bare_record(event: str, who_: dict[str, Any], chunk: Chunk, attempt: int, **
 
 
 def start_line(who_: dict[str, Any], chunk: Chunk, attempt: int, started_at: float) -> str:
-    record = {"event": START, **_identity(who_, chunk, attempt), "started_at": utc_iso(started_at)}
-    if chunk.extra:
-        record["meta"] = dict(chunk.extra)
-    return dumps(record)
+    """A ``start`` record (the chunk's extra manifest columns are in the manifest and the
+    detections, not here)."""
+    return dumps({"event": START, **_identity(who_, chunk, attempt), "started_at": utc_iso(started_at)})
 
 
 def result_body(
@@ -205,7 +205,7 @@ def result_body(
     """
     body = _identity(who_, chunk, ev.attempt)
     body["finished_at"] = utc_iso(ev.finished_at)
-    body["runtime_s"] = round(ev.runtime_s, 4)
+    body["runtime_s"] = round(ev.runtime_s, 3)
     if ev.exit_code is not None:
         body["exit_code"] = ev.exit_code
     if ev.signal is not None:

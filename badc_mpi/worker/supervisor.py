@@ -330,9 +330,7 @@ class Supervisor:
         if changed is not None:
             self._announce(changed, finished)
         facts = self._facts or {}
-        metrics = {k: v for k, v in ev.metrics.items() if k not in self._static_keys}
-        if metrics.get("detections") is not None and metrics["detections"] == detections:
-            del metrics["detections"]  # the same figure as the line's own ``detections``
+        metrics = chunk_metrics(ev.metrics, self._static_keys, detections)
         own = result.pid is None or result.pid in (facts.get("worker_pid"), facts.get("pid"))
         ev.body = tel.result_body(self.who, task.chunk, ev, metrics, None if own else result.pid)
         self._note_runtime(finished - started)
@@ -362,6 +360,18 @@ class Supervisor:
         if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
             return min(MAX_WINDOW, 4 * cap)
         return cap
+
+
+def chunk_metrics(metrics: dict[str, Any], static_keys: frozenset[str], detections: int | None) -> dict[str, Any]:
+    """The per-chunk part of a runner's metrics, for telemetry: not the constant ones (in the
+    worker event), no nulls, no ``wall_s`` (the line's ``runtime_s`` says it), no ``detections``
+    equal to the line's own; floats to the millisecond."""
+    out = {}
+    for key, value in metrics.items():
+        if value is None or key in static_keys or key == "wall_s" or (key == "detections" and value == detections):
+            continue
+        out[key] = round(value, 3) if isinstance(value, float) else value
+    return out
 
 
 def fs_reason(exc: OSError, doing: str) -> str:
