@@ -218,11 +218,11 @@ def result_body(
     if ev.detections is not None:
         body["detections"] = ev.detections
     gpu = ev.gpu
-    if gpu:
+    if gpu:  # whole MiB and percent: the sampler's tenths say nothing more per chunk
         for key in _GPU_KEYS:
             value = gpu.get(key)
             if value is not None:
-                body[key] = value
+                body[key] = round(value)
     if runner_pid is not None:
         body["runner_pid"] = runner_pid
     if metrics:
