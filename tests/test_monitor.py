@@ -367,3 +367,16 @@ def test_cli_usage_errors_say_the_fix(tmp_path, capsys):
         assert needle in capsys.readouterr().err
     assert main(["monitor", str(tmp_path / "run.jsonl")]) == 0
     assert "no events yet" in capsys.readouterr().out
+
+
+def test_schema_1_lines_that_name_their_worker_in_every_line_still_read():
+    lines = []
+    for n, (rank, event) in enumerate([(0, "start"), (0, "success"), (1, "start"), (1, "retry"), (1, "start"), (1, "failure")]):
+        line = {"schema": "badc-mpi.telemetry/1", "run_id": RUN, "event": event, "rank": rank, "worker": f"gpu{rank}@old"}
+        at = tel.utc_iso(T0 + n)
+        line.update({"started_at": at} if event == "start" else {"finished_at": at, "runtime_s": 1.0, "failure_class": None})
+        lines.append(json.dumps(line))
+    snap = folded(lines).snapshot("run.jsonl", T0 + 10, None)
+    rows = {r.worker: r for r in snap.workers}
+    assert set(rows) == {"gpu0@old", "gpu1@old"} and snap.run_id == RUN
+    assert (rows["gpu0@old"].success, rows["gpu1@old"].failure, rows["gpu1@old"].retries, rows["gpu1@old"].rank) == (1, 1, 1, 1)

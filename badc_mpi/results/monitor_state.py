@@ -189,9 +189,9 @@ class MonitorState:
         lut = [self._worker(name) for name in cols.worker_names]
         both = (cols.worker >= 0) & (cols.rank >= 0)
         if both.any():  # a few distinct (rank, worker) pairs, however many lines
-            pairs = np.unique(np.stack([cols.rank[both], cols.worker[both]]), axis=1)
-            for rank, wi in pairs.T:
-                self._rank_worker[int(rank)] = lut[int(wi)]
+            span = len(lut) + 1
+            for key in np.unique(cols.rank[both] * span + cols.worker[both]):
+                self._rank_worker[int(key // span)] = lut[int(key % span)]
         w = np.array(lut + [-1], dtype=np.int64)[cols.worker]  # -1 (no worker) reads the trailing -1
         unnamed = w < 0
         if unnamed.any():
