@@ -57,6 +57,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="simulated seconds per chunk with --dry-run (default 0)",
     )
     g.add_argument(
+        "--stub-detections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="benchmarks: each --dry-run chunk carries N synthetic detections through the detection store "
+        "(rank 0's real write path); a dry run is never counted as analysed (default 0)",
+    )
+    g.add_argument(
         "--runner-cmd",
         metavar="TEMPLATE",
         help="argv template for --runner command, run without a shell; placeholders {input} "
@@ -71,7 +79,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_hawkears_arguments(p)
     g = p.add_argument_group("input and outputs")
-    g.add_argument("--output-dir", metavar="DIR", help="per-chunk outputs (default: see 'where outputs go')")
+    g.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="detections: DIR/detections/<run>.NNNNNN.jsonl (default: see 'where outputs go')",
+    )
+    g.add_argument(
+        "--per-chunk-outputs",
+        action="store_true",
+        help="write DIR/<recording_id>/<chunk_id>.{scores.csv,detections.jsonl} per chunk (the lab's original layout; "
+        "two files per chunk: for small datasets only) instead of the append-only detection store",
+    )
     g.add_argument("--telemetry-dir", metavar="DIR", help="telemetry JSONL and summaries (default: see below)")
     g.add_argument("--chunks-dir", metavar="DIR", help="where <recording_id>/.chunk_status.json live")
     g.add_argument(
@@ -244,6 +262,8 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
         runner=args.runner,
         dry_run=args.dry_run,
         stub_sleep_s=args.stub_sleep_s,
+        stub_detections=args.stub_detections,
+        per_chunk_outputs=args.per_chunk_outputs,
         runner_cmd=args.runner_cmd,
         output_format=args.output_format,
         hawkears=HawkearsOptions.from_namespace(args),

@@ -215,7 +215,11 @@ def add_results_commands(sub: Any) -> None:
         p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
         p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
         p.add_argument(
-            "--source", default="jsonl", metavar="KIND", help="detection source (default jsonl: <chunk>.detections.jsonl)"
+            "--source",
+            default="auto",
+            choices=("auto", "store", "per-chunk"),
+            help="where detections are read: auto (default: what each run's ledger says it wrote), "
+            "store (<output>/detections/), per-chunk (<output>/<recording>/<chunk>.detections.jsonl)",
         )
         p.add_argument("--force", action="store_true", help="aggregate again even when the inputs did not change")
         if name == "bundle":

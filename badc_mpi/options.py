@@ -36,6 +36,8 @@ class RunOptions:
     runner: str = "hawkears"  #: ``hawkears`` | ``command`` | ``stub`` (``dry_run`` forces stub)
     dry_run: bool = False
     stub_sleep_s: float = 0.0
+    stub_detections: int = 0  #: benchmarks: synthetic detections per dry-run chunk, through the store, never counted
+    per_chunk_outputs: bool = False  #: ``<output>/<recording>/<chunk>.*`` files instead of the detection store
     runner_cmd: str | None = None
     output_format: str = "scores2"
     hawkears: Any = None  #: :class:`badc_mpi.runners.hawkears.adapter.HawkearsOptions`
@@ -83,6 +85,11 @@ class RunOptions:
         """Raise UsageError (with the fix) for impossible combinations; returns self."""
         checks = [
             (self.max_retries >= 0, "--max-retries must be >= 0", "use 0 to disable retries"),
+            (
+                0 <= self.stub_detections <= 10_000 and (self.dry_run or not self.stub_detections),
+                "--stub-detections needs --dry-run and a count from 0 to 10000",
+                "add --dry-run (synthetic detections are for benchmarks only), or drop --stub-detections",
+            ),
             (
                 1 <= self.inflight <= 8,
                 "--inflight must be between 1 and 8",

@@ -3,13 +3,14 @@
 
 Target: <= 30 s and <= 2 GiB peak RSS on the 2-core dev machine (docs/benchmarks.md).
 
-Writes one finished run as badc-mpi leaves it (manifest, ledger, telemetry, summary, one
-``<chunk>.detections.jsonl`` per chunk: ``--per-chunk`` detections each, canonical records of
-~420 bytes with a ``site`` column), then, in a fresh child process (so the peak RSS is the
+Writes one finished run as badc-mpi leaves it (manifest, ledger, telemetry, summary, and the
+detections: by default in the detection store, written by the real ``StoreWriter`` (``--layout
+store``); with ``--layout per-chunk`` one ``<chunk>.detections.jsonl`` per chunk of canonical
+records of ~420 bytes; ``--per-chunk`` detections per chunk, a ``site`` column), then, in a fresh child process (so the peak RSS is the
 bundle's alone), times ``build_bundle``: aggregate (JSONL -> Parquet), DuckDB tables and views,
 quicklook CSVs, report.html. Prints one JSON line.
 
-Usage: .venv/bin/python scripts/bench_aggregate.py [--detections 10000000] [--per-chunk 50]
+Usage: .venv/bin/python scripts/bench_aggregate.py [--detections 10000000] [--per-chunk 50] [--layout store]
        [--folder DIR (keep and reuse the generated run)] [--repeat N]
 """
 
@@ -45,9 +46,11 @@ print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_s
 """
 
 
-def generate(root: Path, detections: int, per_chunk: int) -> Path:
+def generate(root: Path, detections: int, per_chunk: int, layout: str = "store") -> Path:
     """One finished run of ``detections // per_chunk`` chunks (100 per recording)."""
+    from badc_mpi.records import Chunk
     from badc_mpi.storage.ledger import header_record
+    from badc_mpi.storage.store import StoreWriter, chunk_line, versions_id
 
     if (root / STAMP).exists():
         return root / "manifests" / "bench.csv"
@@ -57,15 +60,33 @@ def generate(root: Path, detections: int, per_chunk: int) -> Path:
     out, tel = root / "out", root / "tel"
     tel.mkdir(parents=True, exist_ok=True)
     rows = ["recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"]
-    ledger = [json.dumps(header_record(RUN, [str(manifest)], str(out), "2026-01-01T00:00:00.000Z"))]
+    ledger = [json.dumps(header_record(RUN, [str(manifest)], str(out), "2026-01-01T00:00:00.000Z", None, layout))]
     telemetry = []
+    store = StoreWriter(str(out), RUN) if layout == "store" else None
+    vid = versions_id("2.3.0", "main=[hgnet.1:0123456789ab]")
     for i in range(chunks):
         rec, k = f"rec{i // 100:05d}", i % 100
         start = k * 60000
         cid = f"{rec}_chunk_{start}_{start + 60000}"
         site = f"site{(i // 100) % 7}"
         rows.append(f"{rec},{cid},../audio/{cid}.wav,{start},{start + 60000},0,,,{site}")
-        if k == 0:
+        if store is not None:
+            chunk = Chunk(rec, cid, f"../audio/{cid}.wav", "", start, start + 60000, 0, None, "", (("site", site),), "", 0)
+            picks = [LABELS[(i * 7 + j * 13) % len(LABELS)] for j in range(per_chunk)]
+            starts = [float((j * 3) % 57) for j in range(per_chunk)]
+            line = chunk_line(
+                chunk,
+                RUN,
+                vid,
+                [c for c, _ in picks],
+                [c for c, _ in picks],
+                [n for _, n in picks],
+                [0.5 + ((i + j) % 50) / 100 for j in range(per_chunk)],
+                starts,
+                [x + 3 for x in starts],
+            )
+            store.append(line, vid, "2.3.0", "main=[hgnet.1:0123456789ab]")
+        elif k == 0:
             (out / rec).mkdir(parents=True, exist_ok=True)
         head = (
             f'{{"recording_id":"{rec}","chunk_id":"{cid}","label":"%s","label_code":"%s","label_name":"%s",'
@@ -80,7 +101,8 @@ def generate(root: Path, detections: int, per_chunk: int) -> Path:
             lines.append(
                 head % (code, code, name, 0.5 + ((i + j) % 50) / 100, s, s + 3, start + s * 1000, start + s * 1000 + 3000)
             )
-        (out / rec / f"{cid}.detections.jsonl").write_text("".join(lines))
+        if store is None:
+            (out / rec / f"{cid}.detections.jsonl").write_text("".join(lines))
         at = f"2026-01-01T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
         ledger.append(
             f'{{"r":"{rec}","c":"{cid}","h":null,"s":"success","a":1,"f":null,"e":"","t":"{at}","o":true,"run":"{RUN}"}}'
@@ -92,6 +114,8 @@ def generate(root: Path, detections: int, per_chunk: int) -> Path:
             f'"gpu_util_pct_max":95,"vram_used_mib":3000,"detections":{per_chunk},"model_version":"main=[hgnet.1:0123456789ab]",'
             f'"hawkears_version":"2.3.0"}}'
         )
+    if store is not None:
+        store.close()
     manifest.write_text("\n".join(rows) + "\n")
     base = tel / "bench_20260101T000000Z"
     Path(f"{base}.ledger.jsonl").write_text("\n".join(ledger) + "\n")
@@ -106,13 +130,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--detections", type=int, default=10_000_000)
     ap.add_argument("--per-chunk", type=int, default=50)
+    ap.add_argument("--layout", choices=("store", "per-chunk"), default="store")
     ap.add_argument("--folder", help="generate here and keep it (reused when complete)")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.folder) if args.folder else Path(tmp)
         t0 = time.monotonic()
-        manifest = generate(root, args.detections, args.per_chunk)
+        manifest = generate(root, args.detections, args.per_chunk, args.layout)
         gen_s = time.monotonic() - t0
         data_bytes = sum(f.stat().st_size for f in (root / "out").rglob("*.jsonl"))
         for _ in range(args.repeat):
@@ -133,6 +158,7 @@ def main() -> int:
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 machine=f"{platform.node()} {os.cpu_count()} cores",
                 python=platform.python_version(),
+                layout=args.layout,
                 jsonl_mib=round(data_bytes / 2**20),
                 generate_s=round(gen_s, 1),
                 target="<= 30 s, <= 2048 MiB",

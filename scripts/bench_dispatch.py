@@ -4,10 +4,13 @@
 1. chunks/s for N chunks (default 100,000) at 1, 2 and 3 ranks under the venv's mpiexec
    (wall time of the whole ``mpiexec ... run`` including start-up, manifest load, telemetry,
    summary). Target: >= 20,000 chunks/s at 3 ranks on the 2-core dev machine.
-2. The CPU fraction of ranks that only wait (stub chunks that sleep, so every rank waits in its
+2. The same at 3 ranks when every chunk carries ``--detections`` synthetic detections (default 20)
+   through rank 0's detection store (``--stub-detections``): chunks/s, files created per 100,000
+   chunks, store and telemetry bytes per chunk. Target: >= 10,000 chunks/s.
+3. The CPU fraction of ranks that only wait (stub chunks that sleep, so every rank waits in its
    polling loop). Target: <= 5 % of a core.
 
-Usage: .venv/bin/python scripts/bench_dispatch.py [--chunks 100000] [--ranks 1 2 3] [--json]
+Usage: .venv/bin/python scripts/bench_dispatch.py [--chunks 100000] [--ranks 1 2 3] [--detections 20] [--json]
 """
 
 from __future__ import annotations
@@ -85,12 +88,52 @@ def run(
     return wall, proc
 
 
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def with_detections(root: Path, manifest: Path, args: argparse.Namespace) -> dict[str, object]:
+    """3 ranks, every chunk with ``args.detections`` detections through the store: rate and footprint."""
+    walls = []
+    for i in range(args.repeat):
+        sub = root / f"det{i}"
+        sub.mkdir()
+        before = time.monotonic()
+        run(3, manifest, sub, ["--stub-detections", str(args.detections)])
+        walls.append(time.monotonic() - before)
+        out, tels = sub / "out", [p for p in sub.iterdir() if p.name.startswith("tel-")]
+        files = _files(out) + [f for t in tels for f in _files(t)]
+        store = [f for f in _files(out / "detections")]
+        telemetry = [f for t in tels for f in t.glob("*.jsonl") if not f.name.endswith(".ledger.jsonl")]
+    walls.sort()
+    median = walls[len(walls) // 2]
+    figures = {
+        "ranks": 3,
+        "detections_per_chunk": args.detections,
+        "wall_s": [round(w, 2) for w in walls],
+        "chunks_per_s_median": round(args.chunks / median),
+        "files_created": len(files),
+        "files_per_100k_chunks": round(len(files) * 100_000 / args.chunks, 1),
+        "store_files": len(store),
+        "store_bytes_per_chunk": round(sum(f.stat().st_size for f in store) / args.chunks),
+        "telemetry_bytes_per_chunk": round(sum(f.stat().st_size for f in telemetry) / args.chunks),
+    }
+    print(
+        f"3 ranks, {args.detections} detections/chunk: median {figures['chunks_per_s_median']:,} chunks/s; "
+        f"{len(files)} files for {args.chunks} chunks; store {figures['store_bytes_per_chunk']} B/chunk",
+        file=sys.stderr,
+    )
+    return figures
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--idle-seconds", type=float, default=10.0, help="length of the idle-CPU measurement")
     ap.add_argument("--repeat", type=int, default=3, help="runs per rank count (median reported)")
+    ap.add_argument("--detections", type=int, default=20, help="synthetic detections per chunk for part 2 (0: skip)")
+    ap.add_argument("--skip-idle", action="store_true", help="skip the waiting-rank measurement")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results: dict[str, object] = {
@@ -118,6 +161,11 @@ def main() -> int:
                 f"median {args.chunks / median:,.0f} chunks/s",
                 file=sys.stderr,
             )
+        if args.detections:
+            results["with_detections"] = with_detections(root, manifest, args)
+        if args.skip_idle:
+            print(json.dumps(results, indent=1))
+            return 0
         # idle: 3 ranks, 3 chunks whose stub sleeps: every rank waits in its polling loop. The
         # same run with no sleep gives each rank's start-up/shut-down CPU, subtracted out.
         wrapper = root / "rusage_wrapper.py"

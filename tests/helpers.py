@@ -310,3 +310,22 @@ def cmdline(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def store_records(out: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The detection store under ``out``, read independently of badc_mpi: run id -> chunk key ->
+    its chunk records (normally one), each with its detections as dicts. Torn last lines dropped."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for path in sorted((out / "detections").glob("*.jsonl")):
+        data = path.read_bytes()
+        for raw in data[: data.rfind(b"\n") + 1].splitlines():
+            rec = json.loads(raw)
+            if "chunk_id" not in rec:
+                continue  # the header and versions lines
+            lists = ("label", "label_code", "label_name", "confidence", "start_s", "end_s")
+            for same in ("label_code", "label_name"):  # null: repeats label
+                rec[same] = rec["label"] if rec[same] is None else rec[same]
+            assert all(len(rec[k]) == rec["n"] for k in lists), path
+            rec["detections"] = [dict(zip(lists, values)) for values in zip(*(rec[k] for k in lists))]
+            runs.setdefault(rec["run_id"], {}).setdefault(f"{rec['recording_id']}/{rec['chunk_id']}", []).append(rec)
+    return runs

@@ -16,7 +16,7 @@ from badc_mpi.errors import BadcError
 from badc_mpi.results.aggregate import aggregate
 from badc_mpi.results.verdicts import decide
 
-from helpers import FAKE_CMD, make_chunk, make_dataset, run_badc, telemetry_files
+from helpers import FAKE_CMD, make_chunk, make_dataset, run_badc, store_records, telemetry_files
 
 
 def rec(
@@ -65,9 +65,21 @@ def _on_disk(out: Path, keys: set[str]) -> Counter:
     return found
 
 
+def _in_store(out: Path, winners: dict[str, str]) -> Counter:
+    """(key, label, confidence, start_ms) of every detection the store holds for ``winners`` (key -> run id)."""
+    found: Counter = Counter()
+    stored = store_records(out)
+    for key, run in winners.items():
+        (record,) = stored[run][key]
+        base = record["chunk_start_ms"] or 0
+        for d in record["detections"]:
+            found[(key, d["label"], round(d["confidence"], 4), base + round(d["start_s"] * 1000))] += 1
+    return found
+
+
 def test_three_chunk_states_and_unreadable_files_are_listed(tmp_path, monkeypatch):
     manifest = make_dataset(tmp_path, 2, 3, seconds=0.2)
-    args = run_args(manifest, tmp_path, "--max-retries", "0")
+    args = run_args(manifest, tmp_path, "--max-retries", "0", "--per-chunk-outputs")
     args[args.index("--runner-cmd") + 1] = FAKE_CMD + " --fail-on rec001_chunk_200_400"
     done = run_badc(args, np=2)
     assert done.returncode == 1, done.stderr[-2000:]  # one chunk failed
@@ -150,7 +162,7 @@ def test_exactly_once_across_a_killed_and_resumed_run(tmp_path, monkeypatch):
     assert all(len(r) == 1 for r in runs_per_chunk.values())
     assert Counter(
         (f"{d['recording_id']}/{d['chunk_id']}", d["label"], round(d["confidence"], 4), d["start_ms"]) for d in det
-    ) == _on_disk(tmp_path / "out", keys)
+    ) == _in_store(tmp_path / "out", {k: c["run_id"] for k, c in chunks.items()})
     # the work was spread over the three runs, and each chunk counts the run its ledger names
     assert len({c["run_id"] for c in chunks.values()}) >= 2
     assert all(c["runs_tried"] >= 1 for c in chunks.values())
@@ -182,3 +194,52 @@ def test_jsonl_reader_counts_each_chunk_and_names_every_bad_file(tmp_path):
         ]
         bad = {c.chunk_id: why for b in batches for c, _, why in b.unreadable}
         assert set(bad) == {"c3", "c5", "c6"} and "cut short" in bad["c5"] and "missing" in bad["c6"] and "JSON" in bad["c3"]
+
+
+def test_store_reader_counts_done_chunks_once_and_names_every_damage(tmp_path):
+    from badc_mpi.results.sources import DoneChunk
+    from badc_mpi.results.store_source import read_store_detections
+    from badc_mpi.storage.store import StoreWriter, chunk_line, run_segments, versions_id
+
+    out = tmp_path / "out"
+    writer = StoreWriter(str(out), "run1", segment_bytes=600)  # small segments: several files
+    vid = versions_id("2.3.0", "main=[a:1]")
+    for i in range(8):
+        chunk = make_chunk(recording_id="r", chunk_id=f"c{i}", start_ms=1000 * i, extra=(("site", f"s{i}"),))
+        labels = [f"L{j}" for j in range(i)]
+        line = chunk_line(chunk, "run1", vid, labels, labels, labels, [0.5] * i, [0.25 * j for j in range(i)], [3.0] * i)
+        writer.append(line, vid, "2.3.0", "main=[a:1]")
+    writer.close()
+    segments = run_segments(out, "run1")
+    assert len(segments) >= 3 and segments == writer.paths
+    with open(segments[-1], "ab") as fh:  # rank 0 killed mid-write
+        fh.write(b'{"recording_id":"r","chunk_id":"c9","n":1,"label":["L')
+    damaged = segments[1]
+    text = Path(damaged).read_text().splitlines(keepends=True)
+    victim = next(i for i, t in enumerate(text) if '"chunk_id"' in t)
+    victim_key = "r/" + json.loads(text[victim])["chunk_id"]
+    text[victim] = "{not json\n"
+    Path(damaged).write_text("".join(text))
+    done = [DoneChunk("r", f"c{i}", "run1", str(out), "store") for i in range(8) if i != 6] + [
+        DoneChunk("r", "c8", "run1", str(out), "store")  # the ledger says done; the store has no record
+    ]
+    for batch_bytes in (1, 200, 1 << 20):
+        batches = list(read_store_detections(done, batch_bytes=batch_bytes))
+        counts = {c.chunk_id: n for b in batches for c, n in zip(b.chunks, b.counts)}
+        expected = {f"c{i}": i for i in range(8) if i != 6 and f"r/c{i}" != victim_key}
+        assert counts == expected
+        rows = [r for b in batches for r in b.table.to_pylist()]
+        assert len(rows) == sum(expected.values())
+        first = next(r for r in rows if r["chunk_id"] == "c3" and r["label"] == "L1")
+        assert (first["start_ms"], first["chunk_start_ms"], first["model_version"], first["site"]) == (
+            3250,
+            3000,
+            "main=[a:1]",
+            "s3",
+        )
+        missing = {c.chunk_id for b in batches for c, _, _ in b.unreadable}
+        assert missing == {"c8", victim_key.split("/")[1]}
+        problems = [reason for b in batches for _, reason, _ in b.problems]
+        assert any("torn last line at byte" in p for p in problems)
+        assert any("damaged line at byte" in p for p in problems)
+        assert any("1 chunk record(s)" in p and "not counted" in p for p in problems)  # c6: no ledger success

@@ -71,7 +71,9 @@ def test_file_system_error_fails_the_chunk_not_the_job(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "rec001").write_text("a file where the recording's folder should go")
-    proc = run_badc(command_args(manifest, tmp_path, "--max-retries", "1", "--quarantine-after", "0"), np=2)
+    proc = run_badc(
+        command_args(manifest, tmp_path, "--max-retries", "1", "--quarantine-after", "0", "--per-chunk-outputs"), np=2
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]  # some chunks failed; no abort (70), no traceback
     assert "Traceback" not in proc.stderr
     tfile, events = only_telemetry(tmp_path)
@@ -84,6 +86,17 @@ def test_file_system_error_fails_the_chunk_not_the_job(tmp_path):
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
     assert summary["state"] == "finished" and summary["counts"]["failed"] == 3
     assert not (out / ".badc-mpi.lock").exists()
+
+
+def test_a_store_folder_that_cannot_be_made_stops_before_the_run(tmp_path):
+    manifest = make_dataset(tmp_path, 1, 2, seconds=0.2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "detections").write_text("a file where the detection store should go")
+    proc = run_badc(command_args(manifest, tmp_path), np=None)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if "detection store folder" in x]
+    assert str(tmp_path / "out" / "detections") in line and "--output-dir" in proc.stderr
+    assert not (tmp_path / "tel").exists() or not list((tmp_path / "tel").glob("*.jsonl"))
 
 
 def test_a_rank_that_keeps_failing_is_quarantined_and_its_chunks_finish_elsewhere(tmp_path):
@@ -111,7 +124,7 @@ def test_every_rank_failing_on_its_disk_stops_cleanly_with_summary_and_resume(tm
     out.mkdir()
     for rec in ("rec000", "rec001", "rec002"):
         (out / rec).write_text("in the way: every attempt fails as 'output' (like ENOSPC)")
-    proc = run_badc(command_args(manifest, tmp_path, "--quarantine-after", "2"), np=2)
+    proc = run_badc(command_args(manifest, tmp_path, "--quarantine-after", "2", "--per-chunk-outputs"), np=2)
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert "no rank is left to work" in proc.stdout and "resume with:" in proc.stdout
     tfile, _ = only_telemetry(tmp_path)
@@ -282,7 +295,7 @@ def test_long_ids_work_and_names_too_long_for_the_file_system_stop_before_the_ru
     (tmp_path / "artifacts" / "chunks" / first[0]).mkdir(parents=True)
     (tmp_path / "artifacts" / "chunks" / first[0] / ".chunk_status.json").write_text('{"status": "completed"}')
     manifest.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
-    ok = run_badc(command_args(manifest, tmp_path), np=None)
+    ok = run_badc(command_args(manifest, tmp_path, "--per-chunk-outputs"), np=None)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "out" / first[0] / f"{first[1]}.detections.jsonl").exists()
     long_name = manifest.with_name("m" * 230 + ".csv")  # telemetry names add ~36 bytes to its stem

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from badc_mpi.runners.hawkears import env as hawkears_env
-from badc_mpi.storage.detections import parse_scores_csv
 from badc_mpi.storage.ledger import read_ledger
 
 from helpers import (
@@ -33,6 +32,7 @@ from helpers import (
     run_own,
     sidecar,
     stop_tree,
+    store_records,
     telemetry_files,
 )
 
@@ -96,25 +96,24 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     failure = finals.pop("rec001/rec001_corrupt")
     assert failure["event"] == "failure" and failure["failure_class"] == "input" and failure["attempt"] == 1
     assert failure["reason"]  # HawkEars' own message
+    (stored,) = store_records(tmp_path / "out").values()
+    assert set(stored) == set(finals) and sum(e["detections"] for e in finals.values()) > 0
+    (versions,) = {
+        json.loads(x)["model_version"]
+        for x in next((tmp_path / "out" / "detections").glob("*.jsonl")).read_text().splitlines()
+        if '"versions"' in x
+    }
+    assert versions.startswith("tiny:")
     pids_by_rank = defaultdict(set)
     for key, e in finals.items():
         assert e["event"] == "success", e
         rec, chunk = key.split("/")
-        scores = tmp_path / "out" / rec / f"{chunk}.scores.csv"
-        dets = [json.loads(x) for x in (tmp_path / "out" / rec / f"{chunk}.detections.jsonl").read_text().splitlines()]
-        raw = parse_scores_csv(scores)
-        assert len(dets) == len(raw) == e["detections"]
-        for d, r in zip(dets, raw):
-            assert (d["label"], d["confidence"], d["start_s"], d["end_s"]) == (
-                r.label,
-                r.confidence,
-                r.start_s,
-                r.end_s,
-            )
-            assert d["start_ms"] == int(chunk.split("_")[-2]) + round(r.start_s * 1000)
-            assert d["hawkears_version"] and d["model_version"] and d["site"]
+        (record,) = stored[key]  # the detection store: one record per success, none for the failure
+        assert record["n"] == e["detections"] and record["meta"]["site"] and record["chunk_start_ms"] == int(chunk.split("_")[-2])
+        for d in record["detections"]:
+            assert 0.0 <= d["confidence"] <= 1.0 and 0.0 <= d["start_s"] <= d["end_s"] <= 6.0
             # HawkEars wrote one label form; the data root's classes.csv gives both code and name
-            assert d["label_code"] and d["label_name"] and d["label_code"] != d["label_name"]
+            assert d["label"] and d["label_code"] and d["label_name"] and d["label_code"] != d["label_name"]
         assert e["model_version"] and e["hawkears_version"]
         assert e["worker_starts"] == 1
         pids_by_rank[e["rank"]].add(e["worker_pid"])

@@ -29,6 +29,7 @@ from helpers import (
     signal_own,
     stop_tree,
     stopped_exit_ok,
+    store_records,
     telemetry_files,
 )
 
@@ -144,6 +145,20 @@ def all_runs(tel: Path) -> list[tuple[list[dict], list[dict]]]:
     return [run_of(tfile) for tfile in ordered]
 
 
+def check_store(out: Path, runs: list[tuple[list[dict], list[dict]]], keys: set[str]) -> None:
+    """The store's crash rule: every success a run's ledger records has exactly one complete record
+    in that run's segments (records without a ledger success may exist: never counted); nothing
+    per chunk on disk."""
+    stored = store_records(out)
+    for _events, entries in runs:
+        for e in entries:
+            if e["s"] == "success":
+                records = stored.get(e["run"], {}).get(f"{e['r']}/{e['c']}", [])
+                assert len(records) == 1, (e, len(records))
+    assert {k for run in stored.values() for k in run} <= keys
+    assert {p.name for p in out.iterdir()} <= {"detections", ".badc-mpi.lock"}
+
+
 def check_outputs(out: Path, keys: set[str]) -> None:
     """Exactly one set of final files per chunk: scores.csv + detections.jsonl, no leftovers."""
     files = Counter()
@@ -193,7 +208,7 @@ def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_onl
     summary = json.loads(sidecar(sorted(telemetry_files(tmp_path / "tel"))[-1], ".summary.json").read_text())
     assert summary["counts"]["success"] == 300 and summary["counts"]["total"] == 300
     assert all(e["status"] == "success" for e in summary["chunks"].values()) and set(summary["chunks"]) == keys
-    check_outputs(tmp_path / "out", keys)
+    check_store(tmp_path / "out", runs, keys)
     # redone chunks: only those in flight (started, no final ledger record) when a run was killed
     done_before: set[str] = set()
     in_flight_total = 0

@@ -28,6 +28,7 @@ from helpers import (
     run_badc,
     run_own,
     sidecar,
+    store_records,
     telemetry_files,
 )
 
@@ -47,7 +48,7 @@ EXPECTED_FAILED = {
 }
 
 
-def run_fault_scenario(tmp_path: Path, np: int | None) -> tuple[object, Path, Path]:
+def run_fault_scenario(tmp_path: Path, np: int | None, *extra: str) -> tuple[object, Path, Path]:
     manifest = make_dataset(tmp_path, recordings=10, chunks_per_recording=20, seconds=0.5)
     faults = dict(FAULTS, attempt_dir=str(tmp_path / "attempts"))
     out, tel = tmp_path / "out", tmp_path / "tel"
@@ -73,6 +74,7 @@ def run_fault_scenario(tmp_path: Path, np: int | None) -> tuple[object, Path, Pa
             "2",
             "--seed",
             "7",
+            *extra,
         ],
         np=np,
         env={"FAKE_HAWKEARS_FAULTS": json.dumps(faults)},
@@ -80,9 +82,9 @@ def run_fault_scenario(tmp_path: Path, np: int | None) -> tuple[object, Path, Pa
     return proc, out, tel
 
 
-@pytest.mark.parametrize("np", [3, 1])
-def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
-    proc, out, tel = run_fault_scenario(tmp_path, np)
+@pytest.mark.parametrize("np,layout", [(3, "store"), (1, "per-chunk")])
+def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np, layout):
+    proc, out, tel = run_fault_scenario(tmp_path, np, *(["--per-chunk-outputs"] if layout == "per-chunk" else []))
     assert proc.returncode == 1, proc.stderr[-3000:]
     (tfile,) = telemetry_files(tel)
     events = read_telemetry(tfile)
@@ -119,8 +121,15 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np):
     assert finals["rec003/rec003_chunk_500_1000"]["reason"].startswith("timed out")
     for flaky in ("rec006/rec006_chunk_0_500", "rec007/rec007_chunk_3000_3500"):
         assert finals[flaky]["event"] == "success" and finals[flaky]["attempt"] == 2
-    # outputs: every success has its scores.csv and detections.jsonl; failures have none
-    for key, e in finals.items():
+    # outputs: every success has its store record (or scores.csv and detections.jsonl); failures none
+    if layout == "store":
+        (stored,) = store_records(out).values()
+        assert set(stored) == {k for k, e in finals.items() if e["event"] == "success"}
+        for key, records in stored.items():
+            assert len(records) == 1 and records[0]["n"] == finals[key]["detections"]
+            assert records[0]["meta"]["site"] and records[0]["sha256"] is None
+        assert sorted(p.name for p in out.iterdir()) == ["detections"]  # no per-chunk files, no folders
+    for key, e in finals.items() if layout == "per-chunk" else ():
         rec, chunk = key.split("/")
         det = out / rec / f"{chunk}.detections.jsonl"
         assert det.exists() == (e["event"] == "success"), key

@@ -22,6 +22,7 @@ from badc_mpi.options import RunOptions
 from badc_mpi.records import Chunk
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.storage.ledger import LEDGER_SUFFIX
+from badc_mpi.storage.store import PER_CHUNK, STORE, store_dir
 from badc_mpi.transport.messages import WorkerConfig
 
 log = get_logger(__name__)
@@ -52,7 +53,7 @@ def runner_options(options: RunOptions) -> Any:
     if kind == "stub":
         from badc_mpi.runners.stub import StubOptions
 
-        return StubOptions(options.stub_sleep_s)
+        return StubOptions(options.stub_sleep_s, options.stub_detections)
     if kind == "command":
         from badc_mpi.runners.command import CommandOptions
 
@@ -116,6 +117,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     now = time.time()
     check_writable(loc.output_dir, "output folder", "--output-dir")  # last: nothing is created on bad input
     check_writable(loc.telemetry_dir, "telemetry folder", "--telemetry-dir")
+    if not options.per_chunk_outputs:
+        check_writable(store_dir(loc.output_dir), "detection store folder", "--output-dir")
     tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
     output_dir = os.path.abspath(loc.output_dir)
     config = WorkerConfig(
@@ -126,6 +129,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         scratch_root=os.path.abspath(options.scratch_dir) if options.scratch_dir else None,
         capacity=options.inflight,
         heartbeat_s=options.silent_after_s / 4,
+        layout=PER_CHUNK if options.per_chunk_outputs else STORE,
     )
     meta = {
         "badc_mpi_version": __version__,
@@ -139,6 +143,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         "resumed_from": list(options.resume_summaries) if options.resume_summaries else None,
         "runner": described,
         "fingerprint": fingerprint,
+        "layout": config.layout,
         "options": options.public(),
     }
     return RunPlan(

@@ -17,7 +17,10 @@ from badc_mpi.records import INPUT, Chunk, ChunkState
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.store import STORE, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
+
+STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B) stay far below ledger.BUFFER_BYTES
 
 
 class Recorder:
@@ -27,12 +30,16 @@ class Recorder:
         self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
         self.writer.write(run_header(plan, run_id, ranks))
+        layout = plan.worker_config.layout
+        self.store = StoreWriter(plan.output_dir, run_id) if layout == STORE else None
         self.ledger = ledger_mod.LedgerWriter(
             plan.ledger_path,
             ledger_mod.header_record(
-                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"]
+                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"], layout
             ),
+            before_sync=self.store.sync if self.store is not None else None,
         )
+        self._unflushed = 0  #: store records appended since the store's last flush
         self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
         self._carried: list[tuple[str, str]] | None = None
 
@@ -51,6 +58,15 @@ class Recorder:
         at = tel.utc_iso(time.time())
         self.event("failure", who, chunk, 0, finished_at=at, failure_class=INPUT, reason=reason)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
+
+    def detections(self, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
+        """A success's detections into the store, handed to the OS before its ledger line can be."""
+        if self.store is not None and record:
+            self.store.append(record, versions, hawkears_version, model_version)
+            self._unflushed += 1
+            if self._unflushed >= STORE_AHEAD:  # long before the ledger's buffer could flush by itself
+                self.store.flush()
+                self._unflushed = 0
 
     def attempt_ended(
         self,
@@ -99,11 +115,18 @@ class Recorder:
         )
 
     def flush(self) -> None:
+        """Once per loop iteration: telemetry, then the store, then the ledger (whose fsync syncs the
+        store first): no ledger line reaches the OS or the disk before its chunk's detections."""
         self.writer.flush()
+        if self.store is not None:
+            self.store.flush()
+            self._unflushed = 0
         self.ledger.flush()
 
     def close(self) -> None:
         self.ledger.close()
+        if self.store is not None:
+            self.store.close()
         self.writer.close()
 
     def write_summary(self, state: str) -> dict[str, int]:

@@ -12,7 +12,7 @@ another fingerprint stops the resume with exit 2 naming what differs, unless ``-
 (run such chunks again) or ``--accept-mixed`` (keep them).
 
 A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
-(when the manifest has one) and its detections file still exists; ``failed`` chunks run again
+(when the manifest has one) and its detections still exist (its file, or its run's store segments); ``failed`` chunks run again
 unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 """
@@ -41,6 +41,7 @@ from badc_mpi.storage.ledger import (
     STATUS,
     read_ledger,
 )
+from badc_mpi.storage.store import run_segments
 
 log = get_logger(__name__)
 
@@ -212,6 +213,14 @@ def decide(
             listings[chunk.recording_id] = names
         return chunk.chunk_id + ".detections.jsonl" in names
 
+    segments: dict[str, bool] = {}
+
+    def stored(run: str) -> bool:  # one listing per run: its store segments still there
+        found = segments.get(run)
+        if found is None:
+            found = segments[run] = bool(run_segments(output_dir, run))
+        return found
+
     to_run: list[Any] = []
     carried: dict[str, tuple[Any, ...]] = {}
     changed = missing = 0
@@ -229,7 +238,8 @@ def decide(
             to_run.append(chunk)
             continue
         if status == "success":
-            if verify_outputs and rec[HAS_OUTPUTS] and not has_detections(chunk):
+            # store runs: the store was synced before the ledger line (storage/store.py); per-chunk: look
+            if verify_outputs and rec[HAS_OUTPUTS] and not stored(rec[RUN]) and not has_detections(chunk):
                 missing += 1
                 to_run.append(chunk)
                 continue

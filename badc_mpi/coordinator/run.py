@@ -6,6 +6,7 @@ worker (a thread), so N ranks on N GPUs leave no GPU idle.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -25,10 +26,11 @@ from badc_mpi.gpu.binding import sharing_warnings
 from badc_mpi.gpu.report import format_binding_table
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
-from badc_mpi.records import LOST, Binding
+from badc_mpi.records import LOST, OUTPUT, Binding
 from badc_mpi.storage import lock as lock_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.summary import WorkerStats
 from badc_mpi.transport.mailbox import Backoff, Mailbox
 from badc_mpi.transport.messages import (
@@ -44,7 +46,7 @@ from badc_mpi.transport.messages import (
     WorkerEvent,
 )
 from badc_mpi.worker.start import rank_config, start_worker
-from badc_mpi.worker.supervisor import Supervisor
+from badc_mpi.worker.supervisor import Supervisor, fs_reason
 
 log = get_logger(__name__)
 
@@ -342,6 +344,8 @@ class Coordinator:
                 self.health.started(rank, ev.key, timeout_s, time.monotonic())
                 recorder.line(ev.line)
                 continue
+            if ev.ok and ev.record and coord.is_current(ev.key, ev.attempt, self.workers[rank].worker):
+                self._store(ev)
             decision = coord.finish(
                 ev.key,
                 ev.attempt,
@@ -373,6 +377,22 @@ class Coordinator:
             quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
             if quarantine and rank not in self.dead:
                 self._set_aside(rank, "quarantined", quarantine)
+
+    def _store(self, ev: ResultEvent) -> None:
+        """A success's detections into the store before anything can call the chunk done. When
+        rank 0 cannot write (full disk, quota), the attempt fails as ``output`` and the run stops
+        cleanly: every later chunk would fail the same way; resume runs the rest."""
+        try:
+            self.recorder.detections(ev.record, ev.versions, ev.hawkears_version, ev.model_version)  # type: ignore[union-attr]
+        except OSError as exc:
+            why = fs_reason(exc, "appending to the detection store on rank 0")
+            ev.ok, ev.failure_class, ev.reason = False, OUTPUT, why
+            body = json.loads(ev.body)  # the worker encoded a success: say what rank 0 found (rare path)
+            body.update(failure_class=OUTPUT, reason=why)
+            ev.body = dumps(body)
+            if self.stopped is None:
+                log.error("%s; stopping the run (fix the disk, then resume)", why)
+                self.stopped = why
 
     # -- the end -------------------------------------------------------------------------
     def finish(self) -> RunOutcome:

@@ -157,6 +157,11 @@ class Scheduler:
             heapq.heappush(self._delayed, item)
         return out
 
+    def is_current(self, key: str, attempt: int, worker: str) -> bool:
+        """Whether a report of ``attempt`` from ``worker`` would count (not stale)."""
+        state = self.states.get(key)
+        return state is not None and self._in_flight.get(key) == worker and state.attempts == attempt
+
     def finish(
         self,
         key: str,

@@ -27,12 +27,14 @@ from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
 from badc_mpi.results import schema as S
+from badc_mpi.results.readers import READERS
 from badc_mpi.results.runs import Problem, RunFiles, RunSelection, find_runs, read_summary, telemetry_bytes
-from badc_mpi.results.sources import READERS, DoneChunk
+from badc_mpi.results.sources import DoneChunk
 from badc_mpi.results.verdicts import Verdict, decide
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
 from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
+from badc_mpi.storage.store import PER_CHUNK
 
 log = get_logger(__name__)
 
@@ -214,32 +216,40 @@ def _chunk_table(verdicts: list[Verdict], finals: dict[tuple[str, str], tuple[st
 
 
 def _stream_detections(
-    done: list[tuple[Verdict, DoneChunk]], out: AtomicParquet, schema: pa.Schema, reader: str, problems: list[Problem]
+    done: list[tuple[Verdict, DoneChunk]], out: AtomicParquet, schema: pa.Schema, problems: list[Problem]
 ) -> None:
     verdicts = {d.key: v for v, d in done}
-    for batch in READERS[reader](d for _, d in done):
-        for chunk, path, reason in batch.unreadable:
-            problems.append(Problem(path, reason))
-            verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, f"detections unreadable: {reason}"
-        wrong, other_run = _check_keys(batch)
-        table, offset = batch.table, 0
-        keep = np.ones(table.num_rows, dtype=bool)
-        for i, (chunk, n) in enumerate(zip(batch.chunks, batch.counts)):
-            if i in wrong:
-                keep[offset : offset + n] = False
-                problems.append(Problem(chunk.detections_path, "records name another chunk: file not counted"))
-                verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, "detections name another chunk"
-            else:
-                verdicts[chunk.key].detections = n
-                if i in other_run:
-                    verdicts[chunk.key].note = (
-                        f"detections file rewritten by a later run than {chunk.run_id} (killed before its ledger "
-                        "recorded it); its detections are counted, once"
-                    )
-            offset += n
-        if wrong:
-            table = table.filter(pa.array(keep))
-        out.write(S.normalise_detections(table, schema))
+    for layout, reader in READERS.items():
+        chunks = [d for _, d in done if d.layout == layout]
+        if chunks:
+            for batch in reader(chunks):
+                _take_batch(batch, verdicts, out, schema, problems)
+
+
+def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, schema: pa.Schema, problems: list[Problem]) -> None:
+    problems.extend(Problem(path, reason, kind) for path, reason, kind in batch.problems)
+    for chunk, path, reason in batch.unreadable:
+        problems.append(Problem(path, f"{chunk.key}: {reason}" if chunk.layout != PER_CHUNK else reason))
+        verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, f"detections unreadable: {reason}"
+    wrong, other_run = (set(), set()) if batch.keyed else _check_keys(batch)
+    table, offset = batch.table, 0
+    keep = np.ones(table.num_rows, dtype=bool)
+    for i, (chunk, n) in enumerate(zip(batch.chunks, batch.counts)):
+        if i in wrong:
+            keep[offset : offset + n] = False
+            problems.append(Problem(chunk.where, "records name another chunk: file not counted"))
+            verdicts[chunk.key].status, verdicts[chunk.key].note = S.NOT_ANALYSED, "detections name another chunk"
+        else:
+            verdicts[chunk.key].detections = n
+            if i in other_run:
+                verdicts[chunk.key].note = (
+                    f"detections file rewritten by a later run than {chunk.run_id} (killed before its ledger "
+                    "recorded it); its detections are counted, once"
+                )
+        offset += n
+    if wrong:
+        table = table.filter(pa.array(keep))
+    out.write(S.normalise_detections(table, schema))
 
 
 def _orphan_outputs(verdicts: list[Verdict], done: set[str], output_dirs: set[str], problems: list[Problem]) -> int:
@@ -273,13 +283,13 @@ def aggregate(
     *,
     telemetry_dir: str | None = None,
     output_dir: str | None = None,
-    reader: str = "jsonl",
+    reader: str = "auto",
     reuse: bool = False,
     selection: RunSelection | None = None,
 ) -> AggregateResult:
     """Aggregate the runs ``sources`` name into the folder ``dest`` (see the module doc)."""
-    if reader not in READERS:
-        raise UsageError(f"unknown detection source {reader!r}", fix=f"use one of: {', '.join(READERS)}")
+    if reader != "auto" and reader not in READERS:
+        raise UsageError(f"unknown detection source {reader!r}", fix=f"use one of: auto, {', '.join(READERS)}")
     t0 = time.monotonic()
     sel = selection or find_runs(sources, telemetry_dir=telemetry_dir)
     problems = list(sel.problems)
@@ -298,8 +308,9 @@ def aggregate(
     for key in duplicates:
         problems.append(Problem(key, "chunk listed in more than one manifest: counted once", "note"))
     outs = [output_dir or r.output_dir for r in sel.runs]
+    layouts = [reader if reader != "auto" else str(r.ledger.header.get("layout") or PER_CHUNK) for r in sel.runs]
     done = [
-        (v, DoneChunk(v.recording_id, v.chunk_id, v.run_id or "", outs[v.run_index]))
+        (v, DoneChunk(v.recording_id, v.chunk_id, v.run_id or "", outs[v.run_index], layouts[v.run_index]))
         for v in verdicts
         if v.status == S.ANALYSED and v.run_index is not None
     ]
@@ -307,12 +318,13 @@ def aggregate(
     det_schema = S.detection_schema([k for _, k in key_map])
     det_out = AtomicParquet(os.path.join(dest, "detections.parquet"), det_schema)
     try:
-        _stream_detections(done, det_out, det_schema, reader, problems)
+        _stream_detections(done, det_out, det_schema, problems)
         det_out.commit()
     except BaseException:
         det_out.abort()
         raise
-    orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, set(outs), problems)
+    per_chunk_outs = {o for o, layout in zip(outs, layouts) if layout == PER_CHUNK}
+    orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, per_chunk_outs, problems)
     attempts = _attempts(sel.runs, problems)
     finals = _finals(attempts)
     write_table(os.path.join(dest, "chunks.parquet"), _chunk_table(verdicts, finals))

@@ -178,7 +178,11 @@ def normalise_detections(table: pa.Table, schema: pa.Schema) -> pa.Table:
         if f.name in derived:
             columns.append(derived[f.name])
         elif f.type == DICT:
-            columns.append(_column(table, f.name, TEXT).dictionary_encode())
+            col = table.column(f.name) if f.name in table.column_names else None
+            if col is not None and pa.types.is_dictionary(col.type):
+                columns.append(col.cast(DICT))
+            else:
+                columns.append(_column(table, f.name, TEXT).dictionary_encode())
         else:
             columns.append(_column(table, f.name, f.type))
     return pa.Table.from_arrays(columns, schema=schema)

@@ -4,8 +4,9 @@ A *detection reader* is a function ``reader(chunks) -> Iterator[DetectionBatch]`
 a ledger calls done (in order), it yields batches of raw detection records
 (:data:`~badc_mpi.results.schema.RAW_DETECTION_SCHEMA` columns plus the manifest's extra keys),
 each covering whole chunks, with the rows of each chunk counted, and every chunk it could not read
-as a problem. Today's reader is :func:`read_jsonl_detections` (``<output>/<rec>/<chunk>.detections.jsonl``);
-the append-only per-run detection store planned next gets its own reader in :data:`READERS`.
+as a problem. This module's reader is :func:`read_jsonl_detections` (``--per-chunk-outputs`` runs:
+``<output>/<rec>/<chunk>.detections.jsonl``); the detection store's is in
+:mod:`badc_mpi.results.store_source`; :data:`badc_mpi.results.readers.READERS` names both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow.json as pajson
 
 from badc_mpi.results.schema import RAW_DETECTION_SCHEMA
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
+from badc_mpi.storage.store import PER_CHUNK, STORE, store_dir
 
 BATCH_BYTES = 32 << 20  #: JSON text parsed at once (bounded memory: a few times this)
 PARSE_BLOCK_BYTES = 4 << 20  #: pyarrow parses blocks of this size on its threads
@@ -35,10 +37,18 @@ class DoneChunk:
     chunk_id: str
     run_id: str
     output_dir: str
+    layout: str = PER_CHUNK  #: where the run put detections (its ledger header): ``per-chunk`` | ``store``
 
     @property
     def key(self) -> str:
         return f"{self.recording_id}/{self.chunk_id}"
+
+    @property
+    def where(self) -> str:
+        """Where this chunk's detections are: its file, or the run's store segments."""
+        if self.layout == STORE:
+            return os.path.join(store_dir(self.output_dir), f"{self.run_id}.*.jsonl")
+        return self.detections_path
 
     @property
     def detections_path(self) -> str:
@@ -54,6 +64,8 @@ class DetectionBatch:
     counts: list[int]
     table: pa.Table
     unreadable: list[tuple[DoneChunk, str, str]] = field(default_factory=list)
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  #: (path, reason, kind) not tied to a done chunk
+    keyed: bool = False  #: rows were matched to ``chunks`` by their own keys (nothing left to check)
 
 
 DetectionReader = Callable[[Iterable[DoneChunk]], Iterator[DetectionBatch]]
@@ -206,7 +218,3 @@ def read_jsonl_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BAT
     batches)."""
     for raw in _ahead(_raw_batches(chunks, batch_bytes), depth=2):
         yield _parse_batch(raw)
-
-
-#: detection sources by name (``--source``); the per-run detection store will join here
-READERS: dict[str, DetectionReader] = {"jsonl": read_jsonl_detections}

@@ -17,6 +17,7 @@ from badc_mpi.runners.base import AttemptResult, Runner, Task
 @dataclass(frozen=True)
 class StubOptions:
     sleep_s: float = 0.0  #: simulated seconds per attempt
+    detections: int = 0  #: synthetic detections per chunk (benchmarks of rank 0's store path)
 
 
 class StubRunner(Runner):
@@ -37,5 +38,13 @@ class StubRunner(Runner):
     def run(self, task: Task) -> AttemptResult:
         return AttemptResult(ok=True, command=self.command(task.chunk), pid=self._pid, exit_code=0)
 
+    def synthetic_detections(self, chunk: Chunk) -> tuple[list[str], list[float], list[float], list[float]] | None:
+        """``--stub-detections N``: N made-up rows (label ``DRY_RUN``) for benchmarks, else None."""
+        n = self.options.detections
+        if not n:
+            return None
+        starts = [float(i % 57) for i in range(n)]
+        return ["DRY_RUN"] * n, [0.5] * n, starts, [s + 3.0 for s in starts]
+
     def describe(self) -> dict[str, object]:
-        return {"runner": self.name, "sleep_s": self.options.sleep_s}
+        return {"runner": self.name, "sleep_s": self.options.sleep_s, "detections": self.options.detections}

@@ -27,10 +27,16 @@ from badc_mpi.storage.jsonl import complete_lines, dumps
 LEDGER_SCHEMA = "badc-mpi.ledger/1"
 LEDGER_SUFFIX = ".ledger.jsonl"
 SYNC_INTERVAL_S = 0.1
+BUFFER_BYTES = 1 << 20  #: lines written before the buffer could flush by itself: far more than STORE_AHEAD
 
 
 def header_record(
-    run_id: str, manifests: list[str], output_dir: str, created_at: str | None, fingerprint: dict[str, Any] | None = None
+    run_id: str,
+    manifests: list[str],
+    output_dir: str,
+    created_at: str | None,
+    fingerprint: dict[str, Any] | None = None,
+    layout: str = "per-chunk",
 ) -> dict[str, Any]:
     """The first line: the run, its manifests and output folder, and the fingerprint of what
     determines its detections (resume compares it)."""
@@ -41,6 +47,7 @@ def header_record(
         "output_dir": output_dir,
         "created_at": created_at,
         "fingerprint": fingerprint,
+        "layout": layout,  #: where successes' detections are: ``store`` (detection store) | ``per-chunk``
     }
 
 
@@ -73,10 +80,12 @@ def entry_record(
 class LedgerWriter:
     """Append-only, flushed per batch, fsynced in small groups."""
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any]) -> None:
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any], before_sync: Any = None) -> None:
         self.path = Path(path)
+        self.before_sync = before_sync  #: called before every fsync (the detection store syncs first)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
+        # a large buffer: lines reach the OS only on flush (the detection store's lines go first)
+        self._fh = open(self.path, "a", encoding="utf-8", buffering=BUFFER_BYTES)  # noqa: SIM115 - long-lived handle
         self._pending = 0
         self._last_sync = time.monotonic()
         self._fh.write(json.dumps(header, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -96,6 +105,8 @@ class LedgerWriter:
             self.sync()
 
     def sync(self) -> None:
+        if self.before_sync is not None:
+            self.before_sync()
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._pending = 0

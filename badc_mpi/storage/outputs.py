@@ -149,3 +149,49 @@ def remove_stale_outputs(output_dir: str | os.PathLike[str], recording_id: str, 
     if removed:
         fsync_dir(paths.recording_dir)
     return sorted(removed)
+
+
+class Leftovers:
+    """:func:`remove_stale_outputs` without listing a recording's folder once per chunk.
+
+    A worker lists each recording folder once, the first time it works on one of its chunks, and
+    remembers the temporary files it found there (normally none) by chunk; each attempt then
+    removes only its own chunk's. Temporary files are left by killed attempts of *earlier*
+    processes, so one listing per worker sees them all: O(files) per recording instead of
+    O(files x chunks). A temporary file another live process creates later is its own business.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[str, dict[str, list[str]]] = {}  #: recording folder -> chunk final name -> temp paths
+
+    def remove(self, output_dir: str | os.PathLike[str], recording_id: str, chunk_id: str) -> list[str]:
+        paths = chunk_output_paths(output_dir, recording_id, chunk_id)
+        found = self._found.get(paths.recording_dir)
+        if found is None:
+            found = self._found[paths.recording_dir] = _temp_files(paths.recording_dir)
+        removed: list[str] = []
+        for final in paths.finals:
+            for path in found.pop(os.path.basename(final), ()):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+        if removed:
+            fsync_dir(paths.recording_dir)
+        return sorted(removed)
+
+
+def _temp_files(folder: str) -> dict[str, list[str]]:
+    """Temporary files in ``folder`` by the final name they were meant for."""
+    out: dict[str, list[str]] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        name = entry.name
+        cut = name.rfind(".tmp-")
+        if name.startswith(".") and cut > 1 and TEMP_TAIL_RE.fullmatch(name[cut + 5 :]):
+            out.setdefault(name[1:cut], []).append(entry.path)
+    return out

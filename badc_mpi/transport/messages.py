@@ -47,6 +47,7 @@ class WorkerConfig:
     capacity: int = 2  #: chunks in flight per worker (queued + running)
     heartbeat_s: float = 30.0  #: a worker reports at least this often, even with nothing to say
     scratch_dir: str = ""  #: this rank's own folder, ``<root>/badc-mpi-<run_id>/<host>-r<rank>`` (set per rank)
+    layout: str = "store"  #: ``store``: detections travel to rank 0's store; ``per-chunk``: files per chunk
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class ResultEvent:
     model_version: str | None = None
     hawkears_version: str | None = None
     body: str = ""  #: the telemetry record body, encoded by the worker (see telemetry.result_line)
+    record: str = ""  #: the chunk's detection-store line (storage.store.chunk_line), for rank 0 to append
+    versions: str = ""  #: the store's id of (hawkears_version, model_version)
 
     @property
     def runtime_s(self) -> float:

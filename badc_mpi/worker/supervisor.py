@@ -27,7 +27,10 @@ from badc_mpi.logs import get_logger
 from badc_mpi.records import INPUT, NO_OUTPUT, OUTPUT, Binding
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.storage import outputs as outputs_mod
+from badc_mpi.storage import store
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.detections import parse_raw
+from badc_mpi.storage.store import PER_CHUNK, STORE
 from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig, WorkerEvent
 
 log = get_logger(__name__)
@@ -65,6 +68,7 @@ class Supervisor:
         self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
         self._mean_runtime_s = 1.0
         self._attempts_started = 0
+        self._leftovers = outputs_mod.Leftovers()
 
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +156,18 @@ class Supervisor:
                 return
             result = self.runner.run(self._runner_task(task, scratch=""))
             self._inline_current = None
-            self._events.append(self._result_event(task, result, started, due, {}, {}, None))
+            self._events.append(self._result_event(task, result, started, due, {}, {}, *self._synthetic(task)))
+
+    def _synthetic(self, task: WireTask) -> tuple[int | None, str, str]:
+        """``--stub-detections``: (count, store line, versions) of made-up detections, or nothing."""
+        rows = getattr(self.runner, "synthetic_detections", lambda _c: None)(task.chunk)
+        if rows is None or self.config.layout != STORE:
+            return None, "", ""
+        labels, confidences, starts, ends = rows
+        versions = store.versions_id(None, "dry-run")
+        nones: list[str | None] = [None] * len(labels)
+        line = store.chunk_line(task.chunk, self.config.run_id, versions, labels, nones, nones, confidences, starts, ends)
+        return len(labels), line, versions
 
     # -- threaded path ----------------------------------------------------------------------
     def _thread_main(self) -> None:
@@ -246,7 +261,8 @@ class Supervisor:
         try:
             shutil.rmtree(scratch, ignore_errors=True)
             os.makedirs(scratch, exist_ok=True)
-            outputs_mod.remove_stale_outputs(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
+            if self.config.layout == PER_CHUNK:
+                self._leftovers.remove(self.config.output_dir, chunk.recording_id, chunk.chunk_id)
         except OSError as exc:  # full disk, quota, read-only, name too long: this attempt fails, not the job
             self._events.append(self._start_event(task, started, []))
             result = AttemptResult(ok=False, failure_class=OUTPUT, reason=fs_reason(exc, "preparing the attempt"))
@@ -262,24 +278,37 @@ class Supervisor:
         finished = time.time()
         outputs: dict[str, str] = {}
         detections = None
+        record = versions = ""
         if result.ok and self.runner.produces_outputs:
             labels = self._class_labels()
             try:
                 if not result.raw_output or not os.path.exists(result.raw_output):
                     raise RuntimeError("the runner reported success but wrote no output CSV")
-                final = outputs_mod.finalize_chunk_outputs(
-                    self.config.output_dir,
-                    chunk,
-                    result.raw_output,
-                    result.raw_format,
-                    run_id=self.config.run_id,
-                    hawkears_version=result.hawkears_version,
-                    model_version=result.model_version,
-                    class_map=labels[0] if labels else None,
-                    class_names=labels[1] if labels else None,
-                )
-                outputs = final.as_dict()
-                detections = final.detections
+                if self.config.layout == PER_CHUNK:
+                    final = outputs_mod.finalize_chunk_outputs(
+                        self.config.output_dir,
+                        chunk,
+                        result.raw_output,
+                        result.raw_format,
+                        run_id=self.config.run_id,
+                        hawkears_version=result.hawkears_version,
+                        model_version=result.model_version,
+                        class_map=labels[0] if labels else None,
+                        class_names=labels[1] if labels else None,
+                    )
+                    outputs = final.as_dict()
+                    detections = final.detections
+                else:  # the store: parsed here, appended by rank 0 before the ledger calls the chunk done
+                    raw = parse_raw(
+                        result.raw_output,
+                        result.raw_format,
+                        class_map=labels[0] if labels else None,
+                        class_names=labels[1] if labels else None,
+                    )
+                    versions = store.versions_id(result.hawkears_version, result.model_version)
+                    record = store.detections_line(chunk, self.config.run_id, versions, raw)
+                    outputs = {"store": store.store_dir(self.config.output_dir)}
+                    detections = len(raw)
             except OSError as exc:  # writing the outputs failed on this rank's file system
                 result.ok = False
                 result.failure_class = OUTPUT
@@ -288,8 +317,10 @@ class Supervisor:
                 result.ok = False
                 result.failure_class = NO_OUTPUT
                 result.reason = f"{exc}" + (f" | {result.reason}" if result.reason else "")
+            if not result.ok:
+                outputs, detections, record = {}, None, ""
         shutil.rmtree(scratch, ignore_errors=True)
-        return self._result_event(task, result, started, finished, outputs, gpu, detections)
+        return self._result_event(task, result, started, finished, outputs, gpu, detections, record, versions)
 
     def _start_event(self, task: WireTask, started: float, command: list[str]) -> StartEvent:
         if self._facts is None:
@@ -306,6 +337,8 @@ class Supervisor:
         outputs: dict[str, str],
         gpu: dict[str, Any],
         detections: int | None,
+        record: str = "",
+        versions: str = "",
     ) -> ResultEvent:
         ev = ResultEvent(
             key=task.chunk.key,
@@ -325,6 +358,8 @@ class Supervisor:
             metrics=dict(result.metrics),
             model_version=result.model_version,
             hawkears_version=result.hawkears_version,
+            record=record,
+            versions=versions,
         )
         changed = self._changed_facts(result)
         if changed is not None:
