@@ -207,11 +207,11 @@ def test_failed_csv_reruns_as_a_manifest(tmp_path):
     assert len(finals) == 5
     # the failed CSV's annotations are not chunk metadata: not in telemetry, not in detections
     assert "badc_failure" not in newest.read_text() and "badc_reason" not in newest.read_text()
+    stored = store_records(out)[newest_run := finals[0]["run_id"]]
+    assert len(stored) == 5 and {e["run_id"] for e in finals} == {newest_run}
     for e in finals:
-        rec, chunk = e["recording_id"], e["chunk_id"]
-        for line in (out / rec / f"{chunk}.detections.jsonl").read_text().splitlines():
-            det = json.loads(line)
-            assert det["site"] and not any(k.startswith("badc_") for k in det) and "reason" not in det
+        (record,) = stored[f"{e['recording_id']}/{e['chunk_id']}"]
+        assert set(record["meta"]) == {"site"} and record["meta"]["site"]
 
 
 def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
@@ -472,4 +472,5 @@ def test_no_launcher_runs_as_one_rank(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 chunks on 1 rank;" in proc.stdout
-    assert len(list((tmp_path / "out").rglob("*.detections.jsonl"))) == 5
+    (stored,) = store_records(tmp_path / "out").values()
+    assert len(stored) == 5
