@@ -186,13 +186,15 @@ def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path
     path = tmp_path / "t.jsonl"
     w = tel.TelemetryWriter(path)
     w.write({"event": "start", "x": 'é\n"q"'})
-    w.write_line(tel.result_line("run", "success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
+    w.write_line(tel.result_line("success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
+    w.write_line(tel.result_line("retry", 2.5, tel.dumps({"recording_id": "r", "chunk_id": "d"})))
     w.close()
     with open(path, "ab") as fh:
         fh.write(b'{"event": "succ')
     events = list(tel.read_events(path))
-    assert events[0]["x"] == 'é\n"q"' and events[1]["event"] == "success" and events[1]["backoff_s"] is None
-    assert len(events) == 2
+    assert events[0]["x"] == 'é\n"q"' and events[1]["event"] == "success" and "backoff_s" not in events[1]
+    assert events[2] == {"event": "retry", "backoff_s": 2.5, "recording_id": "r", "chunk_id": "d"}
+    assert len(events) == 3
     assert tel.utc_iso(0.25) == "1970-01-01T00:00:00.250Z"
     assert tel.sidecar(path, ".summary.json").name == "t.summary.json"
 

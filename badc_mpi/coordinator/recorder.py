@@ -7,6 +7,7 @@ only the chunks that failed or are unfinished (:func:`badc_mpi.storage.summary.r
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -23,9 +24,12 @@ STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B)
 
 
 class Recorder:
-    def __init__(self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats]) -> None:
+    def __init__(
+        self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats], ranks: int | None = None
+    ) -> None:
         self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        self.writer.write(run_header(plan, run_id, ranks))
         layout = plan.worker_config.layout
         self.store = StoreWriter(plan.output_dir, run_id) if layout == STORE else None
         self.ledger = ledger_mod.LedgerWriter(
@@ -41,15 +45,16 @@ class Recorder:
         """A telemetry line encoded elsewhere (a worker's start line, a result line)."""
         self.writer.write_line(text)
 
-    def event(self, event: str, static: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> None:
-        """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt)."""
-        self.writer.write(tel.bare_record(self.run_id, event, static, chunk, attempt, **fields))
+    def event(self, event: str, who: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> None:
+        """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt);
+        ``who``: the ``rank`` and ``worker`` it names."""
+        self.writer.write(tel.bare_record(event, who, chunk, attempt, **fields))
 
-    def failed_before_dispatch(self, index: int, chunk: Chunk, reason: str, static: dict[str, Any]) -> None:
+    def failed_before_dispatch(self, index: int, chunk: Chunk, reason: str, who: dict[str, Any]) -> None:
         """Missing audio (``--allow-missing``): failed as ``input`` without an attempt."""
         self.scheduler.mark_failed(index, INPUT, reason)
         at = tel.utc_iso(time.time())
-        self.event("failure", static, chunk, 0, failure_class=INPUT, reason=reason, finished_at=at)
+        self.event("failure", who, chunk, 0, finished_at=at, failure_class=INPUT, reason=reason)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
 
     def detections(self, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
@@ -135,3 +140,22 @@ class Recorder:
             failed = scheduler.iter_states(scheduler.indices("failed"))
             summary_mod.write_failed_csv(str(plan.failed_csv), failed, plan.columns)
         return counts
+
+
+def run_header(plan: RunPlan, run_id: str, ranks: int | None) -> dict[str, Any]:
+    """The telemetry's first line: the run's facts (rank 0's host and pid, version, manifests,
+    output folder, runner), written once instead of in every line."""
+    meta = plan.meta
+    runner = meta.get("runner") or {}
+    return tel.run_record(
+        run_id,
+        time.time(),
+        host=meta.get("host"),
+        pid=os.getpid(),
+        ranks=ranks,
+        badc_mpi_version=meta.get("badc_mpi_version"),
+        manifests=meta.get("manifests"),
+        output_dir=plan.output_dir,
+        runner=runner.get("runner") if isinstance(runner, dict) else runner,
+        model_version=runner.get("model_version") if isinstance(runner, dict) else None,
+    )

@@ -43,6 +43,7 @@ from badc_mpi.transport.messages import (
     Setup,
     StartEvent,
     WireTask,
+    WorkerEvent,
 )
 from badc_mpi.worker.start import rank_config, start_worker
 from badc_mpi.worker.supervisor import Supervisor, fs_reason
@@ -173,7 +174,7 @@ class Coordinator:
             status = self.workers[rank].status if self.workers[rank].status != "ok" else "failed"
             self.dead.pop(rank)
             self._set_aside(rank, status, why)
-        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers)
+        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers, ranks=self.comm.Get_size())
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()
@@ -182,9 +183,9 @@ class Coordinator:
             f"telemetry {plan.telemetry_path}",
             flush=True,
         )
-        static0 = tel.worker_static(0, os.getpid(), self.binding)
+        who0 = tel.who(tel.worker_static(0, os.getpid(), self.binding))
         for index, chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
-            recorder.failed_before_dispatch(index, chunk, reason, static0)
+            recorder.failed_before_dispatch(index, chunk, reason, who0)
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -318,10 +319,10 @@ class Coordinator:
                     {"rank": rank, "worker": worker},
                     state.chunk,
                     state.attempts,
-                    failure_class=LOST,
-                    reason=why,
                     backoff_s=decision.backoff_s or None,
                     finished_at=tel.utc_iso(time.time()),
+                    failure_class=LOST,
+                    reason=why,
                 )
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
@@ -331,10 +332,13 @@ class Coordinator:
         return acted
 
     # -- events --------------------------------------------------------------------------
-    def _events(self, rank: int, events: list[StartEvent | ResultEvent]) -> None:
+    def _events(self, rank: int, events: list[WorkerEvent | StartEvent | ResultEvent]) -> None:
         coord, recorder = self.coord, self.recorder
         assert coord is not None and recorder is not None
         for ev in events:
+            if isinstance(ev, WorkerEvent):  # the worker's facts, before its next chunk line
+                recorder.line(ev.line)
+                continue
             state = coord.in_flight_state(ev.key)
             if state is None:  # not in flight (any more): a late or duplicate report
                 if isinstance(ev, ResultEvent):
@@ -374,7 +378,7 @@ class Coordinator:
                 ev.detections,
             )
             backoff = decision.backoff_s if decision.event == "retry" else None
-            recorder.line(tel.result_line(self.run_id, decision.event, backoff, ev.body))
+            recorder.line(tel.result_line(decision.event, backoff, ev.body))
             quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
             if quarantine and rank not in self.dead:
                 self._set_aside(rank, "quarantined", quarantine)

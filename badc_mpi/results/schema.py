@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -188,16 +189,69 @@ def normalise_detections(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def parse_attempts(body: bytes) -> pa.Table:
-    """Finished attempts (``success``/``retry``/``failure`` lines) of a telemetry body; raises
-    ``pyarrow.ArrowInvalid`` on a line that does not parse."""
+    """Finished attempts (``success``/``retry``/``failure`` lines) of a telemetry body, with their
+    worker's facts (host, GPU, versions) joined from the latest ``worker`` event of the line's rank
+    and the run id from the ``run`` header; raises ``pyarrow.ArrowInvalid`` on a line that does not
+    parse. Lines that carry these facts themselves (schema 1) keep their own."""
     if not body:
         return ATTEMPT_SCHEMA.empty_table()
     table = pajson.read_json(
         pa.BufferReader(body),
         parse_options=pajson.ParseOptions(explicit_schema=_TELEMETRY_READ, unexpected_field_behavior="ignore"),
     )
+    table = _join_facts(table)
     table = table.filter(pc.is_in(table.column("event"), value_set=_ATTEMPT_EVENTS))
+    table = table.set_column(table.schema.get_field_index("started_at"), "started_at", _started_at(table))
     return table.select(ATTEMPT_SCHEMA.names).cast(ATTEMPT_SCHEMA)
+
+
+#: what a ``worker`` event gives the attempts of its rank
+_WORKER_FACTS = ("worker", "host", "gpu_index", "gpu_name", "model_version", "hawkears_version")
+
+
+def _latest_worker_row(is_worker: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Per row: the index of the latest ``worker`` row of its rank at or before it, else its
+    rank's first ``worker`` row (a chunk failed before dispatch precedes it), else -1 (pure)."""
+    n = len(rank)
+    idx = np.arange(n, dtype=np.int64)
+    _, group = np.unique(rank, return_inverse=True)
+    group = group.astype(np.int64).reshape(-1)
+    order = np.lexsort((idx, group))
+    base = group[order] * (n + 1)
+    key = base + np.where(is_worker[order], idx[order] + 1, 0)
+    latest = np.empty(n, dtype=np.int64)
+    latest[order] = np.maximum.accumulate(key) - base - 1  # -1: no worker row yet in its group
+    first = np.full(int(group.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(first, group[is_worker], idx[is_worker])
+    fallback = first[group]
+    latest = np.where((latest < 0) & (fallback < n), fallback, latest)
+    return latest
+
+
+def _join_facts(table: pa.Table) -> pa.Table:
+    events = table.column("event")
+    is_worker = pc.equal(events, "worker").fill_null(False).to_numpy(zero_copy_only=False)
+    header = table.filter(pc.equal(events, "run").fill_null(False)).column("run_id").drop_null()
+    if len(header):
+        run_id = pc.coalesce(table.column("run_id"), pa.scalar(header[0].as_py(), TEXT))
+        table = table.set_column(table.schema.get_field_index("run_id"), "run_id", run_id)
+    if not is_worker.any():
+        return table
+    rank = table.column("rank").fill_null(-1).to_numpy(zero_copy_only=False)
+    src = _latest_worker_row(is_worker, rank)
+    take = pa.array(src, mask=src < 0)
+    for name in _WORKER_FACTS:
+        col = table.column(name)
+        table = table.set_column(table.schema.get_field_index(name), name, pc.coalesce(col, col.take(take)))
+    return table
+
+
+def _started_at(table: pa.Table) -> pa.ChunkedArray:
+    """A final line's start: its own ``started_at`` (schema 1), else ``finished_at - runtime_s``."""
+    finished = table.column("finished_at").cast(pa.timestamp("ms", tz="UTC"))
+    runtime = pc.round(pc.multiply(table.column("runtime_s"), 1000.0)).cast(pa.int64()).cast(pa.duration("ms"))
+    derived = pc.strftime(pc.subtract(finished, runtime), format="%Y-%m-%dT%H:%M:%SZ")
+    return pc.coalesce(table.column("started_at"), derived)
 
 
 def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
