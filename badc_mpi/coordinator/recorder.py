@@ -13,7 +13,7 @@ from typing import Any
 
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
-from badc_mpi.records import INPUT, Chunk, ChunkState
+from badc_mpi.records import INPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
@@ -69,7 +69,7 @@ class Recorder:
     def attempt_ended(
         self,
         rank: int,
-        state: ChunkState,
+        chunk: Chunk,
         decision: Decision,
         attempt: int,
         failure_class: str | None,
@@ -81,12 +81,10 @@ class Recorder:
     ) -> None:
         """An attempt's end in the worker's totals, and a final outcome in the ledger."""
         self.workers[rank].count(decision.event, runtime_s)
-        if decision.event == "success":
-            state.outputs, state.detections = outputs, detections
         if decision.event == "retry":
             return
         status = "success" if decision.event == "success" else "failed"
-        self._final(state.chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
+        self._final(chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
 
     def _final(
         self,

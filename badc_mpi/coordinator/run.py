@@ -313,7 +313,7 @@ class Coordinator:
             decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self.recorder.attempt_ended(rank, state, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
+                self.recorder.attempt_ended(rank, state.chunk, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
                 self.recorder.event(  # type: ignore[union-attr]
                     decision.event,
                     {"rank": rank, "worker": worker},
@@ -339,12 +339,12 @@ class Coordinator:
             if isinstance(ev, WorkerEvent):  # the worker's facts, before its next chunk line
                 recorder.line(ev.line)
                 continue
-            state = coord.in_flight_state(ev.key)
-            if state is None:  # not in flight (any more): a late or duplicate report
+            chunk = coord.in_flight_chunk(ev.key)
+            if chunk is None:  # not in flight (any more): a late or duplicate report
                 if isinstance(ev, ResultEvent):
                     log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
                 continue
-            timeout_s = self.options.timeout_for(state.chunk.duration_s)
+            timeout_s = self.options.timeout_for(chunk.duration_s)
             if isinstance(ev, StartEvent):
                 self.health.started(rank, ev.key, timeout_s, time.monotonic())
                 recorder.line(ev.line)
@@ -367,7 +367,7 @@ class Coordinator:
             self.health.ended(ev.key, timeout_s)
             recorder.attempt_ended(
                 rank,
-                state,
+                chunk,
                 decision,
                 ev.attempt,
                 ev.failure_class,

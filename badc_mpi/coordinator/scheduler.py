@@ -166,6 +166,12 @@ class Scheduler:
             mask |= self._retries > 0
         return np.flatnonzero(mask)
 
+    def in_flight_chunk(self, key: str) -> Chunk | None:
+        """The chunk in flight under ``key`` (None when it is not: a stale or unknown key). Cheap:
+        rank 0 asks for every event."""
+        entry = self._in_flight.get(key)
+        return None if entry is None else entry[2]
+
     def in_flight_state(self, key: str) -> ChunkState | None:
         """The state of a chunk in flight (None when it is not: a stale or unknown key)."""
         entry = self._in_flight.get(key)
