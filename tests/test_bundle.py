@@ -147,6 +147,9 @@ DETECTION_COLUMNS = [
     ("confidence", "float"),
     ("start_ms", "int64"),
     ("end_ms", "int64"),
+    ("detection_start_utc", "timestamp[ms, tz=UTC]"),
+    ("detection_end_utc", "timestamp[ms, tz=UTC]"),
+    ("detection_start_local", "string"),
     ("chunk_offset_start_ms", "int64"),
     ("chunk_offset_end_ms", "int64"),
     ("chunk_start_ms", "int64"),
@@ -155,6 +158,7 @@ DETECTION_COLUMNS = [
     ("chunk_sha256", "dictionary<values=string, indices=int32, ordered=0>"),
     ("hawkears_version", "dictionary<values=string, indices=int32, ordered=0>"),
     ("model_version", "dictionary<values=string, indices=int32, ordered=0>"),
+    ("merged_count", "int32"),
     ("site", "dictionary<values=string, indices=int32, ordered=0>"),
     ("recording_start_utc", "dictionary<values=string, indices=int32, ordered=0>"),
 ]
@@ -183,6 +187,12 @@ def test_golden_bundle_schema_and_detections(golden):
         ("a0", "YRWA", R1, 10000, 13000, 10000),
         ("a1", "YRWA", R2, 61500, 64500, 1500),  # recording time = chunk start + chunk time
     ]
+    # absolute time: recording_start_utc 05:00Z + start_ms; no recording_start_local column: local is null
+    utc = sorted((r["start_ms"], r["detection_start_utc"].isoformat(), r["detection_start_local"]) for r in det.to_pylist())
+    assert utc[-1] == (61500, "2026-06-01T05:01:01.500000+00:00", None)
+    assert json.loads((Path(result.folder) / "aggregate.json").read_text())["overlap_merge"] == {
+        "mode": "auto", "chunks_overlap": False, "applied": False, "detections_before": 4, "detections_after": 4, "merged_groups": 0,
+    }  # fmt: skip
     chunks = {r["chunk_id"]: r for r in pq.read_table(Path(result.folder) / "chunks.parquet").to_pylist()}
     states = {
         k: (v["status"], v["detections"], v["run_id"], v["attempts"], v["failure_class"], v["worker"]) for k, v in chunks.items()

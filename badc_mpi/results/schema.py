@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
+from badc_mpi.results.times import TIME_FIELDS
+
 ANALYSED, FAILED, NOT_ANALYSED = "analysed", "failed", "not_analysed"
 CHUNK_STATES = (ANALYSED, FAILED, NOT_ANALYSED)
 
@@ -44,6 +46,17 @@ RAW_DETECTION_SCHEMA = pa.schema(
     ]
 )
 
+#: manifest columns read as text whatever they look like: the JSON reader would otherwise turn
+#: ISO times into timestamps (normalised to UTC: a local wall clock lost) and coordinates into floats
+METADATA_TEXT_FIELDS = [
+    (name, TEXT)
+    for name in (
+        "recording_start_utc", "recording_start_local", "date", "location", "study_area", "latitude", "longitude", "region",
+    )
+]  # fmt: skip
+#: what the per-chunk reader parses with
+RAW_READ_SCHEMA = pa.schema(list(RAW_DETECTION_SCHEMA) + METADATA_TEXT_FIELDS)
+
 DETECTION_FIELDS = [
     ("run_id", DICT),
     ("recording_id", DICT),
@@ -54,6 +67,7 @@ DETECTION_FIELDS = [
     ("confidence", pa.float32()),
     ("start_ms", pa.int64()),  #: recording-relative
     ("end_ms", pa.int64()),
+    *TIME_FIELDS,  #: absolute times from the manifest's recording start (results/times.py), else null
     ("chunk_offset_start_ms", pa.int64()),  #: chunk-relative
     ("chunk_offset_end_ms", pa.int64()),
     ("chunk_start_ms", pa.int64()),  #: the chunk's own span in the recording (manifest)
@@ -62,6 +76,7 @@ DETECTION_FIELDS = [
     ("chunk_sha256", DICT),
     ("hawkears_version", DICT),
     ("model_version", DICT),
+    ("merged_count", pa.int32()),  #: detections this row stands for: 1, or more after the overlap merge (results/overlap.py)
 ]
 
 CHUNK_SCHEMA = pa.schema(
@@ -158,6 +173,12 @@ def detection_schema(extra_keys: Sequence[str]) -> pa.Schema:
     return pa.schema(DETECTION_FIELDS + [(k, DICT) for k in extra_keys])
 
 
+def chunk_schema(extra_keys: Sequence[str]) -> pa.Schema:
+    """The ``chunks`` table: :data:`CHUNK_SCHEMA`, then the manifests' extra columns (strings), so
+    that a chunk never analysed still has its location, study area and recording start."""
+    return pa.schema(list(CHUNK_SCHEMA) + [(k, TEXT) for k in extra_keys])
+
+
 def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.ChunkedArray:
     if name not in table.column_names:
         return pa.chunked_array([pa.nulls(table.num_rows, kind)])
@@ -172,6 +193,7 @@ def normalise_detections(table: pa.Table, schema: pa.Schema) -> pa.Table:
     derived = {
         "chunk_offset_start_ms": pc.round(pc.multiply(start_s, 1000.0)).cast(ms),
         "chunk_offset_end_ms": pc.round(pc.multiply(end_s, 1000.0)).cast(ms),
+        "merged_count": pa.chunked_array([pa.array(np.ones(table.num_rows, dtype=np.int32))]),
     }
     columns = []
     for f in schema:
