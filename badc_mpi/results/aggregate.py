@@ -209,18 +209,20 @@ def _check_keys(batch: Any) -> tuple[set[int], set[int]]:
 def _chunk_table(
     verdicts: list[Verdict],
     finals: dict[tuple[str, str], tuple[str | None, float | None]],
-    meta: dict[str, dict[str, str]],
+    meta: dict[str, tuple[str, dict[str, str]]],
     key_map: list[tuple[str, str]],
 ) -> pa.Table:
     """The ``chunks`` table, built column by column (a million chunks in about a second); the
-    manifests' extra columns (``meta``: chunk key -> column -> value) after the fixed ones."""
+    manifest's ``source_path`` and extra columns (``meta``: chunk key -> (source, column -> value))."""
     last = [finals.get((v.run_id, v.key), (None, None)) if v.run_id else (None, None) for v in verdicts]
     columns: dict[str, list[Any]] = {"worker": [w for w, _ in last], "runtime_s": [t for _, t in last]}
     for name in S.CHUNK_SCHEMA.names:
         if name not in columns:
             columns[name] = [getattr(v, name) for v in verdicts]
     columns["detections"] = [n if v.status == S.ANALYSED else None for v, n in zip(verdicts, columns["detections"])]
-    rows = [meta.get(v.key, {}) for v in verdicts]
+    found = [meta.get(v.key) for v in verdicts]
+    columns["source_path"] = [f[0] if f else None for f in found]
+    rows = [f[1] if f else {} for f in found]
     for name, key in key_map:
         columns[key] = [r.get(name) or None for r in rows]
     return pa.Table.from_pydict(columns, schema=S.chunk_schema([k for _, k in key_map]))
@@ -341,7 +343,7 @@ def aggregate(
     orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, per_chunk_outs, problems)
     attempts = _attempts(sel.runs, problems)
     finals = _finals(attempts)
-    chunk_table = _chunk_table(verdicts, finals, {c.key: dict(c.extra) for c in chunks}, key_map)
+    chunk_table = _chunk_table(verdicts, finals, {c.key: (c.source_path, dict(c.extra)) for c in chunks}, key_map)
     merge = _merge(det_out.path, det_schema, merge_overlaps, chunks_overlap(chunk_table))
     write_table(os.path.join(dest, "chunks.parquet"), chunk_table)
     write_table(os.path.join(dest, "runs.parquet"), S.rows_table(_run_rows(sel.runs, verdicts, attempts, problems), S.RUN_SCHEMA))

@@ -95,8 +95,7 @@ def _groups(path: str) -> pa.Table:
 
     con = duckdb.connect()
     try:
-        result = con.execute(GROUPS_SQL, [path]).arrow()
-        return result.read_all() if isinstance(result, pa.RecordBatchReader) else result
+        return con.sql(GROUPS_SQL, params=[path]).to_arrow_table()
     finally:
         con.close()
 

@@ -176,7 +176,7 @@ def detection_schema(extra_keys: Sequence[str]) -> pa.Schema:
 def chunk_schema(extra_keys: Sequence[str]) -> pa.Schema:
     """The ``chunks`` table: :data:`CHUNK_SCHEMA`, then the manifests' extra columns (strings), so
     that a chunk never analysed still has its location, study area and recording start."""
-    return pa.schema(list(CHUNK_SCHEMA) + [(k, TEXT) for k in extra_keys])
+    return pa.schema(list(CHUNK_SCHEMA) + [("source_path", TEXT)] + [(k, TEXT) for k in extra_keys])
 
 
 def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.ChunkedArray:
