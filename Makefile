@@ -16,11 +16,13 @@ MANIFEST ?=
 TELEMETRY ?=
 RECORD_DATALAD ?= 1
 DATASET ?=
+BUNDLE ?=
+FORMAT ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man check-chunks infer resume monitor aggregate bundle browser shellcheck demo bench gpu-check clean
+.PHONY: help install lint test man check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +86,10 @@ aggregate: install ## runs into Parquet (detections, chunks, runs): make aggrega
 bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html: make bundle MANIFEST=m.csv | DATASET=dir
 	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30']" >&2; exit 2; }
 	$(BADC) bundle $(MANIFEST) $(DATASET) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
+
+export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir FORMAT=wildtrax,raven [ARGS='--min-confidence 0.3 --focus-species ROPT,RUGR']
+	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
+	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(ARGS)
 
 browser: ## Debian's chromium for the report.html test (as root; tests/test_bundle.py skips without it)
 	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \

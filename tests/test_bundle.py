@@ -281,7 +281,7 @@ def test_golden_bundle_views(golden):
     }
     assert summary["tiny_model"] is True and summary["model_versions"] == [MODEL]
     page = (Path(result.folder) / "report.html").read_text()
-    assert 'id="tiny-banner"' in page and page.count("data:image/png;base64,") == 4 and "b1" in page
+    assert 'id="tiny-banner"' in page and page.count("data:image/png;base64,") == 5 and "b1" in page
 
 
 def test_relative_timeline_without_recording_start(tmp_path):
@@ -368,7 +368,7 @@ def test_report_renders_in_headless_chromium(golden, tmp_path):
     parsed.feed(dom.stdout)
     assert parsed.title == "badc-mpi results: golden"
     charts = {img["id"]: img for img in parsed.images}
-    assert set(charts) == {"chart-top-species", "chart-heatmap", "chart-confidence", "chart-workers"}
+    assert set(charts) == {"chart-top-species", "chart-heatmap", "chart-confidence", "chart-sites", "chart-workers"}
     for name, img in charts.items():
         assert img["src"].startswith("data:image/png;base64,"), name
         assert int(img["data-natural-width"]) > 0 and img["data-complete"] == "true", name

@@ -247,3 +247,23 @@ def test_bad_options_exit_2(tmp_path, capsys):
     assert _export(tmp_path / "a", "--format", "shapefile") == 2
     assert _export(tmp_path / "b", "--min-confidence", "1.5") == 2
     assert "outside 0..1" in capsys.readouterr().err and not (tmp_path / "a" / "exp").exists()
+
+
+def test_bundle_report_has_the_site_panel_with_unsurveyed_days_apart(tmp_path):
+    import duckdb
+    import numpy as np
+
+    from badc_mpi.results.bundle import build_bundle
+    from badc_mpi.results.report import site_grid
+
+    manifest = make_campaign(tmp_path)
+    result = build_bundle([str(manifest)], telemetry_dir=str(tmp_path / "tel"), dest=str(tmp_path / "b"))
+    page = Path(result.report).read_text()
+    assert page.count("data:image/png;base64,") == 5 and 'id="chart-sites"' in page
+    con = duckdb.connect(str(tmp_path / "b" / "bundle.duckdb"), read_only=True)
+    try:
+        locations, days, grid = site_grid(con, ["RUGR", "OVEN"])
+    finally:
+        con.close()
+    assert locations == ["NWT-01", "NWT-02"] and days == ["2024-03-09", "2024-03-10", "2024-03-11"]
+    assert np.array_equal(grid, np.array([[3, np.nan, 1], [0, np.nan, np.nan]]), equal_nan=True)
