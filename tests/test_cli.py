@@ -53,6 +53,7 @@ def test_version_and_help():
         "monitor",
         "aggregate",
         "bundle",
+        "export",
         "orchestrate",
     }
 
