@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from badc_mpi.errors import StateError
-from badc_mpi.inputs.chunk_table import ChunkSet, digest_prefix, hex_digests
+from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkSet, digest_prefix, hex_digests
 from badc_mpi.inputs.key_index import KeyIndex
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
@@ -327,12 +327,17 @@ def decide(
     n = len(index)
     latest = _latest_records(index, state)
     orphans = latest.orphans
-    rows = np.flatnonzero(latest.flags & _SEEN)
+    rows = np.flatnonzero(latest.flags & _SEEN).astype(np.int32 if n < 2**31 else np.int64)
     flags, run_of = latest.flags[rows], latest.run[rows]
     record_ok, has_sha, outputs = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS))
-    digests, has_digest = index.digests_at(rows)
-    changed = has_digest & ~(has_sha & (latest.sha[rows] == digests))
-    del latest, digests, has_digest, flags
+    del flags
+    changed = np.zeros(len(rows), dtype=bool)  # a sha256 recorded and another in the manifest
+    for start in range(0, len(rows), BLOCK_ROWS):
+        part = rows[start : start + BLOCK_ROWS]
+        digests, has_digest = index.digests_at(part)
+        same = has_sha[start : start + BLOCK_ROWS] & (latest.sha[part] == digests)
+        changed[start : start + BLOCK_ROWS] = has_digest & ~same
+    del latest
     ok = record_ok & ~changed
     missing = np.zeros(len(rows), dtype=bool)
     if verify_outputs:

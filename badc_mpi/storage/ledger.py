@@ -13,7 +13,6 @@ fatal) and refuse anything else that does not parse, naming the file, the line a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -232,25 +231,8 @@ def _locate_damage(path: str, body: bytes) -> None:
 
 
 # -- streaming: a 10,000,000-record ledger read block by block -----------------------------
-SCAN_BLOCK_BYTES = 1 << 20  #: pyarrow reads a few blocks ahead: keep them small
+SCAN_BLOCK_BYTES = 1 << 20  #: ledger bytes parsed at a time (one block in memory)
 SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run")
-
-
-class _Window(io.RawIOBase):
-    """``size`` bytes of an open file from its current offset (the complete record lines)."""
-
-    def __init__(self, fh: Any, size: int) -> None:
-        self._fh, self._left = fh, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._left)
-        data = self._fh.read(want) if want else b""
-        buffer[: len(data)] = data
-        self._left -= len(data)
-        return len(data)
 
 
 def _complete_end(fh: Any, size: int) -> int:
@@ -303,25 +285,38 @@ def iter_ledger(path: str | os.PathLike[str], columns: tuple[str, ...] = SCAN_CO
     _, start, end, _ = ledger_head(path)
     if end <= start:
         return
+    schema = pa.schema([f for f in _schema() if f.name in columns])
+    read = pajson.ReadOptions(use_threads=False, block_size=SCAN_BLOCK_BYTES + 1)
+    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False)
     with open(path, "rb") as fh:
         fh.seek(start)
-        schema = pa.schema([f for f in _schema() if f.name in columns])
         try:
-            reader = pajson.open_json(
-                _Window(fh, end - start),
-                read_options=pajson.ReadOptions(block_size=SCAN_BLOCK_BYTES),
-                parse_options=pajson.ParseOptions(
-                    explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False
-                ),
-            )
-            for batch in reader:
-                if any(batch.column(name).null_count for name in ("r", "c", "s") if name in columns):
-                    raise ValueError("a record without r, c or s")
-                yield batch
+            for block in _line_blocks(fh, end - start):
+                for batch in pajson.read_json(pa.BufferReader(block), read_options=read, parse_options=parse).to_batches():
+                    if any(batch.column(name).null_count for name in ("r", "c", "s") if name in columns):
+                        raise ValueError("a record without r, c or s")
+                    yield batch
         except (pa.ArrowInvalid, ValueError):
             fh.seek(start)
             _locate_damage(path, fh.read(end - start))
             raise _corrupt(path, 2, "unreadable records") from None  # pragma: no cover - located above
+
+
+def _line_blocks(fh: Any, size: int) -> Iterator[Any]:
+    """``size`` bytes of ``fh`` (complete lines) in blocks of about SCAN_BLOCK_BYTES, each ending
+    at a line's end: read here, one at a time (pyarrow's streaming reader would read far ahead)."""
+    import pyarrow as pa
+
+    carry = b""
+    while size > 0:
+        data = carry + fh.read(min(SCAN_BLOCK_BYTES, size))
+        size -= len(data) - len(carry)
+        if len(data) == len(carry):  # pragma: no cover - the file shrank while read
+            break
+        cut = len(data) if size <= 0 else data.rfind(b"\n") + 1
+        if cut:
+            yield pa.py_buffer(data).slice(0, cut)
+        carry = data[cut:]
 
 
 def scan_ledger(
