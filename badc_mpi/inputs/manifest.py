@@ -111,7 +111,7 @@ def load_manifest(path: str | os.PathLike[str], *, check_sources: bool = True, a
     """
     mpath = os.path.abspath(os.fspath(path))
     header, layout = open_manifest(mpath)
-    builder = TableBuilder(mpath, header, layout.breaks + 1)
+    builder = TableBuilder(mpath, header, layout.breaks + 1, layout.end - layout.body)
     problem: _Problem | None = None
     bad = rows = 0
     inner: list[tuple[int, np.ndarray]] = []

@@ -40,7 +40,46 @@ class Growing:
         self.array[start : start + len(values)] = values
 
     def finish(self, rows: int) -> np.ndarray:
-        return self.array if len(self.array) == rows else self.array[:rows].copy()
+        return _shrunk(self.array, rows)
+
+
+def _shrunk(array: np.ndarray, size: int) -> np.ndarray:
+    """``array[:size]`` without a copy where possible (realloc shrinks a large block in place)."""
+    if len(array) != size:
+        try:
+            array.resize((size, *array.shape[1:]), refcheck=False)
+        except ValueError:  # pragma: no cover - a view: copy
+            array = array[:size].copy()
+    return array
+
+
+class StringColumn:
+    """A string column appended block by block into one buffer: no concatenation at the end.
+
+    The data buffer is allocated for ``capacity_bytes`` (the manifest's size), of which only the
+    pages written become resident, and shrunk in place when finished."""
+
+    def __init__(self, capacity_rows: int, capacity_bytes: int) -> None:
+        self.wide = capacity_bytes >= 2**31
+        self.offsets = np.zeros(capacity_rows + 1, dtype=np.int64 if self.wide else np.int32)
+        self.data = np.empty(max(1, capacity_bytes), dtype=np.uint8)
+        self.rows = self.size = 0
+
+    def put(self, values: pa.Array) -> None:
+        n = len(values)
+        wide = pa.types.is_large_string(values.type)
+        offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if wide else np.int32)[values.offset : values.offset + n + 1]
+        first, last = int(offsets[0]), int(offsets[-1])
+        if last > first:
+            self.data[self.size : self.size + last - first] = np.frombuffer(values.buffers()[2], dtype=np.uint8)[first:last]
+        self.offsets[self.rows + 1 : self.rows + n + 1] = offsets[1:] - (first - self.size)
+        self.rows += n
+        self.size += last - first
+
+    def finish(self) -> pa.Array:
+        offsets, data = _shrunk(self.offsets, self.rows + 1), _shrunk(self.data, max(1, self.size))
+        kind = pa.large_string() if self.wide else pa.string()
+        return pa.Array.from_buffers(kind, self.rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 class CodesBuilder:
@@ -90,13 +129,13 @@ def _split_sources(sources: pa.Array) -> tuple[pa.Array, pa.Array]:
 class TableBuilder:
     """One manifest's :class:`ChunkTable`, from blocks of validated string columns."""
 
-    def __init__(self, mpath: str, header: list[str], capacity: int) -> None:
+    def __init__(self, mpath: str, header: list[str], capacity: int, capacity_bytes: int) -> None:
         self.mpath, self.base, self.header = mpath, os.path.dirname(mpath), header
         self.rows = 0
         self.recording = CodesBuilder(capacity)
         self.folder = CodesBuilder(capacity)
-        self.chunk_ids: list[pa.Array] = []
-        self.names: list[pa.Array] = []
+        self.chunk_ids = StringColumn(capacity, capacity_bytes)
+        self.names = StringColumn(capacity, capacity_bytes)
         self.ints = {name: Growing(capacity, np.int32) for name in INT_COLUMNS if name in header}
         self.digests = np.zeros((capacity, 32), dtype=np.uint8) if "sha256" in header else None
         self.has_digest = np.zeros(capacity, dtype=bool) if "sha256" in header else None
@@ -109,10 +148,10 @@ class TableBuilder:
         start = self.rows
         sources = columns["source_path"]
         self.recording.put(start, columns["recording_id"])
-        self.chunk_ids.append(columns["chunk_id"])
+        self.chunk_ids.put(columns["chunk_id"])
         folders, names = _split_sources(sources)
         self.folder.put(start, folders)
-        self.names.append(names)
+        self.names.put(names)
         odd = pc.is_in(names, value_set=pa.array(["", ".", ".."])).to_numpy(zero_copy_only=False)
         for i in np.flatnonzero(odd).tolist():
             self.odd[start + i] = os.path.normpath(os.path.join(self.base, sources[i].as_py()))
@@ -131,15 +170,12 @@ class TableBuilder:
     def finish(self, lines: range | np.ndarray) -> ChunkTable:
         rows = self.rows
         folder = self.folder.finish(rows)
-        chunk_ids = _concat(self.chunk_ids)
-        self.chunk_ids = []
-        names = _concat(self.names)
-        self.names = []
+        chunk_ids, names = self.chunk_ids.finish(), self.names.finish()
         digests, has = self.digests, self.has_digest
         if has is not None and not has[:rows].any():
             digests = has = None
-        elif digests is not None and has is not None and len(has) != rows:
-            digests, has = digests[:rows].copy(), has[:rows].copy()
+        elif digests is not None and has is not None:
+            digests, has = _shrunk(digests, rows), _shrunk(has, rows)
         return ChunkTable(
             self.mpath,
             self.recording.finish(rows),
@@ -156,9 +192,3 @@ class TableBuilder:
             lines,
             self.odd,
         )
-
-
-def _concat(parts: list[pa.Array]) -> pa.Array:
-    if not parts:
-        return pa.array([], pa.string())
-    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
