@@ -17,9 +17,12 @@ segments); ``failed`` chunks run again
 unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 
-Memory: ledgers are read block by block into columns (:class:`Layer`: the key, success or not,
-the first 8 bytes of the sha256, has-outputs, a run code), and matched against the manifests'
-keys with one Arrow hash lookup; the outcome is an array of positions, not a dict per chunk.
+Memory: :func:`load_state` reads only the ledgers' headers; :func:`decide` reads each ledger one
+block (1 MiB) at a time into columns (:class:`Layer`: the key, success or not, the first 8 bytes of
+the sha256, has-outputs, a run code) and matches the block against the chunks' sorted key hashes
+(:class:`~badc_mpi.inputs.key_index.KeyIndex`, 8 bytes a chunk; candidates confirmed on the
+strings). What it keeps is the latest record's flags, sha256 prefix and run per chunk (13 bytes);
+the outcome is an array of positions, not a dict per chunk.
 """
 
 from __future__ import annotations

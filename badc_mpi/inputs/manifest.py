@@ -4,11 +4,15 @@ A manifest is a UTF-8, comma-separated CSV with a header. Required columns: ``re
 ``chunk_id``, ``source_path``; optional: ``start_ms``, ``end_ms``, ``overlap_ms``, ``sha256``,
 ``notes``; any other column is kept, in header order, as per-chunk metadata (``Chunk.extra``).
 
-A thin I/O shell around vectorised checks: :mod:`badc_mpi.inputs.manifest_csv` parses every column as a
-string (and knows each row's physical line), pyarrow.compute finds the bad rows of a million-row
-file in a few passes, and only then is the columnar :class:`~badc_mpi.inputs.chunk_table.ChunkTable`
-built (no Python object per row; a :class:`Chunk` is built when used). Every problem raises
-:class:`~badc_mpi.errors.ManifestError` naming the file, the physical line (header = line 1), the column and the fix; nothing is written.
+A thin I/O shell around vectorised checks, block by block: :mod:`badc_mpi.inputs.manifest_csv`
+parses one block of rows at a time (every column a string), pyarrow.compute finds the block's bad
+rows in a few passes, and :class:`~badc_mpi.inputs.table_builder.TableBuilder` compacts the block
+into the columnar :class:`~badc_mpi.inputs.chunk_table.ChunkTable` before the next is read (no
+Python object per row; a :class:`Chunk` is built when used). After a bad row the rest is only
+checked, to count the bad rows; physical lines are resolved at the end. Duplicate keys are found
+by sorting 64-bit key hashes and comparing the strings of the rows whose hash repeats. Every
+problem raises :class:`~badc_mpi.errors.ManifestError` naming the file, the physical line
+(header = line 1), the column and the fix; nothing is written.
 """
 
 from __future__ import annotations
