@@ -79,7 +79,6 @@ def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
 
 def child(phase: str, manifest: str, ledger_dir: str) -> dict[str, float]:
     """Run in a fresh process: one phase; RSS figures in bytes."""
-    import numpy as np
 
     from badc_mpi.coordinator.planning import order_positions
     from badc_mpi.coordinator.resume import decide, load_state
@@ -94,7 +93,7 @@ def child(phase: str, manifest: str, ledger_dir: str) -> dict[str, float]:
     catalog = ChunkSet([loaded.chunks])
     kept: object = None
     if phase == "plan":
-        queue = catalog.subset(order_positions(catalog, np.arange(catalog.size), "longest-first"))
+        queue = ChunkSet(catalog.tables, order_positions(catalog, None, "longest-first"))
         kept = Scheduler(queue, max_retries=2)
         kept.take(64, "gpu0@bench", 0.0)  # type: ignore[attr-defined]
     elif phase == "resume":

@@ -31,6 +31,40 @@ def test_longest_first_keeps_manifest_order_for_ties_and_unknowns_last():
     assert [c.chunk_id for c in order_chunks(cs, "longest-first")] == ["c", "a", "d", "b"]
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_longest_first_positions_match_the_chunk_order(tmp_path, monkeypatch, big):
+    """The vectorised order (an integer key per row, built in blocks) equals order_chunks, for a
+    set of two manifests, with unknown durations, ties, values past int32, and a resume subset."""
+    import random
+
+    import numpy as np
+
+    from badc_mpi.coordinator import planning
+    from badc_mpi.inputs.chunk_table import ChunkSet
+    from badc_mpi.inputs.manifest import load_manifest
+
+    monkeypatch.setattr(planning, "BLOCK_ROWS", 7)
+    rng = random.Random(2)
+    tables = []
+    for name in ("a", "b"):
+        lines = ["recording_id,chunk_id,source_path,start_ms,end_ms"]
+        for i in range(60):
+            start = rng.choice([0, 5, 3 * 10**9 if big else 7])
+            end = "" if i % 9 == 0 else str(start + rng.choice([10, 20, 30]))
+            lines.append(f"r,{name}{i},a.wav,{start},{end}")
+        path = tmp_path / f"{name}.csv"
+        path.write_text("\n".join(lines) + "\n")
+        tables.append(load_manifest(str(path), check_sources=False).chunks)
+    catalog = ChunkSet(tables)
+    everything = list(catalog)
+    want = [c.key for c in order_chunks(everything, "longest-first")]
+    assert [c.key for c in ChunkSet(tables, planning.order_positions(catalog, None, "longest-first"))] == want
+    subset = np.array(sorted(rng.sample(range(120), 50)))
+    got = catalog.subset(planning.order_positions(catalog, subset, "longest-first"))
+    assert [c.key for c in got] == [c.key for c in order_chunks([everything[i] for i in subset], "longest-first")]
+    assert planning.order_positions(catalog, None, "manifest") is None
+
+
 def test_timeout_scales_with_duration():
     o = RunOptions()
     assert o.timeout_for(None) == o.timeout_default_s

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from badc_mpi._version import __version__
-from badc_mpi.inputs.chunk_table import ChunkSet
+from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkSet
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
@@ -72,12 +72,32 @@ def order_chunks(chunks: list[Chunk], order: str) -> list[Chunk]:
     return list(chunks)
 
 
-def order_positions(chunks: ChunkSet, rows: np.ndarray, order: str) -> np.ndarray:
-    """:func:`order_chunks` for global rows of a chunk set (vectorised, stable)."""
+def order_positions(chunks: ChunkSet, rows: np.ndarray | None, order: str) -> np.ndarray | None:
+    """:func:`order_chunks` for global rows of a chunk set (vectorised, stable); ``rows`` None:
+    all of them (then None again in manifest order). Longest first sorts an integer key per row,
+    ``start_ms - end_ms`` (unknown: 1), built block by block: 4 bytes a row while durations fit."""
     if order != "longest-first":
         return rows
-    durations = chunks.column("durations_s")[rows]
-    return rows[np.argsort(-np.where(np.isnan(durations), -1.0, durations), kind="stable")]
+    keys = _longest_first_keys(chunks)
+    if rows is not None:
+        keys = keys[rows]
+    by_key = np.argsort(keys, kind="stable")
+    del keys
+    return by_key if rows is None else rows[by_key]
+
+
+def _longest_first_keys(chunks: ChunkSet) -> np.ndarray:
+    arrays = [a for t in chunks.tables for a in t.ints.values()]
+    keys = np.ones(chunks.size, dtype=np.int32 if all(a.dtype.itemsize <= 4 for a in arrays) else np.int64)
+    for table, offset in zip(chunks.tables, chunks.offsets):
+        if "start_ms" not in table.ints or "end_ms" not in table.ints:
+            continue
+        start, end = table.ints["start_ms"], table.ints["end_ms"]
+        for begin in range(0, len(table), BLOCK_ROWS):
+            s, e = start[begin : begin + BLOCK_ROWS], end[begin : begin + BLOCK_ROWS]
+            out = keys[offset + begin : offset + begin + len(s)]
+            np.copyto(out, s - e, where=(s >= 0) & (e >= 0))
+    return keys
 
 
 def union_columns(manifests: list[Any]) -> list[str]:
@@ -117,7 +137,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     fingerprint = probe.fingerprint()
     probe.close()
     missing = np.concatenate([m.missing_rows + offset for m, offset in zip(manifests, catalog.offsets)])
-    rows: np.ndarray = np.arange(catalog.size)
+    rows: np.ndarray | None = None  # all, in manifest order
     carried_counts: dict[str, int] = {}
     resume_note = ""
     resume_ledgers: list[str] = []
@@ -125,7 +145,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         from badc_mpi.coordinator.resume import apply_resume
 
         rows, carried_counts, resume_note, resume_ledgers = apply_resume(catalog, loc, options, fingerprint)
-    ordered = catalog.subset(order_positions(catalog, rows, options.order))
+    ordered = ChunkSet(tables, order_positions(catalog, rows, options.order))
     where = np.flatnonzero(np.isin(ordered.global_rows(), missing)) if len(missing) else np.zeros(0, np.int64)
     unavailable = [
         (i, c, input_problem(c.input_path) or "input missing") for i, c in zip(where.tolist(), ordered.chunks_at(where))

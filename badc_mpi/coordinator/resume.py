@@ -17,16 +17,19 @@ segments); ``failed`` chunks run again
 unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 
-Memory: ledgers are read block by block into columns (:class:`Layer`: the key, success or not,
-the first 8 bytes of the sha256, has-outputs, a run code), and matched against the manifests'
-keys with one Arrow hash lookup; the outcome is an array of positions, not a dict per chunk.
+Memory: :func:`load_state` reads only the ledgers' headers; :func:`decide` reads each ledger one
+block (1 MiB) at a time into columns (:class:`Layer`: the key, success or not, the first 8 bytes of
+the sha256, has-outputs, a run code) and matches the block against the chunks' sorted key hashes
+(:class:`~badc_mpi.inputs.key_index.KeyIndex`, 8 bytes a chunk; candidates confirmed on the
+strings). What it keeps is the latest record's flags, sha256 prefix and run per chunk (13 bytes);
+the outcome is an array of positions, not a dict per chunk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from badc_mpi.errors import StateError
-from badc_mpi.inputs.chunk_table import ChunkSet, digest_prefix, hex_digests
+from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkSet, digest_prefix, hex_digests
+from badc_mpi.inputs.key_index import KeyIndex
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, scan_ledger
+from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, iter_ledger, ledger_head
 from badc_mpi.storage.store import run_segments
 
 log = get_logger(__name__)
@@ -56,13 +60,6 @@ class Layer:
     has_sha: np.ndarray  #: bool
     outputs: np.ndarray  #: bool: the success recorded outputs
     run: np.ndarray  #: int32 code in ResumeState.runs
-
-    @staticmethod
-    def concat(layers: Sequence[Layer]) -> Layer:
-        if not layers:
-            return Layer(pa.array([], pa.large_string()), *(np.zeros(0, t) for t in (bool, np.uint64, bool, bool, np.int32)))
-        parts = [(name, [getattr(x, name) for x in layers]) for name in ("ok", "sha", "has_sha", "outputs", "run")]
-        return Layer(pa.concat_arrays([x.keys for x in layers]), *(np.concatenate(p) for _, p in parts))
 
 
 def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: list[str | None]) -> Layer:
@@ -96,7 +93,8 @@ class ResumeState:
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
-    layers: list[Layer] = field(default_factory=list)  #: in reading order (later wins), after ``records``
+    layers: list[Layer | str] = field(default_factory=list)  #: in reading order (later wins), after ``records``;
+    #: a ``str`` is a ledger, read block by block when the chunks are decided on
     runs: list[str | None] = field(default_factory=list)  #: the layers' run codes
 
     def add_records(self, records: dict[str, tuple[Any, ...]]) -> None:
@@ -114,13 +112,20 @@ class ResumeState:
                 )
             )
 
-    def merged(self) -> Layer:
+    def blocks(self) -> Iterator[Layer]:
+        """Every layer, a ledger block by block, in reading order (later records win)."""
         if self.records:  # set directly (tests): they come first
             records, self.records = self.records, {}
             later, self.layers = self.layers, []
             self.add_records(records)
             self.layers += later
-        return Layer.concat(self.layers)
+        for layer in self.layers:
+            if isinstance(layer, Layer):
+                yield layer
+                continue
+            for batch in iter_ledger(layer):
+                keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
+                yield _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), self.runs)
 
 
 @dataclass
@@ -193,15 +198,12 @@ def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | Non
 
 
 def _overlay_ledger(state: ResumeState, path: str) -> None:
-    def compact(batch: Any) -> Layer:
-        keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
-        return _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), state.runs)
-
-    header, layers, torn = scan_ledger(path, compact)
+    """Add a ledger (its records are read when the chunks are decided on)."""
+    header, _, _, torn = ledger_head(path)
     if torn:
         log.warning("%s: the last line was cut short (a run killed mid-write); ignored", path)
         state.torn.append(path)
-    state.layers += layers
+    state.layers.append(path)
     state.sources.append(path)
     if header.get("run_id"):
         state.fingerprints[header["run_id"]] = header.get("fingerprint")
@@ -257,15 +259,6 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def _columns(chunks: Sequence[Chunk]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(keys, digests, has digest) of the chunks decided on: vectorised for a ChunkSet."""
-    if isinstance(chunks, ChunkSet):
-        digests, has = chunks.column("digests")
-        return chunks.column("keys"), digests, has
-    digests, has = hex_digests(pa.array([c.sha256 for c in chunks], pa.string()))
-    return pa.array([c.key for c in chunks], pa.large_string()), digests, has
-
-
 def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
     """Which keys have ``<output_dir>/<recording>/<chunk>.detections.jsonl``: one listing per
     recording folder, matched in one hash lookup (no stat per chunk)."""
@@ -284,6 +277,41 @@ def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False)
 
 
+_SEEN, _OK, _HAS_SHA, _OUTPUTS = 1, 2, 4, 8  #: bits of _Latest.flags
+
+
+@dataclass
+class _Latest:
+    """The latest record of each chunk, by the chunk's index: flags, sha256 prefix, run code."""
+
+    flags: np.ndarray  #: uint8: _SEEN | _OK | _HAS_SHA | _OUTPUTS
+    sha: np.ndarray  #: uint64
+    run: np.ndarray  #: int32 code in ResumeState.runs
+    orphans: int  #: distinct keys recorded that are no chunk's
+
+
+def _latest_records(index: KeyIndex, state: ResumeState) -> _Latest:
+    """Match the records block by block (a ledger is never in memory whole): later ones win."""
+    n = len(index)
+    latest = _Latest(np.zeros(n, np.uint8), np.zeros(n, np.uint64), np.zeros(n, np.int32), 0)
+    unknown: list[pa.Array] = []
+    for layer in state.blocks():
+        found, at = index.find(layer.keys)
+        records = np.flatnonzero(found)
+        if len(at):  # within a block too, the last record of a chunk wins
+            at, last = np.unique(at[::-1], return_index=True)
+            records = records[len(records) - 1 - last]
+            bits = _SEEN | _OK * layer.ok[records] | _HAS_SHA * layer.has_sha[records] | _OUTPUTS * layer.outputs[records]
+            latest.flags[at] = bits
+            latest.sha[at] = layer.sha[records]
+            latest.run[at] = layer.run[records]
+        if len(records) < len(layer.keys):
+            unknown.append(pc.unique(layer.keys.filter(pa.array(~found))))
+    if unknown:
+        latest.orphans = pc.count_distinct(pa.chunked_array(unknown)).as_py()
+    return latest
+
+
 def decide(
     chunks: Sequence[Chunk],
     state: ResumeState,
@@ -298,30 +326,29 @@ def decide(
 
     A chunk done by a run whose fingerprint differs from ``fingerprint``: ``on_change`` is
     ``refuse`` (StateError naming what differs), ``rerun`` or ``accept``."""
-    layer = state.merged()
-    keys, digests, has_digest = _columns(chunks)
-    n = len(keys)
-    # the manifests' keys are unique: look every record up among them (one hash table over the
-    # chunks, none over the records), and let the latest record of a chunk win
-    where = pc.index_in(layer.keys, value_set=keys)
-    known = where.is_valid().to_numpy(zero_copy_only=False)
-    latest = np.full(n, -1, dtype=np.int64)
-    np.maximum.at(latest, where.drop_null().to_numpy().astype(np.int64), np.flatnonzero(known))
-    unknown = layer.keys.filter(pa.array(~known))
-    orphans = pc.count_distinct(unknown).as_py() if len(unknown) else 0
-    del where, unknown
-    rows = np.flatnonzero(latest >= 0)
-    rec = latest[rows]
+    index = KeyIndex(chunks)
+    n = len(index)
+    latest = _latest_records(index, state)
+    orphans = latest.orphans
+    rows = np.flatnonzero(latest.flags & _SEEN).astype(np.int32 if n < 2**31 else np.int64)
+    flags, run_of = latest.flags[rows], latest.run[rows]
+    record_ok, has_sha, outputs = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS))
+    del flags
+    changed = np.zeros(len(rows), dtype=bool)  # a sha256 recorded and another in the manifest
+    for start in range(0, len(rows), BLOCK_ROWS):
+        part = rows[start : start + BLOCK_ROWS]
+        digests, has_digest = index.digests_at(part)
+        same = has_sha[start : start + BLOCK_ROWS] & (latest.sha[part] == digests)
+        changed[start : start + BLOCK_ROWS] = has_digest & ~same
     del latest
-    changed = has_digest[rows] & ~(layer.has_sha[rec] & (layer.sha[rec] == digest_prefix(digests[rows])))
-    ok = layer.ok[rec] & ~changed
+    ok = record_ok & ~changed
     missing = np.zeros(len(rows), dtype=bool)
     if verify_outputs:
         # store runs: the store was synced before the ledger line (storage/store.py), so their
         # segments being there is enough; per-chunk runs: look for each chunk's file
         stored = np.array([bool(run and run_segments(output_dir, run)) for run in state.runs] or [False])
-        check = np.flatnonzero(ok & layer.outputs[rec] & ~stored[layer.run[rec]])
-        missing[check] = ~_with_detections(keys.take(pa.array(rows[check])), output_dir)
+        check = np.flatnonzero(ok & outputs & ~stored[run_of])
+        missing[check] = ~_with_detections(index.keys_at(rows[check]), output_dir)
     ok &= ~missing
     stale = np.zeros(len(rows), dtype=bool)
     stale_runs: dict[str | None, int] = {}
@@ -330,8 +357,8 @@ def decide(
         differs = {run: fingerprint_changes(fp, fingerprint) for run, fp in state.fingerprints.items()}
         differs = {run: changes for run, changes in differs.items() if changes}
         unvouched = np.array([run in differs or run not in state.fingerprints for run in state.runs] or [False])
-        stale = ok & unvouched[layer.run[rec]] if len(state.runs) else stale
-        counted = np.bincount(layer.run[rec][stale], minlength=len(state.runs)).tolist()
+        stale = ok & unvouched[run_of] if len(state.runs) else stale
+        counted = np.bincount(run_of[stale], minlength=len(state.runs)).tolist()
         stale_runs = {run: c for run, c in zip(state.runs, counted) if c}
     if stale_runs and on_change == "refuse":
         run, count = max(stale_runs.items(), key=lambda item: item[1])
@@ -343,7 +370,7 @@ def decide(
             "(the results then mix settings)",
         )
     keep_ok = ok & ~stale if on_change == "rerun" else ok
-    keep_failed = ~layer.ok[rec] & ~changed if skip_failed else np.zeros(len(rows), dtype=bool)
+    keep_failed = ~record_ok & ~changed if skip_failed else np.zeros(len(rows), dtype=bool)
     carried = np.zeros(n, dtype=bool)
     carried[rows] = keep_ok | keep_failed
     stale_count = int(stale.sum())

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from badc_mpi.inputs.hashing import string_hashes
 from badc_mpi.records import Chunk
 
 NONE_INT = -1  #: an empty start_ms / end_ms / overlap_ms
@@ -174,6 +175,25 @@ class ChunkTable(Sequence[Chunk]):
         """``recording_id/chunk_id`` of every row (an Arrow string array)."""
         recordings = pa.array(self.recording.values, pa.string()).take(pa.array(self.recording.codes))
         return pc.binary_join_element_wise(recordings, self.chunk_ids.cast(pa.string()), "/")
+
+    def keys_at(self, rows: np.ndarray) -> pa.Array:
+        """``recording_id/chunk_id`` of ``rows`` (an Arrow string array)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        recordings = pa.array(self.recording.values, pa.string()).take(pa.array(self.recording.codes[rows]))
+        return pc.binary_join_element_wise(recordings, self.chunk_ids.take(pa.array(rows)).cast(pa.string()), "/")
+
+    def key_hashes(self, rows: slice = slice(None)) -> np.ndarray:
+        """The 64-bit hash of every row's key (:func:`~badc_mpi.inputs.hashing.string_hashes`), or of a
+        slice of rows; computed block by block: no key string outlives its block."""
+        start, stop, _ = rows.indices(len(self))
+        out = np.empty(max(0, stop - start), dtype=np.uint64)
+        values = pa.array(self.recording.values, pa.string())
+        for begin in range(start, stop, BLOCK_ROWS):
+            end = min(stop, begin + BLOCK_ROWS)
+            recordings = values.take(pa.array(self.recording.codes[begin:end]))
+            keys = pc.binary_join_element_wise(recordings, self.chunk_ids.slice(begin, end - begin).cast(pa.string()), "/")
+            out[begin - start : end - start] = string_hashes(keys)
+        return out
 
     def durations_s(self) -> np.ndarray:
         """``end_ms - start_ms`` in seconds; NaN where either is empty."""

@@ -4,17 +4,21 @@ A manifest is a UTF-8, comma-separated CSV with a header. Required columns: ``re
 ``chunk_id``, ``source_path``; optional: ``start_ms``, ``end_ms``, ``overlap_ms``, ``sha256``,
 ``notes``; any other column is kept, in header order, as per-chunk metadata (``Chunk.extra``).
 
-A thin I/O shell around vectorised checks: :mod:`badc_mpi.inputs.manifest_csv` parses every column as a
-string (and knows each row's physical line), pyarrow.compute finds the bad rows of a million-row
-file in a few passes, and only then is the columnar :class:`~badc_mpi.inputs.chunk_table.ChunkTable`
-built (no Python object per row; a :class:`Chunk` is built when used). Every problem raises
-:class:`~badc_mpi.errors.ManifestError` naming the file, the physical line (header = line 1), the column and the fix; nothing is written.
+A thin I/O shell around vectorised checks, block by block: :mod:`badc_mpi.inputs.manifest_csv`
+parses one block of rows at a time (every column a string), pyarrow.compute finds the block's bad
+rows in a few passes, and :class:`~badc_mpi.inputs.table_builder.TableBuilder` compacts the block
+into the columnar :class:`~badc_mpi.inputs.chunk_table.ChunkTable` before the next is read (no
+Python object per row; a :class:`Chunk` is built when used). After a bad row the rest is only
+checked, to count the bad rows; physical lines are resolved at the end. Duplicate keys are found
+by sorting 64-bit key hashes and comparing the strings of the rows whose hash repeats. Every
+problem raises :class:`~badc_mpi.errors.ManifestError` naming the file, the physical line
+(header = line 1), the column and the fix; nothing is written.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,21 +26,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from badc_mpi.errors import ManifestError
-from badc_mpi.inputs.chunk_table import BLOCK_ROWS, NONE_INT, ChunkTable, Codes, hex_digests, normalised_prefix
-from badc_mpi.inputs.manifest_csv import read_columns  # REQUIRED_COLUMNS: re-exported
+from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkTable
+from badc_mpi.inputs.manifest_csv import inner_breaks, open_manifest, read_batches, row_lines
 from badc_mpi.inputs.sources import input_problem
+from badc_mpi.inputs.table_builder import INT_COLUMNS, TableBuilder, as_int, bad_int
 from badc_mpi.logs import get_logger
 from badc_mpi.records import MAX_ID_BYTES, Chunk, metadata_columns, validate_id
 
 log = get_logger(__name__)
 
-INT_COLUMNS = ("start_ms", "end_ms", "overlap_ms")
 NO_HASH = ("", "TODO_HASH", "DRY_RUN")  #: sha256 values that mean "no hash"
 MAX_LISTED = 20  #: how many missing sources one error lists
 
 _ID_BAD_RE2 = r"[/\\\x00-\x1f\x7f-\x{9f}]"  # _CONTROL plus the separators, in RE2 syntax
 _SHA_RE2 = r"^[0-9A-Fa-f]{64}$"
-_NULL = pa.scalar(None, pa.string())
+_Problem = tuple[int, str, str, str]  #: (row index, column, message, fix)
 _PROBLEMS = {  # kind of bad row: (message, fix)
     "id": (
         "",
@@ -110,10 +114,35 @@ def load_manifest(path: str | os.PathLike[str], *, check_sources: bool = True, a
     and a count) unless ``allow_missing``, which lists them in ``Manifest.missing`` instead.
     """
     mpath = os.path.abspath(os.fspath(path))
-    header, columns, lines = read_columns(mpath)
-    _check_rows(mpath, columns, lines)
+    header, layout = open_manifest(mpath)
+    builder = TableBuilder(mpath, header, layout.breaks + 1, layout.end - layout.body)
+    problem: _Problem | None = None
+    bad = rows = 0
+    inner: list[tuple[int, np.ndarray]] = []
+    for first, columns in read_batches(mpath, header, layout):
+        found = _row_problem(columns)
+        if found is not None:
+            bad += found[0]
+            problem = problem or (first + found[1], *found[2:])
+        if problem is None:  # after a bad row, the rest is only checked (parse errors, the count)
+            builder.add(columns)
+        if layout.quotes:
+            counts = inner_breaks(columns)
+            if counts is not None:
+                inner.append((first, counts))
+        rows = first + len(columns["chunk_id"])
+        del columns
+        _release()
+    lines = row_lines(mpath, layout, rows, inner)
+    if problem is not None:
+        index, column, message, fix = problem
+        if bad > 1:
+            message += f" ({bad} rows have problems; this is the first)"
+        raise ManifestError(mpath, message, line=int(lines[index]), column=column, fix=fix)
+    table = builder.finish(lines)
+    del builder
     _release()
-    table = _build_table(mpath, columns, header, lines)
+    _check_duplicates(table)
     missing = _missing_sources(table) if check_sources else np.zeros(0, dtype=np.int64)
     if len(missing) and not allow_missing:
         raise _missing_error(mpath, table, missing)
@@ -174,18 +203,9 @@ def _by_distinct(values: pa.ChunkedArray, predicate: Callable) -> pa.ChunkedArra
     return pc.is_in(values, value_set=pc.filter(distinct, predicate(distinct)))
 
 
-def _bad_int(values: pa.Array) -> pa.Array:
-    digits = pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), 18))
-    return pc.invert(pc.or_(pc.equal(values, ""), digits))
-
-
-def _as_int(values: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Integers, null where empty or not an integer."""
-    return pc.cast(pc.if_else(pc.or_(_bad_int(values), pc.equal(values, "")), _NULL, values), pa.int64())
-
-
-def _check_rows(mpath: str, columns: dict, lines: Sequence[int]) -> None:
-    """Raise for the first bad row, all rules considered, saying how many rows are bad."""
+def _row_problem(columns: dict[str, pa.Array]) -> tuple[int, int, str, str, str] | None:
+    """(rows with problems, the first one's index, column, message and fix) of one block, all
+    rules considered; None when every row is good."""
     source = columns["source_path"]
     rules = [
         ("recording_id", "id", _by_distinct(columns["recording_id"], id_problems)),
@@ -199,9 +219,9 @@ def _check_rows(mpath: str, columns: dict, lines: Sequence[int]) -> None:
             ),
         ),
     ]
-    rules += [(name, "int", _by_distinct(columns[name], _bad_int)) for name in INT_COLUMNS if name in columns]
+    rules += [(name, "int", _by_distinct(columns[name], bad_int)) for name in INT_COLUMNS if name in columns]
     if "start_ms" in columns and "end_ms" in columns:
-        ends_first = pc.less_equal(_as_int(columns["end_ms"]), _as_int(columns["start_ms"]))
+        ends_first = pc.less_equal(as_int(columns["end_ms"]), as_int(columns["start_ms"]))
         rules.append(("end_ms", "order", pc.fill_null(ends_first, False)))
     if "sha256" in columns:
         sha = columns["sha256"]
@@ -215,103 +235,44 @@ def _check_rows(mpath: str, columns: dict, lines: Sequence[int]) -> None:
     bad = _any_of([mask for _, _, mask in rules])
     count = pc.sum(pc.cast(bad, pa.int64())).as_py() or 0
     if not count:
-        return
+        return None
     index, order = min((pc.index(mask, True).as_py(), order) for order, (_, _, mask) in enumerate(rules) if pc.any(mask).as_py())
     column, kind, _ = rules[order]
     value = columns[column][index].as_py()
     template, fix = _PROBLEMS[kind]
     start = columns["start_ms"][index].as_py() if kind == "order" else None
     message = validate_id(value, column) if kind == "id" else template.format(column=column, value=value, start=start)
-    if count > 1:
-        message += f" ({count} rows have problems; this is the first)"
-    raise ManifestError(mpath, message, line=lines[index], column=column, fix=fix)
+    return count, index, column, message, fix
 
 
-def _check_duplicates(mpath: str, columns: dict, lines: Sequence[int]) -> None:
-    """(recording_id, chunk_id) must be unique; a repeat names both lines."""
-    rows = len(columns["chunk_id"])
-    if pc.count_distinct(columns["chunk_id"]).as_py() == rows:  # the usual case
+def _check_duplicates(table: ChunkTable) -> None:
+    """(recording_id, chunk_id) must be unique; a repeat names both lines.
+
+    Each key is hashed to 64 bits (:mod:`badc_mpi.inputs.hashing`), the hashes sorted; only the
+    rows whose hash repeats are compared as strings, in row order, so a collision is no error."""
+    hashes = table.key_hashes()
+    hashes.sort()
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    if not len(repeated):
         return
-    keys = pc.binary_join_element_wise(columns["recording_id"], columns["chunk_id"], "/")
-    if pc.count_distinct(keys).as_py() == rows:  # ids hold no "/", so the join is one-to-one
-        return
+    rows = np.flatnonzero(np.isin(table.key_hashes(), repeated))
     seen: dict[str, int] = {}
-    for index, key in enumerate(keys.to_pylist()):
-        first = seen.setdefault(key, index)
-        if first != index:
+    for row, key in zip(rows.tolist(), table.keys_at(rows).to_pylist()):
+        first = seen.setdefault(key, row)
+        if first != row:
+            lines = table.lines
             raise ManifestError(
-                mpath,
-                f"chunk {key!r} is repeated: lines {lines[first]} and {lines[index]}",
-                line=lines[index],
+                table.manifest,
+                f"chunk {key!r} is repeated: lines {lines[first]} and {lines[row]}",
+                line=int(lines[row]),
                 column="chunk_id",
                 fix="(recording_id, chunk_id) must be unique: remove the repeated row or give it another chunk_id",
             )
 
 
-# ----------------------------------------------------------------------- building the table
-
-
 def _release() -> None:  # give freed Arrow memory back to the system
     pa.default_memory_pool().release_unused()
-
-
-def _ints(values: pa.ChunkedArray) -> np.ndarray:
-    """Validated integer strings as int64, NONE_INT where empty (computed per distinct value)."""
-    distinct = pc.unique(values)
-    table = pc.fill_null(_as_int(distinct), NONE_INT).to_numpy()
-    codes = pc.index_in(values, value_set=distinct)
-    codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
-    return table[codes.to_numpy()]
-
-
-def _split_sources(sources: pa.ChunkedArray, base: str) -> tuple[Codes, pa.Array, list[str], dict[int, str]]:
-    """(folder codes, last components, absolute prefix per folder, input paths of odd names)."""
-    folders, names = [], []
-    for part in pc.split_pattern(sources, "/", max_splits=1, reverse=True).chunks:
-        offsets = part.offsets.to_numpy()
-        has_folder = pa.array(np.diff(offsets) == 2)
-        names.append(part.values.take(pa.array(offsets[1:] - 1)))
-        folders.append(pc.if_else(has_folder, part.values.take(pa.array(offsets[:-1])), _NULL))
-    folder = Codes.encode(pa.chunked_array(folders, pa.string()))
-    name = pa.concat_arrays(names) if names else pa.array([], pa.string())
-    prefixes = [normalised_prefix(base, f) for f in folder.values]  # None: no folder; "" (from "/x"): the root
-    odd = pc.is_in(name, value_set=pa.array(["", ".", ".."])).to_numpy(zero_copy_only=False)
-    odd_inputs = {i: os.path.normpath(os.path.join(base, sources[i].as_py())) for i in np.flatnonzero(odd).tolist()}
-    return folder, name, prefixes, odd_inputs
-
-
-def _build_table(mpath: str, columns: dict, header: list[str], lines: Sequence[int]) -> ChunkTable:
-    """The columnar chunk table from validated columns; each column is dropped once converted."""
-    _check_duplicates(mpath, columns, lines)
-    recording = Codes.encode(columns.pop("recording_id"))
-    chunk_ids = columns.pop("chunk_id").combine_chunks()
-    folder, names, prefixes, odd = _split_sources(columns.pop("source_path"), os.path.dirname(mpath))
-    _release()
-    ints = {name: _ints(columns.pop(name)) for name in INT_COLUMNS if name in columns}
-    digests = has_digest = None
-    if "sha256" in columns:
-        digests, has_digest = hex_digests(columns.pop("sha256"))
-        if not has_digest.any():
-            digests = has_digest = None
-    notes = Codes.encode(columns.pop("notes")) if "notes" in columns else None
-    extra = tuple((name, Codes.encode(columns.pop(name))) for name in metadata_columns(header))
-    _release()
-    return ChunkTable(
-        mpath,
-        recording,
-        chunk_ids,
-        folder.codes,
-        folder.values,
-        prefixes,
-        names,
-        ints,
-        digests,
-        has_digest,
-        notes,
-        extra,
-        lines if isinstance(lines, range) else np.asarray(lines, dtype=np.int64),
-        odd,
-    )
 
 
 # ---------------------------------------------------------------------------------- sources

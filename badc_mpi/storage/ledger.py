@@ -13,11 +13,10 @@ fatal) and refuse anything else that does not parse, naming the file, the line a
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,24 +231,8 @@ def _locate_damage(path: str, body: bytes) -> None:
 
 
 # -- streaming: a 10,000,000-record ledger read block by block -----------------------------
-SCAN_BLOCK_BYTES = 16 << 20
-
-
-class _Window(io.RawIOBase):
-    """``size`` bytes of an open file from its current offset (the complete record lines)."""
-
-    def __init__(self, fh: Any, size: int) -> None:
-        self._fh, self._left = fh, size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._left)
-        data = self._fh.read(want) if want else b""
-        buffer[: len(data)] = data
-        self._left -= len(data)
-        return len(data)
+SCAN_BLOCK_BYTES = 1 << 20  #: ledger bytes parsed at a time (one block in memory)
+SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run")
 
 
 def _complete_end(fh: Any, size: int) -> int:
@@ -265,15 +248,10 @@ def _complete_end(fh: Any, size: int) -> int:
     return 0
 
 
-def scan_ledger(
-    path: str | os.PathLike[str], convert: Callable[[Any], T], columns: tuple[str, ...] = ("r", "c", "s", "h", "o", "run")
-) -> tuple[dict[str, Any], list[T], bool]:
-    """(header, ``convert(batch)`` per block of records, torn): a ledger read in blocks of about
-    16 MiB with only ``columns`` parsed, so that no record's strings outlive its block. The same
-    checks as :func:`read_ledger`: a torn last line is dropped and reported, other damage raises."""
-    import pyarrow as pa
-    import pyarrow.json as pajson
-
+def ledger_head(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int, bool]:
+    """(header, offset of the first record, offset after the last complete line, torn): the header
+    checked and the records' extent found, without reading the records. A file that is only a
+    torn first line gives ``({}, 0, 0, True)``."""
     path = str(path)
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -284,7 +262,7 @@ def scan_ledger(
         first = fh.readline()
         if not first.endswith(b"\n"):
             if first:
-                return {}, [], True
+                return {}, 0, 0, True
             raise _corrupt(path, 1, "empty file: no header")
         try:
             header = json.loads(first)
@@ -293,26 +271,57 @@ def scan_ledger(
         if not isinstance(header, dict) or header.get("ledger") != LEDGER_SCHEMA:
             raise _corrupt(path, 1, f"not a {LEDGER_SCHEMA} header")
         end = _complete_end(fh, size)
-        torn = end < size
-        if end <= len(first):
-            return header, [], torn
-        fh.seek(len(first))
-        schema = pa.schema([f for f in _schema() if f.name in columns])
-        out = []
+    return header, len(first), max(end, len(first)), end < size
+
+
+def iter_ledger(path: str | os.PathLike[str], columns: tuple[str, ...] = SCAN_COLUMNS) -> Iterator[Any]:
+    """The records of a ledger as Arrow record batches of about SCAN_BLOCK_BYTES, only ``columns``
+    parsed, so that no record's strings outlive their block. The checks of :func:`read_ledger`: a
+    torn last line is left out (:func:`ledger_head` reports it), other damage raises."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+
+    path = str(path)
+    _, start, end, _ = ledger_head(path)
+    if end <= start:
+        return
+    schema = pa.schema([f for f in _schema() if f.name in columns])
+    read = pajson.ReadOptions(use_threads=False, block_size=SCAN_BLOCK_BYTES + 1)
+    parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False)
+    with open(path, "rb") as fh:
+        fh.seek(start)
         try:
-            reader = pajson.open_json(
-                _Window(fh, end - len(first)),
-                read_options=pajson.ReadOptions(block_size=SCAN_BLOCK_BYTES),
-                parse_options=pajson.ParseOptions(
-                    explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False
-                ),
-            )
-            for batch in reader:
-                if any(batch.column(name).null_count for name in ("r", "c", "s") if name in columns):
-                    raise ValueError("a record without r, c or s")
-                out.append(convert(batch))
+            for block in _line_blocks(fh, end - start):
+                for batch in pajson.read_json(pa.BufferReader(block), read_options=read, parse_options=parse).to_batches():
+                    if any(batch.column(name).null_count for name in ("r", "c", "s") if name in columns):
+                        raise ValueError("a record without r, c or s")
+                    yield batch
         except (pa.ArrowInvalid, ValueError):
-            fh.seek(len(first))
-            _locate_damage(path, fh.read(end - len(first)))
+            fh.seek(start)
+            _locate_damage(path, fh.read(end - start))
             raise _corrupt(path, 2, "unreadable records") from None  # pragma: no cover - located above
-    return header, out, torn
+
+
+def _line_blocks(fh: Any, size: int) -> Iterator[Any]:
+    """``size`` bytes of ``fh`` (complete lines) in blocks of about SCAN_BLOCK_BYTES, each ending
+    at a line's end: read here, one at a time (pyarrow's streaming reader would read far ahead)."""
+    import pyarrow as pa
+
+    carry = b""
+    while size > 0:
+        data = carry + fh.read(min(SCAN_BLOCK_BYTES, size))
+        size -= len(data) - len(carry)
+        if len(data) == len(carry):  # pragma: no cover - the file shrank while read
+            break
+        cut = len(data) if size <= 0 else data.rfind(b"\n") + 1
+        if cut:
+            yield pa.py_buffer(data).slice(0, cut)
+        carry = data[cut:]
+
+
+def scan_ledger(
+    path: str | os.PathLike[str], convert: Callable[[Any], T], columns: tuple[str, ...] = SCAN_COLUMNS
+) -> tuple[dict[str, Any], list[T], bool]:
+    """(header, ``convert(batch)`` per block of records, torn): :func:`iter_ledger`, collected."""
+    header, _, _, torn = ledger_head(path)
+    return header, [convert(batch) for batch in iter_ledger(path, columns)], torn
