@@ -85,7 +85,30 @@ class Codes:
 
 
 @dataclass(frozen=True, eq=False)
-class ChunkTable(Sequence[Chunk]):
+class _Chunks(Sequence[Chunk]):
+    """A read-only sequence of chunks built on demand by ``chunks_at`` (never all at once)."""
+
+    def chunks_at(self, indices: Sequence[int] | np.ndarray) -> list[Chunk]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> Chunk: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Chunk]: ...
+    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
+        if isinstance(index, slice):
+            return self.chunks_at(np.arange(len(self))[index])
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(index)
+        return self.chunks_at(np.array([index % n]))[0]
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for start in range(0, len(self), BLOCK_ROWS):
+            yield from self.chunks_at(np.arange(start, min(len(self), start + BLOCK_ROWS)))
+
+
+class ChunkTable(_Chunks):
     """One manifest's chunks as columns (built by :func:`badc_mpi.inputs.manifest.load_manifest`)."""
 
     manifest: str  #: absolute path of the manifest
@@ -106,22 +129,6 @@ class ChunkTable(Sequence[Chunk]):
     # -- the sequence of chunks ---------------------------------------------------------
     def __len__(self) -> int:
         return len(self.folder_codes)
-
-    @overload
-    def __getitem__(self, index: int) -> Chunk: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Chunk]: ...
-    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
-        if isinstance(index, slice):
-            return self.chunks_at(np.arange(len(self))[index])
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(index)
-        return self.chunks_at(np.array([index % n]))[0]
-
-    def __iter__(self) -> Iterator[Chunk]:
-        for start in range(0, len(self), BLOCK_ROWS):
-            yield from self.chunks_at(np.arange(start, min(len(self), start + BLOCK_ROWS)))
 
     def __repr__(self) -> str:
         return f"ChunkTable({self.manifest!r}, {len(self)} chunks)"
@@ -248,7 +255,7 @@ def build_chunks(fields: tuple[Sequence[Any], ...]) -> list[Chunk]:
     return chunks
 
 
-class ChunkSet(Sequence[Chunk]):
+class ChunkSet(_Chunks):
     """The chunks of one queue (one or more manifests), by position, in a chosen order.
 
     Global row ``g`` of the set's tables is row ``g - offset[t]`` of table ``t``; ``positions``
@@ -270,22 +277,6 @@ class ChunkSet(Sequence[Chunk]):
 
     def __len__(self) -> int:
         return self.size if self.positions is None else len(self.positions)
-
-    @overload
-    def __getitem__(self, index: int) -> Chunk: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Chunk]: ...
-    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
-        if isinstance(index, slice):
-            return self.chunks_at(np.arange(len(self))[index])
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(index)
-        return self.chunks_at(np.array([index % n]))[0]
-
-    def __iter__(self) -> Iterator[Chunk]:
-        for start in range(0, len(self), BLOCK_ROWS):
-            yield from self.chunks_at(np.arange(start, min(len(self), start + BLOCK_ROWS)))
 
     def global_rows(self, indices: np.ndarray | None = None) -> np.ndarray:
         """Global rows of the set's ``indices`` (all when None)."""
