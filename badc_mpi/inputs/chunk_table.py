@@ -84,7 +84,6 @@ class Codes:
         return list(map(self.values.__getitem__, self.codes[rows].tolist()))
 
 
-@dataclass(frozen=True, eq=False)
 class _Chunks(Sequence[Chunk]):
     """A read-only sequence of chunks built on demand by ``chunks_at`` (never all at once)."""
 
@@ -108,6 +107,7 @@ class _Chunks(Sequence[Chunk]):
             yield from self.chunks_at(np.arange(start, min(len(self), start + BLOCK_ROWS)))
 
 
+@dataclass(frozen=True, eq=False)
 class ChunkTable(_Chunks):
     """One manifest's chunks as columns (built by :func:`badc_mpi.inputs.manifest.load_manifest`)."""
 
