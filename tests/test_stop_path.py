@@ -340,8 +340,11 @@ def test_sigterm_ends_the_resident_worker_promptly_while_it_loads(hawkears):
         os.kill(pid, signal.SIGTERM)  # as SLURM signals every process of the step
         thread.join(timeout=10)
         assert not thread.is_alive()
-        assert "exited with status 143" in outcome.get("error", ""), outcome
-        assert "SIGTERM received" in outcome["error"]
+        # its handler ran (it said so) and the process ended by SIGTERM: 128+15 from the handler's
+        # exit, or -15 when the signal's default action finished it (e.g. during interpreter teardown)
+        error = outcome.get("error", "")
+        assert "exited with status 143" in error or "exited with status -15" in error, outcome
+        assert "SIGTERM received" in error
     finally:
         runner.close()
         kill_if_running(pid)
