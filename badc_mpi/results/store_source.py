@@ -163,8 +163,14 @@ def _explode(rows: pa.Table, versions: dict[str, tuple[str | None, str | None]])
         "model_version": mv,
         "run_id": take["run_id"],
     }
+    # text columns stay dictionaries (schema.normalise_detections keeps them): no per-row strings
+    fields = [
+        pa.field(f.name, columns[f.name].type) if pa.types.is_dictionary(columns[f.name].type) else f
+        for f in RAW_DETECTION_SCHEMA
+    ]
     table = pa.Table.from_arrays(
-        [_chunked(columns[f.name]).cast(f.type) for f in RAW_DETECTION_SCHEMA], schema=RAW_DETECTION_SCHEMA
+        [_chunked(columns[f.name]) if pa.types.is_dictionary(f.type) else _chunked(columns[f.name]).cast(f.type) for f in fields],
+        schema=pa.schema(fields),
     )
     if "meta" in rows.column_names and pa.types.is_struct(rows.column("meta").type):
         meta = rows.column("meta").combine_chunks()
