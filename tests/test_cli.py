@@ -54,6 +54,7 @@ def test_version_and_help():
         "aggregate",
         "bundle",
         "orchestrate",
+        "chunk",
     }
 
 
@@ -137,6 +138,7 @@ def test_make_help_lists_every_target(target):
         "install",
         "test",
         "man",
+        "chunk",
         "check-chunks",
         "infer",
         "resume",
