@@ -148,13 +148,9 @@ def bench_manifest(chunks: int, folder: str, load: bool = False) -> dict:
     return figures
 
 
-def child(kind: str, size: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", kind, "--size", str(size)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def child(kind: str, size: int, load: bool = False) -> dict:
+    argv = [sys.executable, os.path.abspath(__file__), "--child", kind, "--size", str(size)] + (["--load"] if load else [])
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"bench_chunk {kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,7 +174,11 @@ def main() -> int:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return 0
-    result = {"scan": child("scan", args.recordings), "manifest": child("manifest", args.chunks, args.load)}
+    result = {}
+    for kind, size in (("scan", args.recordings), ("manifest", args.chunks)):
+        if size > 0:
+            result[kind] = child(kind, size, args.load)
+            print(f"{kind}: {json.dumps(result[kind])}", file=sys.stderr, flush=True)  # kept if the next one fails
     print(json.dumps(result, indent=1))
     return 0
 
