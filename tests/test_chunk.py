@@ -102,7 +102,8 @@ def test_chunk_writes_manifest_status_and_place_time(dataset: Path, tmp_path: Pa
     gap = by_rec["NWT-02~NWT-02_20240310_023000"]
     assert [(r["start_ms"], r["end_ms"]) for r in gap] == [("0", "62500")]  # tail merged
     assert gap[0]["recording_start_utc"] == "2024-03-10T09:30:00Z" and gap[0]["study_area"] == ""
-    assert "1 recording(s) start at a nonexistent local time" in out and "1 recording(s) start at a ambiguous" in out
+    assert "1 recording(s) start at a local time that is nonexistent" in out
+    assert "1 recording(s) start at a local time that is ambiguous (DST change): read as the first occurrence" in out
     # the manifest loads, its chunks pass the guard, and the runner reads place and date per chunk
     loaded = load_manifest(str(manifest))
     chunks = list(loaded.chunks)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from make_audio import synth_wave
 
 from badc_mpi.errors import RunnerSetupError
 from badc_mpi.inputs.slices import frame_range
@@ -17,14 +16,14 @@ from badc_mpi.records import INPUT, Binding
 from badc_mpi.runners.base import Task
 from badc_mpi.runners.slicing import SliceError, cut_slice, slice_input
 
-from helpers import make_chunk
+from helpers import make_audio, make_chunk
 
 RATE = 22050
 CPU = Binding(host="localhost", rank=1, local_rank=0, worker="cpu0@localhost", cuda_visible_devices="")
 
 
 def samples_int16(seconds: float, seed: int = 3) -> np.ndarray:
-    return (np.clip(synth_wave(seconds, RATE, seed=seed), -1, 1) * 32767).astype(np.int16)
+    return (np.clip(make_audio.synth_wave(seconds, RATE, seed=seed), -1, 1) * 32767).astype(np.int16)
 
 
 def test_frame_range_is_floor_at_both_ends_and_clamped() -> None:

@@ -190,7 +190,7 @@ def format_summary(result: ChunkResult, limit: int = MAX_LISTED) -> str:
             lines.append(f"  ... and {len(result.skipped) - limit} more")
     for note, count in sorted(result.notes.items()):
         rule = "first occurrence (daylight time)" if note == "ambiguous" else "offset before the change (standard time)"
-        lines.append(f"note: {count} recording(s) start at a {note} local time (DST change): read as the {rule}")
+        lines.append(f"note: {count} recording(s) start at a local time that is {note} (DST change): read as the {rule}")
     if result.no_zone:
         shown = ", ".join(result.no_zone[:10]) + (" ..." if len(result.no_zone) > 10 else "")
         lines.append(
