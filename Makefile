@@ -22,7 +22,7 @@ STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
+.PHONY: help install lint test man chunk check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,10 @@ man: install ## man page from the argparse parser into docs/man/ (read: man ./do
 	  --description "run HawkEars over chunk manifests on every GPU of an MPI job" \
 	  --author "badc-mpi developers" --manual-title "badc-mpi manual" --output docs/man/badc-mpi.1
 	@echo "wrote docs/man/badc-mpi.1 (man ./docs/man/badc-mpi.1)"
+
+chunk: install ## recordings into a manifest of virtual chunks: make chunk ROOT=dir LAYOUT=wildtrax|wildlife-acoustics|audiomoth|lab|'REGEX' [ARGS='--sites sites.csv']
+	@test -n "$(ROOT)" -a -n "$(LAYOUT)" || { echo "usage: make chunk ROOT=path/to/recordings LAYOUT=wildtrax [ARGS='--sites sites.csv --out manifests/a.csv']" >&2; exit 2; }
+	$(BADC) chunk $(ROOT) --layout '$(LAYOUT)' $(ARGS)
 
 check-chunks: install ## refuse unless every recording of MANIFEST is fully chunked (.chunk_status.json)
 	@test -n "$(MANIFEST)" || { echo "usage: make check-chunks MANIFEST=path/to/manifest.csv" >&2; exit 2; }
@@ -106,7 +110,7 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chun
 	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=examples/demo/manifests/demo.csv
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, chunk scan, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
@@ -114,6 +118,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_aggregate.py
+	$(PY) scripts/bench_chunk.py
 	$(PY) scripts/bench_hawkears.py
 
 gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')

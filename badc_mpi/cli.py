@@ -22,6 +22,7 @@ log = get_logger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole CLI (also used by ``make man`` through argparse-manpage)."""
+    from badc_mpi.chunker.command import add_chunk_parser
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_results_commands(sub)
     add_export_command(sub)
     add_orchestrate_parser(sub)
+    add_chunk_parser(sub)
 
     p = sub.add_parser(
         "gpus",
@@ -179,6 +181,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C is how a --follow ends: not an error
         print(file=sys.stdout, flush=True)
         return int(ExitCode.OK)
+
+
+def cmd_chunk(args: argparse.Namespace) -> int:
+    from badc_mpi.chunker.command import format_summary, options_from_args, run_chunk
+    from badc_mpi.errors import RecordingsError
+
+    try:
+        result = run_chunk(options_from_args(args))
+    except RecordingsError as exc:  # one line per file or row, then the error line (main)
+        for line in exc.problems[:200]:
+            print(f"  {line}", file=sys.stderr)
+        if len(exc.problems) > 200:
+            print(f"  ... and {len(exc.problems) - 200} more", file=sys.stderr)
+        raise
+    print(format_summary(result))
+    return ExitCode.CHUNKS_FAILED if result.failed else ExitCode.OK
 
 
 def cmd_orchestrate(args: argparse.Namespace) -> int:
@@ -494,6 +512,7 @@ COMMANDS = {
     "bundle": cmd_bundle,
     "export": cmd_export,
     "orchestrate": cmd_orchestrate,
+    "chunk": cmd_chunk,
 }
 
 

@@ -81,3 +81,12 @@ class LockError(BadcError):
 
 class RunnerSetupError(BadcError):
     """A runner cannot start (HawkEars environment or models missing, bad template)."""
+
+
+class RecordingsError(BadcError):
+    """Recordings that cannot be chunked as asked (names that give no place or time, a bad site
+    table, clashing ids). ``problems`` holds one line per file or row, each with its fix."""
+
+    def __init__(self, message: str, *, fix: str | None = None, problems: list[str] | None = None) -> None:
+        super().__init__(message, fix=fix)
+        self.problems = list(problems or [])

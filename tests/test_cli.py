@@ -55,6 +55,7 @@ def test_version_and_help():
         "bundle",
         "export",
         "orchestrate",
+        "chunk",
     }
 
 
@@ -138,6 +139,7 @@ def test_make_help_lists_every_target(target):
         "install",
         "test",
         "man",
+        "chunk",
         "check-chunks",
         "infer",
         "resume",

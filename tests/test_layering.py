@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"results"},
     {"coordinator"},
     {"worker"},
-    {"runners", "transport", "gpu"},
+    {"runners", "transport", "gpu", "chunker"},
     {"storage", "inputs"},
     {"options"},
     {"records", "errors", "logs", "_version"},

@@ -108,6 +108,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mkdir: bool
     return _atomic_write(path, lambda handle: handle.write(data), mkdir=mkdir)
 
 
+def atomic_write_stream(path: str | os.PathLike[str], write: Any, *, mkdir: bool = True) -> str:
+    """``write(binary_file)`` streams the contents (files too large to hold in memory), then the
+    same temp-fsync-rename as :func:`atomic_write_bytes`; returns the absolute path."""
+    return _atomic_write(path, write, mkdir=mkdir)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8", mkdir: bool = True) -> str:
     """Write ``text`` (no newline translation) atomically and durably."""
     return atomic_write_bytes(path, text.encode(encoding), mkdir=mkdir)

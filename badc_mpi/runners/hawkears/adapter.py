@@ -43,6 +43,7 @@ from badc_mpi.runners.hawkears.options import (
 )
 from badc_mpi.runners.hawkears.process import WorkerProcess, spawn_worker
 from badc_mpi.runners.process import signal_group, signame
+from badc_mpi.runners.slicing import SliceError, slice_input
 
 log = get_logger(__name__)
 
@@ -227,9 +228,21 @@ class HawkearsRunner(Runner):
         if not os.path.isfile(chunk.input_path):
             return fail(result, INPUT, f"input file not found: {chunk.input_path}")
         os.makedirs(task.scratch_dir, exist_ok=True)
-        if self.options.mode == "cli":
-            return self._run_cli(task, opts, result)
-        return self._run_resident(task, opts, result)
+        folder = os.path.join(task.scratch_dir, "slice")  # a virtual chunk's samples, cut from its recording
+        try:
+            scored, cut = slice_input(chunk, folder)
+        except SliceError as exc:
+            return fail(result, INPUT, str(exc))
+        if cut is not None:
+            task = dataclasses.replace(task, chunk=scored)
+            result.metrics.update(slice_read_s=round(cut.read_s, 4), slice_frames=cut.frames)
+        try:
+            if self.options.mode == "cli":
+                return self._run_cli(task, opts, result)
+            return self._run_resident(task, opts, result)
+        finally:
+            if cut is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _run_resident(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
         if self._worker is None:

@@ -1,0 +1,107 @@
+"""The site table: location -> latitude, longitude, region, time zone, study area.
+
+A CSV with a header; ``location`` is required, every other column optional::
+
+    location,latitude,longitude,region,time_zone,study_area
+    NWT-01,61.52,-117.18,CA-NT,America/Yellowknife,Dehcho
+
+``latitude``/``longitude`` in decimal degrees (both or neither), ``region`` an eBird region code
+(``CA-NT``, ``US-AK-020``), ``time_zone`` an IANA zone (``America/Edmonton``; ``Etc/GMT+7`` for a
+recorder kept on UTC-7 all year), ``study_area`` free text. Other columns are ignored. A bad row
+is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix.
+:func:`parse_site_table` is pure; :func:`load_site_table` reads the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from badc_mpi.errors import RecordingsError
+
+SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area")
+REGION_RE = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3}){0,2}")
+
+
+@dataclass(frozen=True)
+class Site:
+    location: str
+    latitude: float | None = None
+    longitude: float | None = None
+    region: str = ""
+    time_zone: str = ""
+    study_area: str = ""
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        return ZoneInfo(self.time_zone) if self.time_zone else None
+
+
+def zone_or_error(name: str, where: str) -> ZoneInfo:
+    """The IANA zone ``name``; RecordingsError naming ``where`` when there is no such zone."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RecordingsError(
+            f"{where}: {name!r} is not an IANA time zone",
+            fix="use a zone such as America/Edmonton, America/Yellowknife or Etc/GMT+7 (fixed UTC-7)",
+        ) from None
+
+
+def _degrees(value: str, low: float, high: float, where: str, column: str) -> float | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not low <= number <= high:
+        raise RecordingsError(
+            f"{where}, column {column!r}: {value!r} is not a number in {low:g}..{high:g}", fix="give decimal degrees"
+        )
+    return number
+
+
+def parse_site_table(text: str, path: str) -> dict[str, Site]:
+    """Sites by location from the CSV ``text`` of ``path`` (pure)."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    if "location" not in header:
+        raise RecordingsError(
+            f"{path}: no 'location' column (header: {', '.join(header) or 'empty'})", fix="header: " + ",".join(SITE_COLUMNS)
+        )
+    reader.fieldnames = header
+    sites: dict[str, Site] = {}
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        values = {k: (row.get(k) or "").strip() for k in SITE_COLUMNS}
+        location = values["location"]
+        if not location:
+            raise RecordingsError(f"{where}: empty location", fix="name the location, or delete the row")
+        if location in sites:
+            raise RecordingsError(f"{where}: location {location!r} is listed twice", fix="keep one row per location")
+        lat = _degrees(values["latitude"], -90, 90, where, "latitude")
+        lon = _degrees(values["longitude"], -180, 180, where, "longitude")
+        if (lat is None) != (lon is None):
+            raise RecordingsError(f"{where}: latitude and longitude go together", fix="give both, or neither")
+        if values["region"] and not REGION_RE.fullmatch(values["region"]):
+            raise RecordingsError(
+                f"{where}, column 'region': {values['region']!r} is not an eBird region code", fix="use e.g. CA-NT or CA-AB"
+            )
+        if values["time_zone"]:
+            zone_or_error(values["time_zone"], f"{where}, column 'time_zone'")
+        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"])
+    return sites
+
+
+def load_site_table(path: str) -> dict[str, Site]:
+    """Read and parse ``path`` (RecordingsError when it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordingsError(f"--sites {path}: cannot be read ({exc})", fix="give a UTF-8 CSV file") from None
+    return parse_site_table(text, path)
