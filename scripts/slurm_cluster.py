@@ -4,6 +4,7 @@
     python scripts/slurm_cluster.py run -- CMD [ARGS...]   # up, CMD with SLURM_CONF set, always down
     python scripts/slurm_cluster.py up [--state DIR]       # prints DIR; `export SLURM_CONF=DIR/slurm.conf`
     python scripts/slurm_cluster.py down DIR               # cancels its jobs, stops its daemons, removes DIR
+    python scripts/slurm_cluster.py prepare                # root? packages (installed when missing)?
 
 Everything lives in one temporary folder (config written from scripts/slurm_templates/, state,
 spools, logs, pid files, munge key and socket) and every daemon listens on free ports of its own,
@@ -314,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     p_down = sub.add_parser("down", help="stop the cluster in STATE and remove STATE")
     p_down.add_argument("state", type=Path)
     p_down.add_argument("--keep", action="store_true", help="keep the folder (logs)")
-    sub.add_parser("check", help="say whether this machine can host the cluster (root, packages)")
+    p_prep = sub.add_parser("prepare", help="check root, install Debian's SLURM and munge when missing")
+    p_prep.add_argument("--no-install", action="store_true", help="only check")
     args = parser.parse_args(argv)
     try:
-        if args.command == "check":
-            preflight(install=False)
+        if args.command == "prepare":
+            preflight(install=not args.no_install)
             print("slurm-cluster: this machine can host the test cluster")
             return 0
         if args.command == "run":

@@ -32,6 +32,7 @@ pytestmark = [
 SCRIPT = REPO / os.environ.get("BADC_MPI_TEST_SBATCH_SCRIPT", "slurm/infer.sbatch")
 PY = os.path.relpath(PYTHON, REPO)  # `.venv/bin/python`, typed from the repository root
 CLUSTER = "badctest"
+MPI = f"--mpi={os.environ.get('BADC_SRUN_MPI', 'pmi2')}"  # as slurm/infer.sbatch: pmi2 for the MPICH wheel
 
 
 def dataset(root: Path, recordings: int, chunks: int, **kw) -> Path:
@@ -114,7 +115,7 @@ def test_srun_three_ranks_as_users_type_it_and_the_summary_names_job_and_step(tm
         "srun",
         "-n",
         "3",
-        "--mpi=pmi2",
+        MPI,
         f"--job-name={name}",
         PY,
         "-m",
@@ -192,7 +193,7 @@ def test_time_limit_stops_with_summary_and_exit_75_then_resubmitting_resumes(tmp
     assert info["ExitCode"] == "75:0" and info["JobState"] != "TIMEOUT", (info, text[-3000:])
     assert any("resubmit" in line for line in operator_lines(text)), text[-2000:]
     resume_lines = [line for line in text.splitlines() if "--resume" in line and "srun" in line]
-    assert resume_lines and "--mpi=pmi2" in resume_lines[-1], text[-3000:]  # the printed command works under srun
+    assert resume_lines and MPI in resume_lines[-1], text[-3000:]  # the printed command works under srun
     (run1,) = runs(telemetry(tmp_path))
     assert run1["summary"]["state"] == "interrupted" and run1["summary"]["slurm"]["job_id"] == first
     done_first = set(successes([run1]))
@@ -272,7 +273,7 @@ def test_two_nodes_srun_N2_n4(tmp_path):
     manifest = dataset(tmp_path, 2, 8, seconds=0.2)
     nodes = tmp_path / "nodes.txt"
     wrapper = f'sh -c \'echo $SLURMD_NODENAME $PMI_RANK >> {nodes}; exec "$0" "$@"\' {FAKE_CMD} --sleep-s 0.3'
-    cmd = ["srun", "-N2", "-n4", "--mpi=pmi2", PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
+    cmd = ["srun", "-N2", "-n4", MPI, PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
     cmd[cmd.index("--runner-cmd") + 1] = wrapper
     proc = run_own(cmd, cwd=REPO, timeout_s=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -300,7 +301,7 @@ def test_output_lock_of_a_finished_job_is_taken_over_via_squeue_and_a_running_on
         info = {"host": "another-node", "pid": 4242, "run_id": f"held-by-{job_id}", "started_at": "2026-01-01T00:00:00Z"}
         lockfile.write_text(json.dumps({**info, "slurm_job_id": job_id, "slurm_cluster": CLUSTER, "slurm_restart_count": 0}))
 
-    cmd = ["srun", "-n", "2", "--mpi=pmi2", PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
+    cmd = ["srun", "-n", "2", MPI, PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
     try:
         holder(sleeper)
         refused = run_own(cmd, cwd=REPO, timeout_s=120)
@@ -320,11 +321,11 @@ def test_the_test_cluster_is_its_own_with_fake_gpus_and_pmi2():
     conf = Path(os.environ["SLURM_CONF"])
     assert conf.parent == STATE and f"AuthInfo=socket={STATE}/munge/munge.socket" in conf.read_text()
     listed = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30)
-    assert "pmi2" in listed.stdout + listed.stderr
+    assert MPI.split("=")[1] in listed.stdout + listed.stderr
     gpus = run_own(["srun", "-n1", "--gpus-per-node=4", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], timeout_s=60)
     assert gpus.stdout.strip() == "0,1,2,3"
     world = run_own(
-        ["srun", "-n", "2", "--mpi=pmi2", PY, "-c", "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"],
+        ["srun", "-n", "2", MPI, PY, "-c", "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"],
         cwd=REPO,
         timeout_s=60,
     )
