@@ -102,10 +102,14 @@ def parent(pid: int) -> int | None:
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     yield
+    # a job the test left queued or running (it failed half-way) is cancelled, and named below
+    squeue = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%A %T %j"], capture_output=True, text=True, timeout=30)
+    active = [line for line in squeue.stdout.splitlines() if line.strip()]
+    for line in active:
+        subprocess.run(["scancel", line.split()[0]], timeout=30)
     # a stop ends within SLURM's KillWait (30 s): after that nothing of any job may be running
     wait_until(lambda: not job_processes(), 45, lambda: f"job processes gone: {describe(job_processes())}")
-    squeue = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%A %T"], capture_output=True, text=True, timeout=30)
-    assert squeue.stdout.strip() == "", f"jobs still queued or running: {squeue.stdout}"
+    assert not active, f"jobs still queued or running after the test (now cancelled): {active}"
 
 
 def test_srun_three_ranks_as_users_type_it_and_the_summary_names_job_and_step(tmp_path):
