@@ -99,17 +99,22 @@ def parent(pid: int) -> int | None:
         return None
 
 
+def queued(states: str = "PD,R,S,CG") -> list[str]:
+    squeue = subprocess.run(["squeue", "-h", "-t", states, "-o", "%A %T %j"], capture_output=True, text=True, timeout=30)
+    return [line for line in squeue.stdout.splitlines() if line.strip()]
+
+
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     yield
-    # a job the test left queued or running (it failed half-way) is cancelled, and named below
-    squeue = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%A %T %j"], capture_output=True, text=True, timeout=30)
-    active = [line for line in squeue.stdout.splitlines() if line.strip()]
+    # a job the test left pending or running (it failed half-way) is cancelled, and named below;
+    # COMPLETING is a job that ended (srun returned) while SLURM still gathers its processes
+    active = queued("PD,R,S")
     for line in active:
         subprocess.run(["scancel", line.split()[0]], timeout=30)
     # a stop ends within SLURM's KillWait (30 s): after that nothing of any job may be running
-    wait_until(lambda: not job_processes(), 45, lambda: f"job processes gone: {describe(job_processes())}")
-    assert not active, f"jobs still queued or running after the test (now cancelled): {active}"
+    wait_until(lambda: not job_processes() and not queued(), 45, lambda: f"jobs ended: {queued()} {describe(job_processes())}")
+    assert not active, f"jobs still pending or running after the test (now cancelled): {active}"
 
 
 def test_srun_three_ranks_as_users_type_it_and_the_summary_names_job_and_step(tmp_path):
