@@ -55,7 +55,7 @@ test: install hawkears-tiny ## the whole suite: pytest, then the MPI tests under
 # under one temporary folder, own ports and munge socket) for real srun/sbatch runs; always torn
 # down. Needs root; installs Debian's slurmd slurmctld slurm-client munge when missing.
 # docs/howto/testing-slurm.md. SRUN_MPI: srun's MPI plugin (pmi2 for the MPICH wheel).
-test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (tests/test_slurm.py), always torn down (~4 min)
+test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (tests/test_slurm.py), always torn down (~3 min)
 	@$(PYTHON) scripts/slurm_cluster.py prepare
 	@$(MAKE) --no-print-directory install hawkears-tiny
 	$(PY) scripts/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider tests/test_slurm.py $(ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -244,6 +245,41 @@ def test_scancel_mid_run_drains_within_killwait_then_resubmitting_resumes(tmp_pa
     run1, run2 = runs(tel)
     counts = successes([run1, run2])
     assert len(counts) == 80 and set(counts.values()) == {1}
+    assert not {f"{e['recording_id']}/{e['chunk_id']}" for e in run2["events"] if e["event"] == "start"} & done_first
+
+
+def test_rank_0_killed_outright_leaves_its_lock_and_the_resubmission_takes_it_over(tmp_path):
+    """SIGKILL of rank 0 (its node gone; ``scancel --signal=KILL`` would not do: SLURM cancels with
+    SIGTERM first, and the run drains): no summary, the output lock stays; srun ends the other
+    ranks (--kill-on-bad-exit); the resubmitted job takes the lock over at once (its holder is
+    gone) and finishes, no chunk done twice."""
+    manifest = dataset(tmp_path, 2, 30, seconds=0.2)
+    out = tmp_path / "slurm-%j.out"
+    args = job_args(sleep_s=1.0)
+    first = sbatch([manifest], args, out)
+    tel = telemetry(tmp_path)
+    wait_until(lambda: len(successes(runs(tel))) >= 8 if tel.exists() and runs(tel) else False, 120, "8 chunks done")
+    lockfile = tmp_path / "artifacts" / "infer" / ".badc-mpi.lock"
+    holder = json.loads(lockfile.read_text())
+    env = (Path("/proc") / str(holder["pid"]) / "environ").read_bytes().split(b"\0")
+    assert f"SLURM_JOB_ID={first}".encode() in env and b"SLURM_PROCID=0" in env  # this job's rank 0, ours
+    os.kill(holder["pid"], signal.SIGKILL)
+    info = wait_for(first, timeout_s=60)
+    assert info["JobState"] == "FAILED", info
+    wait_until(lambda: not job_processes(), 45, lambda: f"the killed job's processes gone: {describe(job_processes())}")
+    assert json.loads(lockfile.read_text())["slurm_job_id"] == first  # nobody released it
+    (run1,) = runs(tel)
+    done_first = set(successes([run1]))
+    assert done_first and (run1["summary"] or {}).get("state", "running") == "running"  # no final summary
+
+    second = sbatch([manifest], args, out)
+    info = wait_for(second, timeout_s=240)
+    text = Path(str(out).replace("%j", second)).read_text()
+    assert info["JobState"] == "COMPLETED", text[-3000:]
+    assert "taking over the stale output lock" in text and f"SLURM job {first}" in text, text[-3000:]
+    run1, run2 = runs(tel)
+    counts = successes([run1, run2])
+    assert len(counts) == 60 and set(counts.values()) == {1}
     assert not {f"{e['recording_id']}/{e['chunk_id']}" for e in run2["events"] if e["event"] == "start"} & done_first
 
 
