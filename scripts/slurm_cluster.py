@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,9 +47,12 @@ def render(template: str, values: dict[str, object]) -> str:
     return string.Template(template).substitute({k: str(v) for k, v in values.items()})
 
 
-def config_values(state: Path, ports: list[int], *, cpus: int = 32, mem_mib: int = 131072, gpus: int = 4) -> dict[str, object]:
+def config_values(
+    state: Path, ports: list[int], first_job_id: int, *, cpus: int = 32, mem_mib: int = 131072, gpus: int = 4
+) -> dict[str, object]:
     """What the templates need. Pure: ``ports`` = controller, slurmd default, n1, n2."""
     return {
+        "first_job_id": first_job_id,
         "cluster": "badctest",
         "host": socket.gethostname(),
         "state": state,
@@ -111,10 +115,13 @@ class Cluster:
         return {**env, "SLURM_CONF": str(self.conf), STATE_ENV: str(self.state)}
 
     # ---- up
-    def up(self, timeout_s: float = 60) -> None:
+    def up(self, timeout_s: float = 60, first_job_id: int | None = None) -> None:
         for sub in ("munge", "ctld", "log", "pid", "dev", *(f"spool-{n}" for n in NODES)):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
-        values = config_values(self.state, free_ports(4))
+        # job ids unlike any earlier cluster's: MPICH names its /dev/shm segments after the PMI job
+        # (job.step), and a killed job's leftover segment under a reused id breaks MPI_Init
+        # ("Invalid GenQ flag", or a hang)
+        values = config_values(self.state, free_ports(4), first_job_id or random.randrange(100_000, 60_000_000))
         for i in range(int(values["gpus"])):
             dev = self.state / "dev" / f"nvidia{i}"
             if not dev.exists():
@@ -312,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("cmd", nargs=argparse.REMAINDER)
     p_up = sub.add_parser("up", help="start a cluster and print its folder")
     p_up.add_argument("--state", type=Path)
+    p_up.add_argument("--first-job-id", type=int, help="default: random (job ids never repeat an earlier cluster's)")
     p_down = sub.add_parser("down", help="stop the cluster in STATE and remove STATE")
     p_down.add_argument("state", type=Path)
     p_down.add_argument("--keep", action="store_true", help="keep the folder (logs)")
@@ -332,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight()
             cluster = Cluster(args.state or Path(tempfile.mkdtemp(prefix="badc-slurm-")))
             try:
-                cluster.up()
+                cluster.up(first_job_id=args.first_job_id)
             except BaseException:
                 cluster.down(remove=False)
                 raise

@@ -87,6 +87,21 @@ def job_processes() -> list[int]:
     return out
 
 
+def shared_memory_of(job_id: str) -> set[Path]:
+    """The /dev/shm files the processes of job ``job_id`` have mapped."""
+    found = set()
+    for pid in job_processes():
+        proc = Path("/proc") / str(pid)
+        try:
+            if f"SLURM_JOB_ID={job_id}".encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            maps = (proc / "maps").read_text()
+        except OSError:
+            continue
+        found |= {Path(line.split()[-1]) for line in maps.splitlines() if " /dev/shm/" in line}
+    return found
+
+
 def describe(pids: list[int]) -> list[str]:
     import slurm_cluster
 
@@ -263,10 +278,13 @@ def test_rank_0_killed_outright_leaves_its_lock_and_the_resubmission_takes_it_ov
     holder = json.loads(lockfile.read_text())
     env = (Path("/proc") / str(holder["pid"]) / "environ").read_bytes().split(b"\0")
     assert f"SLURM_JOB_ID={first}".encode() in env and b"SLURM_PROCID=0" in env  # this job's rank 0, ours
+    segments = shared_memory_of(first)  # MPICH's /dev/shm segments: a killed job cannot remove them
     os.kill(holder["pid"], signal.SIGKILL)
     info = wait_for(first, timeout_s=60)
     assert info["JobState"] == "FAILED", info
     wait_until(lambda: not job_processes(), 45, lambda: f"the killed job's processes gone: {describe(job_processes())}")
+    for path in segments:
+        path.unlink(missing_ok=True)  # ours: mapped by this job's ranks, and nobody maps them now
     assert json.loads(lockfile.read_text())["slurm_job_id"] == first  # nobody released it
     (run1,) = runs(tel)
     done_first = set(successes([run1]))

@@ -18,7 +18,7 @@ import slurm_cluster
 
 
 def rendered(tmp_path: Path) -> tuple[str, str]:
-    values = slurm_cluster.config_values(tmp_path / "state", [16817, 16818, 17001, 17002])
+    values = slurm_cluster.config_values(tmp_path / "state", [16817, 16818, 17001, 17002], 123456)
     conf = slurm_cluster.render((slurm_cluster.TEMPLATES / "slurm.conf.in").read_text(), values)
     gres = slurm_cluster.render((slurm_cluster.TEMPLATES / "gres.conf.in").read_text(), values)
     return conf, gres
@@ -31,7 +31,7 @@ def test_the_config_is_all_under_its_folder_with_its_own_ports_and_munge_socket(
     assert f"AuthInfo=socket={state}/munge/munge.socket" in conf
     paths = re.findall(r"^(?:StateSaveLocation|SlurmdSpoolDir|Slurm\w*(?:Log|Pid)File)=(\S+)", conf, re.M)
     assert len(paths) == 6 and all(p.startswith(state + "/") for p in paths)
-    assert "SlurmctldPort=16817" in conf and "Port=17001" in conf and "Port=17002" in conf
+    assert "FirstJobId=123456" in conf and "SlurmctldPort=16817" in conf and "Port=17001" in conf and "Port=17002" in conf
     nodes = re.findall(r"^NodeName=(\S+) .*Gres=gpu:4", conf, re.M)
     assert nodes == ["n1", "n2"] and "Nodes=n1,n2" in conf
     assert f"File={state}/dev/nvidia[0-3]" in gres
