@@ -182,6 +182,19 @@ def test_sbatch_infer_runs_every_chunk_once_with_operator_lines(tmp_path):
     assert not (tmp_path / "artifacts" / "infer" / ".badc-mpi.lock").exists()
 
 
+def test_gpus_the_job_was_given_but_cannot_use_refuse_without_allow_cpu(tmp_path):
+    """The cluster's GPUs are fake (NVML sees none): without --allow-cpu no rank may fall back to
+    the CPU silently; the job ends with exit 2 naming the fix, and nothing was analysed."""
+    manifest = dataset(tmp_path, 1, 4, seconds=0.2)
+    out = tmp_path / "slurm-%j.out"
+    job_id = sbatch([manifest], ["--", *fake_args()], out)
+    info = wait_for(job_id)
+    text = Path(str(out).replace("%j", job_id)).read_text()
+    assert info["ExitCode"] == "2:0", (info, text[-3000:])
+    assert "--allow-cpu" in text and "CUDA_VISIBLE_DEVICES=0,1,2,3" in text  # SLURM's mask, named
+    assert not successes(runs(telemetry(tmp_path)))
+
+
 def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     from badc_mpi.errors import BadcError
     from badc_mpi.runners.hawkears import env as hawkears_env
