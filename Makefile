@@ -1,5 +1,5 @@
 # badc-mpi: Make targets chain chunk-status checks, inference, aggregation and bundles.
-# `make help` lists every target. Variables: MANIFEST, NP, ARGS, MPI (pypi|system), PYTHON, TELEMETRY.
+# `make help` lists every target. Variables: MANIFEST, NP, ARGS, MPI (pypi|system), PYTHON, TELEMETRY, RECORD_DATALAD (0: no datalad run/save).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -14,12 +14,15 @@ NP ?=
 ARGS ?=
 MANIFEST ?=
 TELEMETRY ?=
+RECORD_DATALAD ?= 1
 DATASET ?=
+BUNDLE ?=
+FORMAT ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test test-slurm man check-chunks infer resume monitor aggregate bundle browser demo bench gpu-check clean
+.PHONY: help install lint test test-slurm man check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,7 +50,7 @@ lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, s
 
 # The tests start their runs with the same mpiexec (BADC_MPI_TEST_MPIEXEC; tests/helpers.py); the
 # in-MPI pass uses pytest-timeout's thread method, the only one that ends a hang inside MPI (setup.cfg).
-test: install hawkears-tiny ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
+test: install hawkears-tiny shellcheck ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread
 
@@ -72,10 +75,10 @@ check-chunks: install ## refuse unless every recording of MANIFEST is fully chun
 	@test -n "$(MANIFEST)" || { echo "usage: make check-chunks MANIFEST=path/to/manifest.csv" >&2; exit 2; }
 	$(BADC) check-chunks $(MANIFEST) $(ARGS)
 
-infer: install ## chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2)
-	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3']" >&2; exit 2; }
-	$(BADC) check-chunks $(MANIFEST) --run-args $(ARGS) >/dev/null
-	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) $(ARGS)
+infer: install ## plan + chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2); recorded with `datalad run` inside a DataLad dataset (RECORD_DATALAD=0: not)
+	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3'] [RECORD_DATALAD=0]" >&2; exit 2; }
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(BADC) orchestrate --manifest $(MANIFEST) --apply --no-resume-completed \
+	  --np $$np --mpiexec '$(TEST_MPIEXEC)' $(if $(filter 0,$(RECORD_DATALAD)),--no-record-datalad) --run-args $(ARGS)
 
 resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs)
 	@test -n "$(MANIFEST)" || { echo "usage: make resume MANIFEST=path/to/manifest.csv [NP=4] [ARGS=...]" >&2; exit 2; }
@@ -91,12 +94,21 @@ aggregate: install ## runs into Parquet (detections, chunks, runs): make aggrega
 
 bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html: make bundle MANIFEST=m.csv | DATASET=dir
 	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30']" >&2; exit 2; }
-	$(BADC) bundle $(MANIFEST) $(DATASET) $(ARGS)
+	$(BADC) bundle $(MANIFEST) $(DATASET) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
+
+export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir FORMAT=wildtrax,raven [ARGS='--min-confidence 0.3 --focus-species ROPT,RUGR']
+	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
+	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(ARGS)
 
 browser: ## Debian's chromium for the report.html test (as root; tests/test_bundle.py skips without it)
 	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
 	else echo "make browser: needs root (sudo make browser), or install chromium with your package manager" >&2; exit 2; fi
+
+shellcheck: ## Debian's shellcheck for the batch-script tests (installed when root and missing; tests/test_sbatch.py skips without it)
+	@if command -v shellcheck >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y shellcheck >/dev/null || { apt-get update >/dev/null && apt-get install -y shellcheck >/dev/null; } || echo "make shellcheck: could not install it; the shellcheck tests will skip" >&2; \
+	else echo "make shellcheck: not root: the shellcheck tests will skip (sudo apt-get install shellcheck)" >&2; fi
 
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest), make infer on it (2 ranks), then make bundle
 	$(PY) scripts/make_demo.py examples/demo
@@ -108,6 +120,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
 	$(PY) scripts/bench_resume.py
+	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_aggregate.py
 	$(PY) scripts/bench_hawkears.py

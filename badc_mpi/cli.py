@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole CLI (also used by ``make man`` through argparse-manpage)."""
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
+    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p)
+    add_record_arguments(p)
 
     p = sub.add_parser(
         "check-chunks",
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="report missing audio instead of refusing")
 
     add_results_commands(sub)
+    add_export_command(sub)
+    add_orchestrate_parser(sub)
 
     p = sub.add_parser(
         "gpus",
@@ -177,7 +181,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
 
 
+def cmd_orchestrate(args: argparse.Namespace) -> int:
+    from badc_mpi.orchestrate.command import cmd_orchestrate as orchestrate
+
+    return orchestrate(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.print_datalad_run:
+        from badc_mpi.orchestrate.command import print_run_record
+
+        return print_run_record(args.manifests, run_flags(args) + _own_flags(args), args.np)
     from mpi4py import MPI
 
     from badc_mpi.api import run
@@ -222,9 +236,21 @@ def add_results_commands(sub: Any) -> None:
             "store (<output>/detections/), per-chunk (<output>/<recording>/<chunk>.detections.jsonl)",
         )
         p.add_argument("--force", action="store_true", help="aggregate again even when the inputs did not change")
+        p.add_argument(
+            "--merge-overlaps",
+            default="auto",
+            choices=("auto", "on", "off"),
+            help="merge a label's detections that overlap across chunk boundaries in one recording "
+            "(auto, the default: when chunks overlap; docs/results.md)",
+        )
         if name == "bundle":
             p.add_argument("--bucket-minutes", type=float, default=60.0, metavar="MIN", help="timeline bucket (default 60)")
             p.add_argument("--top-n", type=int, default=20, metavar="N", help="species in the charts (default 20)")
+            p.add_argument(
+                "--record-datalad",
+                action="store_true",
+                help="inside a DataLad dataset, `datalad save` the bundle folder afterwards (make bundle does, unless RECORD_DATALAD=0)",
+            )
 
 
 def _print_problems(problems: list[Any]) -> None:
@@ -250,9 +276,18 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
     sel = find_runs(args.sources, telemetry_dir=args.telemetry_dir)
     folder = bundle_folder(args.sources, sel, args.name, args.dest)
-    result = aggregate(args.sources, folder, output_dir=args.output_dir, reader=args.source, reuse=not args.force, selection=sel)
+    result = aggregate(
+        args.sources,
+        folder,
+        output_dir=args.output_dir,
+        reader=args.source,
+        reuse=not args.force,
+        selection=sel,
+        merge_overlaps=args.merge_overlaps,
+    )
     _print_problems(result.problems)
     print(f"aggregate{' (unchanged, reused)' if result.reused else ''}: {_counts_line(result.counts)}")
+    _print_merge(result.folder)
     print(f"  parquet  {result.folder}")
     return ExitCode.OK
 
@@ -269,6 +304,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         telemetry_dir=args.telemetry_dir,
         output_dir=args.output_dir,
         reuse=not args.force,
+        merge_overlaps=args.merge_overlaps,
     )
     summary = result.summary
     _print_problems(result.aggregate.problems)
@@ -281,6 +317,89 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print(f"  {row['detections']:>9,}  {row['label']}{name}  mean confidence {row['mean_confidence']:.2f}")
     print(f"  bundle   {result.folder}")
     print(f"  report   {result.report}")
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        save_bundle(result.folder, f"badc-mpi bundle {os.path.basename(result.folder)}: {_counts_line(summary['counts'])}")
+    return ExitCode.OK
+
+
+def _print_merge(folder: str) -> None:
+    try:
+        with open(os.path.join(folder, "aggregate.json"), encoding="utf-8") as fh:
+            merge = json.load(fh).get("overlap_merge") or {}
+    except (OSError, ValueError):
+        return
+    if merge.get("applied"):
+        print(
+            f"  overlap merge: {merge['detections_before']} detections -> {merge['detections_after']} "
+            f"({merge['merged_groups']} merged across chunk boundaries)"
+        )
+
+
+EXPORT_EPILOG = """\
+formats (comma-separated, or all; files under --output, default <aggregate>/exports/):
+  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration)
+  raven      raven/<recording>.HawkEars.selections.txt, one Raven Pro selection table per analysed recording
+  tables     tables/all.csv and tables/<study_area>.csv (filename, start_time, end_time, class_name, class_code,
+             score, study_area, location, recording_date_time)
+  histories  histories/: detection histories (location x day: 1, 0, NA = not surveyed) per --focus-species
+             species, the long table with minutes analysed, and effort_minutes.csv
+Location, study area and date-time come from the manifest's columns (location, study_area,
+recording_start_local), else from file names (LOCATION_YYYYMMDD_HHMMSS). A missing field the format
+needs is a one-line error (exit 2) and nothing is written. Details: docs/results.md."""
+
+
+def add_export_command(sub: Any) -> None:
+    text = "write WildTrax, Raven, the lab's tables or detection histories from a bundle, manifest or dataset"
+    p = sub.add_parser(
+        "export",
+        help=text,
+        description=text + ".",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a bundle folder, or SOURCEs as for `aggregate`")
+    p.add_argument(
+        "--format", default="wildtrax", metavar="FORMATS", help="wildtrax, raven, tables, histories (comma-separated) or all"
+    )
+    p.add_argument("--output", metavar="DIR", help="folder for the files (default: <aggregate>/exports)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="X", help="leave out detections below X (0..1)")
+    p.add_argument(
+        "--focus-species",
+        metavar="CODES",
+        help="species for detection histories (adds the histories format), e.g. ROPT,RUGR,STGR,SPGR,WIPT",
+    )
+    p.add_argument(
+        "--task-method", default="None", choices=("None", "1SPT", "1SPM"), help="WildTrax task method (default None: every tag)"
+    )
+    p.add_argument(
+        "--task-duration", type=int, metavar="S", help="WildTrax task duration in s (default: the recording's, at most 1800)"
+    )
+    p.add_argument("--name", help="aggregate folder name (default: the manifest's stem, else 'all')")
+    p.add_argument("--dest", metavar="DIR", help="the aggregate folder instead of <dataset>/artifacts/aggregate/<name>")
+    p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
+    p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from badc_mpi.results.export import ExportOptions, export, parse_formats
+    from badc_mpi.results.histories import parse_species
+
+    formats = parse_formats(args.format)
+    species = tuple(parse_species(args.focus_species)) if args.focus_species else ()
+    if species and "histories" not in formats:
+        formats += ("histories",)
+    if "histories" in formats and not species:
+        species = tuple(parse_species(None))
+    options = ExportOptions(formats, args.output, args.min_confidence, species, args.task_method, args.task_duration)
+    result = export(
+        args.sources, options, telemetry_dir=args.telemetry_dir, output_dir=args.output_dir, name=args.name, dest=args.dest
+    )
+    for note in result.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    print(f"export ({', '.join(formats)}): {len(result.files)} file(s) from {result.aggregate}")
+    print(f"  exports  {result.folder}")
     return ExitCode.OK
 
 
@@ -293,7 +412,16 @@ def end_job(comm: Any, exit_code: int, lost_ranks: list[int]) -> None:
 
 
 #: ``run`` options a resume must not copy: it pins the folders and adds --resume itself
-_RESUME_OWN = frozenset({"manifests", "output_dir", "telemetry_dir", "chunks_dir", "resume", "help"})
+_RESUME_OWN = frozenset({"manifests", "output_dir", "telemetry_dir", "chunks_dir", "resume", "help", "print_datalad_run", "np"})
+
+
+def _own_flags(args: argparse.Namespace) -> list[str]:
+    """The folder options and --resume that :func:`run_flags` leaves out, as given."""
+    words: list[str] = []
+    for dest in ("output_dir", "telemetry_dir", "chunks_dir"):
+        if getattr(args, dest, None):
+            words += ["--" + dest.replace("_", "-"), getattr(args, dest)]
+    return words + (["--resume"] if args.resume else [])
 
 
 def run_flags(args: argparse.Namespace) -> list[str]:
@@ -366,6 +494,8 @@ COMMANDS = {
     "monitor": cmd_monitor,
     "aggregate": cmd_aggregate,
     "bundle": cmd_bundle,
+    "export": cmd_export,
+    "orchestrate": cmd_orchestrate,
 }
 
 

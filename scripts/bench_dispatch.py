@@ -92,9 +92,26 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
+def _span_s(telemetry: Path) -> float:
+    """Seconds from the first attempt's start to the last result (rank 0's steady rate, start-up
+    and shut-down excluded), from the telemetry's timestamps."""
+    import datetime as dt
+
+    first = last = None
+    with open(telemetry, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            at = rec.get("started_at") if rec.get("event") == "start" else rec.get("finished_at")
+            if at and rec.get("event") in ("start", "success", "failure", "retry"):
+                t = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+                first = t if first is None else min(first, t)
+                last = t if last is None else max(last, t)
+    return max(1e-3, (last or 0) - (first or 0))
+
+
 def with_detections(root: Path, manifest: Path, args: argparse.Namespace) -> dict[str, object]:
     """3 ranks, every chunk with ``args.detections`` detections through the store: rate and footprint."""
-    walls = []
+    walls, steady = [], []
     for i in range(args.repeat):
         sub = root / f"det{i}"
         sub.mkdir()
@@ -105,6 +122,7 @@ def with_detections(root: Path, manifest: Path, args: argparse.Namespace) -> dic
         files = _files(out) + [f for t in tels for f in _files(t)]
         store = [f for f in _files(out / "detections")]
         telemetry = [f for t in tels for f in t.glob("*.jsonl") if not f.name.endswith(".ledger.jsonl")]
+        steady.append(args.chunks / _span_s(telemetry[0]))
     walls.sort()
     median = walls[len(walls) // 2]
     figures = {
@@ -112,6 +130,7 @@ def with_detections(root: Path, manifest: Path, args: argparse.Namespace) -> dic
         "detections_per_chunk": args.detections,
         "wall_s": [round(w, 2) for w in walls],
         "chunks_per_s_median": round(args.chunks / median),
+        "steady_chunks_per_s": [round(x) for x in sorted(steady)],
         "files_created": len(files),
         "files_per_100k_chunks": round(len(files) * 100_000 / args.chunks, 1),
         "store_files": len(store),
@@ -119,7 +138,8 @@ def with_detections(root: Path, manifest: Path, args: argparse.Namespace) -> dic
         "telemetry_bytes_per_chunk": round(sum(f.stat().st_size for f in telemetry) / args.chunks),
     }
     print(
-        f"3 ranks, {args.detections} detections/chunk: median {figures['chunks_per_s_median']:,} chunks/s; "
+        f"3 ranks, {args.detections} detections/chunk: median {figures['chunks_per_s_median']:,} chunks/s "
+        f"(steady, first start to last result: {', '.join(f'{x:,.0f}' for x in sorted(steady))}); "
         f"{len(files)} files for {args.chunks} chunks; store {figures['store_bytes_per_chunk']} B/chunk",
         file=sys.stderr,
     )

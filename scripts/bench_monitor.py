@@ -5,10 +5,11 @@
     python scripts/bench_monitor.py [--lines 1000000] [--workers 8] [--repeat 3]
         [--follow-s 30] [--rate 200] [--keep DIR]
 
-1. writes a telemetry log of ``--lines`` lines as rank 0 would (``start`` and result lines of
-   ``--workers`` GPU workers, 2% failed attempts retried up to twice; the records are built by
-   ``badc_mpi.storage.telemetry``), reads it once to warm the page cache, then times
-   ``python -m badc_mpi monitor LOG --once`` ``--repeat`` times (wall and CPU, best and median);
+1. writes a telemetry log of ``--lines`` lines as rank 0 would (the ``run`` header, a ``worker``
+   event per worker, then ``start`` and result lines of ``--workers`` GPU workers, 2% failed
+   attempts retried up to twice; the records are built by ``badc_mpi.storage.telemetry``), reads
+   it once to warm the page cache, then times ``python -m badc_mpi monitor LOG --once``
+   ``--repeat`` times (wall and CPU, best and median);
 2. starts ``monitor --follow`` (default interval, 2 s) on a copy of the first 100,000 lines, with
    its output on a pseudo-terminal (the redraw path) and then on a pipe (the SLURM-log path),
    while this process appends ``--rate`` lines/s in 10 batches a second; measures the monitor's
@@ -64,7 +65,13 @@ def telemetry_lines(n_lines: int, workers: int = 8, seed: int = 1, t0_s: float =
         )  # fmt: skip
         for i in range(workers)
     ]
-    t, written, c = t0_s, 0, 0
+    model = "main=[" + ",".join(f"hgnet.{i}:{i:012x}" for i in range(5)) + "]"
+    yield tel.dumps(tel.run_record(RUN_ID, t0_s - 60, host="se000", ranks=workers, runner="hawkears", model_version=model))
+    for st in statics:
+        facts = {**st, "runner": "hawkears", "device": "cuda", "model_version": model, "hawkears_version": "2.3.0",
+                 "worker_pid": 5000, "worker_starts": 1, "load_s": 12.5, "command": COMMAND}  # fmt: skip
+        yield tel.worker_line(facts, t0_s - 30)
+    t, written, c = t0_s, 1 + len(statics), 0
     while written < n_lines:
         c += 1
         rec = f"rec{c // 60:05d}"
@@ -74,7 +81,7 @@ def telemetry_lines(n_lines: int, workers: int = 8, seed: int = 1, t0_s: float =
         st = statics[rnd.randrange(workers)]
         attempt = 1
         while written < n_lines:
-            yield tel.start_line(RUN_ID, st, chunk, attempt, t, COMMAND)
+            yield tel.start_line(tel.who(st), chunk, attempt, t)
             written += 1
             runtime = rnd.uniform(1, 3)
             bad = rnd.random() < 0.02
@@ -86,12 +93,13 @@ def telemetry_lines(n_lines: int, workers: int = 8, seed: int = 1, t0_s: float =
                 exit_code=3 if bad else 0, signal=None, command=COMMAND,
                 outputs={} if bad else {"scores": f"/out/{rec}/{chunk.chunk_id}.scores.csv",
                                         "detections": f"/out/{rec}/{chunk.chunk_id}.detections.jsonl"},
-                detections=None if bad else rnd.randrange(5), runner_pid=5000, gpu=gpu, metrics={"score_s": runtime},
+                detections=None if bad else rnd.randrange(5), runner_pid=5000, gpu=gpu, metrics={"score_s": round(runtime, 4)},
             )  # fmt: skip
             t += 2.0 / workers
             event = "retry" if bad and attempt < 3 else "failure" if bad else "success"
             if written < n_lines:
-                yield tel.result_line(RUN_ID, event, 5.0 if event == "retry" else None, tel.result_body(st, chunk, ev))
+                body = tel.result_body(tel.who(st), chunk, ev, ev.metrics)
+                yield tel.result_line(event, 5.0 if event == "retry" else None, body)
                 written += 1
             if event != "retry":
                 break

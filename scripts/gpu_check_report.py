@@ -157,6 +157,9 @@ def telemetry_figures(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     fields of the successful attempts (mean of per-attempt means, max of maxima, VRAM peaks)."""
     events = list(events)
     ok = [e for e in events if e.get("event") == "success"]
+    # telemetry 2 names worker and device once per rank (its ``worker`` event), telemetry 1 in each line
+    facts = {e.get("rank"): e for e in events if e.get("event") == "worker"}
+    device_of = {rank: f.get("device") for rank, f in facts.items()}
     failed = [e for e in events if e.get("event") in ("failure", "retry")]
     starts = [t for t in (_ts(e.get("started_at")) for e in events) if t is not None]
     ends = [t for t in (_ts(e.get("finished_at")) for e in ok) if t is not None]
@@ -172,6 +175,12 @@ def telemetry_figures(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "util_max_pct": round(max(maxes), 1) if maxes else None,
         "vram_runner_peak_mib": round(max(vram), 1) if vram else None,
         "vram_device_peak_mib": round(max(device), 1) if device else None,
-        "workers": sorted({str(e.get("worker")) for e in ok}),
-        "devices": sorted({str(d) for e in ok if (d := (e.get("metrics") or {}).get("device"))}),
+        "workers": sorted({str(e.get("worker") or facts.get(e.get("rank"), {}).get("worker")) for e in ok}),
+        "devices": sorted(
+            {
+                str(d)
+                for e in ok
+                if (d := e.get("device") or device_of.get(e.get("rank")) or (e.get("metrics") or {}).get("device"))
+            }
+        ),
     }

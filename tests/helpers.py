@@ -264,6 +264,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_telemetry(path: Path) -> list[dict[str, Any]]:
+    """A run's per-chunk telemetry records with the facts of their run and worker joined in
+    (``run_id``, ``host``, ``pid``, GPU, versions, command template...), a torn last line skipped."""
+    from badc_mpi.storage.telemetry import with_facts
+
+    data = path.read_bytes()
+    lines = data[: data.rfind(b"\n") + 1].decode().splitlines()
+    return list(with_facts(json.loads(x) for x in lines if x.strip()))
+
+
 def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name[: -len(".jsonl")] + suffix)
 

@@ -66,6 +66,23 @@ def _event(run: str, event: str, chunk, worker: str, at: str, runtime_s: float, 
     }  # fmt: skip
 
 
+def _compact(events: list[dict]) -> list[dict]:
+    """The same events as telemetry schema 2 writes them: a ``run`` header, a ``worker`` event per
+    worker with its constant facts, per-chunk lines without them (no start time, no nulls)."""
+    first = events[0]
+    out = [{"schema": "badc-mpi.telemetry/2", "event": "run", "run_id": first["run_id"], "at": first["finished_at"]}]
+    facts = ("host", "gpu_index", "gpu_name", "model_version", "hawkears_version", "command")
+    ranks: dict[str, int] = {}
+    for e in events:
+        if e["worker"] not in ranks:
+            ranks[e["worker"]] = len(ranks)
+            out.append({"event": "worker", "at": e["finished_at"], "rank": ranks[e["worker"]], "worker": e["worker"],
+                        "pid": 1, "runner": "hawkears", **{k: e[k] for k in facts}})  # fmt: skip
+        line = {k: v for k, v in e.items() if k not in (*facts, "schema", "run_id", "started_at", "outputs", "meta")}
+        out.append({**{k: v for k, v in line.items() if v is not None}, "rank": ranks[e["worker"]]})
+    return out
+
+
 def make_golden(root: Path, *, with_utc: bool = True) -> Path:
     """Two runs over one manifest: known detections, one failed chunk, one chunk never run."""
     manifest = root / "manifests" / "golden.csv"
@@ -106,11 +123,15 @@ def make_golden(root: Path, *, with_utc: bool = True) -> Path:
                                  reason="boom" if fclass else "", finished_at=at, has_outputs=status == "success")
                 )  # fmt: skip
         ledger.close()
+        if run == R2:  # R1's telemetry is as schema 1 wrote it (every fact in every line), R2's is compact
+            events = _compact(events)
         Path(str(base) + ".jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        runner = {"runner": "hawkears", "model_version": MODEL, "hawkears_version": "2.3.0", "tiny_model": True}
+        if run == R2:  # the versions of R2 come from its telemetry's worker events
+            runner = {"runner": "hawkears", "tiny_model": True}
         summary = {
             "schema": "badc-mpi.summary/1", "badc_mpi_version": "0.1.0", "created_at": created, "host": "h",
-            "state": "finished", "runner": {"runner": "hawkears", "model_version": MODEL, "hawkears_version": "2.3.0", "tiny_model": True},
-            "options": {"max_retries": 1}, "run_id": run, "chunks": {},
+            "state": "finished", "runner": runner, "options": {"max_retries": 1}, "run_id": run, "chunks": {},
         }  # fmt: skip
         Path(str(base) + ".summary.json").write_text(json.dumps(summary))
     return manifest
@@ -126,6 +147,9 @@ DETECTION_COLUMNS = [
     ("confidence", "float"),
     ("start_ms", "int64"),
     ("end_ms", "int64"),
+    ("detection_start_utc", "timestamp[ms, tz=UTC]"),
+    ("detection_end_utc", "timestamp[ms, tz=UTC]"),
+    ("detection_start_local", "string"),
     ("chunk_offset_start_ms", "int64"),
     ("chunk_offset_end_ms", "int64"),
     ("chunk_start_ms", "int64"),
@@ -134,6 +158,7 @@ DETECTION_COLUMNS = [
     ("chunk_sha256", "dictionary<values=string, indices=int32, ordered=0>"),
     ("hawkears_version", "dictionary<values=string, indices=int32, ordered=0>"),
     ("model_version", "dictionary<values=string, indices=int32, ordered=0>"),
+    ("merged_count", "int32"),
     ("site", "dictionary<values=string, indices=int32, ordered=0>"),
     ("recording_start_utc", "dictionary<values=string, indices=int32, ordered=0>"),
 ]
@@ -162,6 +187,12 @@ def test_golden_bundle_schema_and_detections(golden):
         ("a0", "YRWA", R1, 10000, 13000, 10000),
         ("a1", "YRWA", R2, 61500, 64500, 1500),  # recording time = chunk start + chunk time
     ]
+    # absolute time: recording_start_utc 05:00Z + start_ms; no recording_start_local column: local is null
+    utc = sorted((r["start_ms"], r["detection_start_utc"].isoformat(), r["detection_start_local"]) for r in det.to_pylist())
+    assert utc[-1] == (61500, "2026-06-01T05:01:01.500000+00:00", None)
+    assert json.loads((Path(result.folder) / "aggregate.json").read_text())["overlap_merge"] == {
+        "mode": "auto", "chunks_overlap": False, "applied": False, "detections_before": 4, "detections_after": 4, "merged_groups": 0,
+    }  # fmt: skip
     chunks = {r["chunk_id"]: r for r in pq.read_table(Path(result.folder) / "chunks.parquet").to_pylist()}
     states = {
         k: (v["status"], v["detections"], v["run_id"], v["attempts"], v["failure_class"], v["worker"]) for k, v in chunks.items()
@@ -182,6 +213,15 @@ def test_golden_bundle_schema_and_detections(golden):
         (R2, MODEL, True, 2, 1, 1),
     ]
     assert json.loads(runs[0]["options"])["options"] == {"max_retries": 1}
+    attempts = pq.read_table(Path(result.folder) / "attempts.parquet").to_pylist()
+    # R2's compact lines get their worker's facts from its worker event, and a start from finished - runtime
+    assert [
+        (a["run_id"], a["host"], a["gpu_name"], a["model_version"], a["started_at"]) for a in attempts if a["run_id"] == R2
+    ] == [
+        (R2, "h", "Fake GPU", MODEL, "2026-01-01T23:59:57.000Z"),
+        (R2, "h", "Fake GPU", MODEL, "2026-01-02T00:00:51.000Z"),
+    ]
+    assert {(a["host"], a["model_version"]) for a in attempts} == {("h", MODEL)}
 
 
 def test_golden_bundle_views(golden):
@@ -241,7 +281,7 @@ def test_golden_bundle_views(golden):
     }
     assert summary["tiny_model"] is True and summary["model_versions"] == [MODEL]
     page = (Path(result.folder) / "report.html").read_text()
-    assert 'id="tiny-banner"' in page and page.count("data:image/png;base64,") == 4 and "b1" in page
+    assert 'id="tiny-banner"' in page and page.count("data:image/png;base64,") == 5 and "b1" in page
 
 
 def test_relative_timeline_without_recording_start(tmp_path):
@@ -328,7 +368,7 @@ def test_report_renders_in_headless_chromium(golden, tmp_path):
     parsed.feed(dom.stdout)
     assert parsed.title == "badc-mpi results: golden"
     charts = {img["id"]: img for img in parsed.images}
-    assert set(charts) == {"chart-top-species", "chart-heatmap", "chart-confidence", "chart-workers"}
+    assert set(charts) == {"chart-top-species", "chart-heatmap", "chart-confidence", "chart-sites", "chart-workers"}
     for name, img in charts.items():
         assert img["src"].startswith("data:image/png;base64,"), name
         assert int(img["data-natural-width"]) > 0 and img["data-complete"] == "true", name

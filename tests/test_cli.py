@@ -53,6 +53,8 @@ def test_version_and_help():
         "monitor",
         "aggregate",
         "bundle",
+        "export",
+        "orchestrate",
     }
 
 

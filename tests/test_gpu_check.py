@@ -145,5 +145,10 @@ def test_telemetry_figures() -> None:
     assert figs["chunks_per_s"] == 0.5 and figs["util_mean_pct"] == 30.0 and figs["util_max_pct"] == 40.0
     assert figs["vram_runner_peak_mib"] == 900.0 and figs["vram_device_peak_mib"] is None
     assert figs["devices"] == [] and telemetry_figures([])["chunks_per_s"] is None
-    events[1]["metrics"] = {"device": "cuda"}
+    events[1]["metrics"] = {"device": "cuda"}  # telemetry 1: in the line
     assert telemetry_figures(events)["devices"] == ["cuda"]
+    del events[1]["metrics"]  # telemetry 2: in the worker event of the line's rank
+    compact = [{"event": "worker", "rank": 2, "worker": "gpu1@m", "device": "cuda:0"}]
+    compact += [{**{k: v for k, v in e.items() if k != "worker"}, "rank": 2} for e in events]
+    figs = telemetry_figures(compact)
+    assert figs["devices"] == ["cuda:0"] and figs["workers"] == ["gpu1@m"] and figs["chunks_ok"] == 2

@@ -49,8 +49,8 @@ def test_scratch_dir_given_is_never_removed_and_default_is_node_local(tmp_path):
     assert (given / "someone-elses-file").read_text() == "keep me"
     assert sorted(p.name for p in given.iterdir()) == ["someone-elses-file"]  # the run's own folder is gone
     _, events = only_telemetry(tmp_path)
-    scratches = {Path(e["command"][e["command"].index("--output") + 1]) for e in events if e["event"] == "start"}
-    assert scratches and all(given in p.parents and p.parent.parent.name.startswith("badc-mpi-") for p in scratches)
+    scratches = {Path(e["scratch_dir"]) for e in events if e["event"] == "worker"}  # each rank's own folder
+    assert len(scratches) == 2 and all(given in p.parents and p.parent.name.startswith("badc-mpi-") for p in scratches)
 
     node_local = tmp_path / "node-local"  # what $SLURM_TMPDIR / $TMPDIR would be on a compute node
     node_local.mkdir()
@@ -58,8 +58,8 @@ def test_scratch_dir_given_is_never_removed_and_default_is_node_local(tmp_path):
     proc = run_badc(command_args(manifest, again), np=2, env={"TMPDIR": str(node_local), "SLURM_TMPDIR": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     _, events = only_telemetry(again)
-    starts = [Path(e["command"][e["command"].index("--output") + 1]) for e in events if e["event"] == "start"]
-    assert starts and all(node_local in p.parents for p in starts)
+    scratches = {Path(e["scratch_dir"]) for e in events if e["event"] == "worker"}
+    assert len(scratches) == 2 and all(node_local in p.parents for p in scratches)
     assert list(node_local.iterdir()) == []  # removed what it created, nothing else was there
     assert not [p for p in (again / "out").rglob("*") if "scratch" in p.name]  # no scratch in the output tree
 
@@ -136,7 +136,9 @@ def test_every_rank_failing_on_its_disk_stops_cleanly_with_summary_and_resume(tm
 
 
 def _rank_pid(events: list[dict], rank: int) -> int | None:
-    pids = {e["pid"] for e in events if e["event"] == "start" and e["rank"] == rank}
+    if not any(e["event"] == "start" and e["rank"] == rank for e in events):
+        return None  # not working yet
+    pids = {e["pid"] for e in events if e["event"] == "worker" and e["rank"] == rank}
     return pids.pop() if pids else None
 
 

@@ -27,6 +27,7 @@ from helpers import (
     descendants,
     make_dataset,
     read_jsonl,
+    read_telemetry,
     run_badc,
     run_own,
     sidecar,
@@ -83,9 +84,15 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "TINY" in proc.stderr.upper()  # the loud banner: detections from random weights are meaningless
     (tfile,) = telemetry_files(tmp_path / "tel")
-    events = read_jsonl(tfile)
+    events = read_telemetry(tfile)
     finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] in ("success", "failure")}
     assert len(finals) == 17
+    # HawkEars' constant facts are written once per rank, in its worker event, never per chunk
+    lines = [(x, json.loads(x)) for x in tfile.read_text().splitlines()]
+    workers = [e for _, e in lines if e["event"] == "worker"]
+    assert sorted(w["rank"] for w in workers) == [0, 1] and all(w["model_version"].startswith("tiny:") for w in workers)
+    per_chunk = [x for x, e in lines if e["event"] in ("start", "success", "failure", "retry")]
+    assert len(per_chunk) == 34 and not [x for x in per_chunk if "model_version" in x or "<resident>" in x]
     failure = finals.pop("rec001/rec001_corrupt")
     assert failure["event"] == "failure" and failure["failure_class"] == "input" and failure["attempt"] == 1
     assert failure["reason"]  # HawkEars' own message
@@ -108,10 +115,11 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
             # HawkEars wrote one label form; the data root's classes.csv gives both code and name
             assert d["label"] and d["label_code"] and d["label_name"] and d["label_code"] != d["label_name"]
         assert e["model_version"] and e["hawkears_version"]
-        assert e["metrics"]["worker_starts"] == 1
-        pids_by_rank[e["rank"]].add(e["metrics"]["worker_pid"])
-        assert e["command"][0].startswith("<resident")
-        assert e["device"] == "cpu"  # what HawkEars itself reports, in every line
+        assert e["worker_starts"] == 1
+        pids_by_rank[e["rank"]].add(e["worker_pid"])
+        assert e["command"][0].startswith("<resident") and "input={input}" in e["command"]
+        assert e["device"] == "cpu"  # what HawkEars itself reports, in its rank's worker event
+        assert {"decode_s", "score_s"} <= set(e["metrics"]) and "worker_pid" not in e["metrics"]
     assert set(pids_by_rank) == {0, 1}, "both ranks worked"
     assert all(len(p) == 1 for p in pids_by_rank.values()), "one HawkEars worker per rank, not one per chunk"
 
@@ -203,7 +211,7 @@ def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
         raise
     assert proc.returncode == 0, err[-3000:]
     (tfile,) = telemetry_files(tmp_path / "tel")
-    events = read_jsonl(tfile)
+    events = read_telemetry(tfile)
     # every chunk exactly one success, none failed
     successes = Counter(f"{e['recording_id']}/{e['chunk_id']}" for e in events if e["event"] == "success")
     assert successes == Counter(keys), successes
@@ -212,12 +220,15 @@ def test_a_killed_hawkears_worker_is_restarted_and_its_chunk_retried(tmp_path):
     # to its rank), which was retried as a crash and then succeeded on a restarted worker
     retries = [e for e in events if e["event"] == "retry"]
     assert all(e["failure_class"] == "crash" for e in retries), retries
-    assert sorted(e["metrics"]["worker_pid"] for e in retries) == sorted(killed), (retries, killed)
+    assert sorted(e["worker_pid"] for e in retries) == sorted(killed), (retries, killed)
     finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] == "success"}
     for e in retries:
         final = finals[f"{e['recording_id']}/{e['chunk_id']}"]
         assert final["attempt"] == e["attempt"] + 1 == 2
-        assert final["metrics"]["worker_starts"] == 2 and final["metrics"]["worker_pid"] not in killed
+        assert final["worker_starts"] == 2 and final["worker_pid"] not in killed
+    # a restarted HawkEars worker is a new worker event of its rank (its pid and start count changed)
+    restarts = [w for w in read_jsonl(tfile) if w["event"] == "worker" and w.get("worker_starts") == 2]
+    assert {w["rank"] for w in restarts} == {e["rank"] for e in retries} and len(restarts) == len({w["rank"] for w in restarts})
     retried = {f"{e['recording_id']}/{e['chunk_id']}" for e in retries}
     assert all(e["attempt"] == 1 for k, e in finals.items() if k not in retried)
 

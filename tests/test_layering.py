@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "badc_mpi"
 LAYERS: list[set[str]] = [
     {"__main__", "__init__"},
     {"cli"},
+    {"orchestrate"},
     {"arguments"},
     {"api"},
     {"results"},

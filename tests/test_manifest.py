@@ -80,7 +80,7 @@ def test_fields_parsed(tmp_path):
     )
     manifest = load_manifest(path, check_sources=False)
     first, second, third = manifest.chunks
-    assert len(manifest) == 3 and list(manifest) == manifest.chunks
+    assert len(manifest) == 3 and list(manifest) == list(manifest.chunks)
     assert manifest.path == path and manifest.missing == []
     assert manifest.columns == (*STANDARD_COLUMNS, "site") and manifest.extra_columns == ("site",)
     assert first == Chunk("r1", "c1", "a.wav", str(tmp_path / "a.wav"), 0, 60000, 0, SHA, "first", (("site", "S1"),), path, 2)
@@ -356,7 +356,7 @@ def test_missing_sources_reported_together(tmp_path):
     assert "and 5 more" in text and "datalad get" not in text and str(tmp_path) in text
     manifest = load_manifest(path, allow_missing=True)
     assert len(manifest.chunks) == 26 and len(manifest.missing) == 25
-    assert manifest.missing[0] is manifest.chunks[1]
+    assert manifest.missing[0] == manifest.chunks[1]
     assert load_manifest(path, check_sources=False).missing == []
 
 

@@ -49,8 +49,8 @@ def attempt_lines(st: dict, n: int, attempt: int, event: str, at_s: float, runti
     )  # fmt: skip
     backoff = 5.0 if event == "retry" else None
     return [
-        tel.start_line(RUN, st, chunk, attempt, at_s, ["hawkears"]),
-        tel.result_line(RUN, event, backoff, tel.result_body(st, chunk, ev)),
+        tel.start_line(tel.who(st), chunk, attempt, at_s),
+        tel.result_line(event, backoff, tel.result_body(tel.who(st), chunk, ev)),
     ]
 
 
@@ -59,7 +59,7 @@ def known_log() -> list[str]:
     (exit); a chunk still in flight on gpu1."""
     g0, g1 = static(0), static(1)
     gpu = {"vram_used_mib": 2000, "vram_device_mib": 16000, "gpu_util_pct_mean": 60.0, "gpu_util_pct_max": 90}
-    lines = []
+    lines = [tel.dumps(tel.run_record(RUN, T0 - 5, host="node1")), tel.worker_line(g0, T0 - 1), tel.worker_line(g1, T0 - 1)]
     lines += attempt_lines(g0, 1, 1, "success", T0, 2.0, gpu=gpu)
     lines += attempt_lines(g0, 2, 1, "retry", T0 + 2, 1.0, failure_class="oom", reason="CUDA out of memory")
     lines += attempt_lines(g1, 3, 1, "success", T0 + 1, 3.0, gpu={**gpu, "vram_used_mib": 5000})
@@ -67,7 +67,7 @@ def known_log() -> list[str]:
     lines += attempt_lines(g1, 4, 1, "retry", T0 + 5, 4.0, failure_class="timeout", reason="timed out\nafter 4 s")
     lines += attempt_lines(g1, 4, 2, "failure", T0 + 20, 1.0, failure_class="exit", reason="Error: bad audio " * 20)
     lines += attempt_lines(g0, 5, 1, "success", T0 + 30, 2.0, gpu={**gpu, "gpu_util_pct_mean": 70.0, "vram_used_mib": 2200})
-    lines.append(tel.start_line(RUN, g1, make_chunk(chunk_id="rec1_c6"), 1, T0 + 31, ["hawkears"]))
+    lines.append(tel.start_line(tel.who(g1), make_chunk(chunk_id="rec1_c6"), 1, T0 + 31))
     return lines
 
 
@@ -83,7 +83,7 @@ def check_known(state: MonitorState) -> None:
     snap = state.snapshot("run.jsonl", T0 + 40, None)
     rows = {r.worker: r for r in snap.workers}
     g0, g1 = rows["gpu0@node1"], rows["gpu1@node1"]
-    assert (snap.success, snap.failure, snap.retries, snap.in_flight, snap.lines) == (4, 1, 2, 1, 15)
+    assert (snap.success, snap.failure, snap.retries, snap.in_flight, snap.lines) == (4, 1, 2, 1, 18)
     assert (g0.success, g0.failure, g0.retries, g0.failed_attempts, g0.in_flight, g0.rank) == (3, 0, 1, 1, 0, 0)
     assert (g1.success, g1.failure, g1.retries, g1.failed_attempts, g1.in_flight, g1.rank) == (1, 1, 1, 2, 1, 1)
     assert g0.runtime_mean_s == pytest.approx((2 + 1 + 2 + 2) / 4)
@@ -150,15 +150,15 @@ def test_a_replaced_or_shrunk_file_is_read_again_from_the_start(tmp_path):
     monitor = Monitor(path)
     assert monitor.refresh(T0).lines == len(lines)
     fresh = tmp_path / "new.jsonl"
-    fresh.write_text("".join(line + "\n" for line in lines[:2]))
+    fresh.write_text("".join(line + "\n" for line in lines[:5]))  # the header, 2 workers, 1 chunk
     os.replace(fresh, path)  # another file under the name
     snap = monitor.refresh(T0)
-    assert snap.lines == 2 and snap.success == 1 and "replaced" in snap.notices[-1] and "started over" in snap.notices[-1]
+    assert snap.lines == 5 and snap.success == 1 and "replaced" in snap.notices[-1] and "started over" in snap.notices[-1]
     path.write_text(lines[0] + "\n")  # truncated in place, smaller than what was read
     snap = monitor.refresh(T0)
     assert snap.lines == 1 and "shrank" in snap.notices[-1]
     text = "".join(line + "\n" for line in lines)
-    path.write_text(text.replace('"attempt":1', '"attempt":9', 1))  # rewritten in place, bigger
+    path.write_text(text.replace("telemetry/2", "telemetry/9", 1))  # rewritten in place, bigger
     snap = monitor.refresh(T0)
     assert snap.lines == len(lines) and "rewritten" in snap.notices[-1]
     assert "started over" in format_snapshot(snap)
@@ -225,7 +225,7 @@ def test_the_summary_head_is_read_without_the_chunks(tmp_path):
 def test_follow_in_process_redraws_on_a_terminal_and_ends_with_the_summary(tmp_path):
     path = tmp_path / "run.jsonl"
     lines = known_log()
-    path.write_text("".join(line + "\n" for line in lines[:6]))
+    path.write_text("".join(line + "\n" for line in lines[:9]))
     ticks = []
 
     class Terminal(io.StringIO):
@@ -236,7 +236,7 @@ def test_follow_in_process_redraws_on_a_terminal_and_ends_with_the_summary(tmp_p
         ticks.append(1)
         if len(ticks) == 1:
             with open(path, "a") as fh:
-                fh.write("".join(line + "\n" for line in lines[6:]))
+                fh.write("".join(line + "\n" for line in lines[9:]))
         elif len(ticks) == 2:
             tel.sidecar(path, ".summary.json").write_text(
                 json.dumps({"run_id": RUN, "state": "finished", "counts": {"total": 5}})
@@ -314,7 +314,7 @@ def test_follow_sees_another_process_append_and_ends_when_the_summary_says_finis
     assert "waiting for the telemetry file" in snapshots[0]
     seen = {s.split("telemetry ", 1)[1].split(" lines")[0] for s in snapshots if "\ntelemetry " in s}
     assert len(seen) >= 3  # it saw the log grow
-    assert "4 succeeded, 1 failed" in snapshots[-1] and "finished" in snapshots[-1] and "15 lines" in snapshots[-1]
+    assert "4 succeeded, 1 failed" in snapshots[-1] and "finished" in snapshots[-1] and "18 lines" in snapshots[-1]
     assert "\x1b" not in out
 
 
@@ -367,3 +367,16 @@ def test_cli_usage_errors_say_the_fix(tmp_path, capsys):
         assert needle in capsys.readouterr().err
     assert main(["monitor", str(tmp_path / "run.jsonl")]) == 0
     assert "no events yet" in capsys.readouterr().out
+
+
+def test_schema_1_lines_that_name_their_worker_in_every_line_still_read():
+    lines = []
+    for n, (rank, event) in enumerate([(0, "start"), (0, "success"), (1, "start"), (1, "retry"), (1, "start"), (1, "failure")]):
+        line = {"schema": "badc-mpi.telemetry/1", "run_id": RUN, "event": event, "rank": rank, "worker": f"gpu{rank}@old"}
+        at = tel.utc_iso(T0 + n)
+        line.update({"started_at": at} if event == "start" else {"finished_at": at, "runtime_s": 1.0, "failure_class": None})
+        lines.append(json.dumps(line))
+    snap = folded(lines).snapshot("run.jsonl", T0 + 10, None)
+    rows = {r.worker: r for r in snap.workers}
+    assert set(rows) == {"gpu0@old", "gpu1@old"} and snap.run_id == RUN
+    assert (rows["gpu0@old"].success, rows["gpu1@old"].failure, rows["gpu1@old"].retries, rows["gpu1@old"].rank) == (1, 1, 1, 1)

@@ -188,25 +188,17 @@ def test_telemetry_writer_lines_are_valid_json_and_torn_tail_is_skipped(tmp_path
     path = tmp_path / "t.jsonl"
     w = tel.TelemetryWriter(path)
     w.write({"event": "start", "x": 'é\n"q"'})
-    w.write_line(tel.result_line("run", "success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
+    w.write_line(tel.result_line("success", None, tel.dumps({"recording_id": "r", "chunk_id": "c"})))
+    w.write_line(tel.result_line("retry", 2.5, tel.dumps({"recording_id": "r", "chunk_id": "d"})))
     w.close()
     with open(path, "ab") as fh:
         fh.write(b'{"event": "succ')
     events = list(tel.read_events(path))
-    assert events[0]["x"] == 'é\n"q"' and events[1]["event"] == "success" and events[1]["backoff_s"] is None
-    assert len(events) == 2
+    assert events[0]["x"] == 'é\n"q"' and events[1]["event"] == "success" and "backoff_s" not in events[1]
+    assert events[2] == {"event": "retry", "backoff_s": 2.5, "recording_id": "r", "chunk_id": "d"}
+    assert len(events) == 3
     assert tel.utc_iso(0.25) == "1970-01-01T00:00:00.250Z"
     assert tel.sidecar(path, ".summary.json").name == "t.summary.json"
-
-
-@pytest.mark.parametrize("sha", [None, "ab" * 32])
-def test_pending_summary_entry_template_matches_the_full_encoder(sha):
-    from badc_mpi.records import ChunkState
-    from badc_mpi.storage import summary as sm
-
-    from helpers import make_chunk
-
-    assert sm.pending_json(sha) == sm.entry_json(ChunkState(make_chunk(sha256=sha)))
 
 
 def test_resume_refuses_a_ledger_without_fingerprint_unless_told(tmp_path):
@@ -223,7 +215,7 @@ def test_resume_refuses_a_ledger_without_fingerprint_unless_told(tmp_path):
         decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now)
     assert decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now, on_change="accept").skipped == 1
     rerun = decide([chunk], state, output_dir=str(tmp_path), skip_failed=False, fingerprint=now, on_change="rerun")
-    assert rerun.to_run == [chunk] and rerun.changed_settings == 1
+    assert rerun.to_run.tolist() == [0] and rerun.changed_settings == 1
     same = ResumeState(records={chunk.key: rec}, sources=["x"], fingerprints={"old-run": dict(now)})
     assert decide([chunk], same, output_dir=str(tmp_path), skip_failed=False, fingerprint=now).skipped == 1
 
@@ -233,3 +225,40 @@ def test_slurm_meta_names_the_job_and_step_only_inside_slurm():
     env = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "2", "SLURM_CLUSTER_NAME": "sockeye", "SLURM_ARRAY_TASK_ID": ""}
     assert slurm_meta(env) == {"job_id": "77", "step_id": "2", "cluster": "sockeye"}
     assert slurm_meta({"SLURM_JOBID": "9"}) == {"job_id": "9"}
+
+
+def test_resume_keeps_the_latest_record_and_counts_orphans_and_changed_hashes(tmp_path):
+    from badc_mpi.coordinator.resume import ResumeState, decide
+
+    from helpers import make_chunk
+
+    a, b, c = (make_chunk(chunk_id=f"c{i}", sha256=("ab" * 32 if i == 2 else None)) for i in range(3))
+    older = {a.key: ("failed", None, False, 1, "exit", "x", None, "r1"), b.key: ("success", None, False, 1, None, "", None, "r1")}
+    newer = {a.key: ("success", None, False, 2, None, "", None, "r2"), b.key: ("failed", None, False, 2, "exit", "y", None, "r2")}
+    newer[c.key] = ("success", "cd" * 32, False, 1, None, "", None, "r2")  # done with another sha256: runs again
+    newer["rec1/gone"] = ("success", None, False, 1, None, "", None, "r2")
+    state = ResumeState(sources=["x"])
+    state.add_records(older)
+    state.add_records(newer)
+    got = decide([a, b, c], state, output_dir=str(tmp_path), skip_failed=False)
+    assert got.to_run.tolist() == [1, 2] and got.skipped == 1 and got.carried_counts == {"success": 1}
+    assert got.orphans == 1 and got.changed_hash == 1
+    skip = decide([a, b, c], state, output_dir=str(tmp_path), skip_failed=True)
+    assert skip.to_run.tolist() == [2] and skip.carried_counts == {"success": 1, "failed": 1}
+
+
+def test_scheduler_lists_failed_and_unfinished_states_for_the_summary():
+    from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
+
+    from helpers import make_chunk
+
+    chunks = [make_chunk(chunk_id=f"c{i}") for i in range(5)]
+    sched = Scheduler(chunks, max_retries=1, policy=BackoffPolicy(10, 10, 0))
+    taken = sched.take(3, "w0", now=0)
+    sched.finish(taken[0][0].key, 1, "w0", ok=True)
+    sched.finish(taken[1][0].key, 1, "w0", ok=False, failure_class="input", reason="gone")
+    sched.finish(taken[2][0].key, 1, "w0", ok=False, failure_class="exit", reason="boom", now=0)
+    listed = sched.states_at(sched.indices("failed", "in_flight", "backoff"))
+    assert [(s.chunk.chunk_id, s.status, s.last_error) for s in listed] == [("c1", "failed", "gone"), ("c2", "backoff", "boom")]
+    assert [s.chunk.chunk_id for s in sched.worst()] == ["c1", "c2"]
+    assert sched.counts() == sched.recount() == {"pending": 2, "in_flight": 0, "backoff": 1, "success": 1, "failed": 1}

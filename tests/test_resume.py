@@ -207,7 +207,8 @@ def test_kill_minus_9_at_seeded_moments_then_resume_loses_nothing_and_redoes_onl
     assert set(successes) == keys and set(successes.values()) == {1}
     summary = json.loads(sidecar(sorted(telemetry_files(tmp_path / "tel"))[-1], ".summary.json").read_text())
     assert summary["counts"]["success"] == 300 and summary["counts"]["total"] == 300
-    assert all(e["status"] == "success" for e in summary["chunks"].values()) and set(summary["chunks"]) == keys
+    # summary/2 lists only failed or unfinished chunks: none here; the ledgers hold every success
+    assert summary["schema"] == "badc-mpi.summary/2" and summary["chunks"] == {}
     check_store(tmp_path / "out", runs, keys)
     # redone chunks: only those in flight (started, no final ledger record) when a run was killed
     done_before: set[str] = set()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from badc_mpi.storage.ledger import read_ledger
+
 from fakes.nvml import fake_env
 from helpers import (
     FAKE_CMD,
@@ -24,6 +26,7 @@ from helpers import (
     REPO,
     make_dataset,
     read_jsonl,
+    read_telemetry,
     run_badc,
     run_own,
     sidecar,
@@ -86,20 +89,22 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np, lay
     proc, out, tel = run_fault_scenario(tmp_path, np, *(["--per-chunk-outputs"] if layout == "per-chunk" else []))
     assert proc.returncode == 1, proc.stderr[-3000:]
     (tfile,) = telemetry_files(tel)
-    events = read_jsonl(tfile)
+    events = read_telemetry(tfile)
     keys = {f"rec{r:03d}/rec{r:03d}_chunk_{c * 500}_{c * 500 + 500}" for r in range(10) for c in range(20)}
     assert len(keys) == 200
     starts: Counter[tuple[str, int]] = Counter()
     finals: dict[str, dict] = {}
     attempts_seen: defaultdict[str, set[int]] = defaultdict(set)
+    started_at: dict[tuple[str, int], str] = {}
     for e in events:
         key = f"{e['recording_id']}/{e['chunk_id']}"
-        assert e["schema"] == "badc-mpi.telemetry/1" and e["run_id"]
+        assert e["schema"] == "badc-mpi.telemetry/2" and e["run_id"]
         for field in ("rank", "host", "pid", "worker", "attempt"):
             assert e[field] is not None, (field, e)
         if e["event"] == "start":
             starts[(key, e["attempt"])] += 1
             attempts_seen[key].add(e["attempt"])
+            started_at[(key, e["attempt"])] = e["started_at"]
         elif e["event"] in ("success", "failure"):
             assert key not in finals, f"two final events for {key}"
             finals[key] = e
@@ -110,7 +115,7 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np, lay
     for key, e in finals.items():
         assert attempts_seen[key] == set(range(1, e["attempt"] + 1))
         assert e["attempt"] <= 3
-        assert e["runtime_s"] >= 0 and e["started_at"] <= e["finished_at"]
+        assert e["runtime_s"] >= 0 and started_at[(key, e["attempt"])] <= e["finished_at"]
     failed = {k: e["failure_class"] for k, e in finals.items() if e["event"] == "failure"}
     assert failed == EXPECTED_FAILED
     for key in EXPECTED_FAILED:
@@ -139,10 +144,16 @@ def test_fake_runner_with_faults_every_chunk_ends_exactly_once(tmp_path, np, lay
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
     assert summary["state"] == "finished"
     assert summary["counts"]["success"] == 195 and summary["counts"]["failed"] == 5
+    # summary/2 lists the failed chunks only (a finished run has none unfinished); the ledger has every one
+    assert set(summary["chunks"]) == {key for key, e in finals.items() if e["event"] != "success"}
+    for key, entry in summary["chunks"].items():
+        assert entry["status"] == "failed" and entry["attempts"] == finals[key]["attempt"]
+        assert entry["retries"] == finals[key]["attempt"] - 1 and entry["failure_class"] == finals[key]["failure_class"]
+    ledger = {f"{r['r']}/{r['c']}": r for r in read_ledger(sidecar(tfile, ".ledger.jsonl")).entries}
+    assert set(ledger) == set(finals)
     for key, e in finals.items():
-        entry = summary["chunks"][key]
-        assert entry["status"] == ("success" if e["event"] == "success" else "failed")
-        assert entry["attempts"] == e["attempt"] and entry["retries"] == e["attempt"] - 1
+        assert ledger[key]["s"] == ("success" if e["event"] == "success" else "failed")
+        assert ledger[key]["a"] == e["attempt"]
     # workers CSV agrees with telemetry
     with open(sidecar(tfile, ".workers.csv"), newline="") as fh:
         rows = {r["worker"]: r for r in csv.DictReader(fh)}
@@ -200,15 +211,16 @@ def test_failed_csv_reruns_as_a_manifest(tmp_path):
     )
     assert proc2.returncode == 0, proc2.stderr[-2000:]  # no faults configured this time
     newest = max(telemetry_files(tel), key=lambda p: p.stat().st_mtime_ns)
-    finals = [e for e in read_jsonl(newest) if e["event"] == "success"]
+    finals = [e for e in read_telemetry(newest) if e["event"] == "success"]
     assert len(finals) == 5
     # the failed CSV's annotations are not chunk metadata: not in telemetry, not in detections
-    assert all(set(e["meta"]) == {"site"} for e in finals)
+    assert "badc_failure" not in newest.read_text() and "badc_reason" not in newest.read_text()
+    (header,) = [e for e in read_jsonl(newest) if e["event"] == "run"]
+    stored = store_records(out)[header["run_id"]]
+    assert len(stored) == 5
     for e in finals:
-        rec, chunk = e["recording_id"], e["chunk_id"]
-        for line in (out / rec / f"{chunk}.detections.jsonl").read_text().splitlines():
-            det = json.loads(line)
-            assert det["site"] and not any(k.startswith("badc_") for k in det) and "reason" not in det
+        (record,) = stored[f"{e['recording_id']}/{e['chunk_id']}"]
+        assert set(record["meta"]) == {"site"} and record["meta"]["site"]
 
 
 def test_exception_on_a_rank_aborts_the_job_promptly(tmp_path):
@@ -286,7 +298,7 @@ def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (tfile,) = telemetry_files(tel)
-    finals = [e for e in read_jsonl(tfile) if e["event"] == "success"]
+    finals = [e for e in read_telemetry(tfile) if e["event"] == "success"]
     assert len(finals) == 12
     gpu_events = [e for e in finals if e["worker"].startswith("gpu")]
     cpu_events = [e for e in finals if e["worker"].startswith("cpu")]
@@ -298,7 +310,7 @@ def test_fake_nvml_telemetry_carries_gpu_facts_and_cpu_ranks_see_no_gpu(tmp_path
         assert e["vram_used_mib"] is not None and e["vram_device_mib"] is not None
         assert e["gpu_util_pct_mean"] is not None and e["runtime_s"] >= 0
     for e in cpu_events:
-        assert e["gpu_uuid"] is None and e["vram_used_mib"] is None
+        assert e["gpu_uuid"] is None and e.get("vram_used_mib") is None
     seen = dict(line.split("\t") for line in probe_log.read_text().splitlines())
     assert set(seen) == {f"{e['chunk_id']}.wav" for e in finals}  # every chunk's environment was probed
     cpu_chunks = {e["chunk_id"] for e in cpu_events}
@@ -419,6 +431,37 @@ def test_allow_missing_turns_absent_audio_into_input_failures(tmp_path):
     assert [r["chunk_id"] for r in rows] == ["rec001_chunk_600_900"] and rows[0]["badc_failure_class"] == "input"
 
 
+def test_telemetry_is_compact_static_facts_once_per_worker(tmp_path):
+    """Issue 10: per-chunk lines carry no fact that is the same for every chunk of a worker; those
+    are in one ``worker`` event per rank (and the run's in the header); start + final lines stay
+    under 400 bytes per chunk on average (stub runner)."""
+    manifest = make_dataset(tmp_path, 3, 100, seconds=0.05)
+    tel = tmp_path / "tel"
+    args = ["run", str(manifest), "--dry-run", "--stub-sleep-s", "0.002", "--no-chunk-check"]
+    proc = run_badc([*args, "--telemetry-dir", str(tel), "--output-dir", str(tmp_path / "out")], np=3)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (tfile,) = telemetry_files(tel)
+    raw = tfile.read_bytes().splitlines()
+    records = [json.loads(line) for line in raw]
+    assert records[0]["event"] == "run" and records[0]["schema"] == "badc-mpi.telemetry/2" and records[0]["run_id"]
+    workers = [r for r in records if r["event"] == "worker"]
+    assert sorted(w["rank"] for w in workers) == [0, 1, 2], "one worker event per rank"
+    for w in workers:
+        assert w["host"] and w["pid"] and w["worker"] and w["runner"] == "stub" and w["command"][0] == "<stub>"
+    chunk_lines = [(line, r) for line, r in zip(raw, records) if r["event"] in ("start", "retry", "success", "failure")]
+    assert sum(r["event"] == "success" for _, r in chunk_lines) == 300
+    static = {"schema", "run_id", "host", "pid", "worker", "gpu_uuid", "gpu_name", "gpu_index", "command", "model_version"}
+    for line, r in chunk_lines:
+        assert not static & set(r), line
+        assert {"rank", "recording_id", "chunk_id", "attempt"} <= set(r), line
+        assert ("started_at" if r["event"] == "start" else "finished_at") in r, line
+    per_chunk = sum(len(line) + 1 for line, _ in chunk_lines) / 300
+    assert per_chunk <= 400, f"{per_chunk:.0f} bytes of telemetry per chunk"
+    pid_of = {w["rank"]: w["pid"] for w in workers}
+    joined = read_telemetry(tfile)
+    assert len(joined) == len(chunk_lines) and all(e["pid"] == pid_of[e["rank"]] and e["worker"] for e in joined)
+
+
 def test_no_launcher_runs_as_one_rank(tmp_path):
     manifest = make_dataset(tmp_path, 1, 5, seconds=0.3)
     proc = run_badc(
@@ -438,4 +481,5 @@ def test_no_launcher_runs_as_one_rank(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "5 chunks on 1 rank;" in proc.stdout
-    assert len(list((tmp_path / "out").rglob("*.detections.jsonl"))) == 5
+    (stored,) = store_records(tmp_path / "out").values()
+    assert len(stored) == 5

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from badc_mpi._version import __version__
+from badc_mpi.inputs.chunk_table import ChunkSet
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
@@ -31,8 +33,8 @@ log = get_logger(__name__)
 
 @dataclass
 class RunPlan:
-    chunks: list[Chunk]  #: to run, in dispatch order
-    unavailable: list[tuple[Chunk, str]]  #: (chunk, reason): failed as ``input`` before dispatch
+    chunks: Sequence[Chunk]  #: to run, in dispatch order (a ChunkSet: columns, no object per chunk)
+    unavailable: list[tuple[int, Chunk, str]]  #: (index in chunks, chunk, reason): failed as ``input`` before dispatch
     columns: list[str]  #: manifest header (union, in order) for the failed-chunks CSV
     output_dir: str
     telemetry_path: Path
@@ -43,8 +45,7 @@ class RunPlan:
     meta: dict[str, Any]
     ledger_path: Path = Path()
     chunks_dir: str = ""
-    carried: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: resume: skipped chunks (ledger records)
-    carried_counts: dict[str, int] = field(default_factory=dict)  #: skipped chunks per status
+    carried_counts: dict[str, int] = field(default_factory=dict)  #: resume: skipped chunks per status
     resume_note: str = ""
 
 
@@ -94,6 +95,14 @@ def order_chunks(chunks: list[Chunk], order: str) -> list[Chunk]:
     return list(chunks)
 
 
+def order_positions(chunks: ChunkSet, rows: np.ndarray, order: str) -> np.ndarray:
+    """:func:`order_chunks` for global rows of a chunk set (vectorised, stable)."""
+    if order != "longest-first":
+        return rows
+    durations = chunks.column("durations_s")[rows]
+    return rows[np.argsort(-np.where(np.isnan(durations), -1.0, durations), kind="stable")]
+
+
 def union_columns(manifests: list[Any]) -> list[str]:
     cols: list[str] = []
     for m in manifests:
@@ -121,23 +130,29 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
 
         report = check_chunk_status(manifests, loc.chunks_dir)
         enforce_chunk_status(report, options.allow_partial_chunks)
-    chunks = [c for m in manifests for c in m.chunks]
-    check_name_lengths(chunks, loc.output_dir, loc.telemetry_dir, Path(manifest_paths[0]).stem)
+    tables = [m.chunks for m in manifests]
+    catalog = ChunkSet(tables)
+    check_name_lengths(tables, loc.output_dir, loc.telemetry_dir, Path(manifest_paths[0]).stem)
     kind = options.runner_kind
     ropts = runner_options(options)
     probe = build_runner(kind, ropts)  # validates templates, finds HawkEars' environment
     described = probe.describe()
     fingerprint = probe.fingerprint()
     probe.close()
-    missing = {c.key for m in manifests for c in m.missing}
-    carried: dict[str, tuple[Any, ...]] = {}
+    missing = np.concatenate([m.missing_rows + offset for m, offset in zip(manifests, catalog.offsets)])
+    rows: np.ndarray = np.arange(catalog.size)
+    carried_counts: dict[str, int] = {}
     resume_note = ""
+    resume_ledgers: list[str] = []
     if options.resume or options.resume_summaries:
         from badc_mpi.coordinator.resume import apply_resume
 
-        chunks, carried, resume_note = apply_resume(chunks, loc, options, fingerprint)
-    ordered = order_chunks(chunks, options.order)
-    unavailable = [(c, input_problem(c.input_path) or "input missing") for c in ordered if c.key in missing]
+        rows, carried_counts, resume_note, resume_ledgers = apply_resume(catalog, loc, options, fingerprint)
+    ordered = catalog.subset(order_positions(catalog, rows, options.order))
+    where = np.flatnonzero(np.isin(ordered.global_rows(), missing)) if len(missing) else np.zeros(0, np.int64)
+    unavailable = [
+        (i, c, input_problem(c.input_path) or "input missing") for i, c in zip(where.tolist(), ordered.chunks_at(where))
+    ]
     now = time.time()
     check_writable(loc.output_dir, "output folder", "--output-dir")  # last: nothing is created on bad input
     check_writable(loc.telemetry_dir, "telemetry folder", "--telemetry-dir")
@@ -166,6 +181,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         "telemetry": str(tpath),
         "ledger": str(tel.sidecar(tpath, LEDGER_SUFFIX)),
         "resumed_from": list(options.resume_summaries) if options.resume_summaries else None,
+        "resume_ledgers": resume_ledgers,
         "runner": described,
         "fingerprint": fingerprint,
         "layout": config.layout,
@@ -184,7 +200,6 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         chunks_dir=os.path.abspath(loc.chunks_dir),
         worker_config=config,
         meta=meta,
-        carried=carried,
         resume_note=resume_note,
-        carried_counts=dict(Counter(rec[0] for rec in carried.values())),
+        carried_counts=carried_counts,
     )

@@ -1,18 +1,19 @@
 """Rank 0's single writer: telemetry lines, the resume ledger, and summary snapshots.
 
 Every final outcome goes to the ledger (the resume truth) in the same loop iteration as its
-telemetry line; summaries are snapshots of the scheduler's states, with the entries of final
-chunks encoded once, when they become final.
+telemetry line; summaries are snapshots of the scheduler's counts and the workers' totals, listing
+only the chunks that failed or are unfinished (:func:`badc_mpi.storage.summary.render_summary`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
-from badc_mpi.records import INPUT, Chunk, ChunkState
+from badc_mpi.records import INPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
@@ -23,9 +24,12 @@ STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B)
 
 
 class Recorder:
-    def __init__(self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats]) -> None:
+    def __init__(
+        self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats], ranks: int | None = None
+    ) -> None:
         self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
         self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        self.writer.write(run_header(plan, run_id, ranks))
         layout = plan.worker_config.layout
         self.store = StoreWriter(plan.output_dir, run_id) if layout == STORE else None
         self.ledger = ledger_mod.LedgerWriter(
@@ -36,22 +40,21 @@ class Recorder:
             before_sync=self.store.sync if self.store is not None else None,
         )
         self._unflushed = 0  #: store records appended since the store's last flush
-        self.fragments: dict[str, str] = {}  #: encoded summary entries of final chunks
-        self._carried: list[tuple[str, str]] | None = None
 
     def line(self, text: str) -> None:
         """A telemetry line encoded elsewhere (a worker's start line, a result line)."""
         self.writer.write_line(text)
 
-    def event(self, event: str, static: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> None:
-        """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt)."""
-        self.writer.write(tel.bare_record(self.run_id, event, static, chunk, attempt, **fields))
+    def event(self, event: str, who: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> None:
+        """A telemetry record built on rank 0 (a chunk failed before dispatch, a lost attempt);
+        ``who``: the ``rank`` and ``worker`` it names."""
+        self.writer.write(tel.bare_record(event, who, chunk, attempt, **fields))
 
-    def failed_before_dispatch(self, chunk: Chunk, reason: str, static: dict[str, Any]) -> None:
+    def failed_before_dispatch(self, index: int, chunk: Chunk, reason: str, who: dict[str, Any]) -> None:
         """Missing audio (``--allow-missing``): failed as ``input`` without an attempt."""
-        self.scheduler.mark_failed(chunk.key, INPUT, reason)
+        self.scheduler.mark_failed(index, INPUT, reason)
         at = tel.utc_iso(time.time())
-        self.event("failure", static, chunk, 0, failure_class=INPUT, reason=reason, finished_at=at)
+        self.event("failure", who, chunk, 0, finished_at=at, failure_class=INPUT, reason=reason)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
 
     def detections(self, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
@@ -66,7 +69,7 @@ class Recorder:
     def attempt_ended(
         self,
         rank: int,
-        state: ChunkState,
+        chunk: Chunk,
         decision: Decision,
         attempt: int,
         failure_class: str | None,
@@ -78,13 +81,10 @@ class Recorder:
     ) -> None:
         """An attempt's end in the worker's totals, and a final outcome in the ledger."""
         self.workers[rank].count(decision.event, runtime_s)
-        if decision.event == "success":
-            state.outputs, state.detections = outputs, detections
         if decision.event == "retry":
             return
-        self.fragments[state.chunk.key] = summary_mod.entry_json(state)
         status = "success" if decision.event == "success" else "failed"
-        self._final(state.chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
+        self._final(chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
 
     def _final(
         self,
@@ -126,26 +126,34 @@ class Recorder:
 
     def write_summary(self, state: str) -> dict[str, int]:
         """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
-        plan = self.plan
-        if self._carried is None:
-            from badc_mpi.coordinator.resume import carried_entry
-
-            self._carried = [(k, summary_mod.dumps(carried_entry(v))) for k, v in plan.carried.items()]
-        fragments = self.fragments
-        pending, entry_json = summary_mod.pending_json, summary_mod.entry_json
-
-        def entry(key: str, st: ChunkState) -> str:
-            text = fragments.get(key)
-            if text is not None:
-                return text
-            return pending(st.chunk.sha256) if st.status == "pending" and not st.attempts else entry_json(st)
-
-        entries = self._carried + [(key, entry(key, st)) for key, st in self.scheduler.states.items()]
-        counts = summary_mod.summary_counts(self.scheduler.counts(), plan.carried_counts)
+        plan, scheduler = self.plan, self.scheduler
+        listed = scheduler.indices("failed", "in_flight", "backoff")
+        entries = ((st.chunk.key, summary_mod.entry_json(st)) for st in scheduler.iter_states(listed))
+        counts = summary_mod.summary_counts(scheduler.counts(), plan.carried_counts)
         workers = self.workers.values()
         text = summary_mod.render_summary(plan.meta, counts, workers, entries, state=state, run_id=self.run_id)
         summary_mod.write_summary(str(plan.summary_path), text)
         summary_mod.write_workers_csv(str(plan.workers_csv), workers)
         if counts["failed"]:
-            summary_mod.write_failed_csv(str(plan.failed_csv), self.scheduler.states.values(), plan.columns)
+            failed = scheduler.iter_states(scheduler.indices("failed"))
+            summary_mod.write_failed_csv(str(plan.failed_csv), failed, plan.columns)
         return counts
+
+
+def run_header(plan: RunPlan, run_id: str, ranks: int | None) -> dict[str, Any]:
+    """The telemetry's first line: the run's facts (rank 0's host and pid, version, manifests,
+    output folder, runner), written once instead of in every line."""
+    meta = plan.meta
+    runner = meta.get("runner") or {}
+    return tel.run_record(
+        run_id,
+        time.time(),
+        host=meta.get("host"),
+        pid=os.getpid(),
+        ranks=ranks,
+        badc_mpi_version=meta.get("badc_mpi_version"),
+        manifests=meta.get("manifests"),
+        output_dir=plan.output_dir,
+        runner=runner.get("runner") if isinstance(runner, dict) else runner,
+        model_version=runner.get("model_version") if isinstance(runner, dict) else None,
+    )

@@ -12,54 +12,121 @@ another fingerprint stops the resume with exit 2 naming what differs, unless ``-
 (run such chunks again) or ``--accept-mixed`` (keep them).
 
 A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
-(when the manifest has one) and its detections still exist (its file, or its run's store segments); ``failed`` chunks run again
+(when the manifest has one) and its detections still exist (its file, or its run's store
+segments); ``failed`` chunks run again
 unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
+
+Memory: ledgers are read block by block into columns (:class:`Layer`: the key, success or not,
+the first 8 bytes of the sha256, has-outputs, a run code), and matched against the manifests'
+keys with one Arrow hash lookup; the outcome is an array of positions, not a dict per chunk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from badc_mpi.errors import StateError
+from badc_mpi.inputs.chunk_table import ChunkSet, digest_prefix, hex_digests
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import (
-    ATTEMPTS,
-    ERROR,
-    FAILURE_CLASS,
-    FINISHED_AT,
-    HAS_OUTPUTS,
-    LEDGER_SUFFIX,
-    RUN,
-    SHA256,
-    STATUS,
-    read_ledger,
-)
+from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, scan_ledger
 from badc_mpi.storage.store import run_segments
 
 log = get_logger(__name__)
+DETECTIONS_SUFFIX = ".detections.jsonl"
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """Final records as columns (one ledger, or a summary's entries): later layers win."""
+
+    keys: pa.Array  #: large_string ``recording_id/chunk_id``
+    ok: np.ndarray  #: bool: the record is a success
+    sha: np.ndarray  #: uint64: the first 8 bytes of the recorded sha256
+    has_sha: np.ndarray  #: bool
+    outputs: np.ndarray  #: bool: the success recorded outputs
+    run: np.ndarray  #: int32 code in ResumeState.runs
+
+    @staticmethod
+    def concat(layers: Sequence[Layer]) -> Layer:
+        if not layers:
+            return Layer(pa.array([], pa.large_string()), *(np.zeros(0, t) for t in (bool, np.uint64, bool, bool, np.int32)))
+        parts = [(name, [getattr(x, name) for x in layers]) for name in ("ok", "sha", "has_sha", "outputs", "run")]
+        return Layer(pa.concat_arrays([x.keys for x in layers]), *(np.concatenate(p) for _, p in parts))
+
+
+def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: list[str | None]) -> Layer:
+    digests, has = hex_digests(sha)
+    run_values = pc.unique(runs).to_pylist()
+    table = np.array([_code(codes, r) for r in run_values], dtype=np.int32)
+    run_index = pc.index_in(runs, value_set=pa.array(run_values, pa.string())).to_numpy(zero_copy_only=False)
+    return Layer(
+        keys.cast(pa.large_string()),
+        pc.fill_null(pc.equal(status, "success"), False).to_numpy(zero_copy_only=False),
+        digest_prefix(digests),
+        has,
+        pc.fill_null(outputs, False).to_numpy(zero_copy_only=False),
+        table[run_index.astype(np.int64)] if len(table) else np.zeros(len(keys), np.int32),
+    )
+
+
+def _code(codes: list[str | None], run: str | None) -> int:
+    if run not in codes:
+        codes.append(run)
+    return codes.index(run)
 
 
 @dataclass
 class ResumeState:
-    """Latest known outcome per chunk key, and where it came from."""
+    """Latest known outcome per chunk key (as columns), and where it came from."""
 
-    records: dict[str, tuple[Any, ...]] = field(default_factory=dict)  #: key -> ledger.RECORD_FIELDS values
+    records: dict[str, tuple[Any, ...]] = field(
+        default_factory=dict
+    )  #: key -> ledger.RECORD_FIELDS values (tests, old summaries)
     sources: list[str] = field(default_factory=list)
     torn: list[str] = field(default_factory=list)
     fingerprints: dict[str, dict[str, Any] | None] = field(default_factory=dict)  #: run id -> its fingerprint
+    layers: list[Layer] = field(default_factory=list)  #: in reading order (later wins), after ``records``
+    runs: list[str | None] = field(default_factory=list)  #: the layers' run codes
+
+    def add_records(self, records: dict[str, tuple[Any, ...]]) -> None:
+        """Entries of a summary (or a test) as a layer."""
+        if records:
+            values = list(records.values())
+            self.layers.append(
+                _layer(
+                    pa.array(list(records), pa.string()),
+                    pa.array([v[STATUS] for v in values], pa.string()),
+                    pa.array([v[SHA256] for v in values], pa.string()),
+                    pa.array([bool(v[HAS_OUTPUTS]) for v in values], pa.bool_()),
+                    pa.array([v[RUN] for v in values], pa.string()),
+                    self.runs,
+                )
+            )
+
+    def merged(self) -> Layer:
+        if self.records:  # set directly (tests): they come first
+            records, self.records = self.records, {}
+            later, self.layers = self.layers, []
+            self.add_records(records)
+            self.layers += later
+        return Layer.concat(self.layers)
 
 
 @dataclass
 class ResumeDecision:
-    to_run: list[Any]
-    carried: dict[str, tuple[Any, ...]]  #: key -> ledger.RECORD_FIELDS values (see carried_entry)
+    to_run: np.ndarray  #: indices (into the chunks decided on) to run, in their order
+    carried_counts: dict[str, int]  #: skipped chunks per final status
     skipped: int
     orphans: int
     changed_hash: int
@@ -91,8 +158,9 @@ def _summary_error(path: str, why: str) -> StateError:
 
 
 def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | None, dict[str, Any]]:
-    """A summary's chunk entries as compact records, its run's ledger path (if recorded), and the
-    document's head (run id, fingerprint, ...)."""
+    """A summary's final chunk entries as compact records (a summary/2 lists only the failed and
+    unfinished chunks; a summary/1 every chunk), its run's ledger path (if recorded), and the
+    document's head (run id, fingerprint, the ledgers its resume read, ...)."""
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -125,14 +193,18 @@ def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | Non
 
 
 def _overlay_ledger(state: ResumeState, path: str) -> None:
-    contents = read_ledger(path)
-    if contents.torn:
+    def compact(batch: Any) -> Layer:
+        keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
+        return _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), state.runs)
+
+    header, layers, torn = scan_ledger(path, compact)
+    if torn:
         log.warning("%s: the last line was cut short (a run killed mid-write); ignored", path)
         state.torn.append(path)
-    state.records.update(contents.records)
+    state.layers += layers
     state.sources.append(path)
-    if contents.header.get("run_id"):
-        state.fingerprints[contents.header["run_id"]] = contents.header.get("fingerprint")
+    if header.get("run_id"):
+        state.fingerprints[header["run_id"]] = header.get("fingerprint")
 
 
 def find_run_ledgers(telemetry_dir: str, output_dir: str) -> list[str]:
@@ -156,7 +228,10 @@ def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_di
     state = ResumeState()
     for summary in summaries:
         records, ledger_path, head = read_summary_state(summary)
-        state.records.update(records)
+        for earlier in head.get("resume_ledgers") or []:  # what that run's own resume carried
+            if earlier not in state.sources and os.path.exists(earlier):
+                _overlay_ledger(state, earlier)
+        state.add_records(records)
         state.sources.append(summary)
         if head.get("run_id"):
             state.fingerprints[head["run_id"]] = head.get("fingerprint")
@@ -166,7 +241,7 @@ def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_di
         if vouch is not None:
             for rec in records.values():
                 state.fingerprints.setdefault(rec[RUN], vouch)
-        if ledger_path and os.path.exists(ledger_path):
+        if ledger_path and os.path.exists(ledger_path) and ledger_path not in state.sources:
             _overlay_ledger(state, ledger_path)
     if discover and telemetry_dir and os.path.isdir(telemetry_dir):
         for ledger_path in find_run_ledgers(telemetry_dir, output_dir):
@@ -182,8 +257,35 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
+def _columns(chunks: Sequence[Chunk]) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(keys, digests, has digest) of the chunks decided on: vectorised for a ChunkSet."""
+    if isinstance(chunks, ChunkSet):
+        digests, has = chunks.column("digests")
+        return chunks.column("keys"), digests, has
+    digests, has = hex_digests(pa.array([c.sha256 for c in chunks], pa.string()))
+    return pa.array([c.key for c in chunks], pa.large_string()), digests, has
+
+
+def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
+    """Which keys have ``<output_dir>/<recording>/<chunk>.detections.jsonl``: one listing per
+    recording folder, matched in one hash lookup (no stat per chunk)."""
+    if not len(keys):
+        return np.zeros(0, dtype=bool)
+    recordings = pc.list_element(pc.split_pattern(keys, "/", max_splits=1), 0)
+    present: list[str] = []
+    for recording in pc.unique(recordings).to_pylist():
+        try:
+            names = os.listdir(os.path.join(output_dir, recording))
+        except OSError:
+            continue
+        cut = len(DETECTIONS_SUFFIX)
+        present += [f"{recording}/{n[:-cut]}" for n in names if n.endswith(DETECTIONS_SUFFIX)]
+    found = pc.is_in(keys, value_set=pa.array(present, pa.large_string()))
+    return found.to_numpy(zero_copy_only=False)
+
+
 def decide(
-    chunks: list[Chunk],
+    chunks: Sequence[Chunk],
     state: ResumeState,
     *,
     output_dir: str,
@@ -192,69 +294,45 @@ def decide(
     fingerprint: dict[str, Any] | None = None,
     on_change: str = "refuse",
 ) -> ResumeDecision:
-    """Split the manifest's chunks into to-run and skipped (carried into the new summary).
+    """Split the chunks into to-run (indices) and skipped (carried: counted in the new summary).
 
     A chunk done by a run whose fingerprint differs from ``fingerprint``: ``on_change`` is
     ``refuse`` (StateError naming what differs), ``rerun`` or ``accept``."""
-    records = state.records
-    differs = {run: fingerprint_changes(fp, fingerprint) for run, fp in state.fingerprints.items()} if fingerprint else {}
-    differs = {run: changes for run, changes in differs.items() if changes}
-    stale_runs: dict[str, int] = {}
-    rerun_changed = mixed = 0
-    listings: dict[str, set[str]] = {}
-
-    def has_detections(chunk: Chunk) -> bool:  # one listing per recording folder, not a stat per chunk
-        names = listings.get(chunk.recording_id)
-        if names is None:
-            try:
-                names = set(os.listdir(os.path.join(output_dir, chunk.recording_id)))
-            except OSError:
-                names = set()
-            listings[chunk.recording_id] = names
-        return chunk.chunk_id + ".detections.jsonl" in names
-
-    segments: dict[str, bool] = {}
-
-    def stored(run: str) -> bool:  # one listing per run: its store segments still there
-        found = segments.get(run)
-        if found is None:
-            found = segments[run] = bool(run_segments(output_dir, run))
-        return found
-
-    to_run: list[Any] = []
-    carried: dict[str, tuple[Any, ...]] = {}
-    changed = missing = 0
-    seen = 0
-    for chunk in chunks:
-        key = chunk.key
-        rec = records.get(key)
-        if rec is None:
-            to_run.append(chunk)
-            continue
-        seen += 1
-        status = rec[STATUS]
-        if chunk.sha256 is not None and rec[SHA256] != chunk.sha256:
-            changed += 1
-            to_run.append(chunk)
-            continue
-        if status == "success":
-            # store runs: the store was synced before the ledger line (storage/store.py); per-chunk: look
-            if verify_outputs and rec[HAS_OUTPUTS] and not stored(rec[RUN]) and not has_detections(chunk):
-                missing += 1
-                to_run.append(chunk)
-                continue
-            if fingerprint is not None and (rec[RUN] in differs or rec[RUN] not in state.fingerprints):
-                stale_runs[rec[RUN]] = stale_runs.get(rec[RUN], 0) + 1
-                if on_change == "rerun":
-                    rerun_changed += 1
-                    to_run.append(chunk)
-                    continue
-                mixed += 1
-        elif not skip_failed:
-            to_run.append(chunk)
-            continue
-        carried[key] = rec
-    orphans = len(records) - seen
+    layer = state.merged()
+    keys, digests, has_digest = _columns(chunks)
+    n = len(keys)
+    # the manifests' keys are unique: look every record up among them (one hash table over the
+    # chunks, none over the records), and let the latest record of a chunk win
+    where = pc.index_in(layer.keys, value_set=keys)
+    known = where.is_valid().to_numpy(zero_copy_only=False)
+    latest = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(latest, where.drop_null().to_numpy().astype(np.int64), np.flatnonzero(known))
+    unknown = layer.keys.filter(pa.array(~known))
+    orphans = pc.count_distinct(unknown).as_py() if len(unknown) else 0
+    del where, unknown
+    rows = np.flatnonzero(latest >= 0)
+    rec = latest[rows]
+    del latest
+    changed = has_digest[rows] & ~(layer.has_sha[rec] & (layer.sha[rec] == digest_prefix(digests[rows])))
+    ok = layer.ok[rec] & ~changed
+    missing = np.zeros(len(rows), dtype=bool)
+    if verify_outputs:
+        # store runs: the store was synced before the ledger line (storage/store.py), so their
+        # segments being there is enough; per-chunk runs: look for each chunk's file
+        stored = np.array([bool(run and run_segments(output_dir, run)) for run in state.runs] or [False])
+        check = np.flatnonzero(ok & layer.outputs[rec] & ~stored[layer.run[rec]])
+        missing[check] = ~_with_detections(keys.take(pa.array(rows[check])), output_dir)
+    ok &= ~missing
+    stale = np.zeros(len(rows), dtype=bool)
+    stale_runs: dict[str | None, int] = {}
+    differs: dict[str | None, list[str]] = {}
+    if fingerprint is not None:
+        differs = {run: fingerprint_changes(fp, fingerprint) for run, fp in state.fingerprints.items()}
+        differs = {run: changes for run, changes in differs.items() if changes}
+        unvouched = np.array([run in differs or run not in state.fingerprints for run in state.runs] or [False])
+        stale = ok & unvouched[layer.run[rec]] if len(state.runs) else stale
+        counted = np.bincount(layer.run[rec][stale], minlength=len(state.runs)).tolist()
+        stale_runs = {run: c for run, c in zip(state.runs, counted) if c}
     if stale_runs and on_change == "refuse":
         run, count = max(stale_runs.items(), key=lambda item: item[1])
         what = "; ".join(differs.get(run, ["no fingerprint found for that run"])[:4])
@@ -264,28 +342,28 @@ def decide(
             fix="pass --rerun-changed to run them again with these settings, or --accept-mixed to keep them "
             "(the results then mix settings)",
         )
-    return ResumeDecision(to_run, carried, len(carried), orphans, changed, missing, rerun_changed, mixed)
-
-
-def carried_entry(rec: tuple[Any, ...]) -> dict[str, Any]:
-    """The summary entry of a chunk an earlier run finished (skipped by this run)."""
-    return {
-        "status": rec[STATUS],
-        "attempts": rec[ATTEMPTS],
-        "failure_class": rec[FAILURE_CLASS],
-        "last_error": rec[ERROR] or "",
-        "finished_at": rec[FINISHED_AT],
-        "run_id": rec[RUN],
-        "sha256": rec[SHA256],
-        "has_outputs": bool(rec[HAS_OUTPUTS]),
-        "carried": True,
-    }
+    keep_ok = ok & ~stale if on_change == "rerun" else ok
+    keep_failed = ~layer.ok[rec] & ~changed if skip_failed else np.zeros(len(rows), dtype=bool)
+    carried = np.zeros(n, dtype=bool)
+    carried[rows] = keep_ok | keep_failed
+    stale_count = int(stale.sum())
+    return ResumeDecision(
+        to_run=np.flatnonzero(~carried),
+        carried_counts={k: v for k, v in (("success", int(keep_ok.sum())), ("failed", int(keep_failed.sum()))) if v},
+        skipped=int(carried.sum()),
+        orphans=orphans,
+        changed_hash=int(changed.sum()),
+        missing_outputs=int(missing.sum()),
+        changed_settings=stale_count if on_change == "rerun" else 0,
+        mixed=stale_count if on_change != "rerun" else 0,
+    )
 
 
 def apply_resume(
-    chunks: list[Chunk], loc: Any, options: Any, fingerprint: dict[str, Any] | None = None
-) -> tuple[list[Any], dict[str, tuple[Any, ...]], str]:
-    """The planning hook: (chunks to run, carried summary entries, a one-line note)."""
+    chunks: ChunkSet, loc: Any, options: Any, fingerprint: dict[str, Any] | None = None
+) -> tuple[np.ndarray, dict[str, int], str, list[str]]:
+    """The planning hook: (global rows to run, skipped chunks per status, a one-line note, the
+    ledgers read: the summary names them so that ``--resume-summary`` can read them again)."""
     state = load_state(
         summaries=options.resume_summaries,
         telemetry_dir=loc.telemetry_dir,
@@ -309,4 +387,5 @@ def apply_resume(
     )
     note = decision.note()
     log.info("%s (state from %d file(s))", note, len(state.sources))
-    return decision.to_run, decision.carried, note
+    ledgers = [s for s in state.sources if s.endswith(LEDGER_SUFFIX)]
+    return chunks.global_rows(decision.to_run), decision.carried_counts, note, ledgers

@@ -43,6 +43,7 @@ from badc_mpi.transport.messages import (
     Setup,
     StartEvent,
     WireTask,
+    WorkerEvent,
 )
 from badc_mpi.worker.start import rank_config, start_worker
 from badc_mpi.worker.supervisor import Supervisor, fs_reason
@@ -173,7 +174,7 @@ class Coordinator:
             status = self.workers[rank].status if self.workers[rank].status != "ok" else "failed"
             self.dead.pop(rank)
             self._set_aside(rank, status, why)
-        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers)
+        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers, ranks=self.comm.Get_size())
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()
@@ -182,9 +183,9 @@ class Coordinator:
             f"telemetry {plan.telemetry_path}",
             flush=True,
         )
-        static0 = tel.worker_static(0, os.getpid(), self.binding)
-        for chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
-            recorder.failed_before_dispatch(chunk, reason, static0)
+        who0 = tel.who(tel.worker_static(0, os.getpid(), self.binding))
+        for index, chunk, reason in plan.unavailable:  # missing audio (--allow-missing): failed before dispatch
+            recorder.failed_before_dispatch(index, chunk, reason, who0)
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
@@ -302,23 +303,26 @@ class Coordinator:
         self._next_health_check = mono + 1.0
         acted = False
         for rank, key in self.health.overdue(mono):
-            state = self.coord.states[key]
+            state = self.coord.in_flight_state(key)
             worker = self.workers[rank].worker
+            if state is None:  # no longer in flight (taken back): only the deadline is left
+                self.health.ended(key, 0.0)
+                continue
             timeout_s = self.options.timeout_for(state.chunk.duration_s)
             why = f"no result for {key} {self.options.deadline_margin_s:g} s past its {timeout_s:g} s timeout"
             decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self.recorder.attempt_ended(rank, state, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
+                self.recorder.attempt_ended(rank, state.chunk, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
                 self.recorder.event(  # type: ignore[union-attr]
                     decision.event,
                     {"rank": rank, "worker": worker},
                     state.chunk,
                     state.attempts,
-                    failure_class=LOST,
-                    reason=why,
                     backoff_s=decision.backoff_s or None,
                     finished_at=tel.utc_iso(time.time()),
+                    failure_class=LOST,
+                    reason=why,
                 )
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
@@ -328,14 +332,19 @@ class Coordinator:
         return acted
 
     # -- events --------------------------------------------------------------------------
-    def _events(self, rank: int, events: list[StartEvent | ResultEvent]) -> None:
+    def _events(self, rank: int, events: list[WorkerEvent | StartEvent | ResultEvent]) -> None:
         coord, recorder = self.coord, self.recorder
         assert coord is not None and recorder is not None
         for ev in events:
-            state = coord.states.get(ev.key)
-            if state is None:
+            if isinstance(ev, WorkerEvent):  # the worker's facts, before its next chunk line
+                recorder.line(ev.line)
                 continue
-            timeout_s = self.options.timeout_for(state.chunk.duration_s)
+            chunk = coord.in_flight_chunk(ev.key)
+            if chunk is None:  # not in flight (any more): a late or duplicate report
+                if isinstance(ev, ResultEvent):
+                    log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
+                continue
+            timeout_s = self.options.timeout_for(chunk.duration_s)
             if isinstance(ev, StartEvent):
                 self.health.started(rank, ev.key, timeout_s, time.monotonic())
                 recorder.line(ev.line)
@@ -358,7 +367,7 @@ class Coordinator:
             self.health.ended(ev.key, timeout_s)
             recorder.attempt_ended(
                 rank,
-                state,
+                chunk,
                 decision,
                 ev.attempt,
                 ev.failure_class,
@@ -369,7 +378,7 @@ class Coordinator:
                 ev.detections,
             )
             backoff = decision.backoff_s if decision.event == "retry" else None
-            recorder.line(tel.result_line(self.run_id, decision.event, backoff, ev.body))
+            recorder.line(tel.result_line(decision.event, backoff, ev.body))
             quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
             if quarantine and rank not in self.dead:
                 self._set_aside(rank, "quarantined", quarantine)
@@ -422,7 +431,7 @@ class Coordinator:
         text, warn = summary_mod.format_final_report(
             {"run_id": self.run_id, "state": state, "counts": counts},
             self.workers.values(),
-            self.coord.states.values(),
+            self.coord.worst(),
             {
                 "telemetry": outcome.telemetry_path,
                 "summary": outcome.summary_path,

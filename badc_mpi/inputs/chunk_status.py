@@ -135,7 +135,7 @@ def check_chunk_status(manifests: Manifest | list[Manifest], chunks_dir: str | N
             raise ValueError("check_chunk_status needs a manifest or a chunks_dir")
         chunks_dir = default_locations(manifests[0].path).chunks_dir
     chunks_dir = os.path.abspath(chunks_dir)
-    recordings = dict.fromkeys(chunk.recording_id for manifest in manifests for chunk in manifest)
+    recordings = dict.fromkeys(recording for manifest in manifests for recording in manifest.recording_ids)
     statuses = [read_status(chunks_dir, recording) for recording in recordings]
     return GuardReport(chunks_dir, statuses)
 

@@ -9,7 +9,9 @@ Paths are made absolute but symlinks are never resolved (git-annex content lives
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from badc_mpi.errors import UsageError
 from badc_mpi.records import Chunk
@@ -144,11 +146,12 @@ def name_max(folder: str) -> int:
         return 255
 
 
-def check_name_lengths(chunks: list[Chunk], output_dir: str, telemetry_dir: str, stem: str) -> None:
+def check_name_lengths(chunks: Iterable[Chunk], output_dir: str, telemetry_dir: str, stem: str) -> None:
     """UsageError (before anything is written) when a chunk id or the manifest's name would make a
-    file name longer than its file system takes: ENAMETOOLONG mid-run instead would fail chunks."""
+    file name longer than its file system takes: ENAMETOOLONG mid-run instead would fail chunks.
+    ``chunks``: records, or the manifests' chunk tables (one longest id each, vectorised)."""
     limit = name_max(output_dir)
-    longest = max(chunks, key=lambda c: len(c.chunk_id.encode()), default=None)
+    longest = max(_longest_ids(chunks), key=lambda c: len(c.chunk_id.encode()), default=None)
     if longest is not None:
         size = len(longest.chunk_id.encode()) + CHUNK_NAME_EXTRA_BYTES
         if size > limit:
@@ -165,6 +168,16 @@ def check_name_lengths(chunks: list[Chunk], output_dir: str, telemetry_dir: str,
             f"over that file system's limit of {limit}",
             fix=f"rename the manifest to at most {limit - RUN_NAME_EXTRA_BYTES} bytes before '.csv'",
         )
+
+
+def _longest_ids(chunks: Iterable[Any]) -> Iterable[Chunk]:
+    for item in chunks:
+        if hasattr(item, "longest_chunk_id"):  # a ChunkTable
+            row = item.longest_chunk_id()
+            if row is not None:
+                yield item[row]
+        else:
+            yield item
 
 
 def check_writable(folder: str, what: str, flag: str) -> None:

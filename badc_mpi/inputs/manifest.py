@@ -6,24 +6,23 @@ A manifest is a UTF-8, comma-separated CSV with a header. Required columns: ``re
 
 A thin I/O shell around vectorised checks: :mod:`badc_mpi.inputs.manifest_csv` parses every column as a
 string (and knows each row's physical line), pyarrow.compute finds the bad rows of a million-row
-file in a few passes, and only then are the frozen :class:`Chunk` records built. Every problem raises :class:`~badc_mpi.errors.ManifestError` naming
-the file, the physical line (header = line 1), the column and the fix; nothing is written.
+file in a few passes, and only then is the columnar :class:`~badc_mpi.inputs.chunk_table.ChunkTable`
+built (no Python object per row; a :class:`Chunk` is built when used). Every problem raises
+:class:`~badc_mpi.errors.ManifestError` naming the file, the physical line (header = line 1), the column and the fix; nothing is written.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from badc_mpi.errors import ManifestError
+from badc_mpi.inputs.chunk_table import BLOCK_ROWS, NONE_INT, ChunkTable, Codes, hex_digests, normalised_prefix
 from badc_mpi.inputs.manifest_csv import read_columns  # REQUIRED_COLUMNS: re-exported
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
@@ -62,19 +61,30 @@ _PROBLEMS = {  # kind of bad row: (message, fix)
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest. ``missing``: chunks whose source is absent (``allow_missing=True``)."""
+    """A validated manifest: its chunks as a columnar :class:`ChunkTable` (a read-only sequence of
+    :class:`Chunk`). ``missing_rows``: rows whose source is absent (``allow_missing=True``)."""
 
     path: str
     columns: tuple[str, ...]
     extra_columns: tuple[str, ...]
-    chunks: list[Chunk]
-    missing: list[Chunk] = field(default_factory=list)
+    chunks: ChunkTable
+    missing_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __iter__(self) -> Iterator[Chunk]:
         return iter(self.chunks)
+
+    @property
+    def missing(self) -> list[Chunk]:
+        """The chunks whose source is absent (built on each call)."""
+        return self.chunks.chunks_at(self.missing_rows)
+
+    @property
+    def recording_ids(self) -> list[str]:
+        """Distinct recording ids, in order of first appearance."""
+        return list(self.chunks.recording.values)
 
 
 def id_problems(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -100,47 +110,50 @@ def load_manifest(path: str | os.PathLike[str], *, check_sources: bool = True, a
     and a count) unless ``allow_missing``, which lists them in ``Manifest.missing`` instead.
     """
     mpath = os.path.abspath(os.fspath(path))
-    enabled = gc.isenabled()
-    gc.disable()  # a million new objects would otherwise trigger many useless collections
-    try:
-        header, columns, lines = read_columns(mpath)
-        _check_rows(mpath, columns, lines)
-        _release()
-        chunks = _build_chunks(mpath, columns, header, lines)
-    finally:
-        if enabled:
-            gc.enable()
-    missing = _missing_sources(chunks) if check_sources else []
-    if missing and not allow_missing:
-        raise _missing_error(mpath, missing, len(chunks))
+    header, columns, lines = read_columns(mpath)
+    _check_rows(mpath, columns, lines)
+    _release()
+    table = _build_table(mpath, columns, header, lines)
+    missing = _missing_sources(table) if check_sources else np.zeros(0, dtype=np.int64)
+    if len(missing) and not allow_missing:
+        raise _missing_error(mpath, table, missing)
     extra = tuple(metadata_columns(header))
-    log.debug("%s: %d chunks, %d missing sources", mpath, len(chunks), len(missing))
-    return Manifest(mpath, tuple(header), extra, chunks, missing)
+    log.debug("%s: %d chunks, %d missing sources", mpath, len(table), len(missing))
+    return Manifest(mpath, tuple(header), extra, table, missing)
 
 
 def load_manifests(paths: Iterable[str | os.PathLike[str]], **kwargs: bool) -> list[Manifest]:
     """Load manifests that form one queue: a chunk key may appear in only one of them."""
     manifests = [load_manifest(path, **kwargs) for path in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-    seen: dict[tuple[str, str], Chunk] = {}
     for number, manifest in enumerate(manifests):
         if any(other.path == manifest.path for other in manifests[:number]):
             raise ManifestError(manifest.path, "this manifest is given twice", fix="give each manifest once")
-        if len(manifests) == 1:
-            break
-        keys = {(chunk.recording_id, chunk.chunk_id): chunk for chunk in manifest.chunks}
-        clash = keys.keys() & seen.keys()
-        if clash:
-            chunk = min((keys[key] for key in clash), key=lambda c: c.line)
-            first = seen[(chunk.recording_id, chunk.chunk_id)]
-            raise ManifestError(
-                chunk.manifest,
-                f"chunk {chunk.key!r} is also in {first.manifest}, line {first.line} ({len(clash)} chunk(s) are in both)",
-                line=chunk.line,
-                column="chunk_id",
-                fix="manifests given together form one queue: remove the repeated rows or give those chunks distinct ids",
-            )
-        seen.update(keys)
+    if len(manifests) > 1:
+        _check_clashes(manifests)
     return manifests
+
+
+def _check_clashes(manifests: list[Manifest]) -> None:
+    """A chunk key in two manifests of one queue: the error names the later row and the first."""
+    keys = [m.chunks.keys() for m in manifests]
+    for number in range(1, len(manifests)):
+        earlier = pa.chunked_array(keys[:number])
+        clash = pc.is_in(keys[number], value_set=earlier)
+        count = pc.sum(pc.cast(clash, pa.int64())).as_py() or 0
+        if not count:
+            continue
+        row = pc.index(clash, True).as_py()
+        chunk = manifests[number].chunks[row]
+        where = pc.index(earlier, chunk.key).as_py()
+        first_m = next(i for i in range(number) if where < sum(len(k) for k in keys[: i + 1]))
+        first = manifests[first_m].chunks[where - sum(len(k) for k in keys[:first_m])]
+        raise ManifestError(
+            chunk.manifest,
+            f"chunk {chunk.key!r} is also in {first.manifest}, line {first.line} ({count} chunk(s) are in both)",
+            line=chunk.line,
+            column="chunk_id",
+            fix="manifests given together form one queue: remove the repeated rows or give those chunks distinct ids",
+        )
 
 
 # ---------------------------------------------------------------------------- validation
@@ -214,10 +227,10 @@ def _check_rows(mpath: str, columns: dict, lines: Sequence[int]) -> None:
     raise ManifestError(mpath, message, line=lines[index], column=column, fix=fix)
 
 
-def _check_duplicates(mpath: str, chunk_ids: list[str], columns: dict, lines: Sequence[int]) -> None:
+def _check_duplicates(mpath: str, columns: dict, lines: Sequence[int]) -> None:
     """(recording_id, chunk_id) must be unique; a repeat names both lines."""
-    rows = len(chunk_ids)
-    if len(set(chunk_ids)) == rows:  # the usual case; a bit faster than pc.count_distinct
+    rows = len(columns["chunk_id"])
+    if pc.count_distinct(columns["chunk_id"]).as_py() == rows:  # the usual case
         return
     keys = pc.binary_join_element_wise(columns["recording_id"], columns["chunk_id"], "/")
     if pc.count_distinct(keys).as_py() == rows:  # ids hold no "/", so the join is one-to-one
@@ -235,104 +248,77 @@ def _check_duplicates(mpath: str, chunk_ids: list[str], columns: dict, lines: Se
             )
 
 
-# ----------------------------------------------------------------------- building records
+# ----------------------------------------------------------------------- building the table
 
 
-def _pylist(values: pa.ChunkedArray, convert: Callable | None = None) -> list:
-    """``values`` as Python objects, one shared object per distinct value when values repeat."""
-    distinct = pc.unique(values)
-    if 2 * len(distinct) > len(values):
-        items = values.to_pylist()
-        return items if convert is None else list(map(convert, items))
-    table = distinct.to_pylist()
-    if convert is not None:
-        table = [convert(item) for item in table]
-    indices = pc.index_in(values, value_set=distinct).to_numpy()
-    return list(map(table.__getitem__, indices.tolist()))
-
-
-def _release() -> None:  # give freed Arrow memory back, so that Python objects can use it
+def _release() -> None:  # give freed Arrow memory back to the system
     pa.default_memory_pool().release_unused()
 
 
-def _to_int(text: str) -> int | None:
-    return int(text) if text else None
+def _ints(values: pa.ChunkedArray) -> np.ndarray:
+    """Validated integer strings as int64, NONE_INT where empty (computed per distinct value)."""
+    distinct = pc.unique(values)
+    table = pc.fill_null(_as_int(distinct), NONE_INT).to_numpy()
+    codes = pc.index_in(values, value_set=distinct)
+    codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+    return table[codes.to_numpy()]
 
 
-def _input_paths(sources: pa.ChunkedArray, base: str) -> list[str]:
-    """``normpath(join(base, source))`` for every row, computed once per distinct folder."""
+def _split_sources(sources: pa.ChunkedArray, base: str) -> tuple[Codes, pa.Array, list[str], dict[int, str]]:
+    """(folder codes, last components, absolute prefix per folder, input paths of odd names)."""
     folders, names = [], []
     for part in pc.split_pattern(sources, "/", max_splits=1, reverse=True).chunks:
         offsets = part.offsets.to_numpy()
         has_folder = pa.array(np.diff(offsets) == 2)
         names.append(part.values.take(pa.array(offsets[1:] - 1)))
         folders.append(pc.if_else(has_folder, part.values.take(pa.array(offsets[:-1])), _NULL))
-    folder = pa.chunked_array(folders, pa.string())
-    distinct = pc.unique(folder)
-    prefixes = []
-    for name in distinct.to_pylist():  # None: no folder; "" (from "/x"): the root
-        joined = os.path.normpath(os.path.join(base, "" if name is None else name + "/"))
-        prefixes.append(joined if joined.endswith("/") else joined + "/")
-    name = pa.chunked_array(names, pa.string())
-    paths = pc.binary_join_element_wise(
-        pc.take(pa.array(prefixes), pc.index_in(folder, value_set=distinct)), name, ""
-    ).to_pylist()
+    folder = Codes.encode(pa.chunked_array(folders, pa.string()))
+    name = pa.concat_arrays(names) if names else pa.array([], pa.string())
+    prefixes = [normalised_prefix(base, f) for f in folder.values]  # None: no folder; "" (from "/x"): the root
     odd = pc.is_in(name, value_set=pa.array(["", ".", ".."])).to_numpy(zero_copy_only=False)
-    for index in np.flatnonzero(odd).tolist():
-        paths[index] = os.path.normpath(os.path.join(base, sources[index].as_py()))
-    return paths
+    odd_inputs = {i: os.path.normpath(os.path.join(base, sources[i].as_py())) for i in np.flatnonzero(odd).tolist()}
+    return folder, name, prefixes, odd_inputs
 
 
-def _builder() -> type | None:
-    """A mutable twin of Chunk with the same slots: building twins and switching ``__class__``
-    to Chunk is about four times faster than the frozen ``__init__``, which sets every field
-    through ``object.__setattr__``. None where the interpreter refuses the switch."""
-    twin = dataclasses.make_dataclass("_ChunkBuilder", [(f.name, f.type) for f in dataclasses.fields(Chunk)], slots=True)
-    try:
-        twin(*range(len(twin.__slots__))).__class__ = Chunk
-    except TypeError:  # pragma: no cover - layouts differ on this interpreter
-        return None
-    return twin
-
-
-_BUILDER = _builder()
-
-
-def _build_chunks(mpath: str, columns: dict, header: list[str], lines: Sequence[int]) -> list[Chunk]:
-    """Chunk records from validated columns; each column is dropped once converted."""
-    chunk_ids = columns["chunk_id"].to_pylist()
-    _check_duplicates(mpath, chunk_ids, columns, lines)
-    recordings = _pylist(columns.pop("recording_id"))
-    del columns["chunk_id"]
-    sources = columns.pop("source_path")
-    inputs = _input_paths(sources, os.path.dirname(mpath))
+def _build_table(mpath: str, columns: dict, header: list[str], lines: Sequence[int]) -> ChunkTable:
+    """The columnar chunk table from validated columns; each column is dropped once converted."""
+    _check_duplicates(mpath, columns, lines)
+    recording = Codes.encode(columns.pop("recording_id"))
+    chunk_ids = columns.pop("chunk_id").combine_chunks()
+    folder, names, prefixes, odd = _split_sources(columns.pop("source_path"), os.path.dirname(mpath))
     _release()
-    sources = sources.to_pylist()
-    ints = [_pylist(columns.pop(name), _to_int) if name in columns else repeat(None) for name in INT_COLUMNS]
-    sha256: Iterable[str | None] = repeat(None)
+    ints = {name: _ints(columns.pop(name)) for name in INT_COLUMNS if name in columns}
+    digests = has_digest = None
     if "sha256" in columns:
-        raw = columns.pop("sha256")
-        nohash = pc.is_in(raw, value_set=pa.array(NO_HASH))
-        if not pc.all(nohash).as_py():
-            sha256 = pc.if_else(nohash, _NULL, pc.ascii_lower(raw)).to_pylist()
-        del raw, nohash
-        _release()
-    notes = _pylist(columns.pop("notes")) if "notes" in columns else repeat("")
-    pairs = [_pylist(columns.pop(name), lambda value, n=name: (n, value)) for name in metadata_columns(header)]
-    extra = zip(*pairs) if pairs else repeat(())
+        digests, has_digest = hex_digests(columns.pop("sha256"))
+        if not has_digest.any():
+            digests = has_digest = None
+    notes = Codes.encode(columns.pop("notes")) if "notes" in columns else None
+    extra = tuple((name, Codes.encode(columns.pop(name))) for name in metadata_columns(header))
     _release()
-    fields = (recordings, chunk_ids, sources, inputs, *ints, sha256, notes, extra, repeat(mpath), lines)
-    chunks = list(map(_BUILDER or Chunk, *fields))
-    for chunk in chunks if _BUILDER else ():
-        chunk.__class__ = Chunk
-    return chunks
+    return ChunkTable(
+        mpath,
+        recording,
+        chunk_ids,
+        folder.codes,
+        folder.values,
+        prefixes,
+        names,
+        ints,
+        digests,
+        has_digest,
+        notes,
+        extra,
+        lines if isinstance(lines, range) else np.asarray(lines, dtype=np.int64),
+        odd,
+    )
 
 
 # ---------------------------------------------------------------------------------- sources
 
 
-def _missing_sources(chunks: list[Chunk]) -> list[Chunk]:
-    """Chunks whose input_path is not a readable regular file (or a symlink to one): absent, a
+def _missing_sources(table: ChunkTable) -> np.ndarray:
+    """Rows whose input_path is not a readable regular file (or a symlink to one): absent, a
     broken symlink (annexed content not present), a folder, or unreadable.
 
     Lists each folder once (cheap on parallel file systems, where a stat per file is not): a name
@@ -342,21 +328,22 @@ def _missing_sources(chunks: list[Chunk]) -> list[Chunk]:
     readable folder is caught when its chunk runs (an ``input`` failure, not a crash).
     """
     listings: dict[str, tuple[frozenset[str], bool]] = {}
-    missing = []
-    for chunk in chunks:
-        path = chunk.input_path
-        folder, _, name = path.rpartition("/")
-        listed = listings.get(folder)
-        if listed is None:
-            listed = listings[folder] = (_plain_files(folder or "/"), os.access(path, os.R_OK))
-        files, readable = listed
-        if name in files:
-            usable = readable or os.access(path, os.R_OK)
-        else:
-            usable = os.path.isfile(path) and os.access(path, os.R_OK)
-        if not usable:
-            missing.append(chunk)
-    return missing
+    missing: list[int] = []
+    for start in range(0, len(table), BLOCK_ROWS):
+        rows = np.arange(start, min(len(table), start + BLOCK_ROWS))
+        for row, path in zip(rows.tolist(), table.input_paths(rows)):
+            folder, _, name = path.rpartition("/")
+            listed = listings.get(folder)
+            if listed is None:
+                listed = listings[folder] = (_plain_files(folder or "/"), os.access(path, os.R_OK))
+            files, readable = listed
+            if name in files:
+                usable = readable or os.access(path, os.R_OK)
+            else:
+                usable = os.path.isfile(path) and os.access(path, os.R_OK)
+            if not usable:
+                missing.append(row)
+    return np.array(missing, dtype=np.int64)
 
 
 def _plain_files(folder: str) -> frozenset[str]:
@@ -368,10 +355,11 @@ def _plain_files(folder: str) -> frozenset[str]:
         return frozenset()
 
 
-def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestError:
+def _missing_error(mpath: str, table: ChunkTable, missing: np.ndarray) -> ManifestError:
     """One error for all missing sources: the first MAX_LISTED, a count, and how to fix them."""
-    annexed = sum(1 for chunk in missing if os.path.islink(chunk.input_path) and not os.path.exists(chunk.input_path))
-    shown = [f"line {c.line}: {input_problem(c.input_path) or c.input_path}" for c in missing[:MAX_LISTED]]
+    paths = table.input_paths(missing)
+    annexed = sum(1 for path in paths if os.path.islink(path) and not os.path.exists(path))
+    shown = [f"line {table.lines[r]}: {input_problem(p) or p}" for r, p in zip(missing[:MAX_LISTED].tolist(), paths)]
     more = f"; and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
     fixes = []
     if annexed:
@@ -381,8 +369,8 @@ def _missing_error(mpath: str, missing: list[Chunk], total: int) -> ManifestErro
     fixes.append("or pass --allow-missing to record those chunks as failed `input` chunks")
     return ManifestError(
         mpath,
-        f"{len(missing)} of {total} source files are missing or unusable: " + "; ".join(shown) + more,
-        line=missing[0].line,
+        f"{len(missing)} of {len(table)} source files are missing or unusable: " + "; ".join(shown) + more,
+        line=int(table.lines[int(missing[0])]),
         column="source_path",
         fix=", ".join(fixes),
     )

@@ -27,9 +27,11 @@ from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
 from badc_mpi.results import schema as S
+from badc_mpi.results.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.readers import READERS
 from badc_mpi.results.runs import Problem, RunFiles, RunSelection, find_runs, read_summary, telemetry_bytes
 from badc_mpi.results.sources import DoneChunk
+from badc_mpi.results.times import add_absolute_times, missing_time_columns
 from badc_mpi.results.verdicts import Verdict, decide
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
 from badc_mpi.storage.jsonl import dumps
@@ -204,15 +206,26 @@ def _check_keys(batch: Any) -> tuple[set[int], set[int]]:
     return wrong, differs("run_id", [c.run_id for c in batch.chunks]) - wrong
 
 
-def _chunk_table(verdicts: list[Verdict], finals: dict[tuple[str, str], tuple[str | None, float | None]]) -> pa.Table:
-    """The ``chunks`` table, built column by column (a million chunks in about a second)."""
+def _chunk_table(
+    verdicts: list[Verdict],
+    finals: dict[tuple[str, str], tuple[str | None, float | None]],
+    meta: dict[str, tuple[str, dict[str, str]]],
+    key_map: list[tuple[str, str]],
+) -> pa.Table:
+    """The ``chunks`` table, built column by column (a million chunks in about a second); the
+    manifest's ``source_path`` and extra columns (``meta``: chunk key -> (source, column -> value))."""
     last = [finals.get((v.run_id, v.key), (None, None)) if v.run_id else (None, None) for v in verdicts]
     columns: dict[str, list[Any]] = {"worker": [w for w, _ in last], "runtime_s": [t for _, t in last]}
     for name in S.CHUNK_SCHEMA.names:
         if name not in columns:
             columns[name] = [getattr(v, name) for v in verdicts]
     columns["detections"] = [n if v.status == S.ANALYSED else None for v, n in zip(verdicts, columns["detections"])]
-    return pa.Table.from_pydict(columns, schema=S.CHUNK_SCHEMA)
+    found = [meta.get(v.key) for v in verdicts]
+    columns["source_path"] = [f[0] if f else None for f in found]
+    rows = [f[1] if f else {} for f in found]
+    for name, key in key_map:
+        columns[key] = [r.get(name) or None for r in rows]
+    return pa.Table.from_pydict(columns, schema=S.chunk_schema([k for _, k in key_map]))
 
 
 def _stream_detections(
@@ -249,7 +262,7 @@ def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, sc
         offset += n
     if wrong:
         table = table.filter(pa.array(keep))
-    out.write(S.normalise_detections(table, schema))
+    out.write(add_absolute_times(S.normalise_detections(table, schema)))
 
 
 def _orphan_outputs(verdicts: list[Verdict], done: set[str], output_dirs: set[str], problems: list[Problem]) -> int:
@@ -286,15 +299,18 @@ def aggregate(
     reader: str = "auto",
     reuse: bool = False,
     selection: RunSelection | None = None,
+    merge_overlaps: str = "auto",
 ) -> AggregateResult:
-    """Aggregate the runs ``sources`` name into the folder ``dest`` (see the module doc)."""
+    """Aggregate the runs ``sources`` name into the folder ``dest`` (see the module doc);
+    ``merge_overlaps`` (auto|on|off): the overlap merge (:mod:`badc_mpi.results.overlap`)."""
+    check_mode(merge_overlaps)
     if reader != "auto" and reader not in READERS:
         raise UsageError(f"unknown detection source {reader!r}", fix=f"use one of: auto, {', '.join(READERS)}")
     t0 = time.monotonic()
     sel = selection or find_runs(sources, telemetry_dir=telemetry_dir)
     problems = list(sel.problems)
     manifests = sorted({m for r in sel.runs for m in r.manifests})
-    options = {"output_dir": output_dir, "reader": reader}
+    options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps}
     fingerprint = inputs_fingerprint(sel.runs, manifests, options)
     meta_path = os.path.join(dest, "aggregate.json")
     if reuse and os.path.exists(meta_path) and all(os.path.exists(os.path.join(dest, f"{t}.parquet")) for t in TABLES):
@@ -327,7 +343,9 @@ def aggregate(
     orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, per_chunk_outs, problems)
     attempts = _attempts(sel.runs, problems)
     finals = _finals(attempts)
-    write_table(os.path.join(dest, "chunks.parquet"), _chunk_table(verdicts, finals))
+    chunk_table = _chunk_table(verdicts, finals, {c.key: (c.source_path, dict(c.extra)) for c in chunks}, key_map)
+    merge = _merge(det_out.path, det_schema, merge_overlaps, chunks_overlap(chunk_table))
+    write_table(os.path.join(dest, "chunks.parquet"), chunk_table)
     write_table(os.path.join(dest, "runs.parquet"), S.rows_table(_run_rows(sel.runs, verdicts, attempts, problems), S.RUN_SCHEMA))
     write_table(os.path.join(dest, "attempts.parquet"), attempts)
     states = Counter(v.status for v in verdicts)
@@ -335,7 +353,7 @@ def aggregate(
         "runs": len(sel.runs),
         "chunks": len(verdicts),
         **{s: states.get(s, 0) for s in S.CHUNK_STATES},
-        "detections": det_out.rows,
+        "detections": merge.detections_after,
         "orphan_outputs": orphans,
         "problems": len(problems),
     }
@@ -348,12 +366,37 @@ def aggregate(
         "manifests": manifests,
         "extra_columns": dict(key_map),
         "counts": counts,
+        "overlap_merge": merge.as_dict(),
+        "absolute_times": _time_note([k for _, k in key_map]),
         "problems": [p.__dict__ for p in problems],
         "inputs": fingerprint,
     }
     atomic_write_text(meta_path, json.dumps(doc, indent=1) + "\n")
     log.debug("aggregate: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     return AggregateResult(dest, counts, problems)
+
+
+def _merge(path: str, schema: pa.Schema, mode: str, overlapping: bool) -> MergeReport:
+    out = AtomicParquet(path, schema)
+    try:
+        report = merge_file(path, out, schema, mode=mode, chunks_overlapping=overlapping)
+        if report.applied:
+            out.commit()
+        else:
+            out.abort()
+    except BaseException:
+        out.abort()
+        raise
+    return report
+
+
+def _time_note(columns: list[str]) -> str:
+    missing = missing_time_columns(columns)
+    if len(missing) == 2:
+        return (
+            "none: the manifests have no recording_start_utc or recording_start_local column; detection_start_utc/local are null"
+        )
+    return "from " + " and ".join(c for c in ("recording_start_utc", "recording_start_local") if c not in missing)
 
 
 def iter_problem_lines(problems: Sequence[Problem], limit: int = 20) -> Iterator[str]:

@@ -165,6 +165,7 @@ def build_bundle(
     telemetry_dir: str | None = None,
     output_dir: str | None = None,
     reuse: bool = True,
+    merge_overlaps: str = "auto",
 ) -> BundleResult:
     """Aggregate (when its inputs changed) and write the whole bundle; returns where and what."""
     import duckdb
@@ -179,7 +180,7 @@ def build_bundle(
     t0 = time.monotonic()
     sel = find_runs(sources, telemetry_dir=telemetry_dir)
     folder = bundle_folder(sources, sel, name, dest)
-    agg = aggregate(sources, folder, output_dir=output_dir, reuse=reuse, selection=sel)
+    agg = aggregate(sources, folder, output_dir=output_dir, reuse=reuse, selection=sel, merge_overlaps=merge_overlaps)
     seconds["aggregate"] = time.monotonic() - t0
     t1 = time.monotonic()
     build_database(folder, bucket_minutes=bucket_minutes, top_n=top_n)

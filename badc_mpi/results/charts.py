@@ -112,3 +112,22 @@ def worker_series(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
         bottom.set_ylim(0, 100)
         bottom.legend(fontsize=7, ncol=4)
     return _png(fig)
+
+
+def site_days(locations: Sequence[str], days: Sequence[str], grid: np.ndarray, title: str) -> bytes:
+    """``grid[i, j]``: focus-species detections at ``locations[i]`` on ``days[j]``; NaN = not
+    surveyed (no analysed chunk), drawn hatched grey, so 0 (surveyed, none) differs from it."""
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.35 * len(locations) + 1.5)))
+    if not locations or not days:
+        _empty(ax, title)
+        return _png(fig)
+    ax.set_facecolor("#d9d9d9")
+    masked = np.ma.masked_invalid(grid)
+    im = ax.imshow(masked, aspect="auto", cmap="YlGn", interpolation="nearest", vmin=0)
+    ax.set_yticks(np.arange(len(locations)), locations)
+    step = max(1, len(days) // 14)
+    ax.set_xticks(np.arange(0, len(days), step), [days[i] for i in range(0, len(days), step)], rotation=45, ha="right")
+    ax.set_xlabel("local day (grey: not surveyed)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="detections")
+    return _png(fig)

@@ -1,5 +1,8 @@
 """Telemetry lines to columns, only the fields the monitor shows (no I/O).
 
+Per-chunk lines (``start``, ``retry``, ``success``, ``failure``) carry all the monitor needs;
+a ``worker`` event (code -1) names a worker before its first chunk, the ``run`` header names none.
+
 A block of complete lines goes through ``pyarrow.json`` with an explicit schema that ignores every
 other field: a 1,000,000-line log parses in about a second where ``json.loads`` per line takes
 several. A block pyarrow refuses (a corrupt line, a field of an unexpected type) is parsed again
@@ -63,6 +66,25 @@ class Columns:
     floats: dict[str, np.ndarray]  #: runtime_s, gpu_util_pct_mean/max, vram_used_mib, vram_device_mib
     reasons: Any  #: a pyarrow array or a list, indexable by row
     bad_lines: int = 0
+
+    def keep(self, mask: np.ndarray) -> Columns:
+        """Only the rows where ``mask`` is true (e.g. without the ``run`` header)."""
+        rows = np.flatnonzero(mask)
+        reasons = self.reasons.take(pa.array(rows)) if isinstance(self.reasons, pa.Array) else [self.reasons[i] for i in rows]
+        return Columns(
+            n=len(rows),
+            event=self.event[rows],
+            worker=self.worker[rows],
+            worker_names=self.worker_names,
+            rank=self.rank[rows],
+            failure_class=self.failure_class[rows],
+            class_names=self.class_names,
+            started_ms=self.started_ms[rows],
+            finished_ms=self.finished_ms[rows],
+            floats={k: v[rows] for k, v in self.floats.items()},
+            reasons=reasons,
+            bad_lines=self.bad_lines,
+        )
 
     def reason_at(self, row: int) -> str | None:
         value = self.reasons[row]

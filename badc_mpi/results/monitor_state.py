@@ -172,6 +172,7 @@ class MonitorState:
         self.lines = 0
         self.bad_lines = 0
         self.run_id: str | None = None
+        self._rank_worker: dict[int, int] = {}  # rank -> worker id, from lines that name both
 
     def _worker(self, name: str) -> int:
         wid = self._ids.get(name)
@@ -181,6 +182,28 @@ class MonitorState:
             self.ranks.append(-1)
             self.last_error.append(None)
         return wid
+
+    def _worker_ids(self, cols: Columns) -> np.ndarray:
+        """Each row's worker id. Per-chunk lines name their rank only (telemetry 2): its name is
+        the one its ``worker`` event gave (earlier in the file); lines of schema 1 name both."""
+        lut = [self._worker(name) for name in cols.worker_names]
+        both = (cols.worker >= 0) & (cols.rank >= 0)
+        if both.any():  # a few distinct (rank, worker) pairs, however many lines
+            span = len(lut) + 1
+            for key in np.unique(cols.rank[both] * span + cols.worker[both]):
+                self._rank_worker[int(key // span)] = lut[int(key % span)]
+        w = np.array(lut + [-1], dtype=np.int64)[cols.worker]  # -1 (no worker) reads the trailing -1
+        unnamed = w < 0
+        if unnamed.any():
+            ranks = cols.rank[unnamed]
+            ids = np.empty(len(ranks), dtype=np.int64)
+            for rank in np.unique(ranks):
+                wid = self._rank_worker.get(int(rank)) if rank >= 0 else None
+                if wid is None:
+                    wid = self._worker(UNKNOWN_WORKER if rank < 0 else f"rank{int(rank)}")
+                ids[ranks == rank] = wid
+            w[unnamed] = ids
+        return w
 
     def _grow(self) -> int:
         n = len(self.workers)
@@ -205,11 +228,13 @@ class MonitorState:
         self.bad_lines += cols.bad_lines
         if not cols.n:
             return
-        lut = [self._worker(name) for name in cols.worker_names]
-        if (cols.worker < 0).any():
-            lut.append(self._worker(UNKNOWN_WORKER))
+        named = (cols.worker >= 0) | (cols.event >= 0)
+        if not named.all():  # the run header (and any other line of no worker and no chunk event)
+            cols = cols.keep(named)
+            if not cols.n:
+                return
+        w = self._worker_ids(cols)
         nw = self._grow()
-        w = np.array(lut, dtype=np.int64)[cols.worker] if lut else np.zeros(cols.n, dtype=np.int64)
         ev = cols.event.astype(np.int64)
         known = ev >= 0
         self.counts += np.bincount(w[known] * 4 + ev[known], minlength=nw * 4).reshape(nw, 4)

@@ -17,8 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from badc_mpi.errors import BadcError
 from badc_mpi.results import charts
 from badc_mpi.results import views as V
+from badc_mpi.results.export_meta import recordings
+from badc_mpi.results.histories import FOCUS_DEFAULT, build_histories
 from badc_mpi.storage.atomic import atomic_write_text
 
 HIST_BINS = 20
@@ -117,7 +120,32 @@ def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
         util = np.array([np.nan if p["gpu_util_pct_mean"] is None else p["gpu_util_pct_mean"] for p in mine], dtype=float)
         series[worker] = (minutes, done, util)
     out["workers"] = charts.worker_series(series, "Throughput per worker")
+    out["sites"] = site_panel(con, summary)
     return out
+
+
+def site_grid(con: Any, species: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Locations, local days and focus-species detections per location and day (NaN: not
+    surveyed); raises :class:`BadcError` when locations or days cannot be known."""
+    chunks = _rows(con, V.ALL_CHUNKS)
+    hist = build_histories(chunks, recordings(chunks), _rows(con, V.FOCUS_DETECTIONS, [list(species)]), species)
+    grid = np.full((len(hist.locations), len(hist.days)), np.nan)
+    for i, loc in enumerate(hist.locations):
+        for j, day in enumerate(hist.days):
+            if hist.detected("", loc, day) != "NA":
+                grid[i, j] = sum(hist.counts.get((sp, loc, day), 0) for sp in species)
+    return hist.locations, [d.isoformat() for d in hist.days], grid
+
+
+def site_panel(con: Any, summary: dict[str, Any]) -> bytes:
+    """Focus-species detections per location per local day (map-free site panel)."""
+    species = list(summary.get("focus_species") or FOCUS_DEFAULT)
+    title = f"Focus species ({', '.join(species)}) per location and day"
+    try:
+        locations, days, grid = site_grid(con, species)
+    except BadcError as exc:
+        return charts.site_days([], [], np.zeros((0, 0)), f"{title}\n{exc.message}")
+    return charts.site_days(locations, days, grid, title)
 
 
 def render_html(
@@ -160,6 +188,7 @@ def render_html(
     parts.append("<h2>Top species</h2>" + _img(images["top_species"], "top species bar chart", "chart-top-species"))
     parts.append("<h2>Species over time</h2>" + _img(images["heatmap"], "species by time bucket heat map", "chart-heatmap"))
     parts.append("<h2>Confidence</h2>" + _img(images["confidence"], "confidence histograms", "chart-confidence"))
+    parts.append("<h2>Sites</h2>" + _img(images["sites"], "focus species per location per day", "chart-sites"))
     parts.append("<h2>Workers</h2>" + _img(images["workers"], "throughput and GPU utilisation per worker", "chart-workers"))
     parts.append(_table(workers, "worker-table"))
     parts.append(f"<h2 id='failures'>Chunks not analysed (first {FAILED_ROWS})</h2>" + _table(failed, "failure-table"))

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
+
+from badc_mpi.results.times import TIME_FIELDS
 
 ANALYSED, FAILED, NOT_ANALYSED = "analysed", "failed", "not_analysed"
 CHUNK_STATES = (ANALYSED, FAILED, NOT_ANALYSED)
@@ -43,6 +46,17 @@ RAW_DETECTION_SCHEMA = pa.schema(
     ]
 )
 
+#: manifest columns read as text whatever they look like: the JSON reader would otherwise turn
+#: ISO times into timestamps (normalised to UTC: a local wall clock lost) and coordinates into floats
+METADATA_TEXT_FIELDS = [
+    (name, TEXT)
+    for name in (
+        "recording_start_utc", "recording_start_local", "date", "location", "study_area", "latitude", "longitude", "region",
+    )
+]  # fmt: skip
+#: what the per-chunk reader parses with
+RAW_READ_SCHEMA = pa.schema(list(RAW_DETECTION_SCHEMA) + METADATA_TEXT_FIELDS)
+
 DETECTION_FIELDS = [
     ("run_id", DICT),
     ("recording_id", DICT),
@@ -53,6 +67,7 @@ DETECTION_FIELDS = [
     ("confidence", pa.float32()),
     ("start_ms", pa.int64()),  #: recording-relative
     ("end_ms", pa.int64()),
+    *TIME_FIELDS,  #: absolute times from the manifest's recording start (results/times.py), else null
     ("chunk_offset_start_ms", pa.int64()),  #: chunk-relative
     ("chunk_offset_end_ms", pa.int64()),
     ("chunk_start_ms", pa.int64()),  #: the chunk's own span in the recording (manifest)
@@ -61,6 +76,7 @@ DETECTION_FIELDS = [
     ("chunk_sha256", DICT),
     ("hawkears_version", DICT),
     ("model_version", DICT),
+    ("merged_count", pa.int32()),  #: detections this row stands for: 1, or more after the overlap merge (results/overlap.py)
 ]
 
 CHUNK_SCHEMA = pa.schema(
@@ -157,6 +173,12 @@ def detection_schema(extra_keys: Sequence[str]) -> pa.Schema:
     return pa.schema(DETECTION_FIELDS + [(k, DICT) for k in extra_keys])
 
 
+def chunk_schema(extra_keys: Sequence[str]) -> pa.Schema:
+    """The ``chunks`` table: :data:`CHUNK_SCHEMA`, then the manifests' extra columns (strings), so
+    that a chunk never analysed still has its location, study area and recording start."""
+    return pa.schema(list(CHUNK_SCHEMA) + [("source_path", TEXT)] + [(k, TEXT) for k in extra_keys])
+
+
 def _column(table: pa.Table, name: str, kind: pa.DataType) -> pa.ChunkedArray:
     if name not in table.column_names:
         return pa.chunked_array([pa.nulls(table.num_rows, kind)])
@@ -171,6 +193,7 @@ def normalise_detections(table: pa.Table, schema: pa.Schema) -> pa.Table:
     derived = {
         "chunk_offset_start_ms": pc.round(pc.multiply(start_s, 1000.0)).cast(ms),
         "chunk_offset_end_ms": pc.round(pc.multiply(end_s, 1000.0)).cast(ms),
+        "merged_count": pa.chunked_array([pa.array(np.ones(table.num_rows, dtype=np.int32))]),
     }
     columns = []
     for f in schema:
@@ -188,16 +211,69 @@ def normalise_detections(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def parse_attempts(body: bytes) -> pa.Table:
-    """Finished attempts (``success``/``retry``/``failure`` lines) of a telemetry body; raises
-    ``pyarrow.ArrowInvalid`` on a line that does not parse."""
+    """Finished attempts (``success``/``retry``/``failure`` lines) of a telemetry body, with their
+    worker's facts (host, GPU, versions) joined from the latest ``worker`` event of the line's rank
+    and the run id from the ``run`` header; raises ``pyarrow.ArrowInvalid`` on a line that does not
+    parse. Lines that carry these facts themselves (schema 1) keep their own."""
     if not body:
         return ATTEMPT_SCHEMA.empty_table()
     table = pajson.read_json(
         pa.BufferReader(body),
         parse_options=pajson.ParseOptions(explicit_schema=_TELEMETRY_READ, unexpected_field_behavior="ignore"),
     )
+    table = _join_facts(table)
     table = table.filter(pc.is_in(table.column("event"), value_set=_ATTEMPT_EVENTS))
+    table = table.set_column(table.schema.get_field_index("started_at"), "started_at", _started_at(table))
     return table.select(ATTEMPT_SCHEMA.names).cast(ATTEMPT_SCHEMA)
+
+
+#: what a ``worker`` event gives the attempts of its rank
+_WORKER_FACTS = ("worker", "host", "gpu_index", "gpu_name", "model_version", "hawkears_version")
+
+
+def _latest_worker_row(is_worker: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Per row: the index of the latest ``worker`` row of its rank at or before it, else its
+    rank's first ``worker`` row (a chunk failed before dispatch precedes it), else -1 (pure)."""
+    n = len(rank)
+    idx = np.arange(n, dtype=np.int64)
+    _, group = np.unique(rank, return_inverse=True)
+    group = group.astype(np.int64).reshape(-1)
+    order = np.lexsort((idx, group))
+    base = group[order] * (n + 1)
+    key = base + np.where(is_worker[order], idx[order] + 1, 0)
+    latest = np.empty(n, dtype=np.int64)
+    latest[order] = np.maximum.accumulate(key) - base - 1  # -1: no worker row yet in its group
+    first = np.full(int(group.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(first, group[is_worker], idx[is_worker])
+    fallback = first[group]
+    latest = np.where((latest < 0) & (fallback < n), fallback, latest)
+    return latest
+
+
+def _join_facts(table: pa.Table) -> pa.Table:
+    events = table.column("event")
+    is_worker = pc.equal(events, "worker").fill_null(False).to_numpy(zero_copy_only=False)
+    header = table.filter(pc.equal(events, "run").fill_null(False)).column("run_id").drop_null()
+    if len(header):
+        run_id = pc.coalesce(table.column("run_id"), pa.scalar(header[0].as_py(), TEXT))
+        table = table.set_column(table.schema.get_field_index("run_id"), "run_id", run_id)
+    if not is_worker.any():
+        return table
+    rank = table.column("rank").fill_null(-1).to_numpy(zero_copy_only=False)
+    src = _latest_worker_row(is_worker, rank)
+    take = pa.array(src, mask=src < 0)
+    for name in _WORKER_FACTS:
+        col = table.column(name)
+        table = table.set_column(table.schema.get_field_index(name), name, pc.coalesce(col, col.take(take)))
+    return table
+
+
+def _started_at(table: pa.Table) -> pa.ChunkedArray:
+    """A final line's start: its own ``started_at`` (schema 1), else ``finished_at - runtime_s``."""
+    finished = table.column("finished_at").cast(pa.timestamp("ms", tz="UTC"))
+    runtime = pc.round(pc.multiply(table.column("runtime_s"), 1000.0)).cast(pa.int64()).cast(pa.duration("ms"))
+    derived = pc.strftime(pc.subtract(finished, runtime), format="%Y-%m-%dT%H:%M:%SZ")
+    return pc.coalesce(table.column("started_at"), derived)
 
 
 def rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from badc_mpi.results.schema import RAW_DETECTION_SCHEMA
+from badc_mpi.results.schema import RAW_DETECTION_SCHEMA, RAW_READ_SCHEMA
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
 from badc_mpi.storage.store import PER_CHUNK, STORE, store_dir
 
@@ -75,7 +75,7 @@ def _parse(data: Any) -> pa.Table:
     return pajson.read_json(
         pa.BufferReader(pa.py_buffer(data)),
         read_options=pajson.ReadOptions(block_size=PARSE_BLOCK_BYTES),
-        parse_options=pajson.ParseOptions(explicit_schema=RAW_DETECTION_SCHEMA, unexpected_field_behavior="infer"),
+        parse_options=pajson.ParseOptions(explicit_schema=RAW_READ_SCHEMA, unexpected_field_behavior="infer"),
     )
 
 

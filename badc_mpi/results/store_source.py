@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from badc_mpi.logs import get_logger
-from badc_mpi.results.schema import RAW_DETECTION_SCHEMA, extra_key_map
+from badc_mpi.results.schema import METADATA_TEXT_FIELDS, RAW_DETECTION_SCHEMA, extra_key_map
 from badc_mpi.results.sources import BATCH_BYTES, PARSE_BLOCK_BYTES, DetectionBatch, DoneChunk, _ahead
 from badc_mpi.storage.store import run_segments, store_dir
 
@@ -50,6 +50,7 @@ _LINE_SCHEMA = pa.schema(
         ("confidence", pa.list_(pa.float64())),
         ("start_s", pa.list_(pa.float64())),
         ("end_s", pa.list_(pa.float64())),
+        ("meta", pa.struct(METADATA_TEXT_FIELDS)),  #: other keys of ``meta`` are inferred
     ]
 )
 _LISTS = ("label", "label_code", "label_name", "confidence", "start_s", "end_s")

@@ -17,6 +17,22 @@ from typing import Any
 
 from badc_mpi.records import Binding, Chunk
 
+#: a chunk whose fields are placeholders, for :meth:`Runner.command_template`
+TEMPLATE_CHUNK = Chunk(
+    recording_id="{recording_id}",
+    chunk_id="{chunk_id}",
+    source_path="{source_path}",
+    input_path="{input}",
+    start_ms=None,
+    end_ms=None,
+    overlap_ms=None,
+    sha256=None,
+    notes="",
+    extra=(),
+    manifest="",
+    line=0,
+)
+
 
 @dataclass(frozen=True)
 class Task:
@@ -53,6 +69,9 @@ class Runner(abc.ABC):
     name: str = "runner"
     #: whether a successful attempt must produce ``raw_output`` (False only for the stub)
     produces_outputs: bool = True
+    #: keys of ``AttemptResult.metrics`` that stay the same from one attempt to the next (e.g. the
+    #: resident process's pid): telemetry writes them once, in the worker's ``worker`` event
+    static_metrics: frozenset[str] = frozenset()
 
     def start(self, binding: Binding) -> None:  # noqa: B027 - optional hook
         """Called once per rank before the first attempt (e.g. start a resident process)."""
@@ -64,6 +83,11 @@ class Runner(abc.ABC):
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""
         return []
+
+    def command_template(self) -> list[str]:
+        """The invocation with placeholders (``{input}``, ``{output_dir}``...) instead of one
+        chunk's values: telemetry writes it once per worker, not once per chunk."""
+        return self.command(TEMPLATE_CHUNK, "{output_dir}")
 
     def class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
         """(label -> class code, class code -> common name) for canonical detections, if known."""

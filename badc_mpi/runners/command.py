@@ -117,6 +117,10 @@ class CommandRunner(Runner):
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         return render_argv(self.tokens, self.values(chunk, scratch_dir or "{output_dir}"))
 
+    def command_template(self) -> list[str]:
+        keys = ("input", "output_dir", "chunk_id", "recording_id", "start_ms", "end_ms")
+        return render_argv(self.tokens, {k: "{" + k + "}" for k in keys})
+
     def run(self, task: Task) -> AttemptResult:
         argv = self.command(task.chunk, task.scratch_dir)
         out_log = os.path.join(task.scratch_dir, "runner.stdout.log")

@@ -3,6 +3,12 @@
 Pure builders (``build_*``, ``format_*``) and thin atomic writers (``write_*``). Rank 0 writes
 the summary at least every 30 s, at the end, on failure and on SIGTERM/SIGINT; the telemetry
 (ledger) stays the truth, the summary is a snapshot of it.
+
+Summary schema ``badc-mpi.summary/2``: the run's head (meta, ``state``, ``counts``, ``workers``)
+then ``chunks``, which lists only the chunks of this run that failed or are unfinished (in
+flight, backing off): a 10,000,000-chunk run rewrites a few kilobytes per snapshot, not a
+gigabyte. Which chunks succeeded is in the append-only ledger (``ledger`` names it; ``resume_ledgers``
+the earlier runs' ledgers whose chunks this run skipped). Schema ``/1`` listed every chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from badc_mpi.records import FAILED_CSV_COLUMNS, STANDARD_COLUMNS, ChunkState, m
 from badc_mpi.storage.atomic import atomic_write_text
 from badc_mpi.storage.jsonl import dumps
 
-SUMMARY_SCHEMA = "badc-mpi.summary/1"
+SUMMARY_SCHEMA = "badc-mpi.summary/2"
 WORKER_COLUMNS = (
     "worker",
     "host",
@@ -115,36 +121,6 @@ def entry_json(state: ChunkState) -> str:
     return _encode(chunk_entry(state))
 
 
-_PENDING_HEAD: list[str] = []
-
-
-def pending_json(sha256: str | None) -> str:
-    """The entry of a chunk not yet attempted, without building a dict (a 1M-chunk snapshot is
-    mostly these early in a run)."""
-    if not _PENDING_HEAD:
-        blank = {
-            **dict.fromkeys(
-                (
-                    "status",
-                    "attempts",
-                    "retries",
-                    "worker",
-                    "runtime_s",
-                    "last_backoff_s",
-                    "failure_class",
-                    "last_error",
-                    "outputs",
-                    "detections",
-                    "sha256",
-                )
-            )
-        }
-        blank.update(status="pending", attempts=0, retries=0, runtime_s=0.0, last_backoff_s=0.0, last_error="", outputs={})
-        text = _encode(blank)
-        _PENDING_HEAD.append(text[: -len("null}")])  # sha256 is the last key
-    return f"{_PENDING_HEAD[0]}{_encode(sha256)}}}"
-
-
 def summary_counts(counts: dict[str, int], carried: dict[str, int]) -> dict[str, int]:
     """Totals over this run's chunks and those resume carried over (both: chunks per status)."""
     skipped = sum(carried.values())
@@ -168,10 +144,10 @@ def render_summary(
     state: str,
     run_id: str,
 ) -> str:
-    """The summary document as JSON text; ``entries`` are ``(key, encoded entry)`` pairs.
+    """The summary document as JSON text; ``entries`` are ``(key, encoded entry)`` pairs of the
+    chunks that failed or are unfinished (``chunks`` comes last: readers of the head stop there).
 
-    Carried entries (chunks an earlier run finished, skipped by resume) come first, marked
-    ``"carried": true``. Compact JSON: a 1,000,000-chunk summary stays cheap to snapshot.
+    Chunks an earlier run finished (skipped by resume) are counted (``counts.skipped``), not listed.
     """
     head = {
         "schema": SUMMARY_SCHEMA,

@@ -1,8 +1,11 @@
 """Telemetry: one JSON line per event, written by rank 0 only.
 
-Events: ``start`` (an attempt began), ``retry`` (an attempt failed and the chunk will run again
-after ``backoff_s``), ``success`` and ``failure`` (the chunk's final outcome; exactly one per
-chunk). Each line is flushed as soon as the batch it arrived in is handled, and the file is
+Events: ``run`` (the header: schema, run id, the run's facts), ``worker`` (one rank's worker is
+ready: host, pid, GPU, runner, model and HawkEars versions, command template; written again when
+one of these changes), ``start`` (an attempt began), ``retry`` (an attempt failed and the chunk will
+run again after ``backoff_s``), ``success`` and ``failure`` (the chunk's final outcome; exactly one
+per chunk). Per-chunk lines name their ``rank`` and nothing that is the same for every chunk of
+that worker (:func:`with_facts` joins the facts back); docs/telemetry.md has the format. Each line is flushed as soon as the batch it arrived in is handled, and the file is
 fsynced at least every second, so ``tail -f`` sees the run live and a crash loses at most a
 second. A torn last line (the writer killed mid-write) is tolerated by readers.
 
@@ -16,15 +19,16 @@ import datetime as _dt
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from badc_mpi.records import Chunk
 from badc_mpi.storage.jsonl import complete_lines, dumps
 
-SCHEMA = "badc-mpi.telemetry/1"
+SCHEMA = "badc-mpi.telemetry/2"
 START, RETRY, SUCCESS, FAILURE = "start", "retry", "success", "failure"
+RUN, WORKER = "run", "worker"
 FINAL_EVENTS = frozenset({SUCCESS, FAILURE})
 
 
@@ -132,85 +136,129 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 
 
 # -- records (pure) ------------------------------------------------------------------------
-# Workers encode their own events (``start_line``, ``result_body``) so that rank 0, the single
-# writer, only adds the outcome it decided (``result_line``) and appends: encoding is spread over
-# all ranks instead of queueing on rank 0.
+# Workers encode their own events (``worker_line``, ``start_line``, ``result_body``) so that rank
+# 0, the single writer, only adds the outcome it decided (``result_line``) and appends: encoding is
+# spread over all ranks instead of queueing on rank 0. Facts that do not change from one chunk to
+# the next (host, pid, GPU, runner, versions, command template) are written once, in the ``run``
+# header and in each worker's ``worker`` event; per-chunk lines carry the ``rank`` to join them
+# (:func:`with_facts`). A key whose value would be null is left out of a per-chunk line.
 _GPU_KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
+#: keys of a ``worker`` event that are bookkeeping, not facts (never copied into chunk records)
+_NOT_FACTS = frozenset({"event", "at", "schema"})
+#: a final line keeps a success's ``reason`` (e.g. stderr of a command) up to this many characters
+SUCCESS_REASON_CHARS = 200
 
 
 def worker_static(rank: int, pid: int, binding: Any) -> dict[str, Any]:
-    """The fields that identify a worker in every record."""
+    """The facts that identify a worker (its ``worker`` event starts with them)."""
     return {
         "rank": rank,
+        "worker": binding.worker,
         "host": binding.host,
         "pid": pid,
-        "worker": binding.worker,
         "gpu_index": binding.gpu_index,
         "gpu_uuid": binding.gpu_uuid,
         "gpu_name": binding.gpu_name,
+        "gpu_memory_total_mib": getattr(binding, "gpu_memory_total_mib", None),
     }
 
 
-def _identity(static: dict[str, Any], chunk: Chunk, attempt: int) -> dict[str, Any]:
-    return {
-        "recording_id": chunk.recording_id,
-        "chunk_id": chunk.chunk_id,
-        "sha256": chunk.sha256,
-        "attempt": attempt,
-        **static,
-    }
+def who(static: dict[str, Any]) -> dict[str, Any]:
+    """What every per-chunk line says of its worker: its ``rank``, the key of its ``worker`` event."""
+    return {"rank": static.get("rank")}
 
 
-def bare_record(run_id: str, event: str, static: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> dict[str, Any]:
-    """A whole record built on rank 0 (e.g. a chunk failed before dispatch)."""
-    return {"schema": SCHEMA, "run_id": run_id, "event": event, **_identity(static, chunk, attempt), **fields}
+def run_record(run_id: str, at: float, **fields: Any) -> dict[str, Any]:
+    """The first line of a run's telemetry: the schema, the run id and the run's own facts."""
+    return {"schema": SCHEMA, "event": RUN, "run_id": run_id, "at": utc_iso(at), **fields}
 
 
-def start_line(run_id: str, static: dict[str, Any], chunk: Chunk, attempt: int, started_at: float, command: list[str]) -> str:
-    record = bare_record(run_id, START, static, chunk, attempt, started_at=utc_iso(started_at), command=command)
-    if chunk.extra:
-        record["meta"] = dict(chunk.extra)
-    return dumps(record)
+def worker_line(facts: dict[str, Any], at: float) -> str:
+    """A ``worker`` event: the facts of one rank's worker, valid for its lines until the next one."""
+    return dumps({"event": WORKER, "at": utc_iso(at), **facts})
 
 
-def result_body(static: dict[str, Any], chunk: Chunk, ev: Any) -> str:
-    """Everything of a ``success``/``retry``/``failure`` record but its head (see result_line)."""
-    gpu = ev.gpu or {}
-    body = _identity(static, chunk, ev.attempt)
-    body.update(
-        started_at=utc_iso(ev.started_at),
-        finished_at=utc_iso(ev.finished_at),
-        runtime_s=round(ev.runtime_s, 4),
-        exit_code=ev.exit_code,
-        signal=ev.signal,
-        failure_class=ev.failure_class,
-        reason=ev.reason if not ev.ok else (ev.reason[-500:] if ev.reason else ""),
-        command=ev.command,
-    )
-    for key in _GPU_KEYS:
-        body[key] = gpu.get(key)
-    body.update(
-        detections=ev.detections,
-        outputs=ev.outputs,
-        runner_pid=ev.runner_pid,
-        model_version=ev.model_version,
-        hawkears_version=ev.hawkears_version,
-        metrics=ev.metrics,
-    )
-    if chunk.extra:
-        body["meta"] = dict(chunk.extra)
+def _identity(who_: dict[str, Any], chunk: Chunk, attempt: int) -> dict[str, Any]:
+    return {**who_, "recording_id": chunk.recording_id, "chunk_id": chunk.chunk_id, "attempt": attempt}
+
+
+def bare_record(event: str, who_: dict[str, Any], chunk: Chunk, attempt: int, **fields: Any) -> dict[str, Any]:
+    """A whole per-chunk record built on rank 0 (a chunk failed before dispatch, a lost attempt)."""
+    record = {"event": event, **_identity(who_, chunk, attempt)}
+    record.update((k, v) for k, v in fields.items() if v is not None)
+    return record
+
+
+def start_line(who_: dict[str, Any], chunk: Chunk, attempt: int, started_at: float) -> str:
+    """A ``start`` record (the chunk's extra manifest columns are in the manifest and the
+    detections, not here)."""
+    return dumps({"event": START, **_identity(who_, chunk, attempt), "started_at": utc_iso(started_at)})
+
+
+def result_body(
+    who_: dict[str, Any], chunk: Chunk, ev: Any, metrics: dict[str, Any] | None = None, runner_pid: int | None = None
+) -> str:
+    """Everything of a ``success``/``retry``/``failure`` record but its head (see result_line).
+
+    ``metrics``: the attempt's per-chunk metrics (the runner's constant ones went to the
+    ``worker`` event); ``runner_pid``: the attempt's process when it is not the worker's own.
+    """
+    body = _identity(who_, chunk, ev.attempt)
+    body["finished_at"] = utc_iso(ev.finished_at)
+    body["runtime_s"] = round(ev.runtime_s, 3)
+    if ev.exit_code is not None:
+        body["exit_code"] = ev.exit_code
+    if ev.signal is not None:
+        body["signal"] = ev.signal
+    if not ev.ok:
+        body["failure_class"] = ev.failure_class
+        body["reason"] = ev.reason
+    elif ev.reason:
+        body["reason"] = ev.reason[-SUCCESS_REASON_CHARS:]
+    if ev.detections is not None:
+        body["detections"] = ev.detections
+    gpu = ev.gpu
+    if gpu:  # whole MiB and percent: the sampler's tenths say nothing more per chunk
+        for key in _GPU_KEYS:
+            value = gpu.get(key)
+            if value is not None:
+                body[key] = round(value)
+    if runner_pid is not None:
+        body["runner_pid"] = runner_pid
+    if metrics:
+        body["metrics"] = metrics
     return dumps(body)
 
 
-_heads: dict[tuple[str, str, float | None], str] = {}
+_heads: dict[tuple[str, float | None], str] = {}
 
 
-def result_line(run_id: str, event: str, backoff_s: float | None, body: str) -> str:
+def result_line(event: str, backoff_s: float | None, body: str) -> str:
     """The final record: rank 0's verdict (event, back-off) prepended to the worker's body."""
-    key = (run_id, event, backoff_s)
+    key = (event, backoff_s)
     head = _heads.get(key)
     if head is None:
-        head = dumps({"schema": SCHEMA, "run_id": run_id, "event": event, "backoff_s": backoff_s})[:-1] + ","
+        fields = {"event": event} if backoff_s is None else {"event": event, "backoff_s": backoff_s}
+        head = dumps(fields)[:-1] + ","
         if backoff_s is None:  # success/failure heads repeat; retry heads carry a jittered delay
             _heads[key] = head
     return head + body[1:]
+
+
+# -- reading (pure) ----------------------------------------------------------------------------
+def with_facts(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Per-chunk records with the facts of their run and worker filled in, as if every line said
+    everything: ``run_id``, ``schema``, then the latest ``worker`` event of the line's rank (host,
+    pid, GPU, runner, versions, command template...). The record's own keys win, so files of
+    schema 1 (every line complete) read the same. ``run`` and ``worker`` events are not yielded.
+    """
+    run: dict[str, Any] = {}
+    facts: dict[Any, dict[str, Any]] = {}
+    for record in events:
+        event = record.get("event")
+        if event == RUN:
+            run = {"schema": record.get("schema"), "run_id": record.get("run_id")}
+        elif event == WORKER:
+            facts[record.get("rank")] = {k: v for k, v in record.items() if k not in _NOT_FACTS}
+        else:
+            yield {**run, **facts.get(record.get("rank"), {}), **record}

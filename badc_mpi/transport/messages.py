@@ -92,6 +92,15 @@ class StartEvent:
     line: str = ""  #: the telemetry record, encoded by the worker
 
 
+@dataclass(frozen=True)
+class WorkerEvent:
+    """A worker's constant facts (host, GPU, runner, versions, command template), or a change of
+    them: rank 0 writes ``line`` as is, before the worker's next start or result line."""
+
+    line: str  #: the telemetry ``worker`` record, encoded by the worker
+    key: str = ""  #: no chunk
+
+
 @dataclass
 class ResultEvent:
     """An attempt ended. ``ok`` is the worker's verdict after validating outputs."""
@@ -127,7 +136,7 @@ class Report:
     """A batch of events from one worker, plus how many more tasks it can take now."""
 
     rank: int
-    events: list[StartEvent | ResultEvent]
+    events: list[WorkerEvent | StartEvent | ResultEvent]
     want: int
 
 

@@ -31,7 +31,7 @@ from badc_mpi.storage import store
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.storage.detections import parse_raw
 from badc_mpi.storage.store import PER_CHUNK, STORE
-from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig
+from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig, WorkerEvent
 
 log = get_logger(__name__)
 
@@ -46,12 +46,15 @@ class Supervisor:
     def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
         self.config = config
         self.static = tel.worker_static(binding.rank, os.getpid(), binding)
+        self.who = tel.who(self.static)  #: what every per-chunk line says of this worker
+        self._facts: dict[str, Any] | None = None  #: the facts of the last ``worker`` event sent
+        self._static_keys = frozenset(getattr(runner, "static_metrics", ()))
         self.binding = binding
         self.runner = runner
         self.sampler = sampler  # badc_mpi.gpu.binding.GpuSampler or None
         self._inline = bool(getattr(runner, "inline", False))
         self._tasks: queue.Queue[WireTask | None] = queue.Queue()
-        self._events: collections.deque[StartEvent | ResultEvent] = collections.deque()
+        self._events: collections.deque[WorkerEvent | StartEvent | ResultEvent] = collections.deque()
         self._queued = 0
         self._running = 0
         self._lock = threading.Lock()
@@ -79,6 +82,7 @@ class Supervisor:
             return
         if self._inline:
             self.runner.start(self.binding)
+            self._announce(self._ready_facts(), time.time())
             self.ready = True
             return
         self._thread = threading.Thread(target=self._thread_main, name="badc-worker", daemon=True)
@@ -100,7 +104,7 @@ class Supervisor:
         for task in tasks:
             self._tasks.put(task)
 
-    def drain_events(self, now: float | None = None) -> list[StartEvent | ResultEvent]:
+    def drain_events(self, now: float | None = None) -> list[WorkerEvent | StartEvent | ResultEvent]:
         if self._inline:
             self._advance_inline(time.time() if now is None else now)
         out = []
@@ -169,7 +173,7 @@ class Supervisor:
     def _thread_main(self) -> None:
         try:
             self.runner.start(self.binding)
-            self._note_device()
+            self._announce(self._ready_facts(), time.time())
             self.ready = True
             while True:
                 task = self._tasks.get()
@@ -191,11 +195,41 @@ class Supervisor:
             else:
                 log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
 
-    def _note_device(self) -> None:
-        """The device the runner reports (HawkEars: ``cuda``/``cpu``) goes into every telemetry line."""
-        device = self.runner.describe().get("device")
-        if device:
-            self.static = {**self.static, "device": str(device)}
+    # -- the worker's facts (written once, in ``worker`` events) ------------------------------
+    def _ready_facts(self) -> dict[str, Any]:
+        """What stays the same from chunk to chunk: the binding, the runner's description (device,
+        versions, constant metrics such as the resident process's pid), the command template."""
+        described = self.runner.describe()
+        facts = {**self.static, "runner": self.runner.name}
+        for key in ("device", "model_version", "hawkears_version", *sorted(self._static_keys)):
+            value = described.get(key)
+            if value is not None:
+                facts[key] = value
+        facts["command"] = self.runner.command_template()
+        if self.config.scratch_dir:
+            facts["scratch_dir"] = self.config.scratch_dir
+        return facts
+
+    def _announce(self, facts: dict[str, Any], at: float) -> None:
+        """Queue a ``worker`` event when the facts are new or changed (before the next chunk line)."""
+        if facts != self._facts:
+            self._facts = facts
+            self._events.append(WorkerEvent(tel.worker_line(facts, at)))
+
+    def _changed_facts(self, result: AttemptResult) -> dict[str, Any] | None:
+        """The facts after ``result`` when it reports a new value of one (a restarted resident
+        process, another model or HawkEars version, another command), else None."""
+        facts = self._facts or self._ready_facts()
+        new: dict[str, Any] | None = None
+        updates = [("model_version", result.model_version), ("hawkears_version", result.hawkears_version)]
+        if self._static_keys:
+            updates += [(k, result.metrics.get(k)) for k in self._static_keys]
+        updates.append(("command", self.runner.command_template()))
+        for key, value in updates:
+            if value is not None and facts.get(key) != value:
+                new = new if new is not None else dict(facts)
+                new[key] = value
+        return new
 
     def _scratch_for(self, task: WireTask) -> str:
         """A short, fresh folder per attempt (ids never enter the name: no ENAMETOOLONG here)."""
@@ -289,7 +323,9 @@ class Supervisor:
         return self._result_event(task, result, started, finished, outputs, gpu, detections, record, versions)
 
     def _start_event(self, task: WireTask, started: float, command: list[str]) -> StartEvent:
-        line = tel.start_line(self.config.run_id, self.static, task.chunk, task.attempt, started, command)
+        if self._facts is None:
+            self._announce(self._ready_facts(), started)
+        line = tel.start_line(self.who, task.chunk, task.attempt, started)
         return StartEvent(task.chunk.key, task.attempt, started, command, line)
 
     def _result_event(
@@ -325,7 +361,13 @@ class Supervisor:
             record=record,
             versions=versions,
         )
-        ev.body = tel.result_body(self.static, task.chunk, ev)
+        changed = self._changed_facts(result)
+        if changed is not None:
+            self._announce(changed, finished)
+        facts = self._facts or {}
+        metrics = chunk_metrics(ev.metrics, self._static_keys, detections)
+        own = result.pid is None or result.pid in (facts.get("worker_pid"), facts.get("pid"))
+        ev.body = tel.result_body(self.who, task.chunk, ev, metrics, None if own else result.pid)
         self._note_runtime(finished - started)
         return ev
 
@@ -353,6 +395,24 @@ class Supervisor:
         if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
             return min(MAX_WINDOW, 4 * cap)
         return cap
+
+
+#: runner metrics left out of telemetry lines (10 million chunks: every byte counts 10 MB): the line's
+#: ``runtime_s`` says ``wall_s``; the sampler's ``vram_used_mib`` says ``peak_vram_mib``; ``cpu_s`` of
+#: decoding is in ``docs/gpu.md``'s benchmark, not needed per chunk
+NOT_PER_CHUNK = frozenset({"wall_s", "cpu_s", "peak_vram_mib"})
+
+
+def chunk_metrics(metrics: dict[str, Any], static_keys: frozenset[str], detections: int | None) -> dict[str, Any]:
+    """The per-chunk part of a runner's metrics, for telemetry: not the constant ones (in the
+    worker event), no nulls, none of :data:`NOT_PER_CHUNK`, no ``detections`` equal to the
+    line's own; floats to the millisecond."""
+    out = {}
+    for key, value in metrics.items():
+        if value is None or key in static_keys or key in NOT_PER_CHUNK or (key == "detections" and value == detections):
+            continue
+        out[key] = round(value, 3) if isinstance(value, float) else value
+    return out
 
 
 def fs_reason(exc: OSError, doing: str) -> str:

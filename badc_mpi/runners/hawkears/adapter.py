@@ -69,6 +69,8 @@ class HawkearsRunner(Runner):
     """HawkEars 2.x on one rank: resident worker (default) or one CLI process per chunk."""
 
     name = "hawkears"
+    #: the resident process's figures: the same for every attempt until it is restarted
+    static_metrics = frozenset({"worker_pid", "worker_starts", "device", "load_s"})
 
     def __init__(self, options: HawkearsOptions, *, python: str, data_root: hawkears_env.DataRoot) -> None:
         self.options = options
@@ -414,7 +416,9 @@ class HawkearsRunner(Runner):
             "model_version": self.data_root.model_version,
             "hawkears_version": self.hawkears_version,
             "worker_starts": self.worker_starts,
+            "worker_pid": self._worker.proc.pid if self._worker else None,
             "device": hello.get("device"),
+            "load_s": hello.get("load_s"),
             "models_loaded": hello.get("models"),
             "low_band_models_loaded": hello.get("low_band_models"),
             "options": dataclasses.asdict(self.options),

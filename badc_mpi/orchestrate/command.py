@@ -1,0 +1,221 @@
+"""``badc-mpi orchestrate``: the thin shell over plan, sbatch, datalad and launch (arguments: ``arguments.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from badc_mpi.arguments import add_run_arguments
+from badc_mpi.errors import UsageError
+from badc_mpi.inputs.chunk_status import enforce_chunk_status
+from badc_mpi.inputs.locations import find_dataset_root
+from badc_mpi.orchestrate import datalad as dl
+from badc_mpi.orchestrate import launch
+from badc_mpi.orchestrate.plan import Plan, build_plan, find_manifests, format_plan, plan_csv, plan_document, read_plan_file
+from badc_mpi.orchestrate.sbatch import JobSpec, SbatchOptions, directives, render, validate
+from badc_mpi.storage.atomic import atomic_write_text
+
+DIR_FLAGS = ("--output-dir", "--telemetry-dir", "--chunks-dir", "--scratch-dir")
+
+
+# -- pure helpers ----------------------------------------------------------------------------------
+def absolute_dirs(run_args: Sequence[str], cwd: str, root: str | None = None) -> list[str]:
+    """``run_args`` with relative folder options made absolute (the batch script runs elsewhere);
+    with ``root``, folders inside it relative to it (``datalad run`` runs in the dataset's root)."""
+
+    def place(value: str) -> str:
+        path = os.path.normpath(os.path.join(cwd, value))
+        return os.path.relpath(path, root) if root is not None and dl.inside(path, root) else path
+
+    out: list[str] = []
+    words = list(run_args)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        flag, eq, value = word.partition("=")
+        if flag in DIR_FLAGS and eq:
+            out.append(f"{flag}={place(value)}")
+        elif word in DIR_FLAGS and i + 1 < len(words):
+            out += [word, place(words[i + 1])]
+            i += 1
+        else:
+            out.append(word)
+        i += 1
+    return out
+
+
+def sbatch_options(args: argparse.Namespace) -> SbatchOptions:
+    d = SbatchOptions()
+    pick = {
+        "job_name": args.sockeye_job_name,
+        "account": args.sockeye_account,
+        "partition": args.sockeye_partition,
+        "gres": args.sockeye_gres,
+        "time": args.sockeye_time,
+        "cpus_per_task": args.sockeye_cpus_per_task,
+        "mem": args.sockeye_mem,
+        "nodes": args.sockeye_nodes,
+        "log_dir": os.path.abspath(args.sockeye_log_dir) if args.sockeye_log_dir else None,
+        "bundle_aggregate_dir": os.path.abspath(args.sockeye_bundle_aggregate_dir) if args.sockeye_bundle_aggregate_dir else None,
+        "bundle_bucket_minutes": args.sockeye_bundle_bucket_minutes,
+        "mpi": args.sockeye_mpi,
+        "signal_s": args.sockeye_signal_s,
+    }
+    values = {k: v for k, v in pick.items() if v is not None}
+    values.update(
+        resume_completed=args.sockeye_resume_completed,
+        bundle=args.sockeye_bundle,
+        array=args.sockeye_array,
+        record_datalad=args.record_datalad,
+    )
+    return SbatchOptions(**{**d.__dict__, **values})
+
+
+def queue_manifests(plan: Plan) -> list[str]:
+    """The manifests as the queue's command names them: relative to the dataset when inside it."""
+    return [plan.show(m) for m in plan.manifests]
+
+
+def datalad_command(plan: Plan, command: Sequence[str], datalad: str = "datalad") -> list[str]:
+    """``datalad run`` recording ``command`` over the plan (paths relative to the dataset)."""
+    inputs, _outside = dl.input_paths(plan.dataset, plan.manifests, plan.source_dirs)
+    outputs = [
+        dl.relative(plan.output_dir, plan.dataset, "output folder"),
+        dl.relative(plan.telemetry_dir, plan.dataset, "telemetry folder"),
+    ]
+    names = ", ".join(os.path.basename(m) for m in plan.manifests[:3]) + (" ..." if len(plan.manifests) > 3 else "")
+    t = plan.totals()
+    message = f"badc-mpi run: {names} ({t['chunks']} chunks, {t['done']} done earlier)"
+    return dl.run_argv(message, inputs, outputs, command, datalad=datalad)
+
+
+def print_run_record(manifests: Sequence[str], flags: Sequence[str], np: int | None) -> int:
+    """``badc-mpi run ... --print-datalad-run``: the ``datalad run`` command for this run; exit 0."""
+    first = os.path.abspath(manifests[0])
+    root = find_dataset_root(first)
+    if root is None:
+        raise UsageError(
+            f"{first} is not inside a DataLad dataset (no .datalad/ above it)", fix="datalad create the dataset first"
+        )
+    run_ns = _run_parser().parse_args([*manifests, *flags])
+    plan = build_plan(
+        root,
+        manifests,
+        output_dir=run_ns.output_dir,
+        telemetry_dir=run_ns.telemetry_dir,
+        chunks_dir=run_ns.chunks_dir,
+        check_chunks=False,
+    )
+    ranks = np or launch.default_ranks(os.environ)
+    command = launch.launcher(ranks, env=os.environ) + launch.run_command(
+        sys.executable, queue_manifests(plan), absolute_dirs(flags, os.getcwd(), plan.dataset)
+    )
+    print(dl.printable(datalad_command(plan, command), plan.dataset))
+    return 0
+
+
+def save_bundle(folder: str, message: str) -> None:
+    """``datalad save`` a bundle folder when it lies in a DataLad dataset (else nothing)."""
+    root = find_dataset_root(folder)
+    datalad = dl.datalad_executable()
+    if root is None or datalad is None:
+        return
+    argv = dl.save_argv(root, message, [os.path.relpath(folder, root)], datalad=datalad)
+    print(f"recording the bundle: {shlex.join(argv)}", flush=True)
+    if launch.execute(argv, cwd=root, env=dl.tool_env()) != 0:
+        raise UsageError(f"datalad save of {folder} failed (above)", fix=f"run it yourself: {shlex.join(argv)}")
+
+
+# -- the shell -------------------------------------------------------------------------------------
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="badc-mpi orchestrate --run-args", add_help=False)
+    add_run_arguments(p)
+    return p
+
+
+def _manifests(args: argparse.Namespace) -> tuple[str, list[str]]:
+    first = args.manifest[0] if args.manifest else None
+    # outside a DataLad dataset: here, as for `badc-mpi run`
+    dataset = args.dataset or (find_dataset_root(first) if first else None) or "."
+    dataset = os.path.abspath(dataset)
+    if not os.path.isdir(dataset):
+        raise UsageError(f"{dataset}: no such dataset folder", fix="give the dataset's folder")
+    if args.manifest:
+        return dataset, [os.path.abspath(m) for m in args.manifest]
+    if args.plan:
+        return dataset, read_plan_file(args.plan, dataset)
+    return dataset, find_manifests(dataset, args.manifest_dir, args.pattern)
+
+
+def cmd_orchestrate(args: argparse.Namespace) -> int:
+    if args.submit and not args.sockeye_script:
+        raise UsageError("--submit needs --sockeye-script PATH", fix="add --sockeye-script job.sbatch")
+    if args.apply and (args.sockeye_script or args.sockeye_array):
+        raise UsageError("--apply runs here; --sockeye-script/--sockeye-array write a batch script", fix="choose one")
+    dataset, manifests = _manifests(args)
+    run_ns = _run_parser().parse_args([*manifests, *args.run_args])
+    options = sbatch_options(args)  # bad --sockeye-* values fail before anything is written
+    if args.sockeye_script:
+        validate(options)
+        directives(options, array_size=None)
+    plan = build_plan(
+        dataset,
+        manifests,
+        output_dir=run_ns.output_dir,
+        telemetry_dir=run_ns.telemetry_dir,
+        chunks_dir=run_ns.chunks_dir,
+        check_chunks=run_ns.check_chunks,
+        per_manifest_output=args.sockeye_array,
+    )
+    print(format_plan(plan), flush=True)
+    if plan.guard is not None:
+        enforce_chunk_status(plan.guard, args.allow_partial_chunks or run_ns.allow_partial_chunks)
+    run_args = list(args.run_args)
+    resume = args.resume_completed and bool(plan.earlier_runs) and not run_ns.resume
+    command = launch.run_command(sys.executable, queue_manifests(plan), run_args + (["--resume"] if resume else []))
+    ranks = args.np or launch.default_ranks(os.environ)
+    command = launch.launcher(ranks, env=os.environ, mpi_plugin=args.mpi, mpiexec=args.mpiexec) + command
+    record = plan.is_datalad and args.record_datalad
+    wrapped = datalad_command(plan, command, dl.datalad_executable() or "datalad") if record else None
+    if args.print_datalad_run:
+        if not plan.is_datalad:
+            raise UsageError(
+                f"{plan.dataset} is not a DataLad dataset (no .datalad/ at or above it)",
+                fix="datalad create it, or run without DataLad",
+            )
+        print(dl.printable(datalad_command(plan, command), plan.dataset))
+    if args.plan_csv:
+        print(f"plan csv   {atomic_write_text(args.plan_csv, plan_csv(plan))}")
+    if args.plan_json:
+        print(f"plan json  {atomic_write_text(args.plan_json, json.dumps(plan_document(plan), indent=1) + chr(10))}")
+    if args.sockeye_script:
+        script = os.path.abspath(args.sockeye_script)
+        spec = JobSpec(
+            dataset=plan.dataset,
+            manifests=tuple(queue_manifests(plan)),
+            run_args=tuple(absolute_dirs(run_args, os.getcwd())),
+            python=sys.executable,
+            script_path=script,
+        )
+        atomic_write_text(script, render(spec, options))
+        os.chmod(script, 0o755)
+        print(f"script     {script}")
+        if args.submit:
+            job = launch.submit(script, cwd=plan.dataset)
+            print(f"submitted  job {job}: watch it with `badc-mpi monitor {shlex.quote(plan.telemetry_dir)} --follow`")
+        else:
+            print(f"submit it  sbatch {shlex.quote(script)}")
+    if not args.apply:
+        return 0
+    if record:
+        if dl.datalad_executable() is None:
+            raise UsageError("datalad is not installed", fix="make install (it installs datalad), or pass --no-record-datalad")
+        dl.require_clean(plan.dataset)
+        print(f"recording with datalad run: {shlex.join(wrapped or [])}", flush=True)
+        return launch.execute(wrapped or [], cwd=plan.dataset, env=dl.tool_env())
+    print(f"running: {shlex.join(command)}", flush=True)
+    return launch.execute(command, cwd=plan.dataset)
