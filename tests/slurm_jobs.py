@@ -71,8 +71,9 @@ def job(job_id: str) -> dict[str, str]:
     return parse_scontrol(proc.stdout)
 
 
-def wait_for(job_id: str, states: set[str] = FINAL_STATES, timeout_s: float = 240) -> dict[str, str]:
-    """Poll until the job reaches one of ``states``; fail the test (and cancel it) past ``timeout_s``."""
+def wait_for(job_id: str, states: set[str] = FINAL_STATES, timeout_s: float = 240, cancel: bool = True) -> dict[str, str]:
+    """Poll until the job reaches one of ``states``; past ``timeout_s`` fail (AssertionError),
+    cancelling the job unless ``cancel`` is False."""
     deadline = time.monotonic() + timeout_s
     info: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -80,8 +81,9 @@ def wait_for(job_id: str, states: set[str] = FINAL_STATES, timeout_s: float = 24
         if info.get("JobState") in states:
             return info
         time.sleep(0.5)
-    subprocess.run(["scancel", job_id], timeout=30)
-    raise AssertionError(f"job {job_id} not {sorted(states)} after {timeout_s} s (cancelled): {info}")
+    if cancel:
+        subprocess.run(["scancel", job_id], timeout=30)
+    raise AssertionError(f"job {job_id} not {sorted(states)} after {timeout_s} s{' (cancelled)' if cancel else ''}: {info}")
 
 
 def wait_until(predicate, timeout_s: float, what, interval_s: float = 0.25):  # noqa: ANN001

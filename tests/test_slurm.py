@@ -159,6 +159,8 @@ def test_srun_three_ranks_as_users_type_it_and_the_summary_names_job_and_step(tm
     info = wait_for(slurm["job_id"])  # the job the summary names is this srun's
     assert info["JobName"] == name and info["JobState"] == "COMPLETED"
     assert len(summary["workers"]) == 3  # one world of 3 ranks, not 3 worlds of 1
+    headers = [e for e in run["events"] if e["event"] == "run"]  # the telemetry's header line
+    assert [h.get("slurm") for h in headers] == [slurm] and headers[0]["ranks"] == 3
     assert {e["rank"] for e in run["events"] if e["event"] == "success"} == {0, 1, 2}
     assert successes([run]) == {f"rec{r:03d}/rec{r:03d}_chunk_{i * 200}_{(i + 1) * 200}": 1 for r in range(3) for i in range(4)}
 
@@ -293,8 +295,12 @@ def test_rank_0_killed_outright_leaves_its_lock_and_the_resubmission_takes_it_ov
     assert f"SLURM_JOB_ID={first}".encode() in env and b"SLURM_PROCID=0" in env  # this job's rank 0, ours
     segments = shared_memory_of(first)  # MPICH's /dev/shm segments: a killed job cannot remove them
     os.kill(holder["pid"], signal.SIGKILL)
-    info = wait_for(first, timeout_s=60)
-    assert info["JobState"] == "FAILED", info
+    try:  # srun --kill-on-bad-exit=1 ends the other ranks, which would wait on rank 0 forever
+        ended = wait_for(first, timeout_s=60, cancel=False)
+    except AssertionError:
+        ended = None
+        subprocess.run(["scancel", first], timeout=30)  # as an operator would: on to the lock
+        wait_for(first, timeout_s=60)
     wait_until(lambda: not job_processes(), 45, lambda: f"the killed job's processes gone: {describe(job_processes())}")
     for path in segments:
         path.unlink(missing_ok=True)  # ours: mapped by this job's ranks, and nobody maps them now
@@ -312,6 +318,10 @@ def test_rank_0_killed_outright_leaves_its_lock_and_the_resubmission_takes_it_ov
     counts = successes([run1, run2])
     assert len(counts) == 60 and set(counts.values()) == {1}
     assert not {f"{e['recording_id']}/{e['chunk_id']}" for e in run2["events"] if e["event"] == "start"} & done_first
+    assert ended is not None and ended["JobState"] == "FAILED", (
+        "after rank 0 died the job kept running (its other ranks wait on rank 0 forever): it would hold "
+        "its GPUs until the time limit; the script's srun needs --kill-on-bad-exit=1"
+    )
 
 
 def test_two_manifests_one_queue_interleave_across_ranks(tmp_path):
@@ -328,12 +338,14 @@ def test_two_manifests_one_queue_interleave_across_ranks(tmp_path):
     assert info["JobState"] == "COMPLETED", Path(str(out).replace("%j", job_id)).read_text()[-3000:]
     (run,) = runs(telemetry(tmp_path))
     assert run["summary"]["counts"]["success"] == 20 and len(run["summary"]["manifests"]) == 2
-    done = [e for e in run["events"] if e["event"] == "success"]
+    events = run["events"]
+    started = {(e["chunk_id"], e["attempt"]): e["started_at"] for e in events if e["event"] == "start"}
+    done = [e for e in events if e["event"] == "success"]
     by_rec: dict[str, set[int]] = {}
     for e in done:
         by_rec.setdefault(e["recording_id"], set()).add(e["rank"])
     assert len(by_rec["rec000"]) >= 2 and len(by_rec["rec001"]) >= 2, by_rec
-    spans = [(e["recording_id"], e["rank"], e["started_at"], e["finished_at"]) for e in done]
+    spans = [(e["recording_id"], e["rank"], started[(e["chunk_id"], e["attempt"])], e["finished_at"]) for e in done]
     overlap = [
         (a, b)
         for a in spans

@@ -40,7 +40,11 @@ def test_the_config_is_all_under_its_folder_with_its_own_ports_and_munge_socket(
 
 
 def test_signal_option_keeps_the_scripts_kind_of_signal_with_a_test_lead(tmp_path):
-    assert signal_option(REPO / "slurm" / "infer.sbatch", 10) == ["--signal=TERM@10"]
+    (real,) = signal_option(REPO / "slurm" / "infer.sbatch", 10)
+    assert re.fullmatch(r"--signal=(B:)?TERM@10", real)
+    steps = tmp_path / "s.sbatch"
+    steps.write_text("#!/bin/bash\n#SBATCH --signal=TERM@300\nsrun true\n")
+    assert signal_option(steps, 10) == ["--signal=TERM@10"]
     batch = tmp_path / "b.sbatch"
     batch.write_text("#!/bin/bash\n#SBATCH --time=1:00:00\n#SBATCH --signal=B:USR1@600\necho\n")
     assert signal_option(batch, 15) == ["--signal=B:USR1@15"]
