@@ -22,7 +22,7 @@ STAMP := $(VENV)/.badc-installed-$(MPI)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test man chunk check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
+.PHONY: help install lint test test-slurm man chunk check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,15 @@ lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, s
 test: install hawkears-tiny shellcheck ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread
+
+# A throwaway SLURM cluster (scripts/slurm_cluster.py: munge, slurmctld, two slurmd, fake GPUs, all
+# under one temporary folder, own ports and munge socket) for real srun/sbatch runs; always torn
+# down. Needs root; installs Debian's slurmd slurmctld slurm-client munge when missing.
+# docs/howto/testing-slurm.md. SRUN_MPI: srun's MPI plugin (pmi2 for the MPICH wheel).
+test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (tests/test_slurm.py), always torn down (~3 min)
+	@$(PYTHON) scripts/slurm_cluster.py prepare
+	@$(MAKE) --no-print-directory install hawkears-tiny
+	$(PY) scripts/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider tests/test_slurm.py $(ARGS)
 
 man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man

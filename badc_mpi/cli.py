@@ -493,7 +493,9 @@ def resume_command(args: argparse.Namespace, dirs: dict[str, str], ranks: int, e
         )
     python = [sys.executable, "-m", "badc_mpi", "run", *manifests, *flags, "--resume"]
     if env.get("SLURM_JOB_ID"):
-        launcher = ["srun", "-n", str(ranks)]
+        # the step's MPI plugin (srun exports it): the MPICH wheel's ranks see each other only with pmi2
+        mpi = [f"--mpi={env['SLURM_MPI_TYPE']}"] if env.get("SLURM_MPI_TYPE") else []
+        launcher = ["srun", "-n", str(ranks), *mpi]
     elif ranks > 1:
         local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
         launcher = [local if os.access(local, os.X_OK) else "mpiexec", "-n", str(ranks)]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from badc_mpi.cli import build_parser, resume_command
-from badc_mpi.coordinator.planning import order_chunks
+from badc_mpi.coordinator.planning import order_chunks, slurm_meta
 from badc_mpi.errors import LockError, StateError, UsageError
 from badc_mpi.options import RunOptions
 from badc_mpi.records import Chunk
@@ -148,6 +148,8 @@ def test_resume_command_follows_the_launcher():
     srun = shlex.split(resume_command(args, DIRS, 8, env={"SLURM_JOB_ID": "42"}))
     assert srun[:3] == ["srun", "-n", "8"] and srun[3:7] == [sys.executable, "-m", "badc_mpi", "run"]
     assert srun[7] == "/d/m one.csv" and srun[-1] == "--resume" and "--dry-run" in srun
+    pmi2 = shlex.split(resume_command(args, DIRS, 4, env={"SLURM_JOB_ID": "42", "SLURM_MPI_TYPE": "pmi2"}))
+    assert pmi2[:4] == ["srun", "-n", "4", "--mpi=pmi2"]  # the step's plugin: the MPICH wheel needs pmi2
     mpi = shlex.split(resume_command(args, DIRS, 3, env={}))
     assert mpi[0].endswith("mpiexec") and mpi[1:3] == ["-n", "3"]
     one = shlex.split(resume_command(args, DIRS, 1, env={}))
@@ -250,6 +252,13 @@ def test_resume_refuses_a_ledger_without_fingerprint_unless_told(tmp_path):
     assert rerun.to_run.tolist() == [0] and rerun.changed_settings == 1
     same = ResumeState(records={chunk.key: rec}, sources=["x"], fingerprints={"old-run": dict(now)})
     assert decide([chunk], same, output_dir=str(tmp_path), skip_failed=False, fingerprint=now).skipped == 1
+
+
+def test_slurm_meta_names_the_job_and_step_only_inside_slurm():
+    assert slurm_meta({}) is None and slurm_meta({"SLURM_STEP_ID": "0"}) is None
+    env = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "2", "SLURM_CLUSTER_NAME": "sockeye", "SLURM_ARRAY_TASK_ID": ""}
+    assert slurm_meta(env) == {"job_id": "77", "step_id": "2", "cluster": "sockeye"}
+    assert slurm_meta({"SLURM_JOBID": "9"}) == {"job_id": "9"}
 
 
 def test_resume_keeps_the_latest_record_and_counts_orphans_and_changed_hashes(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,29 @@ class RunPlan:
     chunks_dir: str = ""
     carried_counts: dict[str, int] = field(default_factory=dict)  #: resume: skipped chunks per status
     resume_note: str = ""
+
+
+#: the SLURM job and step a run was launched in (summary ``slurm``), from srun's/sbatch's variables
+SLURM_META = (
+    ("job_id", "SLURM_JOB_ID"),
+    ("step_id", "SLURM_STEP_ID"),
+    ("array_job_id", "SLURM_ARRAY_JOB_ID"),
+    ("array_task_id", "SLURM_ARRAY_TASK_ID"),
+    ("restart_count", "SLURM_RESTART_COUNT"),
+    ("cluster", "SLURM_CLUSTER_NAME"),
+    ("job_name", "SLURM_JOB_NAME"),
+    ("nodelist", "SLURM_JOB_NODELIST"),
+    ("ntasks", "SLURM_NTASKS"),
+)
+
+
+def slurm_meta(env: Mapping[str, str]) -> dict[str, str] | None:
+    """Which SLURM job and step this run is (None outside SLURM): the values as SLURM set them. Pure."""
+    if not (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")):
+        return None
+    out = {key: env[var] for key, var in SLURM_META if env.get(var)}
+    out.setdefault("job_id", env.get("SLURM_JOBID", ""))
+    return out
 
 
 def runner_options(options: RunOptions) -> Any:
@@ -171,6 +194,7 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
         "badc_mpi_version": __version__,
         "created_at": tel.utc_iso(now),
         "host": socket.gethostname(),
+        "slurm": slurm_meta(os.environ),
         "manifests": [os.path.abspath(p) for p in manifest_paths],
         "dataset_root": loc.dataset_root,
         "output_dir": output_dir,

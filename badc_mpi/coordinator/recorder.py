@@ -150,6 +150,7 @@ def run_header(plan: RunPlan, run_id: str, ranks: int | None) -> dict[str, Any]:
         time.time(),
         host=meta.get("host"),
         pid=os.getpid(),
+        slurm=meta.get("slurm"),
         ranks=ranks,
         badc_mpi_version=meta.get("badc_mpi_version"),
         manifests=meta.get("manifests"),

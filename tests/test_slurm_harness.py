@@ -1,0 +1,78 @@
+"""The test-slurm harness's pure parts, without a cluster (scripts/slurm_cluster.py, tests/slurm_jobs.py)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO  # puts scripts/ on sys.path
+from slurm_jobs import parse_scontrol, signal_option
+
+# isort: split
+import slurm_cluster
+
+
+def rendered(tmp_path: Path) -> tuple[str, str]:
+    values = slurm_cluster.config_values(tmp_path / "state", [16817, 16818, 17001, 17002], 123456)
+    conf = slurm_cluster.render((slurm_cluster.TEMPLATES / "slurm.conf.in").read_text(), values)
+    gres = slurm_cluster.render((slurm_cluster.TEMPLATES / "gres.conf.in").read_text(), values)
+    return conf, gres
+
+
+def test_the_config_is_all_under_its_folder_with_its_own_ports_and_munge_socket(tmp_path):
+    conf, gres = rendered(tmp_path)
+    state = str(tmp_path / "state")
+    assert "${" not in conf + gres
+    assert f"AuthInfo=socket={state}/munge/munge.socket" in conf
+    paths = re.findall(r"^(?:StateSaveLocation|SlurmdSpoolDir|Slurm\w*(?:Log|Pid)File)=(\S+)", conf, re.M)
+    assert len(paths) == 6 and all(p.startswith(state + "/") for p in paths)
+    assert "FirstJobId=123456" in conf and "SlurmctldPort=16817" in conf and "Port=17001" in conf and "Port=17002" in conf
+    nodes = re.findall(r"^NodeName=(\S+) .*Gres=gpu:4", conf, re.M)
+    assert nodes == ["n1", "n2"] and "Nodes=n1,n2" in conf
+    assert f"File={state}/dev/nvidia[0-3]" in gres
+    with pytest.raises(KeyError):  # a placeholder without a value is an error, never left in
+        slurm_cluster.render("x=${missing}", {})
+
+
+def test_signal_option_keeps_the_scripts_kind_of_signal_with_a_test_lead(tmp_path):
+    (real,) = signal_option(REPO / "slurm" / "infer.sbatch", 10)
+    assert re.fullmatch(r"--signal=(B:)?TERM@10", real)
+    steps = tmp_path / "s.sbatch"
+    steps.write_text("#!/bin/bash\n#SBATCH --signal=TERM@300\nsrun true\n")
+    assert signal_option(steps, 10) == ["--signal=TERM@10"]
+    batch = tmp_path / "b.sbatch"
+    batch.write_text("#!/bin/bash\n#SBATCH --time=1:00:00\n#SBATCH --signal=B:USR1@600\necho\n")
+    assert signal_option(batch, 15) == ["--signal=B:USR1@15"]
+    batch.write_text("#!/bin/bash\n#SBATCH --time=1:00:00\n")
+    assert signal_option(batch, 15) == []
+
+
+def test_parse_scontrol_one_line():
+    line = "JobId=12 JobName=badc-infer UserId=root(0) JobState=FAILED Reason=NonZeroExitCode ExitCode=75:0 NumTasks=4"
+    info = parse_scontrol(line)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "75:0" and info["NumTasks"] == "4" and info["JobId"] == "12"
+
+
+def test_without_root_it_says_so_in_one_line_and_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 1000)
+    assert slurm_cluster.main(["prepare"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs root" in err[0]
+    assert slurm_cluster.main(["run", "--", "true"]) == 2
+
+
+def test_processes_with_env_finds_only_the_process_holding_that_value():
+    marker = uuid.uuid4().hex
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env={"BADC_TEST_MARK": marker})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env={"BADC_TEST_MARK": "other"})
+    try:
+        assert slurm_cluster.processes_with_env("BADC_TEST_MARK", marker) == [child.pid]
+    finally:
+        for proc in (child, other):
+            proc.kill()
+            proc.wait()
