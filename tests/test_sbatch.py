@@ -151,10 +151,10 @@ def test_shipped_script_runs_resumes_and_bundles(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     out = first.stdout
     assert "badc-mpi: resume: no (earlier runs: none" in out
-    assert "badc-mpi: running: srun --mpi=pmi2 --kill-on-bad-exit=0" in out
+    assert "badc-mpi: running: srun --mpi=pmi2 --kill-on-bad-exit=1" in out
     assert "the run finished: every chunk succeeded" in out
     assert "report   " in out and (tmp_path / "ds" / "artifacts" / "aggregate" / "chunks" / "report.html").exists()
-    assert "--mpi=pmi2 --kill-on-bad-exit=0" in (tmp_path / "srun.log").read_text()
+    assert "--mpi=pmi2 --kill-on-bad-exit=1" in (tmp_path / "srun.log").read_text()
     second = sbatch_like(REPO / "slurm" / "infer.sbatch", [str(manifest), "--", *run_args()], {**env, "BADC_SRUN_MPI": "pmix"})
     assert second.returncode == 0, second.stdout + second.stderr
     assert "badc-mpi: resume: yes, earlier runs: 1 (latest: " in second.stdout

@@ -21,7 +21,7 @@ SBATCH_VAR = "BADC_MPI_SBATCH"
 def launcher(np: int, *, env: Mapping[str, str], mpi_plugin: str = "pmi2", mpiexec: str | None = None) -> list[str]:
     """``srun --mpi=P -n N`` inside a SLURM allocation, ``mpiexec -n N`` elsewhere, nothing for one rank."""
     if env.get("SLURM_JOB_ID"):
-        return ["srun", f"--mpi={mpi_plugin}", "--kill-on-bad-exit=0", "-n", str(np)]
+        return ["srun", f"--mpi={mpi_plugin}", "--kill-on-bad-exit=1", "-n", str(np)]
     if np <= 1:
         return []
     if mpiexec is None:

@@ -56,18 +56,20 @@ else
 fi
 say "watch it from a login node: $PY -m badc_mpi monitor $DATASET/$telemetry_dir --follow"
 
-# SLURM sends SIGTERM to this shell only (--signal=B:TERM@...): forward it to the srun step,
-# which passes it to every rank; the run drains (--grace-s), writes its summary and exits 75.
+# SLURM sends SIGTERM to this shell only (--signal=B:TERM@...): pass it on to every rank with
+# scancel --signal (a kill -TERM of srun itself would make srun SIGKILL the ranks); the run drains
+# (--grace-s), writes its summary and exits 75. --kill-on-bad-exit=1: a rank that dies takes the
+# step down instead of leaving the others waiting on it until the time limit.
 step=
 term_seen=0
 # shellcheck disable=SC2317  # run by the trap
 forward_term() {
     term_seen=$((term_seen + 1))
     say "SIGTERM (the time limit is near, or scancel): stopping the run cleanly"
-    if [[ -n "$step" ]]; then kill -TERM "$step" 2>/dev/null || true; fi
+    if [[ -n "$step" ]]; then scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || kill -TERM "$step" 2>/dev/null || true; fi
 }
 trap forward_term TERM
-command=(srun "--mpi=$MPI_PLUGIN" --kill-on-bad-exit=0 "$PY" -m badc_mpi run "${manifests[@]}"
+command=(srun "--mpi=$MPI_PLUGIN" --kill-on-bad-exit=1 "$PY" -m badc_mpi run "${manifests[@]}"
     ${where[@]+"${where[@]}"} ${run_args[@]+"${run_args[@]}"} ${resume[@]+"${resume[@]}"})
 say "running: ${command[*]}"
 "${command[@]}" &
