@@ -418,3 +418,46 @@ def test_the_test_cluster_is_its_own_with_fake_gpus_and_pmi2():
         timeout_s=60,
     )
     assert world.stdout.split() == ["2", "2"], world.stderr
+
+
+def _split(whole: Path) -> list[Path]:
+    """The dataset's manifest as one manifest per recording, in its ``manifests/`` folder."""
+    header, *rows = whole.read_text().splitlines()
+    out = []
+    for rec in sorted({r.split(",")[0] for r in rows}):
+        path = whole.with_name(f"{rec}.csv")
+        path.write_text("\n".join([header, *[r for r in rows if r.startswith(rec + ",")]]) + "\n")
+        out.append(path)
+    whole.unlink()
+    return out
+
+
+@pytest.mark.parametrize("array", [False, True], ids=["queue", "array"])
+def test_orchestrate_writes_and_submits_a_script_that_completes(tmp_path, array):
+    """``orchestrate --sockeye-script --submit`` through the real sbatch: one queue over both
+    manifests, or an array task per manifest; every chunk done exactly once."""
+    manifests = _split(dataset(tmp_path, 2, 4, seconds=0.2))
+    script = tmp_path / "job.sbatch"
+    sockeye = ["--sockeye-script", str(script), "--sockeye-time", "00:05:00", "--sockeye-mem", "1G"]
+    sockeye += ["--sockeye-cpus-per-task", "1", "--sockeye-log-dir", str(tmp_path / "logs")]
+    proc = run_own(
+        [PYTHON, "-m", "badc_mpi", "orchestrate", str(tmp_path), *sockeye, *(["--sockeye-array"] if array else []), "--submit"]
+        + ["--run-args", *fake_args("--allow-cpu", sleep_s=0.1)],
+        cwd=REPO,
+        timeout_s=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job_id,) = re.findall(r"submitted\s+job (\d+)", proc.stdout)
+    jobs = [job_id] + ([f"{job_id}_{i}" for i in range(len(manifests))] if array else [])
+    for one in jobs[1:] if array else jobs:
+        info = wait_for(one)
+        logs = "\n".join(f.read_text()[-1500:] for f in sorted(tmp_path.rglob("*.out")))
+        assert info["JobState"] == "COMPLETED", (one, info.get("ExitCode"), logs)
+    ledgers = sorted(tmp_path.rglob("*.ledger.jsonl"))
+    assert len(ledgers) == (len(manifests) if array else 1), ledgers
+    counts: dict[str, int] = {}
+    for ledger in ledgers:
+        for rec in [json.loads(x) for x in ledger.read_text().splitlines()[1:]]:
+            if rec["s"] == "success":
+                counts[f"{rec['r']}/{rec['c']}"] = counts.get(f"{rec['r']}/{rec['c']}", 0) + 1
+    assert len(counts) == 8 and set(counts.values()) == {1}, counts

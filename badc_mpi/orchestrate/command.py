@@ -203,6 +203,8 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         )
         atomic_write_text(script, render(spec, options))
         os.chmod(script, 0o755)
+        if options.log_dir:  # SLURM does not create the --output folder: a job would fail before its first line
+            os.makedirs(options.log_dir, exist_ok=True)
         print(f"script     {script}")
         if args.submit:
             job = launch.submit(script, cwd=plan.dataset)
