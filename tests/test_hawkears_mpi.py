@@ -119,7 +119,7 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
         pids_by_rank[e["rank"]].add(e["worker_pid"])
         assert e["command"][0].startswith("<resident") and "input={input}" in e["command"]
         assert e["device"] == "cpu"  # what HawkEars itself reports, in its rank's worker event
-        assert {"decode_s", "score_s"} <= set(e["metrics"]) and "worker_pid" not in e["metrics"]
+        assert not {"decode_s", "score_s", "worker_pid"} & set(e.get("metrics", {}))  # not per chunk (<= 400 B)
     assert set(pids_by_rank) == {0, 1}, "both ranks worked"
     assert all(len(p) == 1 for p in pids_by_rank.values()), "one HawkEars worker per rank, not one per chunk"
 

@@ -34,6 +34,7 @@ def static(i: int, gpu: bool = True) -> dict:
     binding = SimpleNamespace(
         host="node1", worker=f"gpu{i}@node1" if gpu else f"cpu{i}@node1", gpu_index=i if gpu else None,
         gpu_uuid=f"GPU-{i}" if gpu else None, gpu_name="Fake" if gpu else None,
+        gpu_memory_total_mib=16000 if gpu else None,  # the monitor's "of": the device's size, from the worker event
     )  # fmt: skip
     return tel.worker_static(i, 100 + i, binding)
 

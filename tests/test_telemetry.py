@@ -38,7 +38,15 @@ class VersionedRunner(Runner):
     def run(self, task: Task) -> AttemptResult:
         self.runs += 1
         model = "m1" if self.runs <= 2 else "m2"
-        metrics = {"worker_pid": 77, "load_s": 1.5, "wall_s": 0.5, "decode_s": 0.12345, "detections": 3, "peak": None}
+        metrics = {
+            "worker_pid": 77,
+            "load_s": 1.5,
+            "wall_s": 0.5,
+            "decode_s": 0.1,
+            "rows": 0.12345,
+            "detections": 3,
+            "peak": None,
+        }
         return AttemptResult(ok=True, exit_code=0, pid=77, model_version=model, metrics=metrics)
 
 
@@ -62,8 +70,8 @@ def test_worker_event_once_then_again_when_the_model_changes():
     start = json.loads(next(e for e in events if isinstance(e, StartEvent)).line)
     assert set(start) == {"event", "rank", "recording_id", "chunk_id", "attempt", "started_at"}
     result = json.loads(tel.result_line("success", None, events[2].body))
-    # constant metrics (in the worker event), wall_s and nulls are left out; the pid is the worker's
-    assert result["metrics"] == {"decode_s": 0.123, "detections": 3} and "runner_pid" not in result
+    # constant metrics (in the worker event), NOT_PER_CHUNK ones and nulls are left out; the pid is the worker's
+    assert result["metrics"] == {"rows": 0.123, "detections": 3} and "runner_pid" not in result
     assert set(result) == {
         "event",
         "rank",

@@ -42,12 +42,13 @@ SCHEMA = pa.schema(
         ("gpu_util_pct_max", pa.float64()),
         ("vram_used_mib", pa.float64()),
         ("vram_device_mib", pa.float64()),
+        ("gpu_memory_total_mib", pa.float64()),  #: the worker event's device size (schema 2's "of")
     ]
 )
 _PARSE = pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore")
 _THREADS_FROM_BYTES = 4 << 20  # small (follow) blocks parse on this thread
 _PA_BLOCK_BYTES = 4 << 20  # pyarrow's own block (per thread): a longer line sends its block to json.loads
-_FLOATS = ("runtime_s", "gpu_util_pct_mean", "gpu_util_pct_max", "vram_used_mib", "vram_device_mib")
+_FLOATS = ("runtime_s", "gpu_util_pct_mean", "gpu_util_pct_max", "vram_used_mib", "vram_device_mib", "gpu_memory_total_mib")
 
 
 @dataclass

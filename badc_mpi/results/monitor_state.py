@@ -267,6 +267,10 @@ class MonitorState:
         ):
             values = cols.floats[last_col]
             has = result & ~np.isnan(values)
+            if last_key == "vram_device":  # schema 2: the device's size, from its worker's event
+                total = cols.floats["gpu_memory_total_mib"]
+                values = np.where(np.isnan(values), total, values)
+                has = has | ~np.isnan(total)
             if has.any():
                 uniq, last = _last_per_worker(w[has], rows[has])
                 self.gpu[last_key][uniq] = values[last]

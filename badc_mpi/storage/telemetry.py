@@ -142,7 +142,9 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 # the next (host, pid, GPU, runner, versions, command template) are written once, in the ``run``
 # header and in each worker's ``worker`` event; per-chunk lines carry the ``rank`` to join them
 # (:func:`with_facts`). A key whose value would be null is left out of a per-chunk line.
-_GPU_KEYS = ("vram_used_mib", "vram_device_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
+#: the attempt's GPU figures per chunk (the sampler's device-wide ``vram_device_mib`` stays out: the
+#: worker event names the device and its memory; ``make gpu-check`` reports it)
+_GPU_KEYS = ("vram_used_mib", "gpu_util_pct_mean", "gpu_util_pct_max")
 #: keys of a ``worker`` event that are bookkeeping, not facts (never copied into chunk records)
 _NOT_FACTS = frozenset({"event", "at", "schema"})
 #: a final line keeps a success's ``reason`` (e.g. stderr of a command) up to this many characters
