@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 from badc_mpi.chunker.plan import RecordingPlan
 from badc_mpi.inputs.chunk_status import STATUS_FILE
 from badc_mpi.inputs.slices import CHUNK_KIND_COLUMN, SLICE
+from badc_mpi.records import STANDARD_COLUMNS
 from badc_mpi.storage.atomic import atomic_write_stream, temp_path_for
 
 #: per-recording columns, in the order they follow the standard ones
@@ -40,14 +41,7 @@ PLACE_TIME_COLUMNS = (
     "longitude",
 )
 MANIFEST_COLUMNS = (
-    "recording_id",
-    "chunk_id",
-    "source_path",
-    "start_ms",
-    "end_ms",
-    "overlap_ms",
-    "sha256",
-    "notes",
+    *STANDARD_COLUMNS,
     CHUNK_KIND_COLUMN,
     *PLACE_TIME_COLUMNS,
 )
