@@ -401,8 +401,9 @@ class Supervisor:
 #: <= 400 bytes per chunk for its start and final lines, GPU figures included): the line's ``runtime_s``
 #: says ``wall_s``; the sampler's ``vram_used_mib`` says ``peak_vram_mib``; HawkEars' decode/score
 #: split (``decode_s``, ``score_s``, ``cpu_s``) is measured by ``make bench-hawkears`` and ``make
-#: gpu-check``, not per chunk
-NOT_PER_CHUNK = frozenset({"wall_s", "cpu_s", "peak_vram_mib", "decode_s", "score_s"})
+#: gpu-check``, not per chunk; a virtual chunk's ``slice_frames`` follows from its span, and its
+#: ``slice_read_s`` is inside ``runtime_s``
+NOT_PER_CHUNK = frozenset({"wall_s", "cpu_s", "peak_vram_mib", "decode_s", "score_s", "slice_read_s", "slice_frames"})
 
 
 def chunk_metrics(metrics: dict[str, Any], static_keys: frozenset[str], detections: int | None) -> dict[str, Any]:
