@@ -77,7 +77,6 @@ class Recorder:
         runtime_s: float,
         finished_at: float,
         outputs: dict[str, str],
-        detections: int | None,
     ) -> None:
         """An attempt's end in the worker's totals, and a final outcome in the ledger."""
         self.workers[rank].count(decision.event, runtime_s)

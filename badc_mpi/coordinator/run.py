@@ -313,7 +313,7 @@ class Coordinator:
             decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self.recorder.attempt_ended(rank, state.chunk, decision, state.attempts, LOST, why, 0.0, time.time(), {}, None)  # type: ignore[union-attr]
+                self.recorder.attempt_ended(rank, state.chunk, decision, state.attempts, LOST, why, 0.0, time.time(), {})  # type: ignore[union-attr]
                 self.recorder.event(  # type: ignore[union-attr]
                     decision.event,
                     {"rank": rank, "worker": worker},
@@ -375,7 +375,6 @@ class Coordinator:
                 ev.runtime_s,
                 ev.finished_at,
                 ev.outputs,
-                ev.detections,
             )
             backoff = decision.backoff_s if decision.event == "retry" else None
             recorder.line(tel.result_line(decision.event, backoff, ev.body))

@@ -304,11 +304,9 @@ class Scheduler:
         now: float = 0.0,
     ) -> Decision:
         """Record the end of an attempt and decide: success, retry (with back-off) or failure."""
-        entry = self._in_flight.get(key)
-        if entry is None or entry[1] != worker or self._attempts[entry[0]] != attempt:
+        if not self.is_current(key, attempt, worker):
             return Decision("stale")  # a duplicate or late report: never counted twice
-        del self._in_flight[key]
-        i = entry[0]
+        i = self._in_flight.pop(key)[0]
         self._runtime[i] = runtime_s
         if ok:
             self._move(i, _SUCCESS)

@@ -135,10 +135,7 @@ def _parse_block(block: _Block, problems: list[tuple[str, str, str]]) -> pa.Tabl
 
 def _explode(rows: pa.Table, versions: dict[str, tuple[str | None, str | None]]) -> pa.Table:
     """Chunk lines -> one raw detection record per list element (chunk fields repeated)."""
-    labels = rows.column("label")
-    for name in ("label_code", "label_name"):  # null: the same as ``label`` (storage/store.py)
-        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.coalesce(rows.column(name), labels))
-    parents = pc.list_parent_indices(labels)
+    parents = pc.list_parent_indices(rows.column("label"))
     flat = {name: pc.list_flatten(rows.column(name)) for name in _LISTS}
     # chunk-level text repeats per detection: dictionary-encode once per chunk, then take indices only
     take = {
@@ -184,15 +181,20 @@ def _chunked(values: Any) -> pa.ChunkedArray:
     return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
 
 
+def _with_labels(rows: pa.Table) -> pa.Table:
+    """``label_code``/``label_name`` written as null repeat ``label`` (storage/store.py): fill them."""
+    labels = rows.column("label")
+    for name in ("label_code", "label_name"):
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.coalesce(rows.column(name), labels))
+    return rows
+
+
 def _consistent(rows: pa.Table) -> np.ndarray:
     """Rows whose lists all have ``n`` elements."""
     n = rows.column("n").to_numpy(zero_copy_only=False)
     ok = np.ones(rows.num_rows, dtype=bool)
     for name in _LISTS:
-        column = rows.column(name)
-        if name in ("label_code", "label_name"):
-            column = pc.coalesce(column, rows.column("label"))
-        lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False)
+        lengths = pc.fill_null(pc.list_value_length(rows.column(name)), -1).to_numpy(zero_copy_only=False)
         ok &= lengths == n
     return ok
 
@@ -211,6 +213,7 @@ def _chunk_batch(
     if not rows.num_rows:
         return None
     keys = pc.binary_join_element_wise(rows.column("recording_id"), rows.column("chunk_id"), "/").to_pylist()
+    rows = _with_labels(rows)
     good = _consistent(rows)
     keep = np.zeros(rows.num_rows, dtype=bool)
     chunks: list[DoneChunk] = []

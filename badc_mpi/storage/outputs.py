@@ -132,23 +132,7 @@ def remove_stale_outputs(output_dir: str | os.PathLike[str], recording_id: str, 
     Only call it for a chunk this process owns (a concurrent writer's temp file would vanish).
     Final files are left alone.
     """
-    paths = chunk_output_paths(output_dir, recording_id, chunk_id)
-    prefixes = tuple("." + os.path.basename(p) + ".tmp-" for p in paths.finals)
-    removed: list[str] = []
-    try:
-        entries = list(os.scandir(paths.recording_dir))
-    except FileNotFoundError:
-        return removed
-    for entry in entries:
-        if any(entry.name.startswith(prefix) and TEMP_TAIL_RE.fullmatch(entry.name[len(prefix) :]) for prefix in prefixes):
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                continue
-            removed.append(entry.path)
-    if removed:
-        fsync_dir(paths.recording_dir)
-    return sorted(removed)
+    return Leftovers().remove(output_dir, recording_id, chunk_id)
 
 
 class Leftovers:
