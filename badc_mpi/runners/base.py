@@ -1,7 +1,8 @@
 """The runner interface: how a worker rank runs one attempt of one chunk.
 
 A runner is created once per worker rank, ``start()``-ed once with the rank's GPU binding, then
-asked to ``run()`` attempts one after another (never two at once), and ``close()``-d at the end.
+asked to ``run()`` attempts one after another (never two at once; a runner with ``batch_size > 1``
+gets up to that many at once through ``run_batch()``), and ``close()``-d at the end.
 ``run()`` blocks until the attempt ends and must enforce ``task.timeout_s`` itself, killing the
 whole process group of anything it started. It writes raw outputs only into ``task.scratch_dir``;
 the worker validates them, parses detections and moves them into place atomically.
@@ -72,6 +73,11 @@ class Runner(abc.ABC):
     #: keys of ``AttemptResult.metrics`` that stay the same from one attempt to the next (e.g. the
     #: resident process's pid): telemetry writes them once, in the worker's ``worker`` event
     static_metrics: frozenset[str] = frozenset()
+    #: chunks :meth:`run_batch` takes at once (the supervisor hands over up to this many)
+    batch_size: int = 1
+    #: whether the supervisor tells the runner what comes next (:meth:`prefetch`) and finalises
+    #: outputs on a thread of its own while the runner scores the next chunks
+    pipeline: bool = False
 
     def start(self, binding: Binding) -> None:  # noqa: B027 - optional hook
         """Called once per rank before the first attempt (e.g. start a resident process)."""
@@ -79,6 +85,13 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def run(self, task: Task) -> AttemptResult:
         """Run one attempt; block until it ends; enforce ``task.timeout_s``."""
+
+    def run_batch(self, tasks: list[Task]) -> list[AttemptResult]:
+        """Up to :attr:`batch_size` attempts at once, a result each, in order (default: one by one)."""
+        return [self.run(task) for task in tasks]
+
+    def prefetch(self, chunks: list[Chunk]) -> None:  # noqa: B027 - optional hook
+        """A hint (with :attr:`pipeline`): these chunks come next; prepare them while others run."""
 
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""

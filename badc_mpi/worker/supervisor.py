@@ -69,6 +69,13 @@ class Supervisor:
         self._mean_runtime_s = 1.0
         self._attempts_started = 0
         self._leftovers = outputs_mod.Leftovers()
+        #: a pipelined runner prepares the next chunks while one is scored; outputs are finalised
+        #: on the finisher thread. ``batch_size`` chunks go to the runner at once.
+        self._pipelined = runner.pipeline and not self._inline
+        self._batch = max(1, runner.batch_size)
+        self._finisher: threading.Thread | None = None
+        self._done: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._finishing = 0
 
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -127,9 +134,13 @@ class Supervisor:
                 pass
             self._tasks.put(None)
             self.runner_interrupt()
+            deadline = time.monotonic() + max(0.0, timeout_s)
             self._thread.join(timeout=max(0.0, timeout_s))
             if self._thread.is_alive():
                 log.warning("the %s runner's attempt did not end within %.0f s of the stop", self.runner.name, timeout_s)
+            if self._finisher is not None:  # results already in hand are finalised (and reported) first
+                self._done.put(None)
+                self._finisher.join(timeout=max(0.1, deadline - time.monotonic()))
         try:
             self.runner.close()
         except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
@@ -175,18 +186,18 @@ class Supervisor:
             self.runner.start(self.binding)
             self._announce(self._ready_facts(), time.time())
             self.ready = True
+            if self._pipelined:
+                self._finisher = threading.Thread(target=self._finisher_main, name="badc-finish", daemon=True)
+                self._finisher.start()
             while True:
-                task = self._tasks.get()
-                if task is None:
+                tasks = self._take_batch()
+                if not tasks:
                     return
-                with self._lock:
-                    self._queued -= 1
-                    self._running += 1
                 try:
-                    self._events.append(self._attempt(task))
+                    self._attempts(tasks)
                 finally:
                     with self._lock:
-                        self._running -= 1
+                        self._running -= len(tasks)
         except BaseException as exc:  # noqa: BLE001 - reported to the loop, which aborts
             self.fatal_exc = exc  # set before ``fatal``: the loop reads fatal, then fatal_exc
             self.fatal = f"{type(exc).__name__}: {exc}"
@@ -249,7 +260,84 @@ class Supervisor:
     def _runner_task(self, task: WireTask, scratch: str) -> Task:
         return Task(task.chunk, task.attempt, scratch, task.timeout_s, self.config.run_id)
 
-    def _attempt(self, task: WireTask) -> ResultEvent:
+    def _take_batch(self) -> list[WireTask]:
+        """The next task (waits for it) and, up to the runner's batch size, those queued behind it;
+        empty when the supervisor closes."""
+        tasks: list[WireTask] = []
+        task = self._tasks.get()
+        while task is not None:
+            tasks.append(task)
+            if len(tasks) >= self._batch:
+                break
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+        else:
+            self._tasks.put(None)  # keep the close mark for the next take (the batch so far still runs)
+        with self._lock:
+            self._queued -= len(tasks)
+            self._running += len(tasks)
+        return tasks
+
+    def _upcoming(self) -> list[Any]:
+        """The chunks queued behind the running ones (the runner prepares them meanwhile)."""
+        with self._tasks.mutex:
+            return [t.chunk for t in list(self._tasks.queue)[: self._batch] if t is not None]
+
+    def _attempts(self, tasks: list[WireTask]) -> None:
+        """Run ``tasks`` (one, or a batch) through the runner; their outputs are finalised here, or
+        on the finisher thread when pipelined (the next chunks are scored meanwhile)."""
+        ready: list[tuple[WireTask, str, float]] = []
+        for task in tasks:
+            began = self._begin(task)
+            if isinstance(began, ResultEvent):
+                self._events.append(began)
+            else:
+                ready.append((task, began, time.time()))
+        if not ready:
+            return
+        if self._pipelined:
+            self.runner.prefetch(self._upcoming())
+        if self.sampler is not None:
+            self.sampler.begin(self.runner.active_pids)
+        try:
+            runner_tasks = [self._runner_task(task, scratch) for task, scratch, _ in ready]
+            if len(runner_tasks) == 1:
+                results = [self.runner.run(runner_tasks[0])]
+            else:
+                results = self.runner.run_batch(runner_tasks)
+        finally:
+            gpu = self.sampler.end() if self.sampler is not None else {}
+        finished = time.time()
+        for (task, scratch, started), result in zip(ready, results, strict=True):
+            if self._finisher is not None:
+                with self._lock:
+                    self._finishing += 1
+                self._done.put((task, result, started, finished, scratch, gpu))
+            else:
+                self._events.append(self._finish(task, result, started, finished, scratch, gpu))
+
+    def _finisher_main(self) -> None:
+        """Finalise attempts in arrival order (validation, parsing, fsyncs) off the scoring path."""
+        while True:
+            item = self._done.get()
+            if item is None:
+                return
+            try:
+                self._events.append(self._finish(*item))
+            except BaseException as exc:  # noqa: BLE001 - a bug: reported to the loop, which aborts
+                self.fatal_exc = exc
+                self.fatal = f"{type(exc).__name__}: {exc}"
+                log.error("finishing an attempt failed: %s\n%s", self.fatal, traceback.format_exc())
+                return
+            finally:
+                with self._lock:
+                    self._finishing -= 1
+
+    def _begin(self, task: WireTask) -> str | ResultEvent:
+        """The attempt's fresh scratch folder (its start event sent), or the event of an attempt
+        that failed before the runner saw it (a missing input, a file-system error)."""
         chunk = task.chunk
         started = time.time()
         problem = input_problem(chunk.input_path)
@@ -269,13 +357,14 @@ class Supervisor:
             return self._result_event(task, result, started, time.time(), {}, {}, None)
         command = self.runner.command(chunk, scratch)
         self._events.append(self._start_event(task, started, list(command)))
-        if self.sampler is not None:
-            self.sampler.begin(self.runner.active_pids)
-        try:
-            result = self.runner.run(self._runner_task(task, scratch))
-        finally:
-            gpu = self.sampler.end() if self.sampler is not None else {}
-        finished = time.time()
+        return scratch
+
+    def _finish(
+        self, task: WireTask, result: AttemptResult, started: float, finished: float, scratch: str, gpu: dict[str, Any]
+    ) -> ResultEvent:
+        """Validate, parse and finalise an attempt's outputs (per-chunk files fsynced and renamed,
+        or the store line encoded); its result event."""
+        chunk = task.chunk
         outputs: dict[str, str] = {}
         detections = None
         record = versions = ""
@@ -385,15 +474,16 @@ class Supervisor:
         self._mean_runtime_s += (runtime_s - self._mean_runtime_s) * 0.2
 
     def window(self) -> int:
-        """Chunks this worker should hold (queued + running): ``capacity``, about 2.
+        """Chunks this worker should hold (queued + running): ``capacity``, about 2; with a batching
+        runner, a batch running and (pipelined) the next one queued.
 
         Only when attempts are far shorter than a coordinator round trip (dry runs, trivially
         short chunks) does it widen, up to 4x and at most 8: then nothing can be hoarded that
         matters, and a window of 2 would leave the worker idle most of the time.
         """
-        cap = self.config.capacity
+        cap = max(self.config.capacity, self._batch * (2 if self._pipelined else 1))  # a batch running, the next queued
         if self.attempts_done >= 8 and self._mean_runtime_s < FAST_ATTEMPT_S:
-            return min(MAX_WINDOW, 4 * cap)
+            return max(cap, min(MAX_WINDOW, 4 * cap))
         return cap
 
 
@@ -403,7 +493,9 @@ class Supervisor:
 #: split (``decode_s``, ``score_s``, ``cpu_s``) is measured by ``make bench-hawkears`` and ``make
 #: gpu-check``, not per chunk; a virtual chunk's ``slice_frames`` follows from its span, and its
 #: ``slice_read_s`` is inside ``runtime_s``
-NOT_PER_CHUNK = frozenset({"wall_s", "cpu_s", "peak_vram_mib", "decode_s", "score_s", "slice_read_s", "slice_frames"})
+NOT_PER_CHUNK = frozenset(
+    {"wall_s", "cpu_s", "peak_vram_mib", "decode_s", "score_s", "slice_read_s", "slice_frames", "decoded_ahead"}
+)
 
 
 def chunk_metrics(metrics: dict[str, Any], static_keys: frozenset[str], detections: int | None) -> dict[str, Any]:

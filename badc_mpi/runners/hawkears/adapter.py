@@ -30,10 +30,12 @@ from typing import Any
 
 from badc_mpi.errors import RunnerSetupError
 from badc_mpi.logs import get_logger
-from badc_mpi.records import CRASH, EXIT, INPUT, OOM, TIMEOUT, Binding, Chunk
+from badc_mpi.records import EXIT, INPUT, Binding, Chunk
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.runners.hawkears import env as hawkears_env
-from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, fail, judge_outputs, run_cli_attempt
+from badc_mpi.runners.hawkears.ahead import Ahead, Prepared, discard
+from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, fail, run_cli_attempt
+from badc_mpi.runners.hawkears.exchange import Item, run_exchange
 from badc_mpi.runners.hawkears.options import (
     HawkearsOptions,
     analyze_argv,
@@ -42,14 +44,17 @@ from badc_mpi.runners.hawkears.options import (
     worker_argv,
 )
 from badc_mpi.runners.hawkears.process import WorkerProcess, spawn_worker
-from badc_mpi.runners.process import signal_group, signame
-from badc_mpi.runners.slicing import SliceError, slice_input
+from badc_mpi.runners.process import signal_group
+from badc_mpi.runners.slicing import SliceError
 
 log = get_logger(__name__)
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("resident.py")
 _STDERR_LINES = 300
 QUIT_WAIT_S = 5.0  #: at the end of a run, how long the worker may take to quit before its group is killed
+#: glibc malloc in the HawkEars process: keep large activation buffers instead of returning them to the
+#: kernel after every forward pass and faulting them back in (docs/throughput.md; same output)
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
 
 def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None = None) -> HawkearsRunner:
@@ -92,6 +97,19 @@ class HawkearsRunner(Runner):
         self._ring: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
         self._log_path: str | None = None
         self._next_id = 0
+        self._write_lock = threading.Lock()
+        self._ahead = Ahead(tempfile.gettempdir(), self._announce)  #: re-rooted in start()
+        self._ahead_on = False
+
+    @property
+    def batch_size(self) -> int:
+        """Chunks per :meth:`run_batch` (``--hawkears-batch``; 1 in CLI mode)."""
+        return self.options.batch if self.options.mode == "resident" else 1
+
+    @property
+    def pipeline(self) -> bool:
+        """Whether the next chunks are prepared while one is scored, and outputs finalised apart."""
+        return self.options.pipeline and self.options.mode == "resident"
 
     # ----------------------------------------------------------------- set-up
     def start(self, binding: Binding) -> None:
@@ -102,6 +120,9 @@ class HawkearsRunner(Runner):
         if self.options.threads:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env[var] = str(self.options.threads)
+        if self.options.malloc_tuning:
+            for var, value in MALLOC_TUNING.items():
+                env.setdefault(var, value)  # a site's own setting wins
         self._env = env
         if self.options.low_band and not self.data_root.has_low_band:
             raise RunnerSetupError(
@@ -127,6 +148,8 @@ class HawkearsRunner(Runner):
             self.data_root.model_version,
         )
         self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
+        self._ahead = Ahead(self._tmp, self._announce)
+        self._ahead_on = True
         try:
             self._cfg_path = self._write_config()
             if self.options.mode == "resident":
@@ -214,99 +237,87 @@ class HawkearsRunner(Runner):
 
     # ------------------------------------------------------------------ runs
     def run(self, task: Task) -> AttemptResult:
-        chunk = task.chunk
-        result = AttemptResult(
-            ok=False,
-            command=self.command(chunk, task.scratch_dir),
-            raw_format="scores2",
-            model_version=self.data_root.model_version,
-            hawkears_version=self.hawkears_version,
-        )
-        opts, bad = chunk_options(chunk)
-        if bad:
-            return fail(result, INPUT, bad)
-        if not os.path.isfile(chunk.input_path):
-            return fail(result, INPUT, f"input file not found: {chunk.input_path}")
-        os.makedirs(task.scratch_dir, exist_ok=True)
-        folder = os.path.join(task.scratch_dir, "slice")  # a virtual chunk's samples, cut from its recording
-        try:
-            scored, cut = slice_input(chunk, folder)
-        except SliceError as exc:
-            return fail(result, INPUT, str(exc))
-        if cut is not None:
-            task = dataclasses.replace(task, chunk=scored)
-            result.metrics.update(slice_read_s=round(cut.read_s, 4), slice_frames=cut.frames)
+        return self.run_batch([task])[0]
+
+    def run_batch(self, tasks: list[Task]) -> list[AttemptResult]:
+        """Attempts of up to :attr:`batch_size` chunks: several go to the resident process as one
+        batch (one forward pass per model over their windows); each ends on its own."""
+        results: list[AttemptResult] = []
+        todo: list[tuple[Task, dict[str, Any], AttemptResult, Prepared]] = []
+        for task in tasks:
+            chunk = task.chunk
+            result = AttemptResult(
+                ok=False,
+                command=self.command(chunk, task.scratch_dir),
+                raw_format="scores2",
+                model_version=self.data_root.model_version,
+                hawkears_version=self.hawkears_version,
+            )
+            results.append(result)
+            opts, bad = chunk_options(chunk)
+            if bad:
+                fail(result, INPUT, bad)
+                continue
+            if not os.path.isfile(chunk.input_path):
+                fail(result, INPUT, f"input file not found: {chunk.input_path}")
+                continue
+            os.makedirs(task.scratch_dir, exist_ok=True)
+            try:  # a virtual chunk's samples, cut from its recording (ahead of time when pipelined)
+                prepared = self._ahead.take(chunk, os.path.join(task.scratch_dir, "slice"))
+            except SliceError as exc:
+                fail(result, INPUT, str(exc))
+                continue
+            if prepared.cut is not None:
+                task = dataclasses.replace(task, chunk=prepared.chunk)
+                result.metrics.update(slice_read_s=round(prepared.cut.read_s, 4), slice_frames=prepared.cut.frames)
+            todo.append((task, opts, result, prepared))
         try:
             if self.options.mode == "cli":
-                return self._run_cli(task, opts, result)
-            return self._run_resident(task, opts, result)
+                for task, opts, result, _ in todo:
+                    self._run_cli(task, opts, result)
+            elif todo:
+                self._run_resident([(task, opts, result) for task, opts, result, _ in todo])
         finally:
-            if cut is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+            for *_, prepared in todo:
+                discard(prepared)
+        return results
 
-    def _run_resident(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
+    def prefetch(self, chunks: list[Chunk]) -> None:
+        """Chunks this rank scores next: cut their slices and have their audio decoded now."""
+        if self.pipeline and self._ahead_on:
+            self._ahead.prepare(chunks)
+
+    def _announce(self, path: str) -> None:
+        worker = self._worker
+        if worker is not None:
+            self._send(worker, (json.dumps({"op": "prefetch", "input": path}) + "\n").encode())
+
+    def _send(self, worker: WorkerProcess, data: bytes) -> None:
+        assert worker.proc.stdin is not None
+        with self._write_lock:  # requests (attempt thread) and announcements (ahead thread)
+            worker.proc.stdin.write(data)
+            worker.proc.stdin.flush()
+
+    def _run_resident(self, todo: list[tuple[Task, dict[str, Any], AttemptResult]]) -> None:
         if self._worker is None:
             error = self._start_worker()
             if error:
-                return fail(result, EXIT, f"the resident HawkEars worker did not restart: {error}")
+                for *_, result in todo:
+                    fail(result, EXIT, f"the resident HawkEars worker did not restart: {error}")
+                return
         worker = self._worker
-        assert worker is not None and worker.proc.stdin is not None
-        result.pid = worker.proc.pid
-        result.hawkears_version = self.hawkears_version
-        self._next_id += 1
-        place = dict(zip(("region", "lat", "lon", "date"), resolve_location(self.options, opts), strict=True))
-        request = {
-            "id": self._next_id,
-            "input": task.chunk.input_path,
-            "output_dir": task.scratch_dir,
-            "options": place,
-        }
-        start = time.monotonic()
-        deadline = start + task.timeout_s
-        try:
-            worker.proc.stdin.write((json.dumps(request) + "\n").encode())
-            worker.proc.stdin.flush()
-            line: bytes | str = worker.read_line(deadline)
-        except (BrokenPipeError, OSError):
-            line = "eof"
-        wall_s = time.monotonic() - start
-        result.metrics.update(self._base_metrics(worker), wall_s=round(wall_s, 4))
-        if line == "timeout":
+        assert worker is not None
+        items = []
+        for task, opts, result in todo:
+            result.pid = worker.proc.pid
+            result.hawkears_version = self.hawkears_version
+            self._next_id += 1
+            place = dict(zip(("region", "lat", "lon", "date"), resolve_location(self.options, opts), strict=True))
+            request = {"id": self._next_id, "input": task.chunk.input_path, "output_dir": task.scratch_dir, "options": place}
+            items.append(Item(request, result, task.scratch_dir, task.timeout_s))
+        done = run_exchange(worker, items, lambda data: self._send(worker, data), self._base_metrics(worker), self.stderr_tail)
+        if done.discard:
             self._discard_worker()
-            return fail(
-                result,
-                TIMEOUT,
-                f"no reply after {task.timeout_s:g} s; killed the worker's process group\n{self.stderr_tail()}",
-            )
-        if line == "eof":
-            rc = worker.proc.wait()
-            self._discard_worker()
-            if rc < 0:
-                result.signal = -rc
-                return fail(result, CRASH, f"the HawkEars worker died by signal {-rc} ({signame(-rc)})\n{self.stderr_tail()}")
-            result.exit_code = rc
-            return fail(result, EXIT, f"the HawkEars worker exited with status {rc}\n{self.stderr_tail()}")
-        try:
-            reply = json.loads(line)
-            if reply.get("id") != request["id"]:
-                raise ValueError(f"reply id {reply.get('id')!r} != request id {request['id']}")
-        except ValueError as exc:
-            self._discard_worker()
-            return fail(result, EXIT, f"HawkEars worker protocol error: {exc}: {line[:300]!r}")
-        for key in ("decode_s", "score_s", "cpu_s", "peak_vram_mib", "detections"):
-            result.metrics[key] = reply.get(key)
-        if reply.get("ok"):
-            return self._judge_outputs(result, task.scratch_dir)
-        error_class, message = reply.get("error_class"), reply.get("message") or ""
-        if error_class == "input":
-            return fail(result, INPUT, message)
-        self._discard_worker()  # OOM or an unexpected error: a fresh worker for the next attempt
-        if error_class == "oom":
-            return fail(result, OOM, message)
-        return fail(result, EXIT, f"{message}\n{self.stderr_tail()}")
-
-    def _judge_outputs(self, result: AttemptResult, scratch_dir: str) -> AttemptResult:
-        return judge_outputs(result, scratch_dir, self.stderr_tail)
 
     def _run_cli(self, task: Task, opts: dict[str, Any], result: AttemptResult) -> AttemptResult:
         assert self._tmp is not None
@@ -452,6 +463,8 @@ class HawkearsRunner(Runner):
                 for name in ("min_score", "models", "low_band", "label", "region", "lat", "lon", "date", "seg")
             },
             **files,
+            # batched scores may differ in the last bits: a run never mixes them with per-chunk ones
+            **({"batch": o.batch} if self.batch_size > 1 else {}),
         }
 
     def close(self) -> None:
@@ -476,6 +489,8 @@ class HawkearsRunner(Runner):
         self._cleanup_tmp()
 
     def _cleanup_tmp(self) -> None:
+        self._ahead_on = False
+        self._ahead.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

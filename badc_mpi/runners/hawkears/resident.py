@@ -17,6 +17,12 @@ pointed at stderr so nothing that HawkEars, britekit, torch or C libraries print
 - Reply: ``{"id", "ok", "error_class": null|"input"|"oom"|"error", "message", "scores_csv",
   "detections", "decode_s", "score_s", "cpu_s", "peak_vram_mib", "pid"}`` (``cpu_s``: CPU time of
   the whole worker process during the request).
+- ``{"op": "prefetch", "input"}`` (with ``--prefetch on``): decode that file in a decoder process
+  now, for a request that follows; no reply. Read by a thread as it arrives, so it overlaps the
+  request being scored.
+- ``{"op": "batch", "items": [request, ...]}`` (with ``--batch K``): one reply per item, in order,
+  each with ``"batch": n`` and its share of the batch's forward time in ``score_s``
+  (:mod:`resident_pipeline`).
 
 Each request runs HawkEars' own ``analyze()`` (the code path of ``hawkears analyze --rtype csv``,
 with ``raise_errors=True``), so ``output_dir/scores.csv`` is byte-for-byte what the CLI writes for
@@ -35,13 +41,13 @@ import argparse
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import tempfile
 import threading
 import time
 import traceback
-import wave
 
 # Run by path, Python puts this folder first on sys.path, where the runner-side ``hawkears.py``
 # would shadow the real ``hawkears`` package: drop it.
@@ -107,6 +113,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--exclude", default=None)
     p.add_argument("--seg", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=1, help="score the windows of up to K chunks per forward pass")
+    p.add_argument("--prefetch", choices=("on", "off"), default="off", help="decode announced chunks ahead, in a process")
+    p.add_argument("--decoders", type=int, default=1, help="decoder processes (with --prefetch on)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit at once if the parent is not this process")
     p.add_argument(
         "--merge-config",
@@ -116,6 +125,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="write BASE (JSON/YAML) merged with USER YAML to OUT, then exit (no models loaded)",
     )
     return p.parse_args(argv)
+
+
+def sibling(stem: str):  # noqa: ANN201
+    """``<stem>.py`` next to this file, loaded by path (this folder is not on sys.path)."""
+    import importlib.util
+
+    name = f"badc_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, f"{stem}.py"))
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+def pipeline_module():  # noqa: ANN201
+    return sibling("resident_pipeline")
+
+
+def decode_audio(path: str, rate: int, choose: bool):  # noqa: ANN201
+    """In a decoder process: Audio.load's decode, mix and resample of ``path`` (signal, error)."""
+    return pipeline_module().decode_here(path, rate, choose)
+
+
+def decoder_started() -> None:
+    """A decoder process dies with the worker, leaves stop signals to it, imports its libraries once."""
+    tie_to_parent(os.getppid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import britekit.core.audio  # noqa: F401
+    import librosa  # noqa: F401
 
 
 class _Recorder(logging.Handler):
@@ -171,113 +210,13 @@ def check_version(required: str | None) -> tuple[str, str, str]:
     return hawkears.__version__, getattr(britekit, "__version__", "?"), torch.__version__
 
 
-def _cfg_key(cfg) -> str:  # noqa: ANN001
-    """What a Predictor depends on: the config minus the ``hawkears`` section (location etc.)."""
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(vars(cfg))
-    data.pop("hawkears", None)
-    return json.dumps(data, sort_keys=True, default=str)
-
-
-def install_caches() -> dict:
-    """Keep models and other expensive objects alive across analyze() calls."""
-    import britekit.core.audio as audio_mod
-    import hawkears.core.analyzer as analyzer_mod
-    import hawkears.core.class_manager as class_manager_mod
-    import hawkears.core.occurrence_manager as occurrence_mod
-    import hawkears.heuristics.canada.low_band as low_band_mod
-
-    predictors: dict = {}
-    real_predictor = analyzer_mod.Predictor
-
-    def cached_predictor(model_path, device=None, cfg=None, *args, **kwargs):  # noqa: ANN001, ANN202
-        key = (str(model_path), device, _cfg_key(cfg), repr(args), repr(sorted(kwargs.items())))
-        predictor = predictors.get(key)
-        if predictor is None:
-            predictor = real_predictor(model_path, device, cfg, *args, **kwargs)
-            predictor._badc_own_audio = predictor.audio
-            predictors[key] = predictor
-        else:  # back to the state of a new Predictor (callers may have swapped or reconfigured audio)
-            predictor.audio = predictor._badc_own_audio
-            predictor.audio.signal = None
-            predictor.audio.path = None
-            predictor.audio.load_error = None
-            predictor.audio.set_config(predictor.cfg, resample=False)
-            predictor.last_frame_map = None
-            predictor.labels = None
-        return predictor
-
-    analyzer_mod.Predictor = cached_predictor
-    low_band_mod.Predictor = cached_predictor
-
-    checkpoints: dict = {}
-    real_lfc = class_manager_mod.load_from_checkpoint
-
-    def cached_load_from_checkpoint(path, *args, **kwargs):  # noqa: ANN001, ANN202
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, repr(args), repr(sorted(kwargs.items())))
-        if key not in checkpoints:
-            checkpoints[key] = real_lfc(path, *args, **kwargs)
-        return checkpoints[key]
-
-    class_manager_mod.load_from_checkpoint = cached_load_from_checkpoint
-
-    providers: dict = {}
-    real_provider = occurrence_mod.OccurrencePickleProvider
-
-    def cached_provider(pickle_path=None):  # noqa: ANN001, ANN202
-        key = os.path.abspath(pickle_path) if pickle_path else None
-        if key not in providers:
-            providers[key] = real_provider(pickle_path)
-        return providers[key]
-
-    occurrence_mod.OccurrencePickleProvider = cached_provider
-
-    real_load = audio_mod.Audio.load
-
-    def timed_load(self, path):  # noqa: ANN001, ANN202
-        start = time.perf_counter()
-        try:
-            return real_load(self, path)
-        finally:
-            _STATS["decode_s"] += time.perf_counter() - start
-
-    audio_mod.Audio.load = timed_load
-
-    # manifest.yaml (written by every analyze() call) depends only on the Predictor: render once.
-    import britekit.core.predictor as predictor_mod
-
-    real_save_manifest = predictor_mod.Predictor.save_manifest
-
-    def cached_save_manifest(self, output_path, cfg=None):  # noqa: ANN001, ANN202
-        text = getattr(self, "_badc_manifest", None)
-        if cfg is not None or text is None:
-            real_save_manifest(self, output_path, cfg)
-            if cfg is None:
-                with open(os.path.join(output_path, "manifest.yaml"), encoding="utf-8") as handle:
-                    self._badc_manifest = handle.read()
-            return
-        with open(os.path.join(output_path, "manifest.yaml"), "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    predictor_mod.Predictor.save_manifest = cached_save_manifest
-    return predictors
-
-
-def _write_silence(path: str, seconds: float = 6.0, rate: int = 22050) -> None:
-    """A warm-up recording; not at HawkEars' 28 kHz, so the resampler warms up too."""
-    with wave.open(path, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(b"\x00\x00" * int(seconds * rate))
-
-
 class Resident:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.low_band = {"auto": None, "on": True, "off": False}[args.low_band]
+        self.batch = max(1, int(args.batch or 1))
+        self.cache = None  #: resident_pipeline.AudioCache, with --prefetch on or --batch > 1
+        self.batcher = None  #: resident_pipeline.Batcher, with --batch > 1
 
     def analyze(self, input_path: str, output_dir: str, options: dict) -> None:
         from hawkears.commands._analyze import analyze
@@ -316,11 +255,27 @@ class Resident:
 
         if self.args.threads:
             torch.set_num_threads(self.args.threads)
-        predictors = install_caches()
+        if self.args.prefetch == "on" or self.batch > 1:
+            pipeline = pipeline_module()
+            self.cache = pipeline.AudioCache(decode_audio, decoder_started, max(1, self.args.decoders))
+            pipeline.install_cached_load(self.cache)  # first: the decode timer below wraps it
+            if self.batch > 1:
+                self.batcher = pipeline.Batcher()
+                self.batcher.install()
+        predictors = sibling("resident_caches").install_caches(_STATS, self.batcher)
+        extra: dict = {}
         with tempfile.TemporaryDirectory(prefix="badc-hawkears-warmup-") as tmp:
             wav = os.path.join(tmp, "warmup.wav")
-            _write_silence(wav)
+            sibling("resident_caches").write_silence(wav)
             self.analyze(wav, os.path.join(tmp, "out"), {})
+            if self.batcher is not None:  # the warm-up chunks scored alone and batched: how far apart
+                clips = [os.path.join(tmp, f"check{n}.wav") for n in range(2)]
+                for n, clip in enumerate(clips):
+                    sibling("resident_caches").write_noise(clip, 9.0 + 4 * n, seed=n)
+                worst = pipeline.compare_batched(self.batcher, clips)
+                extra = {"batch": self.batch, "batch_max_score_diff": float(f"{worst:.3g}")}
+            if self.cache is not None:
+                self.cache.forget()
         main_models, low_models, max_models, low_band = [], [], None, False
         for key, predictor in predictors.items():  # Predictor loads the first N sorted checkpoints
             count = len(predictor.models)
@@ -329,7 +284,11 @@ class Resident:
                 low_band, low_models = True, loaded
             else:
                 max_models, main_models = count, loaded
+                if self.cache is not None and self.args.prefetch == "on":
+                    self.cache.start((int(predictor.cfg.audio.sampling_rate), bool(predictor.cfg.audio.choose_channel)))
         return {
+            **extra,
+            "prefetch": self.args.prefetch == "on",
             "hello": True,
             "ok": True,
             "pid": os.getpid(),
@@ -345,7 +304,45 @@ class Resident:
             "torch_threads": torch.get_num_threads(),
         }
 
-    def handle(self, request: dict) -> dict:
+    def handle_batch(self, items: list[dict]):  # noqa: ANN201
+        """Replies to a batch's requests, in order, each as soon as its chunk is done."""
+        import torch
+
+        if self.batcher is None or len(items) < 2:
+            for item in items:
+                yield self.handle(item)
+            return
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        _STATS["decode_s"] = 0.0
+        if self.cache is not None:
+            self.cache.hits = 0
+        start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            windows = self.batcher.precompute([str(item.get("input") or "") for item in items])
+        except Exception:  # noqa: BLE001 - every chunk then goes the per-chunk way, and fails there if it must
+            traceback.print_exc(file=sys.stderr)
+            windows = {}
+        shared_s, shared_cpu_s, shared_decode_s = time.perf_counter() - start, time.process_time() - cpu_start, _STATS["decode_s"]
+        total = sum(windows.values())
+        try:
+            for item in items:
+                reply = self.handle(item, in_batch=True)
+                share = windows.get(str(item.get("input") or ""), 0) / total if total else 1.0 / len(items)
+                reply["batch"] = len(items)
+                if self.batcher.splits:
+                    reply["batch_splits"] = self.batcher.splits
+                reply["decode_s"] = round((reply["decode_s"] or 0.0) + share * shared_decode_s, 4)
+                reply["score_s"] = round((reply["score_s"] or 0.0) + share * (shared_s - shared_decode_s), 4)
+                reply["cpu_s"] = round((reply["cpu_s"] or 0.0) + share * shared_cpu_s, 4)
+                yield reply
+        finally:
+            self.batcher.clear()
+            if self.cache is not None:
+                self.cache.forget()
+
+    def handle(self, request: dict, in_batch: bool = False) -> dict:
         import torch
 
         reply = {
@@ -363,9 +360,11 @@ class Resident:
         input_path = str(request.get("input") or "")
         output_dir = str(request.get("output_dir") or "")
         cuda = torch.cuda.is_available()
-        if cuda:
+        if cuda and not in_batch:  # a batch's chunks report the batch's peak
             torch.cuda.reset_peak_memory_stats()
         _STATS["decode_s"] = 0.0
+        if self.cache is not None and not in_batch:
+            self.cache.hits = 0
         _LOG.messages.clear()
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
@@ -390,6 +389,8 @@ class Resident:
         reply["decode_s"] = round(_STATS["decode_s"], 4)
         reply["score_s"] = round(max(0.0, total - _STATS["decode_s"]), 4)
         reply["cpu_s"] = round(time.process_time() - cpu_start, 4)
+        if self.cache is not None:
+            reply["decoded_ahead"] = self.cache.hits
         if cuda:
             reply["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if reply["error_class"] is None:
@@ -404,6 +405,8 @@ class Resident:
                     error_class="input",
                     message=said[-1] if said else f"No predictions generated for {input_path} (no scores.csv)",
                 )
+        if self.cache is not None and not in_batch:
+            self.cache.forget()
         return reply
 
 
@@ -433,6 +436,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     proto.send(hello)
+    requests: queue.Queue[dict] = queue.Queue()
+    threading.Thread(target=read_requests, args=(requests, worker.cache), name="requests", daemon=True).start()
+    try:
+        while True:
+            request = requests.get()
+            op = request.get("op")
+            if op == "quit":
+                break
+            if op == "bad":
+                proto.send({"id": None, "ok": False, "error_class": "error", "message": request["message"], "pid": os.getpid()})
+            elif op == "batch":
+                for reply in worker.handle_batch(list(request.get("items") or [])):
+                    proto.send(reply)
+            else:
+                proto.send(worker.handle(request))
+    finally:
+        if worker.cache is not None:
+            worker.cache.close()
+    return 0
+
+
+def read_requests(requests: queue.Queue, cache) -> None:  # noqa: ANN001
+    """The stdin reader: a prefetch starts its decode at once (while a chunk is scored); every
+    other request goes to the main thread in order. End of input is a quit."""
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -440,12 +467,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             request = json.loads(line)
         except ValueError as exc:
-            proto.send({"id": None, "ok": False, "error_class": "error", "message": f"bad request: {exc}", "pid": os.getpid()})
+            requests.put({"op": "bad", "message": f"bad request: {exc}"})
             continue
+        if request.get("op") == "prefetch":
+            if cache is not None:
+                cache.announce(str(request.get("input") or ""))
+            continue
+        requests.put(request)
         if request.get("op") == "quit":
-            break
-        proto.send(worker.handle(request))
-    return 0
+            return
+    requests.put({"op": "quit"})
 
 
 if __name__ == "__main__":
