@@ -129,8 +129,9 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_aggregate.py
 	$(PY) scripts/bench_chunk.py
 	$(PY) scripts/bench_hawkears.py
+	$(PY) scripts/bench_hawkears.py --variants all --rounds 4
 
-gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')
+gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu x --hawkears-batch sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')
 	$(PY) scripts/gpu_check.py $(ARGS)
 
 clean: ## remove build leftovers (keeps .venv and outputs)
@@ -157,6 +158,6 @@ hawkears-python: ## print the HawkEars env's python
 hawkears-models: hawkears ## stage real HawkEars models (internet, e.g. Sockeye login node): make hawkears-models [DEST=dir]
 	@$(HAWKEARS_ENV) models $(if $(DEST),--dest '$(DEST)')
 
-bench-hawkears: install hawkears-tiny ## HawkEars resident vs CLI vs bare in-process scoring (tiny model; JSON)
-	$(PY) scripts/bench_hawkears.py
+bench-hawkears: install hawkears-tiny ## HawkEars resident vs CLI vs bare in-process scoring (tiny model; JSON); ARGS='--variants all': malloc tuning, pipeline, --hawkears-batch 1/4/16
+	$(PY) scripts/bench_hawkears.py $(ARGS)
 # --- hawkears (end) ---

@@ -19,8 +19,14 @@ Targets: resident >= 15x CLI chunks/s; resident per-chunk time <= 1.2x bare.
 
 On a GPU, ``--cuda-visible-devices UUID`` binds all three modes to that GPU (default "": CPU).
 
+``--variants plain,malloc,pipeline,batch4,batch16`` measures instead the resident worker's
+throughput options through a rank's real supervisor (``scripts/bench_variants.py``): per-chunk
+time with malloc tuning off and on, the pipeline off and on, and K = 1, 4, 16, interleaved round
+by round, with whether each variant's detections equal the plain one's.
+
 Usage: python scripts/bench_hawkears.py [--chunks 40] [--chunk-s 30] [--cli-chunks 5]
        [--models 3] [--threads 1] [--data-root DIR] [--workdir DIR] [--cuda-visible-devices UUID]
+       [--variants all|NAME,... [--rounds 6] [--round-chunks 16]]
 """
 
 from __future__ import annotations
@@ -38,10 +44,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_variants import VARIANTS, bench_variants  # noqa: E402
 
 from badc_mpi.records import Binding
 from badc_mpi.runners.base import Task  # noqa: E402
@@ -236,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=None, help="HawkEars env python (default: make hawkears's)")
     p.add_argument("--workdir", default=None, help="keep chunks and outputs here (default: a temp dir)")
     p.add_argument("--cuda-visible-devices", default="", metavar="UUID", help="GPU for every mode (default '': CPU)")
+    p.add_argument("--variants", default=None, metavar="NAMES", help="'all' or some of " + ",".join(VARIANTS))
+    p.add_argument("--rounds", type=int, default=6, help="with --variants: rounds per variant")
+    p.add_argument("--round-chunks", type=int, default=16, help="with --variants: chunks per round")
     args = p.parse_args(argv)
     args.threads = args.threads or None
     python = args.python or hawkears_env.find_hawkears_python()
@@ -243,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args.data_root = root.path
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="badc-bench-hawkears-"))
     load_before = os.getloadavg()
+    if args.variants:
+        return variants_main(args, argv, root, work, load_before)
     modes: list[Mode] = []
     try:
         paths = make_chunks(work / "chunks", args.chunks, args.chunk_s)
@@ -298,6 +312,44 @@ def main(argv: list[str] | None = None) -> int:
             "resident_overhead_vs_bare": round(cpu_overhead, 3),
         },
         "targets": {"resident_vs_cli_speedup>=15": speedup >= 15, "resident_overhead_vs_bare<=1.2": overhead <= 1.2},
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def variants_main(args: argparse.Namespace, argv: list[str] | None, root: Any, work: Path, load_before: tuple) -> int:
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"bench_hawkears.py: unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
+    options = HawkearsOptions(data_root=root.path, models=args.models, threads=args.threads, python=args.python)
+    try:
+        paths = make_chunks(work / "chunks", args.chunks, args.chunk_s)
+        figures = bench_variants(
+            names, options, bench_binding(args.cuda_visible_devices), paths, args.rounds, args.round_chunks, work
+        )
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
+        "command": " ".join(
+            [Path(sys.executable).name, "scripts/bench_hawkears.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "data_root": root.path,
+        "tiny_model": root.is_tiny,
+        "chunk_s": args.chunk_s,
+        "models": args.models,
+        "threads": args.threads or "torch default",
+        "rounds": args.rounds,
+        "round_chunks": args.round_chunks,
+        "variants": figures,
     }
     print(json.dumps(report, indent=1))
     return 0

@@ -14,8 +14,9 @@ c) resident: the resident HawkEars runner bound by UUID scores a few chunks on `
 d) oom: a child grabs (nearly) all free GPU memory with torch, then a long chunk must come back as
    failure class ``oom``; the child lets go; the runner restarts and scores the next chunk;
 e) bench: ``scripts/bench_hawkears.py --cuda-visible-devices UUID`` (short);
-f) sweep: ``mpiexec -n K python -m badc_mpi run --workers-per-gpu K --max-gpus 1`` for K = 1, 2, 4
-   over a generated manifest: chunks/s and GPU utilisation from the run's telemetry.
+f) sweep: ``mpiexec -n K python -m badc_mpi run --workers-per-gpu K --max-gpus 1 --hawkears-batch B``
+   for K = 1, 2, 4 and B = 1, 4, 16 over a generated manifest: chunks/s, GPU utilisation, VRAM and
+   the largest score difference between a batch and the per-chunk path, from the run's telemetry.
 
 Without a GPU (NVML unavailable or no device) it prints one line and exits 3. ``--dry-run`` runs the
 same code on CPU against the fake NVML (tests/fakes/nvml.py with tests/fake_nvml/four.json): the
@@ -219,6 +220,7 @@ def check_masks(ctx: Ctx, res: CheckResult) -> None:
 
 # ---------------------------------------------------------------------------- f) sweep
 def _sweep_manifest(folder: Path, chunks: int, seconds: float, rate: int) -> Path:
+    """``chunks`` rows over 8 distinct recordings (rows repeat files: audio is written once)."""
     from make_audio import synth_wave, write_wav
 
     (folder / "audio").mkdir(parents=True, exist_ok=True)
@@ -227,16 +229,18 @@ def _sweep_manifest(folder: Path, chunks: int, seconds: float, rate: int) -> Pat
     for i in range(chunks):
         rec, start = f"rec{i % 4:02d}", (i // 4) * step
         cid = f"{rec}_chunk_{start}_{start + step}"
-        write_wav(folder / "audio" / f"{cid}.wav", synth_wave(seconds, rate, seed=i), rate)
-        rows.append(f"{rec},{cid},audio/{cid}.wav,{start},{start + step}")
-    manifest = folder / "sweep.csv"
+        audio = folder / "audio" / f"a{i % 8}.wav"
+        if not audio.exists():
+            write_wav(audio, synth_wave(seconds, rate, seed=i), rate)
+        rows.append(f"{rec},{cid},audio/{audio.name},{start},{start + step}")
+    manifest = folder / f"sweep-{chunks}.csv"
     manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return manifest
 
 
 def check_sweep(ctx: Ctx, res: CheckResult) -> None:
-    chunks = ctx.sweep_chunks
-    manifest = _sweep_manifest(ctx.work / "sweep", chunks, ctx.chunk_s, 8000 if ctx.dry else 22050)
+    """``--workers-per-gpu`` K x ``--hawkears-batch`` B: chunks/s, GPU use, VRAM, batch score difference."""
+    rate = 8000 if ctx.dry else 22050
     if ctx.dry:
         runner = ["--runner", "command", "--runner-cmd", FAKE_CMD]
     else:
@@ -248,34 +252,38 @@ def check_sweep(ctx: Ctx, res: CheckResult) -> None:
         env["CUDA_VISIBLE_DEVICES"] = ctx.target
     rows, failures = [], []
     for k in ctx.sweep_ranks:
-        if ctx.budget.left() < MIN_CHECK_S:
-            print(budget_line(f"sweep K={k}", ctx.budget.left()), file=sys.stderr, flush=True)
-            rows.append({"K": k, "result": "skipped: budget spent"})
-            failures.append(f"K={k} skipped (budget)")
-            continue
-        out = ctx.work / f"sweep-k{k}"
-        argv = [*ctx.mpiexec, "-n", str(k), sys.executable, "-m", "badc_mpi", "run", str(manifest)]
-        argv += ["--output-dir", str(out / "out"), "--telemetry-dir", str(out / "tel"), "--no-chunk-check"]
-        argv += ["--max-gpus", "1", "--workers-per-gpu", str(k), "--max-retries", "0", *runner]
-        if not ctx.dry:
-            argv += ["--hawkears-log-dir", str(out / "logs")]
-        done = run_cmd(argv, timeout=ctx.budget.cap(180), env=env, cwd=ctx.work)
-        events = []
-        for path in sorted((out / "tel").glob("*.jsonl")):
-            if not path.name.endswith(".ledger.jsonl"):
-                events += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        figs = telemetry_figures(events)
-        row = {"K": k, "rc": done.rc, "wall_s": round(done.seconds, 1), **figs}
-        row["workers"] = len(figs["workers"])
-        rows.append(row)
-        if done.rc != 0 or figs["chunks_ok"] != chunks:
-            why = "timed out" if done.timed_out else f"exit {done.rc}"
-            failures.append(f"K={k}: {why}, {figs['chunks_ok']}/{chunks} chunks: {one_line(done.err[-2000:])}")
-        elif not ctx.dry and not (figs["devices"] and all(d.startswith("cuda") for d in figs["devices"])):
-            failures.append(f"K={k}: HawkEars ran on {figs['devices']}, not cuda")
-        elif figs["util_max_pct"] is None and not ctx.device.mig:
-            failures.append(f"K={k}: no GPU utilisation in telemetry")
-    res.figures.update(chunks=chunks, chunk_s=ctx.chunk_s, runs=rows)
+        for batch in ctx.sweep_batches:
+            chunks = ctx.sweep_chunks_for(batch)
+            label = f"K={k} B={batch}"
+            if ctx.budget.left() < MIN_CHECK_S:
+                print(budget_line(f"sweep {label}", ctx.budget.left()), file=sys.stderr, flush=True)
+                rows.append({"K": k, "batch": batch, "result": "skipped: budget spent"})
+                failures.append(f"{label} skipped (budget)")
+                continue
+            manifest = _sweep_manifest(ctx.work / "sweep", chunks, ctx.chunk_s, rate)
+            out = ctx.work / f"sweep-k{k}-b{batch}"
+            argv = [*ctx.mpiexec, "-n", str(k), sys.executable, "-m", "badc_mpi", "run", str(manifest)]
+            argv += ["--output-dir", str(out / "out"), "--telemetry-dir", str(out / "tel"), "--no-chunk-check"]
+            argv += ["--max-gpus", "1", "--workers-per-gpu", str(k), "--max-retries", "0", *runner]
+            if not ctx.dry:
+                argv += ["--hawkears-log-dir", str(out / "logs"), "--hawkears-batch", str(batch)]
+            done = run_cmd(argv, timeout=ctx.budget.cap(180), env=env, cwd=ctx.work)
+            events = []
+            for path in sorted((out / "tel").glob("*.jsonl")):
+                if not path.name.endswith(".ledger.jsonl"):
+                    events += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            figs = telemetry_figures(events)
+            row = {"K": k, "batch": batch, "chunks": chunks, "rc": done.rc, "wall_s": round(done.seconds, 1), **figs}
+            row["workers"] = len(figs["workers"])
+            rows.append(row)
+            if done.rc != 0 or figs["chunks_ok"] != chunks:
+                why = "timed out" if done.timed_out else f"exit {done.rc}"
+                failures.append(f"{label}: {why}, {figs['chunks_ok']}/{chunks} chunks: {one_line(done.err[-2000:])}")
+            elif not ctx.dry and not (figs["devices"] and all(d.startswith("cuda") for d in figs["devices"])):
+                failures.append(f"{label}: HawkEars ran on {figs['devices']}, not cuda")
+            elif figs["util_max_pct"] is None and not ctx.device.mig:
+                failures.append(f"{label}: no GPU utilisation in telemetry")
+    res.figures.update(chunk_s=ctx.chunk_s, runs=rows)
     if failures:
         raise AssertionError("; ".join(failures))
 

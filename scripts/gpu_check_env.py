@@ -80,6 +80,15 @@ class Ctx:
     def sweep_ranks(self) -> tuple[int, ...]:
         return (1, 2, 4)
 
+    @property
+    def sweep_batches(self) -> tuple[int, ...]:
+        """``--hawkears-batch`` values of the sweep (the dry run's command runner has no batches)."""
+        return (1,) if self.dry else (1, 4, 16)
+
+    def sweep_chunks_for(self, batch: int) -> int:
+        """Enough chunks that every rank of the widest sweep holds a full batch several times."""
+        return max(self.sweep_chunks, 16 * batch)
+
     @staticmethod
     def read_line(child: subprocess.Popen, timeout_s: float) -> str | None:
         """One line of the child's stdout within ``timeout_s`` (None: nothing came)."""

@@ -19,7 +19,7 @@ CHECKS: dict[str, str] = {
     "resident": "c) resident HawkEars on the GPU chosen by UUID (+ GpuSampler)",
     "oom": "d) CUDA out of memory -> failure class oom, restart, next chunk",
     "bench": "e) scripts/bench_hawkears.py on the GPU",
-    "sweep": "f) mpiexec -n K badc-mpi run --workers-per-gpu K, K = 1, 2, 4",
+    "sweep": "f) mpiexec -n K badc-mpi run --workers-per-gpu K --hawkears-batch B, K = 1, 2, 4, B = 1, 4, 16",
 }
 
 NO_GPU_EXIT = 3
@@ -175,6 +175,7 @@ def telemetry_figures(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "util_max_pct": round(max(maxes), 1) if maxes else None,
         "vram_runner_peak_mib": round(max(vram), 1) if vram else None,
         "vram_device_peak_mib": round(max(device), 1) if device else None,
+        "batch_max_score_diff": max(diffs) if (diffs := _values(list(facts.values()), "batch_max_score_diff")) else None,
         "workers": sorted({str(e.get("worker") or facts.get(e.get("rank"), {}).get("worker")) for e in ok}),
         "devices": sorted(
             {

@@ -30,6 +30,7 @@ from badc_mpi.records import LOST, OUTPUT, Binding
 from badc_mpi.storage import lock as lock_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.figures import fs_reason
 from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.summary import WorkerStats
 from badc_mpi.transport.mailbox import Backoff, Mailbox
@@ -46,7 +47,7 @@ from badc_mpi.transport.messages import (
     WorkerEvent,
 )
 from badc_mpi.worker.start import rank_config, start_worker
-from badc_mpi.worker.supervisor import Supervisor, fs_reason
+from badc_mpi.worker.supervisor import Supervisor
 
 log = get_logger(__name__)
 

@@ -33,6 +33,7 @@ from badc_mpi.logs import get_logger
 from badc_mpi.records import EXIT, INPUT, Binding, Chunk
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.runners.hawkears import env as hawkears_env
+from badc_mpi.runners.hawkears import facts
 from badc_mpi.runners.hawkears.ahead import Ahead, Prepared, discard
 from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, fail, run_cli_attempt
 from badc_mpi.runners.hawkears.exchange import Item, run_exchange
@@ -76,7 +77,7 @@ class HawkearsRunner(Runner):
 
     name = "hawkears"
     #: the resident process's figures: the same for every attempt until it is restarted
-    static_metrics = frozenset({"worker_pid", "worker_starts", "device", "load_s"})
+    static_metrics = frozenset({"worker_pid", "worker_starts", "device", "load_s", "batch_max_score_diff"})
 
     def __init__(self, options: HawkearsOptions, *, python: str, data_root: hawkears_env.DataRoot) -> None:
         self.options = options
@@ -159,7 +160,7 @@ class HawkearsRunner(Runner):
                 elif error:
                     raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
                 else:
-                    check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
+                    facts.check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
             else:
                 self.hawkears_version = self._query_version()
         except BaseException:
@@ -428,44 +429,12 @@ class HawkearsRunner(Runner):
             signal_group(cli_pid)
 
     def describe(self) -> dict[str, Any]:
-        hello = self._worker.hello if self._worker else {}
-        return {
-            "runner": self.name,
-            "mode": self.options.mode,
-            "python": self.python,
-            "worker_script": str(WORKER_SCRIPT),
-            "data_root": self.data_root.path,
-            "data_root_source": self.data_root.source,
-            "tiny_model": self.data_root.is_tiny,
-            "model_version": self.data_root.model_version,
-            "hawkears_version": self.hawkears_version,
-            "worker_starts": self.worker_starts,
-            "worker_pid": self._worker.proc.pid if self._worker else None,
-            "device": hello.get("device"),
-            "load_s": hello.get("load_s"),
-            "models_loaded": hello.get("models"),
-            "low_band_models_loaded": hello.get("low_band_models"),
-            "options": dataclasses.asdict(self.options),
-        }
+        return facts.describe(self, str(WORKER_SCRIPT))
 
     def fingerprint(self) -> dict[str, Any]:
         """HawkEars' version, the models' checkpoint hashes, and every option that changes detections
         (not the mode, threads or logs: the resident process and the CLI give the same output)."""
-        o = self.options
-        files = {name: file_sha12(getattr(o, name)) for name in ("include", "exclude", "config")}
-        version = self.hawkears_version or self._query_version()
-        return {
-            "runner": self.name,
-            "hawkears_version": version,
-            "model_version": self.data_root.model_version,
-            **{
-                name: getattr(o, name)
-                for name in ("min_score", "models", "low_band", "label", "region", "lat", "lon", "date", "seg")
-            },
-            **files,
-            # batched scores may differ in the last bits: a run never mixes them with per-chunk ones
-            **({"batch": o.batch} if self.batch_size > 1 else {}),
-        }
+        return facts.fingerprint(self, self.hawkears_version or self._query_version())
 
     def close(self) -> None:
         """End the worker's whole process group: politely (quit, then SIGTERM, SIGKILL) at the end
@@ -494,28 +463,3 @@ class HawkearsRunner(Runner):
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def check_device(device: str, binding: Binding) -> None:
-    """The device HawkEars reports must be the one this rank is bound to: never a silent CPU run
-    on a GPU rank (a CUDA/driver mismatch), never a GPU that the binding hid."""
-    on_gpu = device.startswith("cuda")
-    if binding.uses_gpu and not on_gpu:
-        raise RunnerSetupError(
-            f"HawkEars runs on {device} although {binding.worker} is bound to GPU {binding.gpu_index} ({binding.gpu_uuid})",
-            fix="check that torch in HawkEars' environment sees CUDA (driver and CUDA versions, "
-            "`make hawkears` on a GPU node), or run this rank on the CPU on purpose with --max-gpus 0",
-        )
-    if on_gpu and not binding.uses_gpu:
-        raise RunnerSetupError(
-            f"HawkEars runs on {device} although {binding.worker} is a CPU rank",
-            fix="report this: the rank's CUDA_VISIBLE_DEVICES should hide every GPU",
-        )
-
-
-def file_sha12(path: str | None) -> str | None:
-    """``name:sha12`` of a file's content (a species list, a config), None without one."""
-    return f"{os.path.basename(path)}:{hawkears_env.file_sha12(Path(path))}" if path else None
