@@ -102,7 +102,7 @@ bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.h
 
 export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir FORMAT=wildtrax,raven [ARGS='--min-confidence 0.3 --focus-species ROPT,RUGR']
 	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
-	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(ARGS)
+	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
 browser: ## Debian's chromium for the report.html test (as root; tests/test_bundle.py skips without it)
 	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
@@ -114,10 +114,26 @@ shellcheck: ## Debian's shellcheck for the batch-script tests (installed when ro
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y shellcheck >/dev/null || { apt-get update >/dev/null && apt-get install -y shellcheck >/dev/null; } || echo "make shellcheck: could not install it; the shellcheck tests will skip" >&2; \
 	else echo "make shellcheck: not root: the shellcheck tests will skip (sudo apt-get install shellcheck)" >&2; fi
 
-demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chunks, manifest), make infer on it (2 ranks), then make bundle
-	$(PY) scripts/make_demo.py examples/demo
-	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
-	$(MAKE) --no-print-directory bundle MANIFEST=examples/demo/manifests/demo.csv
+# The demo: scripts/make_demo.py builds (once; a stamp) a DataLad dataset holding a recording tree
+# named by the lab's Study/Station folders and WildTrax file names, sites.csv, and the manifest
+# `badc-mpi chunk` writes for it (virtual chunks: no audio copied), saved; then infer, bundle, export.
+DEMO := examples/demo
+DEMO_MANIFEST := $(DEMO)/manifests/demo.csv
+DEMO_BUNDLE := $(DEMO)/artifacts/aggregate/demo
+DEMO_FOCUS := ROPT,RUGR,STGR,SPGR,WIPT
+
+demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording tree, sites.csv, `badc-mpi chunk`), infer (2 ranks), bundle, export
+	$(PY) scripts/make_demo.py $(DEMO)
+	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
+	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST)
+	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,raven,tables ARGS='--focus-species $(DEMO_FOCUS)'
+	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
+	@echo "  report.html                                      open it in a browser"
+	@echo "  exports/wildtrax_tags.csv, wildtrax_tasks.csv    WildTrax upload templates"
+	@echo "  exports/raven/                                   one Raven selection table per recording"
+	@echo "  exports/tables/all.csv, <study_area>.csv         the lab's tables, overall and per study area"
+	@echo "  exports/histories/                               detection histories of $(DEMO_FOCUS)"
+	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
 
 bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, chunk scan, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py

@@ -398,6 +398,11 @@ def add_export_command(sub: Any) -> None:
     p.add_argument("--dest", metavar="DIR", help="the aggregate folder instead of <dataset>/artifacts/aggregate/<name>")
     p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
     p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+    p.add_argument(
+        "--record-datalad",
+        action="store_true",
+        help="inside a DataLad dataset, `datalad save` the export folder afterwards (make export does, unless RECORD_DATALAD=0)",
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -418,6 +423,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  note: {note}", file=sys.stderr)
     print(f"export ({', '.join(formats)}): {len(result.files)} file(s) from {result.aggregate}")
     print(f"  exports  {result.folder}")
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        save_bundle(result.folder, f"badc-mpi export {', '.join(formats)}: {len(result.files)} file(s)", "the exports")
     return ExitCode.OK
 
 

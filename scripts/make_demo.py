@@ -1,30 +1,39 @@
 #!/usr/bin/env python3
-"""Build the bundled example: a DataLad dataset with audio, chunk WAVs, a manifest, chunk status.
+"""Build the bundled example: a DataLad dataset holding a recording tree named as recorders and the
+lab name their files, a site table, and the manifest ``badc-mpi chunk`` writes for it.
 
     .venv/bin/python scripts/make_demo.py examples/demo
 
-Layout (the lab's dataset layout)::
+Layout (the lab's ``Study/Station`` folders; WildTrax ``LOCATION_YYYYMMDD_HHMMSS`` file names)::
 
-    examples/demo/                      DataLad dataset (.datalad/), audio annexed by git-annex
-      audio/CommonYellowthroat.wav      HawkEars' bundled recording, decoded to WAV
-      audio/synthetic_A.wav, ...        synthetic chirps over noise
-      artifacts/chunks/<rec>/<chunk>.wav + .chunk_status.json
-      manifests/demo.csv                recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site
+    examples/demo/                       DataLad dataset (.datalad/), audio annexed by git-annex
+      sites.csv                          location -> latitude, longitude, region, time_zone, study_area
+      recordings/Kakisa/KAK-01/KAK-01_20240601_050000.wav          synthetic chirps over noise
+      recordings/Kakisa/KAK-01/KAK-01_20240602_050000.wav          (62 s: its 2-s tail joins the chunk before)
+      recordings/Kakisa/KAK-02/KAK-02_20240601_053000.flac         FLAC
+      recordings/CallingLake/CL-03/A/Data/CL-03_20240601_043000.wav  HawkEars' bundled recording, decoded
+      manifests/demo.csv                 virtual chunks (no audio copied), written by `badc-mpi chunk`
+      artifacts/chunks/<recording_id>/.chunk_status.json
 
-Idempotent: a second call finds the finished dataset (a stamp written last) and returns at once.
+Steps: ``datalad create``; write the tree and ``sites.csv``; ``datalad save`` (the audio goes to the
+annex); ``badc-mpi chunk recordings --layout lab --sites sites.csv --chunk-s 30 --out
+manifests/demo.csv`` (it reads the annexed files through their links); ``datalad save`` again, so
+``make infer``'s ``datalad run`` finds a clean dataset. ``--layout wildtrax`` reads the same tree
+(location from the file name, study area from ``sites.csv``).
+
+Idempotent: a second call finds the finished dataset (a stamp written last, naming this layout) and
+returns at once; a dataset left unfinished, or built by an older version of this script, is rebuilt.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import hashlib
-import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,9 +43,36 @@ sys.path.insert(0, str(REPO / "scripts"))
 import make_audio  # noqa: E402
 
 STAMP = ".badc-demo-complete"
-CHUNK_S = 30
+LAYOUT_VERSION = "recording-tree-1"  #: first word of the stamp; another value: rebuild
 SAMPLE_RATE = 22050
-SYNTHETIC = {"synthetic_A": (120, 11), "synthetic_B": (90, 23)}  # name: (seconds, seed)
+CHUNK_S = 30
+RECORDINGS_DIR = "recordings"
+SITES_FILE = "sites.csv"
+MANIFEST = "manifests/demo.csv"
+
+#: plausible boreal sites: the Dehcho near Kakisa (NWT) and Calling Lake (Alberta); both on Mountain time
+SITES_CSV = (
+    "location,latitude,longitude,region,time_zone,study_area\n"
+    "KAK-01,60.9312,-117.4021,CA-NT,America/Yellowknife,Kakisa\n"
+    "KAK-02,60.9487,-117.4530,CA-NT,America/Yellowknife,Kakisa\n"
+    "CL-03,55.2231,-113.2812,CA-AB,America/Edmonton,CallingLake\n"
+)
+
+
+@dataclass(frozen=True)
+class DemoRecording:
+    rel: str  #: path under recordings/
+    seconds: float
+    seed: int
+    bundled: bool = False  #: HawkEars' Common Yellowthroat (synthetic of ``seconds`` when unavailable)
+
+
+TREE = (
+    DemoRecording("Kakisa/KAK-01/KAK-01_20240601_050000.wav", 75, 11),
+    DemoRecording("Kakisa/KAK-01/KAK-01_20240602_050000.wav", 62, 17),
+    DemoRecording("Kakisa/KAK-02/KAK-02_20240601_053000.flac", 45, 23),
+    DemoRecording("CallingLake/CL-03/A/Data/CL-03_20240601_043000.wav", 6, 29, bundled=True),
+)
 
 DECODE = """
 import sys, wave
@@ -65,12 +101,32 @@ def tool(name: str) -> str:
     return str(found) if found.exists() else name
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def chunk_argv(root: Path) -> list[str]:
+    """``badc-mpi chunk`` words (after the program) for the demo dataset at ``root``."""
+    return [
+        "chunk",
+        str(root / RECORDINGS_DIR),
+        "--layout",
+        "lab",
+        "--sites",
+        str(root / SITES_FILE),
+        "--chunk-s",
+        str(CHUNK_S),
+        "--out",
+        str(root / MANIFEST),
+    ]
+
+
+def write_synthetic(path: Path, seconds: float, seed: int) -> None:
+    """Chirps over noise as 16-bit PCM, WAV or FLAC by the extension (written to a temporary name)."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    samples = make_audio.synth_wave(seconds, SAMPLE_RATE, seed)
+    fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
+    sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format=fmt)
+    os.replace(tmp, path)
 
 
 def decode_bundled(dest: Path) -> bool:
@@ -82,84 +138,75 @@ def decode_bundled(dest: Path) -> bool:
         python = hawkears_env.find_hawkears_python()
         mp3 = hawkears_env.bundled_recording(python)
     except BadcError as exc:
-        say(f"HawkEars' bundled recording unavailable ({exc}); synthetic audio only")
+        say(f"HawkEars' bundled recording unavailable ({exc}); synthetic audio in its place")
         return False
-    subprocess.run([python, "-c", DECODE, str(mp3), str(dest), str(SAMPLE_RATE)], check=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    subprocess.run([python, "-c", DECODE, str(mp3), str(tmp), str(SAMPLE_RATE)], check=True)
+    os.replace(tmp, dest)
     return True
 
 
+def write_tree(root: Path, *, bundled: bool = True) -> list[Path]:
+    """The recordings under ``root/recordings`` and ``root/sites.csv``; ``bundled=False``: no
+    HawkEars needed (synthetic audio in place of its recording). Returns the recordings."""
+    written = []
+    for rec in TREE:
+        path = root / RECORDINGS_DIR / rec.rel
+        if not (rec.bundled and bundled and decode_bundled(path)):
+            write_synthetic(path, rec.seconds, rec.seed)
+        written.append(path)
+    (root / SITES_FILE).write_text(SITES_CSV)
+    return written
+
+
+def read_stamp(root: Path) -> str | None:
+    try:
+        words = (root / STAMP).read_text().split()
+    except OSError:
+        return None
+    return words[0] if words else ""
+
+
+def remove_dataset(root: Path) -> None:
+    """Remove a generated dataset, git-annex's read-only object folders included."""
+    for folder, dirs, _files in os.walk(root):
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755)
+    shutil.rmtree(root)
+
+
+def run(argv: list[str], env: dict[str, str], *, quiet: bool = True) -> None:
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL if quiet else None)
+
+
 def build(root: Path) -> Path:
-    manifest = root / "manifests" / "demo.csv"
-    if (root / STAMP).exists():
+    manifest = root / MANIFEST
+    stamp = read_stamp(root)
+    if stamp == LAYOUT_VERSION:
         say(f"{root} is already built ({manifest})")
         return manifest
     if root.exists():
-        say(f"removing an unfinished {root}")
-        shutil.rmtree(root)
+        why = "unfinished" if stamp is None else "built by an older make_demo.py"
+        say(f"removing {root} ({why})")
+        remove_dataset(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    subprocess.run([tool("datalad"), "create", "-c", "text2git", str(root)], check=True, env=env, stdout=subprocess.DEVNULL)
-    audio = root / "audio"
-    audio.mkdir()
-    recordings: dict[str, Path] = {}
-    cy = audio / "CommonYellowthroat.wav"
-    if decode_bundled(cy):
-        recordings["CommonYellowthroat"] = cy
-    for name, (seconds, seed) in SYNTHETIC.items():
-        path = audio / f"{name}.wav"
-        make_audio.write_wav(str(path), make_audio.synth_wave(seconds, SAMPLE_RATE, seed), SAMPLE_RATE)
-        recordings[name] = path
-    rows = []
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    for rec, path in recordings.items():
-        out_dir = root / "artifacts" / "chunks" / rec
-        pieces = make_audio.cut_wav(str(path), str(out_dir), CHUNK_S, rec)
-        for chunk_path, start_ms, end_ms in pieces:
-            rows.append(
-                {
-                    "recording_id": rec,
-                    "chunk_id": Path(chunk_path).stem,
-                    "source_path": os.path.relpath(chunk_path, manifest.parent),
-                    "start_ms": start_ms,
-                    "end_ms": end_ms,
-                    "overlap_ms": 0,
-                    "sha256": sha256(Path(chunk_path)),
-                    "notes": "HawkEars bundled recording" if rec == "CommonYellowthroat" else "synthetic chirps",
-                    "site": "demo-site",
-                }
-            )
-        status = {
-            "recording_id": rec,
-            "audio_path": os.path.relpath(path, root),
-            "chunk_output_dir": os.path.relpath(out_dir, root),
-            "manifest_path": os.path.relpath(manifest, root),
-            "chunk_duration": CHUNK_S,
-            "overlap": 0,
-            "status": "completed",
-            "started_at": now,
-            "completed_at": now,
-            "updated_at": now,
-            "manifest_rows": len(pieces),
-            "duration_s": pieces[-1][2] / 1000 if pieces else 0,
-            "error": None,
-        }
-        (out_dir / ".chunk_status.json").write_text(json.dumps(status, indent=1) + "\n")
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    subprocess.run(
-        [tool("datalad"), "save", "-d", str(root), "-m", "demo audio, chunks and manifest"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    (root / STAMP).write_text(now + "\n")
+    datalad = tool("datalad")
+    run([datalad, "create", "-c", "text2git", str(root)], env)
+    recordings = write_tree(root)
+    run([datalad, "save", "-d", str(root), "-m", "demo recordings (annexed) and site table"], env)
+    chunk = [sys.executable, "-m", "badc_mpi", *chunk_argv(root)]
+    say(f"$ badc-mpi {shlex.join(chunk_argv(Path(os.path.relpath(root))))}")
+    run(chunk, env, quiet=False)
+    run([datalad, "save", "-d", str(root), "-m", "badc-mpi chunk: manifest of virtual chunks, chunk status"], env)
+    (root / STAMP).write_text(f"{LAYOUT_VERSION}\n")
     # the stamp is untracked on purpose: it marks the build of this checkout, not dataset content
     with open(root / ".git" / "info" / "exclude", "a") as fh:
         fh.write(f"{STAMP}\n")
-    say(f"built {root}: {len(recordings)} recordings, {len(rows)} chunks of {CHUNK_S} s; manifest {manifest}")
+    say(f"built {root}: {len(recordings)} recordings in {root / RECORDINGS_DIR}, chunks of {CHUNK_S} s in {manifest}")
     return manifest
 
 
@@ -167,7 +214,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dest", type=Path, help="dataset folder, e.g. examples/demo")
     args = ap.parse_args()
-    build(args.dest.absolute())
+    try:
+        build(args.dest.absolute())
+    except subprocess.CalledProcessError as exc:
+        print(
+            f"[demo] error: {shlex.join(map(str, exc.cmd))} exited {exc.returncode} (above); rerun make demo after fixing it",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

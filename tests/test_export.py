@@ -267,3 +267,10 @@ def test_bundle_report_has_the_site_panel_with_unsurveyed_days_apart(tmp_path):
         con.close()
     assert locations == ["NWT-01", "NWT-02"] and days == ["2024-03-09", "2024-03-10", "2024-03-11"]
     assert np.array_equal(grid, np.array([[3, np.nan, 1], [0, np.nan, np.nan]]), equal_nan=True)
+
+
+def test_record_datalad_outside_a_dataset_saves_nothing(tmp_path, capsys):
+    """`make export` passes --record-datalad; outside a DataLad dataset it is a no-op (inside: `make demo`)."""
+    assert _export(tmp_path, "--format", "raven", "--record-datalad") == 0
+    out = capsys.readouterr().out
+    assert "exports  " in out and "recording the exports" not in out

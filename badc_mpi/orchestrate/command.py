@@ -118,14 +118,14 @@ def print_run_record(manifests: Sequence[str], flags: Sequence[str], np: int | N
     return 0
 
 
-def save_bundle(folder: str, message: str) -> None:
-    """``datalad save`` a bundle folder when it lies in a DataLad dataset (else nothing)."""
+def save_bundle(folder: str, message: str, what: str = "the bundle") -> None:
+    """``datalad save`` a bundle (or export) folder when it lies in a DataLad dataset (else nothing)."""
     root = find_dataset_root(folder)
     datalad = dl.datalad_executable()
     if root is None or datalad is None:
         return
     argv = dl.save_argv(root, message, [os.path.relpath(folder, root)], datalad=datalad)
-    print(f"recording the bundle: {shlex.join(argv)}", flush=True)
+    print(f"recording {what}: {shlex.join(argv)}", flush=True)
     if launch.execute(argv, cwd=root, env=dl.tool_env()) != 0:
         raise UsageError(f"datalad save of {folder} failed (above)", fix=f"run it yourself: {shlex.join(argv)}")
 
