@@ -39,6 +39,7 @@ PLACE_TIME_COLUMNS = (
     "lon",
     "latitude",
     "longitude",
+    "sample_rate",  #: Hz, from the header (WildTrax's recording_sample_frequency)
 )
 MANIFEST_COLUMNS = (
     *STANDARD_COLUMNS,
@@ -71,6 +72,7 @@ def recording_values(plan: RecordingPlan, manifest_dir: str) -> dict[str, str]:
         "lon": lon,
         "latitude": lat,
         "longitude": lon,
+        "sample_rate": str(plan.header.samplerate) if plan.header.samplerate else "",
     }
 
 
