@@ -285,3 +285,44 @@ def test_closing_finalises_what_was_scored(tmp_path: Path) -> None:
     sup.close()
     results = [e for e in sup.drain_events() if isinstance(e, ResultEvent)]
     assert len(results) == 3 and all(e.ok for e in results)
+
+
+def test_ahead_cuts_slices_announces_and_forgets_what_is_never_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from badc_mpi.runners.hawkears import ahead as ahead_mod
+    from badc_mpi.runners.slicing import SliceError
+
+    recording = tmp_path / "rec.flac"
+    sf.write(recording, signal_of(6, 5), RATE, subtype="PCM_16")
+
+    def sliced(n: int, start_ms: int, end_ms: int) -> Any:
+        return make_chunk(
+            recording_id="rec",
+            chunk_id=f"rec_{n}",
+            input_path=str(recording),
+            start_ms=start_ms,
+            end_ms=end_ms,
+            extra=(("chunk_kind", "slice"),),
+        )
+
+    announced: list[str] = []
+    monkeypatch.setattr(ahead_mod, "MAX_AHEAD", 2)
+    ahead = ahead_mod.Ahead(str(tmp_path / "root"), announced.append)
+    try:
+        first, bad, third = sliced(1, 0, 3000), sliced(2, 9000, 12000), sliced(3, 3000, 6000)
+        ahead.prepare([first, bad])
+        got = ahead.take(first, str(tmp_path / "unused"))
+        assert got.cut is not None and got.cut.frames == 3 * RATE and Path(got.chunk.input_path).is_file()
+        assert announced == [got.chunk.input_path]  # its audio announced once cut
+        with pytest.raises(SliceError):  # past the recording's end: the attempt that takes it fails (input)
+            ahead.take(bad, str(tmp_path / "unused"))
+        ahead_mod.discard(got)
+        assert not Path(got.folder).exists()
+        ahead.prepare([third, sliced(4, 0, 1000), sliced(5, 1000, 2000)])  # one more than it keeps
+        time.sleep(0.5)
+        kept = [p for p in (tmp_path / "root").iterdir()]
+        assert len(kept) == 2  # the oldest preparation, never taken, was dropped with its cut
+        late = ahead.take(third, str(tmp_path / "now"))  # dropped: cut now, where the attempt says
+        assert late.folder == str(tmp_path / "now") and late.cut is not None
+    finally:
+        ahead.close()
+    assert not any((tmp_path / "root").iterdir())

@@ -50,8 +50,10 @@ class Ahead:
         """Start preparing ``chunks`` (already-prepared ones are skipped); returns at once."""
         for chunk in chunks:
             with self._lock:
-                if chunk.key in self._futures or len(self._futures) >= MAX_AHEAD:
+                if chunk.key in self._futures:
                     continue
+                while len(self._futures) >= MAX_AHEAD:  # never taken (failed before the runner saw it): drop the oldest
+                    _drop(self._futures.pop(next(iter(self._futures))))
                 folder = os.path.join(self._root, f"ahead-{next(self._numbers)}")
                 future = self._pool.submit(self._prepare, chunk, folder)
                 self._futures[chunk.key] = future
@@ -78,8 +80,14 @@ class Ahead:
         with self._lock:
             futures, self._futures = list(self._futures.values()), {}
         for future in futures:
-            future.cancel()
+            _drop(future)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drop(future: Future[Prepared]) -> None:
+    """Cancel a preparation, or remove what it cut once it is done."""
+    if not future.cancel():
+        future.add_done_callback(lambda f: discard(f.result()) if f.exception() is None else None)
 
 
 def discard(prepared: Prepared | None) -> None:

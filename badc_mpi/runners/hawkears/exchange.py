@@ -2,8 +2,9 @@
 
 The protocol is ``resident.py``'s (JSON lines). A single chunk travels as a plain request, several
 as one ``{"op": "batch"}`` whose replies come back one per chunk, in order. Every reply must arrive
-before the exchange's deadline (the sum of the chunks' timeouts: a batch's first reply waits for
-the whole batch's forward pass). How each chunk's attempt ended is judged here; what the runner
+before the exchange's deadline: the start plus the longest of the chunks' timeouts, as rank 0
+expects each chunk of the batch to end within its timeout of the batch's start (a batch's first
+reply waits for the whole batch's forward pass: timeouts are generous, 5x the audio by default). How each chunk's attempt ended is judged here; what the runner
 must do with its process afterwards (keep it, or kill it and start another before the next
 attempt) comes back as :attr:`Exchange.discard`.
 """
@@ -60,7 +61,7 @@ def run_exchange(
     """Send ``items``, read their replies, judge each chunk. Never raises for the process's faults."""
     done = Exchange(items)
     start = time.monotonic()
-    deadline = start + sum(item.timeout_s for item in items)
+    deadline = start + max(item.timeout_s for item in items)
     try:
         send(message(items))
         broken = False
@@ -73,7 +74,7 @@ def run_exchange(
             done.discard = True
             for rest in items[n:]:
                 rest.result.metrics.update(base_metrics)
-                _lost(rest.result, line, worker, sum(i.timeout_s for i in items), stderr_tail)
+                _lost(rest.result, line, worker, max(i.timeout_s for i in items), stderr_tail)
             return done
         try:
             reply = json.loads(line)
