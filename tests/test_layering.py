@@ -26,7 +26,11 @@ LAYERS: list[set[str]] = [
     {"records", "errors", "logs", "_version"},
 ]
 #: runs inside HawkEars' own environment: must not import badc_mpi at all
-STANDALONE = {"badc_mpi.runners.hawkears.resident"}
+STANDALONE = {
+    "badc_mpi.runners.hawkears.resident",
+    "badc_mpi.runners.hawkears.resident_pipeline",
+    "badc_mpi.runners.hawkears.resident_caches",
+}
 
 
 def module_name(path: Path) -> str:
