@@ -119,7 +119,7 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset, audio, chun
 	$(MAKE) --no-print-directory infer MANIFEST=examples/demo/manifests/demo.csv NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=examples/demo/manifests/demo.csv
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, chunk scan, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
@@ -127,6 +127,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_aggregate.py
+	$(PY) scripts/bench_export.py
 	$(PY) scripts/bench_chunk.py
 	$(PY) scripts/bench_hawkears.py
 

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from badc_mpi.results.export_files import StagedFiles
+from badc_mpi.results.export_files import StagedFiles, csv_text
 from badc_mpi.results.export_meta import ExportError, Recording, recordings, require
-from badc_mpi.results.export_raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_row
+from badc_mpi.results.export_raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
 from badc_mpi.results.export_stream import Group, connect, parquet_groups
 from badc_mpi.results.export_wildtrax import (
     CLIP_COLUMNS,
@@ -182,10 +182,10 @@ class Writer:
         if "raven" in self.formats:
             self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets), RAVEN_COLUMNS, "\t")
         if "tables" in self.formats:
-            rows_t = [table_row(d, rec) for d in dets]
-            self.files.writer("tables/all.csv").writerows(rows_t)
+            text = csv_text(table_rows(dets, rec))
+            self.files.append_text("tables/all.csv", text)
             if rec.study_area:
-                self.files.writer(f"tables/{safe_name(rec.study_area)}.csv", TABLE_COLUMNS).writerows(rows_t)
+                self.files.append_text(f"tables/{safe_name(rec.study_area)}.csv", text, TABLE_COLUMNS)
 
     def finish(self, found: Survey) -> list[str]:
         """Write what needs the whole campaign (histories); return the notes."""

@@ -8,12 +8,20 @@ whole or not at all.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 from collections.abc import Sequence
 from typing import IO, Any
 
 from badc_mpi.storage.atomic import ensure_dir, fsync_dir, temp_path_for
+
+
+def csv_text(rows: Sequence[Sequence[Any]], delimiter: str = ",") -> str:
+    """Rows as CSV text (the ``csv`` module's quoting), to write once into several files."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 class StagedFiles:
@@ -43,6 +51,11 @@ class StagedFiles:
                 writer.writerow(header)
             self._open[rel] = (handle, writer)
         return self._open[rel][1]
+
+    def append_text(self, rel: str, text: str, header: Sequence[str] | None = None, delimiter: str = ",") -> None:
+        """Rows already formatted (:func:`csv_text`) onto ``rel``, opened like :meth:`writer`."""
+        self.writer(rel, header, delimiter)
+        self._open[rel][0].write(text)
 
     def write_rows(self, rel: str, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",") -> None:
         """A whole small file (one recording's Raven table, a history), closed at once."""

@@ -63,17 +63,20 @@ def chunks_relation(rel: Any) -> Any:
 
 def _runs(rel: Any, batch_rows: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """(recording id, rows) for each run of one recording in a relation sorted by recording."""
-    reader = rel.to_arrow_reader(batch_rows)
     current: str | None = None
     rows: list[dict[str, Any]] = []
-    for batch in reader:
-        for row in batch.to_pylist():
-            rid = row["recording_id"]
-            if rid != current:
+    for batch in rel.to_arrow_reader(batch_rows):
+        ids = batch.column("recording_id").to_pylist()
+        starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+        for n, start in enumerate(starts):
+            end = starts[n + 1] if n + 1 < len(starts) else len(ids)
+            part = batch.slice(start, end - start).to_pylist()
+            if ids[start] != current:
                 if current is not None:
                     yield current, rows
-                current, rows = rid, []
-            rows.append(row)
+                current, rows = ids[start], part
+            else:
+                rows.extend(part)
     if current is not None:
         yield current, rows
 

@@ -160,35 +160,39 @@ def recording_rows(
     if len(clips) > 1:
         out.split.update({"recordings": 1, "clips": len(clips), "clips without a task": len(clips) - len(with_task)})
     seen: set[tuple[Any, ...]] = set()
+    valid: dict[str, bool] = {}
+    heads = {c.index: [rec.location, c.recording_date_time, c.task_duration_s, method, "Not Assigned"] for c in clips}
+    rate = rec.sample_rate or ""
     for d in detections:
         code = d.get("label_code") or d.get("label") or ""
-        if not _CODE_RE.match(code):
+        ok = valid.get(code)
+        if ok is None:
+            ok = valid[code] = _CODE_RE.match(code) is not None
+        if not ok:
             out.codes_left_out[code] += 1
             continue
-        clip = _clip_of(clips, int(d["start_ms"]))
-        if clip is None or clip.index not in with_task or d["start_ms"] >= clip.task_end_ms:
+        start_ms = d["start_ms"]
+        clip = _clip_of(clips, int(start_ms))
+        if clip is None or clip.index not in with_task or start_ms >= clip.task_end_ms:
             out.left_out[LEFT_AFTER_TASK if clip is not None and clip.index in with_task else NO_TASK] += 1
             continue
-        start_s = _seconds(d["start_ms"] - clip.start_ms)
+        start_s = _seconds(start_ms - clip.start_ms)
         if method != "None":
             key = (clip.index, code) if method == "1SPT" else (clip.index, code, int(start_s // 60))
             if key in seen:
                 out.left_out[f"not the first of its species ({method})"] += 1
                 continue
             seen.add(key)
-        end_ms = d["end_ms"]
-        if end_ms > clip.task_end_ms:
+        end_ms, task_end_ms = d["end_ms"], clip.task_end_ms
+        if end_ms > task_end_ms:
             out.split[CUT_AT_TASK_END] += 1
-            end_ms = clip.task_end_ms
-        shown = max(MIN_TAG_START_S, start_s)
-        duration = min(_seconds(end_ms - d["start_ms"]), round(clip.task_duration_s - shown, 3))
+            end_ms = task_end_ms
+        shown = start_s if start_s > MIN_TAG_START_S else MIN_TAG_START_S
+        duration = min(_seconds(end_ms - start_ms), round(clip.task_duration_s - shown, 3))
         version = d.get("hawkears_version") or "?"
         out.tags.append(
-            [
-                rec.location, clip.recording_date_time, clip.task_duration_s, method, "Not Assigned", code, 1, "SONG", 1,
-                shown, duration, LOW_FREQ_HZ, HIGH_FREQ_HZ, f"HawkEars {version} Confidence: {float(d['confidence']):.2f}",
-                "FALSE", rec.sample_rate or "", "",
-            ]
+            [*heads[clip.index], code, 1, "SONG", 1, shown, duration, LOW_FREQ_HZ, HIGH_FREQ_HZ,
+             f"HawkEars {version} Confidence: {float(d['confidence']):.2f}", "FALSE", rate, ""]
         )  # fmt: skip
     for clip in clips:
         complete = "f" if missing[clip.index] else "t"
