@@ -16,7 +16,7 @@ overlapping by 6 s (a same-label group of 5 detections at every chunk boundary).
 Prints one JSON line per step. Target: memory bounded (well under the 2 GiB of the aggregate),
 not growing with the detections.
 
-Usage: .venv/bin/python scripts/bench_export.py [--detections 10000000] [--folder DIR] [--skip-merge]
+Usage: .venv/bin/python scripts/bench_export.py [--detections 10000000] [--folder DIR] [--steps aggregate,merge,export]
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> int:
     ap.add_argument("--per-chunk", type=int, default=50)
     ap.add_argument("--min-confidence", type=float, default=0.3)
     ap.add_argument("--folder", help="generate and aggregate here and keep it (reused when complete)")
-    ap.add_argument("--skip-merge", action="store_true", help="leave out the overlap merge")
+    ap.add_argument("--steps", default="aggregate,merge,export", help="which steps (aggregate always runs: reused when done)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.folder) if args.folder else Path(tmp) / "run"
@@ -103,7 +103,7 @@ def main() -> int:
             "generate_s": round(time.monotonic() - t0, 1),
         }
         agg, scratch = str(root / "aggregate"), tempfile.mkdtemp(dir=tmp)
-        names = ["aggregate"] + ([] if args.skip_merge else ["merge"]) + ["export"]
+        names = ["aggregate"] + [n for n in ("merge", "export") if n in args.steps.split(",")]
         for name in names:
             result = step(name, str(manifest.parents[1] / "tel"), agg, scratch, str(args.min_confidence), FOCUS)
             print(json.dumps({"step": name, **result, **common, "loadavg": os.getloadavg()[0]}), flush=True)

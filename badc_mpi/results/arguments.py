@@ -64,6 +64,7 @@ def add_results_commands(sub: Any) -> None:
 EXPORT_EPILOG = """\
 formats (comma-separated, or all; files under --output, default <aggregate>/exports/):
   wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration)
+             + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s clips, a task each (the cut list)
   raven      raven/<recording>.HawkEars.selections.txt, one Raven Pro selection table per analysed recording
   tables     tables/all.csv and tables/<study_area>.csv (filename, start_time, end_time, class_name, class_code,
              score, study_area, location, recording_date_time)

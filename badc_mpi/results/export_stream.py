@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BATCH_ROWS = 65_536
-MEMORY_LIMIT = "1GB"  #: DuckDB's cap for the sorts (beyond it they spill to the temporary folder)
+MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the sorts (beyond it they spill to the temporary folder)
 
 #: the detection columns the exports read
 DETECTION_COLUMNS = "recording_id, chunk_id, label, label_code, label_name, confidence, start_ms, end_ms, hawkears_version"
