@@ -96,8 +96,8 @@ aggregate: install ## runs into Parquet (detections, chunks, runs): make aggrega
 	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make aggregate MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS=...]" >&2; exit 2; }
 	$(BADC) aggregate $(MANIFEST) $(DATASET) $(ARGS)
 
-bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html: make bundle MANIFEST=m.csv | DATASET=dir
-	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30']" >&2; exit 2; }
+bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html (+ exports): make bundle MANIFEST=m.csv | DATASET=dir [ARGS='--export all --focus-species ROPT,RUGR --min-confidence 0.3']
+	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30 --export wildtrax,raven,tables,histories --focus-species ROPT,RUGR --min-confidence 0.3']" >&2; exit 2; }
 	$(BADC) bundle $(MANIFEST) $(DATASET) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
 export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir FORMAT=wildtrax,raven [ARGS='--min-confidence 0.3 --focus-species ROPT,RUGR']
