@@ -96,8 +96,8 @@ aggregate: install ## runs into Parquet (detections, chunks, runs): make aggrega
 	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make aggregate MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS=...]" >&2; exit 2; }
 	$(BADC) aggregate $(MANIFEST) $(DATASET) $(ARGS)
 
-bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html: make bundle MANIFEST=m.csv | DATASET=dir
-	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30']" >&2; exit 2; }
+bundle: install ## aggregate when needed, DuckDB views, quicklook CSVs, report.html (+ exports): make bundle MANIFEST=m.csv | DATASET=dir [ARGS='--export all --focus-species ROPT,RUGR --min-confidence 0.3']
+	@test -n "$(MANIFEST)$(DATASET)" || { echo "usage: make bundle MANIFEST=path/to/manifest.csv | DATASET=path/to/dataset [ARGS='--bucket-minutes 30 --export wildtrax,raven,tables,histories --focus-species ROPT,RUGR --min-confidence 0.3']" >&2; exit 2; }
 	$(BADC) bundle $(MANIFEST) $(DATASET) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
 export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir FORMAT=wildtrax,raven [ARGS='--min-confidence 0.3 --focus-species ROPT,RUGR']
@@ -135,7 +135,7 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  exports/histories/                               detection histories of $(DEMO_FOCUS)"
 	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, chunk scan, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench_manifest.py
 	$(PY) scripts/bench_manifest.py --check-sources
 	$(PY) scripts/bench_dispatch.py
@@ -143,6 +143,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_monitor.py
 	$(PY) scripts/bench_aggregate.py
+	$(PY) scripts/bench_export.py
 	$(PY) scripts/bench_chunk.py
 	$(PY) scripts/bench_hawkears.py
 	$(PY) scripts/bench_hawkears.py --variants all --rounds 4

@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LABELS = [(f"SP{i:02d}", f"Species number {i}") for i in range(60)]
+#: four capital letters, as WildTrax's species codes (the export benchmark needs them)
+LABELS = [(f"SP{chr(65 + i // 26)}{chr(65 + i % 26)}", f"Species number {i}") for i in range(60)]
 RUN = "20260101T000000Z-bench001"
 STAMP = ".bench-complete"
 
@@ -46,8 +47,24 @@ print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_s
 """
 
 
-def generate(root: Path, detections: int, per_chunk: int, layout: str = "store") -> Path:
-    """One finished run of ``detections // per_chunk`` chunks (100 per recording)."""
+def place(rec_index: int) -> tuple[tuple[str, str], ...]:
+    """The export benchmark's per-recording metadata: 50 locations, 5 study areas, a day each."""
+    day = 1 + (rec_index // 50) % 28
+    return (
+        ("location", f"ST-{rec_index % 50:03d}"),
+        ("study_area", f"SA{rec_index % 5}"),
+        ("recording_start_local", f"2026-06-{day:02d}T05:00:00-06:00"),
+    )
+
+
+def generate(
+    root: Path, detections: int, per_chunk: int, layout: str = "store", *, meta: bool = False, overlap_ms: int = 0
+) -> Path:
+    """One finished run of ``detections // per_chunk`` chunks (100 per recording). ``meta``: the
+    manifest also has location, study area and local start (:func:`place`); ``overlap_ms``:
+    each chunk starts that much before the previous one ends, and labels follow the time in the
+    recording (with 6000, detections of both chunks at each boundary share a span and a label:
+    the overlap merge's work)."""
     from badc_mpi.records import Chunk
     from badc_mpi.storage.ledger import header_record
     from badc_mpi.storage.store import StoreWriter, chunk_line, versions_id
@@ -59,21 +76,28 @@ def generate(root: Path, detections: int, per_chunk: int, layout: str = "store")
     manifest.parent.mkdir(parents=True, exist_ok=True)
     out, tel = root / "out", root / "tel"
     tel.mkdir(parents=True, exist_ok=True)
-    rows = ["recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"]
+    rows = [
+        "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"
+        + (",location,study_area,recording_start_local" if meta else "")
+    ]
     ledger = [json.dumps(header_record(RUN, [str(manifest)], str(out), "2026-01-01T00:00:00.000Z", None, layout))]
     telemetry = []
     store = StoreWriter(str(out), RUN) if layout == "store" else None
     vid = versions_id("2.3.0", "main=[hgnet.1:0123456789ab]")
     for i in range(chunks):
         rec, k = f"rec{i // 100:05d}", i % 100
-        start = k * 60000
+        start = k * (60000 - overlap_ms)
         cid = f"{rec}_chunk_{start}_{start + 60000}"
         site = f"site{(i // 100) % 7}"
-        rows.append(f"{rec},{cid},../audio/{cid}.wav,{start},{start + 60000},0,,,{site}")
+        extra = (("site", site), *place(i // 100)) if meta else (("site", site),)
+        rows.append(f"{rec},{cid},../audio/{cid}.wav,{start},{start + 60000},{overlap_ms},,,{','.join(v for _, v in extra)}")
         if store is not None:
-            chunk = Chunk(rec, cid, f"../audio/{cid}.wav", "", start, start + 60000, 0, None, "", (("site", site),), "", 0)
-            picks = [LABELS[(i * 7 + j * 13) % len(LABELS)] for j in range(per_chunk)]
+            chunk = Chunk(rec, cid, f"../audio/{cid}.wav", "", start, start + 60000, overlap_ms, None, "", extra, "", 0)
             starts = [float((j * 3) % 57) for j in range(per_chunk)]
+            if overlap_ms:  # by time in the recording: what two chunks both see gets the same label
+                picks = [LABELS[((i // 100) * 7 + (start + int(s) * 1000) // 3000 * 13) % len(LABELS)] for s in starts]
+            else:
+                picks = [LABELS[(i * 7 + j * 13) % len(LABELS)] for j in range(per_chunk)]
             line = chunk_line(
                 chunk,
                 RUN,

@@ -45,14 +45,16 @@ CHUNKS = {
 }  # fmt: skip
 
 
-def make_campaign(root: Path, chunks: dict = CHUNKS, *, meta: tuple[str, ...] = META, stem: str = "campaign") -> Path:
+def make_campaign(
+    root: Path, chunks: dict = CHUNKS, *, meta: tuple[str, ...] = META, stem: str = "campaign", recordings: dict = RECORDINGS
+) -> Path:
     """A manifest of virtual chunks (source_path: the whole recording) and one run's per-chunk outputs."""
     manifest = root / "manifests" / f"{stem}.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     lines = [",".join(["recording_id", "chunk_id", "source_path", "start_ms", "end_ms", *meta])]
     made = {}
     for cid, (rid, start, end, _, _) in chunks.items():
-        fname, *values = RECORDINGS[rid]
+        fname, *values = recordings[rid]
         extra = tuple((k, v) for k, v in zip(META, values) if k in meta)
         lines.append(",".join([rid, cid, f"audio/{fname}", str(start), str(end), *(v for _, v in extra)]))
         made[cid] = make_chunk(recording_id=rid, chunk_id=cid, source_path=f"audio/{fname}", input_path=str(root / "audio" / fname),

@@ -2,9 +2,11 @@
 and ``report.html``, in ``<dataset>/artifacts/aggregate/<name>/`` (``./artifacts/aggregate/<name>/``
 outside a dataset).
 
-Order of writing: the Parquet files (aggregated again only when their inputs changed), then
-``bundle.duckdb``, ``quicklook/*.csv``, ``report.html`` and ``summary.json`` last, each to a
-temporary name renamed into place: a bundle whose ``summary.json`` is there is complete.
+Order of writing: the Parquet files (aggregated again only when their inputs changed), the
+exports asked for with ``--export`` (``exports/``, by :func:`badc_mpi.results.export.write_exports`,
+the code behind ``badc-mpi export``), then ``bundle.duckdb``, ``quicklook/*.csv``, ``report.html``
+and ``summary.json`` last, each to a temporary name renamed into place: a bundle whose
+``summary.json`` is there is complete.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -24,14 +25,16 @@ from badc_mpi.errors import UsageError
 from badc_mpi.logs import get_logger
 from badc_mpi.results import views as V
 from badc_mpi.results.aggregate import TABLES, AggregateResult, aggregate
-from badc_mpi.results.runs import RunSelection, find_runs
+from badc_mpi.results.export import ExportOptions, ExportResult, write_exports
+from badc_mpi.results.folders import bundle_folder
+from badc_mpi.results.histories import FOCUS_DEFAULT
+from badc_mpi.results.runs import find_runs
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
 
 log = get_logger(__name__)
 
 BUNDLE_SCHEMA = "badc-mpi.bundle/1"
 DB_NAME = "bundle.duckdb"
-AGGREGATE_DIR = os.path.join("artifacts", "aggregate")
 TINY_PREFIX = "tiny:"
 
 
@@ -45,26 +48,6 @@ class BundleResult:
     @property
     def report(self) -> str:
         return os.path.join(self.folder, "report.html")
-
-
-def default_name(sources: Sequence[str], sel: RunSelection) -> str:
-    """The first manifest's stem among the sources, else the first run's, else ``all``."""
-    for source in sources:
-        if source.endswith(".csv") and os.path.isfile(source):
-            return Path(source).stem
-    if len(sources) == 1 and os.path.isfile(sources[0]) and sel.runs and sel.runs[0].manifests:
-        return Path(sel.runs[0].manifests[0]).stem
-    return "all"
-
-
-def bundle_folder(sources: Sequence[str], sel: RunSelection, name: str | None, dest: str | None) -> str:
-    if dest:
-        return os.path.abspath(dest)
-    name = name or default_name(sources, sel)
-    if not name or "/" in name or name in (".", ".."):
-        raise UsageError(f"bundle name {name!r} is not a folder name", fix="give --name a plain name such as site1")
-    base = sel.dataset_root or os.getcwd()
-    return os.path.join(base, AGGREGATE_DIR, name)
 
 
 def build_database(folder: str, *, bucket_minutes: float, top_n: int) -> str:
@@ -155,6 +138,13 @@ def bundle_summary(
     }
 
 
+def _exports_summary(folder: str, result: ExportResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    rel = os.path.relpath(result.folder, folder)
+    return {"folder": rel, "files": len(result.files), "notes": result.notes, "list": os.path.join(rel, "export.json")}
+
+
 def build_bundle(
     sources: Sequence[str],
     *,
@@ -166,8 +156,13 @@ def build_bundle(
     output_dir: str | None = None,
     reuse: bool = True,
     merge_overlaps: str = "auto",
+    export: ExportOptions | None = None,
 ) -> BundleResult:
-    """Aggregate (when its inputs changed) and write the whole bundle; returns where and what."""
+    """Aggregate (when its inputs changed) and write the whole bundle; returns where and what.
+    ``export``: its formats are written to ``<bundle>/exports/`` (``export.output`` unset) by
+    the export's own code, right after the aggregate (a missing field stops the bundle before
+    anything else is written); its ``focus_species`` and ``min_confidence`` also drive the
+    report's Sites panel, so the panel and ``exports/histories/`` agree."""
     import duckdb
 
     from badc_mpi.results.report import write_report
@@ -176,12 +171,19 @@ def build_bundle(
         raise UsageError(f"--bucket-minutes {bucket_minutes} is not positive", fix="give minutes > 0, e.g. 60")
     if top_n < 1:
         raise UsageError(f"--top-n {top_n} is below 1", fix="give a count of species to show, e.g. 20")
+    export = export or ExportOptions(formats=())
+    export.check()
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     sel = find_runs(sources, telemetry_dir=telemetry_dir)
     folder = bundle_folder(sources, sel, name, dest)
     agg = aggregate(sources, folder, output_dir=output_dir, reuse=reuse, selection=sel, merge_overlaps=merge_overlaps)
     seconds["aggregate"] = time.monotonic() - t0
+    exported = None
+    if export.formats:
+        te = time.monotonic()
+        exported = write_exports(folder, export)
+        seconds["export"] = time.monotonic() - te
     t1 = time.monotonic()
     build_database(folder, bucket_minutes=bucket_minutes, top_n=top_n)
     seconds["duckdb"] = time.monotonic() - t1
@@ -193,6 +195,9 @@ def build_bundle(
         summary = {
             "name": os.path.basename(folder),
             **bundle_summary(con, views, agg, bucket_minutes=bucket_minutes, top_n=top_n),
+            "focus_species": list(export.focus_species or FOCUS_DEFAULT),
+            "min_confidence": export.min_confidence,
+            "exports": _exports_summary(folder, exported),
         }
         seconds["quicklook"] = time.monotonic() - t2
         t3 = time.monotonic()

@@ -1,53 +1,69 @@
-"""``badc-mpi export``: WildTrax, Raven, the lab's tables and detection histories from an aggregate.
+"""``badc-mpi export`` (and ``badc-mpi bundle --export``): WildTrax, Raven, the lab's tables and
+detection histories from an aggregate.
 
-The thin I/O shell around the pure formatters (:mod:`export_wildtrax`, :mod:`export_raven`,
+The thin shell around the pure formatters (:mod:`export_wildtrax`, :mod:`export_raven`,
 :mod:`histories`): find the aggregate (a bundle folder, or aggregate the MANIFEST/DATASET's runs
-when their inputs changed), read its Parquet files with constant, parameterised DuckDB queries,
-build every file in memory, and only then write them (each to a temporary name, renamed), so a
-missing column or a bad option writes nothing. ``export.json`` (last) lists what was written and
-every note (metadata that was missing or guessed, tags left out).
+when their inputs changed), then two streamed passes over its Parquet files, recording by
+recording (:mod:`export_stream`; memory is one recording's rows, never the campaign's):
+
+1. **check** (chunks only): every recording's location, date-time, study area and file names;
+   a field a format needs that is missing, or two names that would share a file, is a one-line
+   error before anything is written;
+2. **write**: each recording's rows go straight into the files, staged in a hidden folder and
+   renamed into place when all are written (:mod:`export_files`); ``export.json`` (last) lists
+   what was written and every note (metadata guessed, tags left out, recordings split).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from badc_mpi.results.export_files import StagedFiles, csv_text
 from badc_mpi.results.export_meta import ExportError, Recording, recordings, require
-from badc_mpi.results.export_raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_row
-from badc_mpi.results.export_wildtrax import TAG_COLUMNS, TASK_COLUMNS, wildtrax_rows
-from badc_mpi.results.histories import LONG_COLUMNS, build_histories
+from badc_mpi.results.export_raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
+from badc_mpi.results.export_stream import Group, connect, parquet_groups
+from badc_mpi.results.export_wildtrax import (
+    CLIP_COLUMNS,
+    TAG_COLUMNS,
+    TASK_COLUMNS,
+    WildTraxRows,
+    check_options,
+    recording_rows,
+)
+from badc_mpi.results.export_wildtrax import notes as wildtrax_notes
+from badc_mpi.results.folders import find_aggregate
+from badc_mpi.results.histories import LONG_COLUMNS, HistoryBuilder, lacks_days
+from badc_mpi.results.histories import check as check_histories
 from badc_mpi.results.schema import ANALYSED
-from badc_mpi.storage.atomic import atomic_write_text, ensure_dir
 
 EXPORT_SCHEMA = "badc-mpi.export/1"
 FORMATS = ("wildtrax", "raven", "tables", "histories")
-
-#: the columns the exports read (constant SQL; the path and the threshold are parameters)
-DETECTIONS_SQL = """
-SELECT recording_id, chunk_id, label, label_code, label_name, confidence, start_ms, end_ms, hawkears_version
-FROM read_parquet(?)
-WHERE confidence >= CAST(? AS FLOAT)
-ORDER BY recording_id, start_ms, end_ms, label
-"""
-CHUNKS_SQL = "SELECT * FROM read_parquet(?) ORDER BY recording_id, start_ms, chunk_id"
+EXPORT_DIR = "exports"
 
 
 @dataclass
 class ExportOptions:
-    formats: tuple[str, ...] = ("wildtrax",)
+    formats: tuple[str, ...] = ("wildtrax",)  #: empty: no files (a bundle's report still uses the rest)
     output: str | None = None  #: folder (default: <aggregate>/exports)
     min_confidence: float = 0.0
     focus_species: tuple[str, ...] = ()
     task_method: str = "None"
     task_duration: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`ExportError` for a bad option (before anything is read or written)."""
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ExportError(f"--min-confidence {self.min_confidence} is outside 0..1", fix="give a score such as 0.3")
+        if "histories" in self.formats and not self.focus_species:
+            raise ExportError("detection histories need species", fix="give --focus-species ROPT,RUGR,STGR,SPGR,WIPT")
+        check_options(self.task_method, self.task_duration)
 
 
 @dataclass
@@ -70,142 +86,164 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def is_aggregate(path: str) -> bool:
-    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, f)) for f in ("detections.parquet", "chunks.parquet"))
+def _recording(group: Group) -> tuple[Recording, bool]:
+    rec = recordings(group.chunks)[group.recording_id]
+    return rec, any(c["status"] == ANALYSED for c in group.chunks)
 
 
-def find_aggregate(sources: Sequence[str], **kwargs: Any) -> str:
-    """The aggregate folder: SOURCE itself when it is a bundle, else aggregate (reused when unchanged)."""
-    if len(sources) == 1 and is_aggregate(sources[0]):
-        return os.path.abspath(sources[0])
-    from badc_mpi.results.aggregate import aggregate
-    from badc_mpi.results.bundle import bundle_folder
-    from badc_mpi.results.runs import find_runs
+@dataclass
+class Survey:
+    """What the check pass found (kept: the recordings that lack something, names, counts)."""
 
-    sel = find_runs(sources, telemetry_dir=kwargs.get("telemetry_dir"))
-    folder = bundle_folder(sources, sel, kwargs.get("name"), kwargs.get("dest"))
-    aggregate(sources, folder, output_dir=kwargs.get("output_dir"), reuse=True, selection=sel)
-    return folder
+    lacking: dict[str, list[Recording]] = field(default_factory=dict)  #: what -> recordings
+    raven_names: dict[str, str] = field(default_factory=dict)  #: file name -> recording id
+    area_names: dict[str, str] = field(default_factory=dict)  #: file name -> study area
+    guessed: Counter[str] = field(default_factory=Counter)  #: start basis -> analysed recordings
+    no_study_area: int = 0
 
-
-def _query(path: str, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        cur = con.execute(sql, [path, *params])
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
+    def lack(self, what: str, rec: Recording) -> None:
+        self.lacking.setdefault(what, []).append(rec)
 
 
-def _csv(rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",") -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
-    if header is not None:
-        writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
+def _claim(names: dict[str, str], name: str, owner: str, what: str, fix: str) -> None:
+    if names.setdefault(name, owner) != owner:
+        raise ExportError(f"{what} {names[name]!r} and {owner!r} map to one file name {name}", fix=fix)
 
 
-def build_files(
-    detections: list[dict[str, Any]], chunks: list[dict[str, Any]], options: ExportOptions
-) -> tuple[dict[str, str], list[str]]:
-    """Every file of the export (relative path -> text) and the notes (pure)."""
-    files: dict[str, str] = {}
-    notes: list[str] = []
-    recs = recordings(chunks)
-    analysed_ids = sorted({c["recording_id"] for c in chunks if c["status"] == ANALYSED})
-    analysed = {r: recs[r] for r in analysed_ids}
-    incomplete = {c["recording_id"] for c in chunks if c["status"] != ANALYSED}
-    by_rec: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in detections:
-        by_rec[d["recording_id"]].append(d)
-    guessed = sorted(r.recording_id for r in analysed.values() if r.start_basis and r.start_basis != "recording_start_local")
-    if guessed:
-        basis = sorted({analysed[r].start_basis or "" for r in guessed})
-        notes.append(f"recording date-time of {len(guessed)} recording(s) from {', '.join(basis)} (no recording_start_local)")
-    if "wildtrax" in options.formats:
-        require(analysed.values(), "wildtrax export", ("location", "start_local"), "WildTrax's location and recording_date_time")
-        wt = wildtrax_rows(
-            detections, analysed, method=options.task_method, task_duration=options.task_duration, incomplete=incomplete
-        )
-        files["wildtrax_tags.csv"] = _csv(wt.tags, TAG_COLUMNS)
-        files["wildtrax_tasks.csv"] = _csv(wt.tasks, TASK_COLUMNS)
-        for reason, n in sorted(wt.left_out.items()):
-            notes.append(f"wildtrax: {n} tag(s) left out: {reason}")
-        if wt.codes_left_out:
-            listed = ", ".join(f"{c or '(empty)'} ({n})" for c, n in sorted(wt.codes_left_out.items()))
-            notes.append(f"wildtrax: species codes without a WildTrax code left out: {listed}")
-    if "raven" in options.formats:
-        for rid in analysed_ids:
-            files[f"raven/{safe_name(rid)}{RAVEN_SUFFIX}"] = _csv(raven_rows(by_rec.get(rid, [])), RAVEN_COLUMNS, "\t")
-    if "tables" in options.formats:
-        files.update(_tables(by_rec, analysed, notes))
-    if "histories" in options.formats:
-        species = list(options.focus_species)
-        hist = build_histories(chunks, recs, detections, species)
-        files["histories/detection_history_long.csv"] = _csv(hist.long_rows(), LONG_COLUMNS)
-        files["histories/effort_minutes.csv"] = _csv(hist.wide_rows(None), None)
-        for sp in species:
-            files[f"histories/{safe_name(sp)}.csv"] = _csv(hist.wide_rows(sp), None)
-    return files, notes
-
-
-def _tables(by_rec: dict[str, list[dict[str, Any]]], recs: dict[str, Recording], notes: list[str]) -> dict[str, str]:
-    areas: dict[str, list[list[Any]]] = defaultdict(list)
-    every: list[list[Any]] = []
-    for rec in recs.values():
-        if rec.study_area:
-            areas.setdefault(rec.study_area, [])
-    for rid, rec in recs.items():
-        for d in by_rec.get(rid, []):
-            row = table_row(d, rec)
-            every.append(row)
+def survey(groups: Any, options: ExportOptions) -> Survey:
+    """The check pass over chunk groups (pure but for the iteration); raises the first problem."""
+    out = Survey()
+    formats = options.formats
+    for group in groups:
+        rec, analysed = _recording(group)
+        if "histories" in formats:
+            if rec.location is None:
+                out.lack("histories location", rec)
+            if lacks_days(rec, group.chunks):
+                out.lack("histories day", rec)
+        if not analysed:
+            continue
+        if rec.start_basis and rec.start_basis != "recording_start_local":
+            out.guessed[rec.start_basis] += 1
+        for name in ("location", "start_local"):
+            if "wildtrax" in formats and getattr(rec, name) is None:
+                out.lack(f"wildtrax {name}", rec)
+        if "raven" in formats:
+            _claim(out.raven_names, safe_name(rec.recording_id), rec.recording_id, "recording ids",
+                   "rename one recording (the ids come from the paths under the scanned root)")  # fmt: skip
+        if "tables" in formats:
             if rec.study_area:
-                areas[rec.study_area].append(row)
-    files = {"tables/all.csv": _csv(every, TABLE_COLUMNS)}
-    lacking = sum(1 for r in recs.values() if not r.study_area)
-    if lacking:
-        notes.append(f"tables: {lacking} recording(s) have no study_area column value: only in tables/all.csv")
-    names: dict[str, str] = {}
-    for area, rows in sorted(areas.items()):
-        name = safe_name(area)
-        if name in names or name == "all":
-            raise ExportError(
-                f"study areas {names.get(name, 'all')!r} and {area!r} map to one file name tables/{name}.csv",
-                fix="rename one study area in the manifest",
+                area = rec.study_area
+                _claim(out.area_names, safe_name(area), area, "study areas", "rename one study area in the manifest")
+                if safe_name(area) == "all":
+                    raise ExportError(f"study area {area!r} maps to the file name tables/all.csv", fix="rename the study area")
+            else:
+                out.no_study_area += 1
+    lacking = out.lacking
+    require(lacking.get("wildtrax location", []), "wildtrax export", ("location",), "WildTrax's location and recording_date_time")
+    require(lacking.get("wildtrax start_local", []), "wildtrax export", ("start_local",), "WildTrax's recording_date_time")
+    check_histories(lacking.get("histories location", []), lacking.get("histories day", []))
+    return out
+
+
+class Writer:
+    """The write pass: each recording's rows into the staged files."""
+
+    def __init__(self, files: StagedFiles, options: ExportOptions) -> None:
+        self.files, self.options, self.formats = files, options, options.formats
+        self.wildtrax = WildTraxRows()
+        self.histories = HistoryBuilder(options.focus_species) if "histories" in self.formats else None
+        if "wildtrax" in self.formats:  # header-only files when nothing qualifies
+            for rel, header in (("wildtrax_tags.csv", TAG_COLUMNS), ("wildtrax_tasks.csv", TASK_COLUMNS),
+                                ("wildtrax_clips.csv", CLIP_COLUMNS)):  # fmt: skip
+                files.writer(rel, header)
+        if "tables" in self.formats:
+            files.writer("tables/all.csv", TABLE_COLUMNS)
+
+    def add(self, group: Group) -> None:
+        rec, analysed = _recording(group)
+        dets = group.detections
+        if self.histories is not None:
+            self.histories.add(rec, group.chunks, dets)
+        if not analysed:
+            return
+        if "wildtrax" in self.formats:
+            o = self.options
+            rows = recording_rows(rec, group.chunks, dets, method=o.task_method, task_duration=o.task_duration)
+            for rel, part in (
+                ("wildtrax_tags.csv", rows.tags),
+                ("wildtrax_tasks.csv", rows.tasks),
+                ("wildtrax_clips.csv", rows.clips),
+            ):
+                self.files.writer(rel).writerows(part)
+            for total, counts in ((self.wildtrax.left_out, rows.left_out), (self.wildtrax.codes_left_out, rows.codes_left_out),
+                                  (self.wildtrax.split, rows.split)):  # fmt: skip
+                total.update(counts)
+        if "raven" in self.formats:
+            self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets), RAVEN_COLUMNS, "\t")
+        if "tables" in self.formats:
+            text = csv_text(table_rows(dets, rec))
+            self.files.append_text("tables/all.csv", text)
+            if rec.study_area:
+                self.files.append_text(f"tables/{safe_name(rec.study_area)}.csv", text, TABLE_COLUMNS)
+
+    def finish(self, found: Survey) -> list[str]:
+        """Write what needs the whole campaign (histories); return the notes."""
+        notes = []
+        if found.guessed:
+            n = sum(found.guessed.values())
+            notes.append(
+                f"recording date-time of {n} recording(s) from {', '.join(sorted(found.guessed))} (no recording_start_local)"
             )
-        names[name] = area
-        files[f"tables/{name}.csv"] = _csv(rows, TABLE_COLUMNS)
-    return files
+        if "wildtrax" in self.formats:
+            notes.extend(wildtrax_notes(self.wildtrax))
+        if "tables" in self.formats and found.no_study_area:
+            notes.append(f"tables: {found.no_study_area} recording(s) have no study_area column value: only in tables/all.csv")
+        if self.histories is not None:
+            hist = self.histories.result()
+            self.files.write_rows("histories/detection_history_long.csv", hist.long_rows(), LONG_COLUMNS)
+            self.files.write_rows("histories/effort_minutes.csv", hist.wide_rows(None), None)
+            for sp in hist.species:
+                self.files.write_rows(f"histories/{safe_name(sp)}.csv", hist.wide_rows(sp), None)
+        return notes
+
+
+def write_exports(folder: str, options: ExportOptions) -> ExportResult:
+    """Write the export of the aggregate ``folder`` (see the module doc)."""
+    options.check()
+    out_dir = os.path.abspath(options.output or os.path.join(folder, EXPORT_DIR))
+    det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
+    with tempfile.TemporaryDirectory(prefix="badc-mpi-export-") as spill:
+        con = connect(spill)
+        try:
+            found = survey(parquet_groups(con, chunk_path, None), options)
+            files = StagedFiles(out_dir)
+            try:
+                writer = Writer(files, options)
+                species = options.focus_species if set(options.formats) == {"histories"} else None
+                for group in parquet_groups(con, chunk_path, det_path, min_confidence=options.min_confidence, species=species):
+                    writer.add(group)
+                notes = writer.finish(found)
+                doc = {
+                    "schema": EXPORT_SCHEMA,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "aggregate": folder,
+                    "options": asdict(options),
+                    "files": sorted(files.names),
+                    "notes": notes,
+                }
+                files.write_text("export.json", json.dumps(doc, indent=1) + "\n")
+                written = files.commit(last="export.json")
+            except BaseException:
+                files.abort()
+                raise
+        finally:
+            con.close()
+    return ExportResult(out_dir, folder, [p for p in written if not p.endswith("export.json")], notes)
 
 
 def export(sources: Sequence[str], options: ExportOptions, **kwargs: Any) -> ExportResult:
-    """Write the export of ``sources`` (see the module doc); ``kwargs``: ``telemetry_dir,
-    output_dir, name, dest`` as for ``badc-mpi aggregate``."""
-    if not 0.0 <= options.min_confidence <= 1.0:
-        raise ExportError(f"--min-confidence {options.min_confidence} is outside 0..1", fix="give a score such as 0.3")
-    if "histories" in options.formats and not options.focus_species:
-        raise ExportError("detection histories need species", fix="give --focus-species ROPT,RUGR,STGR,SPGR,WIPT")
-    folder = find_aggregate(sources, **kwargs)
-    out_dir = os.path.abspath(options.output or os.path.join(folder, "exports"))
-    det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
-    detections = _query(det_path, DETECTIONS_SQL, [float(options.min_confidence)])
-    chunks = _query(chunk_path, CHUNKS_SQL, [])
-    files, notes = build_files(detections, chunks, options)
-    result = ExportResult(out_dir, folder, notes=notes)
-    ensure_dir(out_dir)
-    for rel, text in files.items():
-        result.files.append(atomic_write_text(os.path.join(out_dir, rel), text))
-    doc = {
-        "schema": EXPORT_SCHEMA,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "aggregate": folder,
-        "options": asdict(options),
-        "files": sorted(files),
-        "notes": notes,
-    }
-    atomic_write_text(os.path.join(out_dir, "export.json"), json.dumps(doc, indent=1) + "\n")
-    return result
+    """Write the export of ``sources``; ``kwargs``: ``telemetry_dir, output_dir, name, dest`` as
+    for ``badc-mpi aggregate``."""
+    options.check()
+    return write_exports(find_aggregate(sources, **kwargs), options)

@@ -62,9 +62,12 @@ def raven_rows(detections: Iterable[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def table_row(d: dict[str, Any], rec: Recording) -> list[Any]:
+def table_rows(detections: Iterable[dict[str, Any]], rec: Recording) -> list[list[Any]]:
+    """One recording's detections -> the lab's table rows (its constant fields computed once)."""
+    tail = [rec.study_area or "", rec.location or "", rec.recording_date_time()]
+    filename = rec.filename
     return [
-        rec.filename, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", d.get("label_name") or d.get("label") or "",
-        d.get("label_code") or d.get("label") or "", f"{float(d['confidence']):.3f}", rec.study_area or "", rec.location or "",
-        rec.recording_date_time(),
+        [filename, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", d.get("label_name") or d.get("label") or "",
+         d.get("label_code") or d.get("label") or "", f"{float(d['confidence']):.3f}", *tail]
+        for d in detections
     ]  # fmt: skip

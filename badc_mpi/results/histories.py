@@ -79,48 +79,82 @@ def parse_species(text: str | None) -> list[str]:
     return [s.strip().upper() for s in text.split(",") if s.strip()]
 
 
+def lacks_days(rec: Recording, chunks: Iterable[dict[str, Any]]) -> bool:
+    """Whether some chunk of ``rec`` has no local day (no start, no ``date``)."""
+    return any(chunk_day(c, rec) is None for c in chunks)
+
+
+class HistoryBuilder:
+    """Histories built recording by recording (memory: locations x days, never the detections)."""
+
+    def __init__(self, species: Sequence[str]) -> None:
+        self.species = list(species)
+        self._wanted = set(species)
+        self._effort: dict[tuple[str, dt.date], Effort] = defaultdict(Effort)
+        self._counts: Counter[tuple[str, str, dt.date]] = Counter()
+
+    def add(self, rec: Recording, chunks: Sequence[dict[str, Any]], detections: Iterable[dict[str, Any]]) -> None:
+        """One recording: its rows of the ``chunks`` table (sorted by start) and its detections
+        (``chunk_id, label_code, label``; already filtered by confidence). Its location and the
+        day of every chunk must be known (:func:`check`)."""
+        days: dict[str, dt.date] = {}
+        spans: list[tuple[int, int, tuple[str, dt.date]]] = []
+        check([rec], [rec] if lacks_days(rec, chunks) else [])
+        location = str(rec.location)
+        for c in chunks:
+            day = chunk_day(c, rec)
+            assert day is not None  # checked above
+            key = (location, day)
+            days[c["chunk_id"]] = day
+            e = self._effort[key]
+            if c["status"] == ANALYSED:
+                e.analysed += 1
+                if c.get("start_ms") is not None and c.get("end_ms") is not None:
+                    spans.append((c["start_ms"], c["end_ms"], key))
+            elif c["status"] == FAILED:
+                e.failed += 1
+            else:
+                e.not_analysed += 1
+        reach = None
+        for start, end, key in sorted(spans):
+            begin = start if reach is None else max(start, reach)
+            if end > begin:
+                self._effort[key].minutes += (end - begin) / 60000.0
+            reach = end if reach is None else max(reach, end)
+        for d in detections:
+            code = d.get("label_code") or d.get("label")
+            day = days.get(d["chunk_id"])
+            if code in self._wanted and day is not None:
+                self._counts[(code, location, day)] += 1
+
+    def result(self) -> Histories:
+        all_days = sorted({day for _, day in self._effort})
+        span = (all_days[-1] - all_days[0]).days + 1 if all_days else 0
+        calendar = [all_days[0] + dt.timedelta(days=i) for i in range(span)]
+        locations = sorted({loc for loc, _ in self._effort})
+        return Histories(self.species, locations, calendar, dict(self._effort), self._counts)
+
+
+def check(recs: Sequence[Recording], undated: Sequence[Recording]) -> None:
+    """Raise the one-line :class:`ExportError` when histories cannot be built: ``recs`` every
+    recording, ``undated`` those with a chunk whose day is unknown."""
+    require(recs, "detection histories", ("location",), "a location x day history")
+    require(undated, "detection histories", ("start_local",), "the day of each chunk")
+
+
 def build_histories(
     chunks: Sequence[dict[str, Any]], recs: dict[str, Recording], detections: Iterable[dict[str, Any]], species: Sequence[str]
 ) -> Histories:
-    """``chunks``: rows of the ``chunks`` table; ``detections``: ``recording_id, chunk_id,
-    label_code`` (already filtered by confidence)."""
-    require(recs.values(), "detection histories", ("location",), "a location x day history")
-    days: dict[tuple[str, str], dt.date] = {}
-    undated = sorted({c["recording_id"] for c in chunks if chunk_day(c, recs[c["recording_id"]]) is None})
-    if undated:
-        require([recs[r] for r in undated], "detection histories", ("start_local",), "the day of each chunk")
-    effort: dict[tuple[str, dt.date], Effort] = defaultdict(Effort)
-    spans: dict[str, list[tuple[int, int, tuple[str, dt.date]]]] = defaultdict(list)
+    """All at once (small inputs): ``chunks`` rows of the ``chunks`` table; ``detections``:
+    ``recording_id, chunk_id, label_code`` (already filtered by confidence)."""
+    by_chunk: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_det: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in chunks:
-        rec = recs[c["recording_id"]]
-        day = chunk_day(c, rec)
-        assert day is not None and rec.location is not None
-        key = (rec.location, day)
-        days[(c["recording_id"], c["chunk_id"])] = day
-        e = effort[key]
-        if c["status"] == ANALYSED:
-            e.analysed += 1
-            if c.get("start_ms") is not None and c.get("end_ms") is not None:
-                spans[c["recording_id"]].append((c["start_ms"], c["end_ms"], key))
-        elif c["status"] == FAILED:
-            e.failed += 1
-        else:
-            e.not_analysed += 1
-    for items in spans.values():
-        reach = None
-        for start, end, key in sorted(items):
-            begin = start if reach is None else max(start, reach)
-            if end > begin:
-                effort[key].minutes += (end - begin) / 60000.0
-            reach = end if reach is None else max(reach, end)
-    wanted = set(species)
-    counts: Counter[tuple[str, str, dt.date]] = Counter()
+        by_chunk[c["recording_id"]].append(c)
     for d in detections:
-        code = d.get("label_code") or d.get("label")
-        day = days.get((d["recording_id"], d["chunk_id"]))
-        if code in wanted and day is not None:
-            counts[(code, recs[d["recording_id"]].location, day)] += 1  # type: ignore[index]
-    all_days = sorted({day for _, day in effort})
-    calendar = [all_days[0] + dt.timedelta(days=i) for i in range((all_days[-1] - all_days[0]).days + 1)] if all_days else []
-    locations = sorted({loc for loc, _ in effort})
-    return Histories(list(species), locations, calendar, dict(effort), counts)
+        by_det[d["recording_id"]].append(d)
+    check(list(recs.values()), [recs[r] for r, rows in by_chunk.items() if lacks_days(recs[r], rows)])
+    builder = HistoryBuilder(species)
+    for rid in sorted(by_chunk):
+        builder.add(recs[rid], by_chunk[rid], by_det.get(rid, []))
+    return builder.result()

@@ -9,7 +9,7 @@ every other field (chunk, run, provenance) from the group's earliest row (ties: 
 confidence). Groups from one chunk are left as they are, so chunks that do not overlap change
 nothing. ``auto`` (the default) merges only when some chunks of a recording overlap.
 
-Streaming: DuckDB sorts per recording and label (spilling to disk when needed) and returns only
+Streaming: DuckDB sorts per recording and label (spilling to $TMPDIR past 512 MB) and returns only
 the rows of merged groups; the Parquet file is then rewritten batch by batch with numpy masks.
 """
 
@@ -28,6 +28,7 @@ from badc_mpi.results.times import add_absolute_times
 
 MODES = ("auto", "on", "off")
 BATCH_ROWS = 1 << 20
+MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the window query (beyond it, it spills under $TMPDIR)
 
 #: rows of groups spanning two or more chunks: file row, whether it is the row kept, the union
 #: span, the best confidence and how many detections the group stands for (constant SQL; the
@@ -91,13 +92,16 @@ def chunks_overlap(chunks: pa.Table) -> bool:
 
 
 def _groups(path: str) -> pa.Table:
+    import tempfile
+
     import duckdb
 
-    con = duckdb.connect()
-    try:
-        return con.sql(GROUPS_SQL, params=[path]).to_arrow_table()
-    finally:
-        con.close()
+    with tempfile.TemporaryDirectory(prefix="badc-mpi-merge-") as spill:
+        con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill})
+        try:
+            return con.sql(GROUPS_SQL, params=[path]).to_arrow_table()
+        finally:
+            con.close()
 
 
 def apply_groups(batch: pa.Table, offset: int, groups: dict[str, np.ndarray]) -> pa.Table:

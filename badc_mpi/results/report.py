@@ -21,7 +21,8 @@ from badc_mpi.errors import BadcError
 from badc_mpi.results import charts
 from badc_mpi.results import views as V
 from badc_mpi.results.export_meta import recordings
-from badc_mpi.results.histories import FOCUS_DEFAULT, build_histories
+from badc_mpi.results.export_stream import chunks_relation, detections_relation, recording_groups
+from badc_mpi.results.histories import FOCUS_DEFAULT, HistoryBuilder
 from badc_mpi.storage.atomic import atomic_write_text
 
 HIST_BINS = 20
@@ -124,11 +125,17 @@ def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
     return out
 
 
-def site_grid(con: Any, species: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+def site_grid(con: Any, species: Sequence[str], min_confidence: float = 0.0) -> tuple[list[str], list[str], np.ndarray]:
     """Locations, local days and focus-species detections per location and day (NaN: not
-    surveyed); raises :class:`BadcError` when locations or days cannot be known."""
-    chunks = _rows(con, V.ALL_CHUNKS)
-    hist = build_histories(chunks, recordings(chunks), _rows(con, V.FOCUS_DETECTIONS, [list(species)]), species)
+    surveyed), streamed recording by recording through the histories' own builder (so the panel
+    and ``histories/`` agree for the same species and ``--min-confidence``); raises
+    :class:`BadcError` when locations or days cannot be known."""
+    chunks = chunks_relation(con.cursor().table("chunks"))
+    dets = detections_relation(con.cursor().table("detections"), min_confidence, species)
+    builder = HistoryBuilder(species)
+    for group in recording_groups(chunks, dets):
+        builder.add(recordings(group.chunks)[group.recording_id], group.chunks, group.detections)
+    hist = builder.result()
     grid = np.full((len(hist.locations), len(hist.days)), np.nan)
     for i, loc in enumerate(hist.locations):
         for j, day in enumerate(hist.days):
@@ -138,11 +145,15 @@ def site_grid(con: Any, species: Sequence[str]) -> tuple[list[str], list[str], n
 
 
 def site_panel(con: Any, summary: dict[str, Any]) -> bytes:
-    """Focus-species detections per location per local day (map-free site panel)."""
+    """Focus-species detections per location per local day (map-free site panel): the bundle's
+    ``focus_species`` (default :data:`FOCUS_DEFAULT`) at its ``min_confidence``."""
     species = list(summary.get("focus_species") or FOCUS_DEFAULT)
+    threshold = float(summary.get("min_confidence") or 0.0)
     title = f"Focus species ({', '.join(species)}) per location and day"
+    if threshold:
+        title += f", confidence >= {threshold:g}"
     try:
-        locations, days, grid = site_grid(con, species)
+        locations, days, grid = site_grid(con, species, threshold)
     except BadcError as exc:
         return charts.site_days([], [], np.zeros((0, 0)), f"{title}\n{exc.message}")
     return charts.site_days(locations, days, grid, title)

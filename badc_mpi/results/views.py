@@ -158,8 +158,3 @@ FAILURE_CLASSES = """
 SELECT coalesce(failure_class, '?') AS failure_class, count(*) AS n FROM chunks WHERE status = 'failed'
 GROUP BY 1 ORDER BY n DESC, 1
 """
-ALL_CHUNKS = "SELECT * FROM chunks ORDER BY recording_id, start_ms, chunk_id"
-FOCUS_DETECTIONS = """
-SELECT recording_id, chunk_id, label, label_code FROM detections
-WHERE coalesce(label_code, label) IN (SELECT unnest(?::VARCHAR[]))
-"""

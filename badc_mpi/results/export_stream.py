@@ -1,0 +1,116 @@
+"""The exports' reading side: the ``chunks`` and ``detections`` tables streamed recording by
+recording, never whole (campaign scale: tens of millions of detections).
+
+DuckDB sorts each table by recording (spilling to a temporary folder past ``memory_limit``) and
+hands back Arrow record batches; the two sorted streams (each on its own cursor) are merged by
+recording id into :class:`Group`s: one recording's chunk rows and its detections, as dicts. The
+queries are built with the relation API (column names and expressions are constants; the
+confidence threshold and the paths are values, never SQL text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+BATCH_ROWS = 65_536
+MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the sorts (beyond it they spill to the temporary folder)
+
+#: the detection columns the exports read
+DETECTION_COLUMNS = "recording_id, chunk_id, label, label_code, label_name, confidence, start_ms, end_ms, hawkears_version"
+DETECTION_ORDER = "recording_id, start_ms, end_ms, label"
+CHUNK_ORDER = "recording_id, start_ms, chunk_id"
+
+
+@dataclass
+class Group:
+    """One recording: its rows of the ``chunks`` table (by start) and its detections (by start)."""
+
+    recording_id: str
+    chunks: list[dict[str, Any]]
+    detections: list[dict[str, Any]] = field(default_factory=list)
+
+
+def connect(temp_dir: str | None = None, memory_limit: str = MEMORY_LIMIT) -> Any:
+    """An in-memory DuckDB whose sorts spill to ``temp_dir``."""
+    import duckdb
+
+    config = {"memory_limit": memory_limit}
+    if temp_dir:
+        config["temp_directory"] = temp_dir
+    return duckdb.connect(config=config)
+
+
+def detections_relation(rel: Any, min_confidence: float, species: Sequence[str] | None = None) -> Any:
+    """``rel`` (the ``detections`` table) filtered by confidence (compared as FLOAT, the column's
+    type: a score equal to the threshold passes) and optionally species codes, sorted by recording."""
+    import duckdb
+
+    threshold = duckdb.ConstantExpression(float(min_confidence)).cast(duckdb.sqltypes.FLOAT)
+    rel = rel.filter(duckdb.ColumnExpression("confidence") >= threshold)
+    if species is not None:
+        code = duckdb.CoalesceOperator(duckdb.ColumnExpression("label_code"), duckdb.ColumnExpression("label"))
+        rel = rel.filter(
+            code.isin(*(duckdb.ConstantExpression(s) for s in species)) if species else duckdb.ConstantExpression(False)
+        )
+    return rel.project(DETECTION_COLUMNS).order(DETECTION_ORDER)
+
+
+def chunks_relation(rel: Any) -> Any:
+    return rel.order(CHUNK_ORDER)
+
+
+def _runs(rel: Any, batch_rows: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(recording id, rows) for each run of one recording in a relation sorted by recording."""
+    current: str | None = None
+    rows: list[dict[str, Any]] = []
+    for batch in rel.to_arrow_reader(batch_rows):
+        ids = batch.column("recording_id").to_pylist()
+        starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+        for n, start in enumerate(starts):
+            end = starts[n + 1] if n + 1 < len(starts) else len(ids)
+            part = batch.slice(start, end - start).to_pylist()
+            if ids[start] != current:
+                if current is not None:
+                    yield current, rows
+                current, rows = ids[start], part
+            else:
+                rows.extend(part)
+    if current is not None:
+        yield current, rows
+
+
+def recording_groups(chunks: Any, detections: Any | None, *, batch_rows: int = BATCH_ROWS) -> Iterator[Group]:
+    """Merge the sorted relations (from :func:`chunks_relation`, :func:`detections_relation`;
+    each on its own cursor) into one :class:`Group` per recording of the chunks table, in
+    recording order. Detections of a recording without chunk rows (none in an aggregate) are
+    skipped."""
+    dets = _runs(detections, batch_rows) if detections is not None else iter(())
+    pending = next(dets, None)
+    for rid, rows in _runs(chunks, batch_rows):
+        while pending is not None and pending[0] < rid:
+            pending = next(dets, None)
+        group = Group(rid, rows)
+        if pending is not None and pending[0] == rid:
+            group.detections = pending[1]
+            pending = next(dets, None)
+        yield group
+
+
+def parquet_groups(
+    con: Any,
+    chunks_path: str,
+    detections_path: str | None,
+    *,
+    min_confidence: float = 0.0,
+    species: Sequence[str] | None = None,
+    batch_rows: int | None = None,
+) -> Iterator[Group]:
+    """:func:`recording_groups` over an aggregate's Parquet files (``detections_path`` None:
+    chunks only; ``species``: only these codes' detections)."""
+    chunks = chunks_relation(con.cursor().read_parquet(chunks_path))
+    dets = None
+    if detections_path is not None:
+        dets = detections_relation(con.cursor().read_parquet(detections_path), min_confidence, species)
+    return recording_groups(chunks, dets, batch_rows=batch_rows or BATCH_ROWS)
