@@ -19,6 +19,9 @@ DATASET ?=
 BUNDLE ?=
 FORMAT ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
+# HawkEars' python given (an overlay's bin/python, docs/howto/gpu-overlay.md): gpu-check and
+# hawkears-tiny then skip `make hawkears` (and gpu-check skips `make install` when .venv is absent)
+HAWKEARS_PYTHON ?= $(BADC_MPI_HAWKEARS_PYTHON)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
@@ -148,8 +151,11 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench_hawkears.py
 	$(PY) scripts/bench_hawkears.py --variants all --rounds 4
 
-gpu-check: install hawkears-tiny ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu x --hawkears-batch sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json')
-	$(PY) scripts/gpu_check.py $(ARGS)
+# With HAWKEARS_PYTHON: badc-mpi's side runs in .venv when installed, else in $(PYTHON) (a machine
+# without internet whose python has numpy, pyarrow, mpi4py, nvidia-ml-py).
+GPU_CHECK_PY = $(if $(HAWKEARS_PYTHON),$(if $(wildcard $(STAMP)),$(PY),$(PYTHON)),$(PY))
+gpu-check: $(if $(HAWKEARS_PYTHON),hawkears-tiny,install hawkears-tiny) ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu x --hawkears-batch sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json'; HAWKEARS_PYTHON=overlay/bin/python)
+	$(GPU_CHECK_PY) scripts/gpu_check.py $(if $(HAWKEARS_PYTHON),--python '$(HAWKEARS_PYTHON)') $(ARGS)
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache
@@ -161,19 +167,33 @@ clean: ## remove build leftovers (keeps .venv and outputs)
 # Variables: DEST=dir (hawkears-models), PYTHON (the python that owns the HawkEars venv).
 HAWKEARS_ENV := $(PYTHON) scripts/hawkears_env.py
 
-.PHONY: hawkears hawkears-tiny hawkears-python hawkears-models bench-hawkears
+.PHONY: hawkears hawkears-tiny hawkears-python hawkears-models bench-hawkears hawkears-wheels hawkears-overlay
 
 hawkears: ## HawkEars' own env (torch, hawkears 2.3.0; ~3 min, ~9 GB once, then reused); prints its path
 	@$(HAWKEARS_ENV) create
 
-hawkears-tiny: hawkears ## tiny random-weight HawkEars data root for tests/demos (offline, seconds)
-	@$(HAWKEARS_ENV) tiny
+hawkears-tiny: $(if $(HAWKEARS_PYTHON),,hawkears) ## tiny random-weight HawkEars data root for tests/demos (offline, seconds; HAWKEARS_PYTHON=...: built with that python)
+	@$(if $(HAWKEARS_PYTHON),BADC_MPI_HAWKEARS_PYTHON='$(HAWKEARS_PYTHON)') $(HAWKEARS_ENV) tiny
 
 hawkears-python: ## print the HawkEars env's python
 	@$(HAWKEARS_ENV) python
 
 hawkears-models: hawkears ## stage real HawkEars models (internet, e.g. Sockeye login node): make hawkears-models [DEST=dir]
 	@$(HAWKEARS_ENV) models $(if $(DEST),--dest '$(DEST)')
+
+# HawkEars as an overlay on an existing python with torch, where its own env cannot be built
+# (scripts/hawkears_overlay.py, docs/howto/gpu-overlay.md). HAVE: the target's have file
+# (`python3 scripts/hawkears_overlay.py have` there); WHEELS: the parts; INCLUDE: extra names.
+HAVE ?= scripts/overlay_have/nvidia-h200.txt
+WHEELS ?= .hawkears-wheels
+OVERLAY ?=
+INCLUDE ?=
+
+hawkears-wheels: ## wheels HawkEars lacks on a python with torch (HAVE=its have file), xz-packed in parts <= 60 MiB under WHEELS (internet)
+	@$(PYTHON) scripts/hawkears_overlay.py download --have '$(HAVE)' --dest '$(WHEELS)' $(if $(INCLUDE),--include $(INCLUDE))
+
+hawkears-overlay: ## install WHEELS (a part, or every part) on PYTHON into OVERLAY, offline; prints OVERLAY/bin/python for HAWKEARS_PYTHON
+	@$(PYTHON) scripts/hawkears_overlay.py install --python '$(PYTHON)' --wheels '$(WHEELS)' $(if $(OVERLAY),--overlay '$(OVERLAY)')
 
 bench-hawkears: install hawkears-tiny ## HawkEars resident vs CLI vs bare in-process scoring (tiny model; JSON); ARGS='--variants all': malloc tuning, pipeline, --hawkears-batch 1/4/16
 	$(PY) scripts/bench_hawkears.py $(ARGS)

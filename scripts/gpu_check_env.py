@@ -23,6 +23,7 @@ from badc_mpi.gpu.nvml import DeviceInfo, NvmlBackend  # noqa: E402
 from badc_mpi.options import BindingOptions  # noqa: E402
 from badc_mpi.records import Binding  # noqa: E402
 from badc_mpi.runners.hawkears import env as hawkears_env  # noqa: E402
+from badc_mpi.runners.hawkears import overlay as hawkears_overlay  # noqa: E402
 from badc_mpi.runners.process import signal_group  # noqa: E402
 
 
@@ -137,7 +138,7 @@ def _wrapper(work: Path, python: str, python_path: str) -> str:
     HawkEars' environment, so the folder is set by this wrapper instead."""
     path = work / "hawkears-python"
     folder = os.path.abspath(python_path)
-    path.write_text(f'#!/bin/sh\nPYTHONPATH="{folder}" exec "{python}" "$@"\n', encoding="utf-8")
+    path.write_text(hawkears_overlay.wrapper_text(python, folder), encoding="utf-8")  # the overlay's wrapper
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
 

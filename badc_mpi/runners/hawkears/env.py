@@ -38,7 +38,11 @@ DATA_ROOT_VAR = "HAWKEARS_DATA_ROOT"
 COMPLETE_STAMP = ".badc-hawkears-complete"
 TINY_MARKER = "TINY_MODEL_DO_NOT_USE_FOR_SCIENCE"
 TINY_DIRNAME = "tiny-data-root"
-FIX_ENV = "run `make hawkears` (creates HawkEars' own environment, ~3 min, ~9 GB), or point BADC_MPI_HAWKEARS_PYTHON / --hawkears-python at a python that has hawkears==2.3.0"
+FIX_ENV = (
+    "run `make hawkears` (creates HawkEars' own environment, ~3 min, ~9 GB), or point BADC_MPI_HAWKEARS_PYTHON / "
+    "--hawkears-python at a python that has hawkears==2.3.0 (offline, over a python with torch: an overlay's "
+    "bin/python, `make hawkears-overlay`, docs/howto/gpu-overlay.md)"
+)
 FIX_DATA = (
     "stage real models with `make hawkears-models` (needs internet, e.g. on Sockeye's login node) and pass "
     "--hawkears-data-root DIR or set HAWKEARS_DATA_ROOT=DIR; for tests only, `make hawkears-tiny`"
@@ -125,7 +129,8 @@ def bundled_recording(python: str | None = None, env: Mapping[str, str] = os.env
     """HawkEars' packaged test recording (``hawkears/install/canada/recordings/CommonYellowthroat.mp3``)."""
     python = python or find_hawkears_python(env)
     pattern = "lib/python*/site-packages/hawkears/install/*/recordings/*.mp3"
-    hits = sorted(env_dir_of_python(python).glob(pattern))
+    overlay = "hawkears/install/*/recordings/*.mp3"  # an overlay (scripts/hawkears_overlay.py): OVERLAY/bin/python
+    hits = sorted(env_dir_of_python(python).glob(pattern)) or sorted(env_dir_of_python(python).glob(overlay))
     if not hits:  # a python outside a standard venv layout: ask it
         code = "import hawkears, pathlib; print(pathlib.Path(hawkears.__file__).parent)"
         try:
