@@ -6,7 +6,9 @@ Variants (``--variants`` picks some, by name):
 - ``plain``: malloc tuning off, pipeline off, K=1 (the worker as it was before these options);
 - ``malloc``: malloc tuning on;
 - ``pipeline``: malloc tuning and the pipeline on (the default);
-- ``batch4``, ``batch16``: the default plus ``--hawkears-batch 4`` / ``16``.
+- ``batch4``, ``batch16``: the default plus ``--hawkears-batch 4`` / ``16`` (forward passes: auto,
+  i.e. joint on a GPU, per chunk on a CPU);
+- ``batch16-joint``: K=16 with one forward pass per model over the batch, whatever the device.
 
 Every variant has its own resident process, started once. They take turns round by round
 (``--rounds``, each ``--round-chunks`` chunks submitted at once, as a rank's queue would hold
@@ -35,6 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pipeline": {"malloc_tuning": True, "pipeline": True, "batch": 1},
     "batch4": {"malloc_tuning": True, "pipeline": True, "batch": 4},
     "batch16": {"malloc_tuning": True, "pipeline": True, "batch": 16},
+    "batch16-joint": {"malloc_tuning": True, "pipeline": True, "batch": 16, "batch_forward": "joint"},
 }
 
 

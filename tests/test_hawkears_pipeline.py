@@ -173,10 +173,11 @@ def test_batches_give_the_same_labels_and_fail_per_chunk(hawkears: tuple[str, st
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
     batch = [*chunks[:2], make_chunk(recording_id="bad", chunk_id="bad_0", input_path=str(bad)), *chunks[2:]]
-    runner = started(hawkears, batch=4)
+    runner = started(hawkears, batch=4, batch_forward="joint")  # the GPU's one pass per model, here on CPU
     try:
         hello = runner._worker.hello  # type: ignore[union-attr]
-        assert hello["batch"] == 4 and 0 <= hello["batch_max_score_diff"] <= BATCH_TOLERANCE
+        assert hello["batch"] == 4 and hello["batch_forward"] == "joint"
+        assert 0 <= hello["batch_max_score_diff"] <= BATCH_TOLERANCE
         assert runner.fingerprint()["batch"] == 4  # resume never mixes batched and per-chunk scores
         tasks = [Task(c, 1, str(tmp_path / "k4" / f"{n}"), 120.0, "test") for n, c in enumerate(batch)]
         results = runner.run_batch(tasks[:4]) + runner.run_batch(tasks[4:])
@@ -199,7 +200,7 @@ def test_out_of_memory_splits_the_batch(
     batch until each part fits; every chunk still succeeds."""
     monkeypatch.setenv("BADC_TEST_REAL_HAWKEARS_PYTHON", hawkears[0])
     monkeypatch.setenv("BADC_TEST_PREDICT_OOM_ROWS", "12")
-    runner = started(hawkears, python=FAKE_PYTHON, batch=3, pipeline=False)
+    runner = started(hawkears, python=FAKE_PYTHON, batch=3, batch_forward="joint", pipeline=False)
     try:
         tasks = [Task(c, 1, str(tmp_path / f"{n}"), 120.0, "test") for n, c in enumerate(chunks[:3])]
         results = runner.run_batch(tasks)

@@ -21,6 +21,7 @@ from badc_mpi.runners.hawkears.env import SUPPORTED_HAWKEARS_VERSION
 MODES = ("resident", "cli")
 LABELS = ("codes", "names", "alt-codes", "alt-names")
 CHUNK_OPTION_COLUMNS = ("lat", "lon", "date", "region")  #: manifest columns read per chunk
+BATCH_FORWARD = ("auto", "joint", "per-chunk")
 MAX_BATCH = 64  #: chunks per batched forward pass (16 is plenty on a large GPU: docs/throughput.md)
 DATE_RE = re.compile(r"^(\d{8}|\d{4}|\d{4}-\d{2}-\d{2}|file)$")
 
@@ -51,6 +52,7 @@ class HawkearsOptions:
     malloc_tuning: bool = True  #: glibc malloc kept from returning activation buffers (docs/throughput.md)
     pipeline: bool = True  #: decode the next chunks while one is scored; finalise outputs off the scoring path
     batch: int = 1  #: chunks whose windows go through one forward pass per model (1: HawkEars' own per-file path)
+    batch_forward: str = "auto"  #: a batch's forward passes: joint (GPU default), per-chunk (CPU default)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> HawkearsOptions:
@@ -78,6 +80,7 @@ class HawkearsOptions:
             "malloc_tuning": "hawkears_malloc_tuning",
             "pipeline": "hawkears_pipeline",
             "batch": "hawkears_batch",
+            "batch_forward": "hawkears_batch_forward",
         }
         values = {f: getattr(args, a) for f, a in names.items() if getattr(args, a, None) is not None}
         return cls(**values).validate()
@@ -117,6 +120,11 @@ class HawkearsOptions:
             1 <= self.batch <= MAX_BATCH,
             f"--hawkears-batch {self.batch} is out of range",
             f"use 1 (HawkEars' own per-chunk path) to {MAX_BATCH}",
+        )
+        need(
+            self.batch_forward in BATCH_FORWARD,
+            f"--hawkears-batch-forward {self.batch_forward!r} is not one of {', '.join(BATCH_FORWARD)}",
+            "use auto (joint on a GPU, per chunk on a CPU)",
         )
         need(self.batch == 1 or self.mode == "resident", "--hawkears-batch needs the resident worker", "drop --hawkears-mode cli")
         need(self.start_timeout_s > 0, "--hawkears-start-timeout-s must be > 0", "the default is 600")
@@ -217,6 +225,13 @@ def add_hawkears_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         help="score the windows of up to K chunks in one forward pass per model (default 1: HawkEars' own "
         "per-chunk path; K>1 pays off on a GPU; scores may differ in the last bits: docs/throughput.md)",
     )
+    g.add_argument(
+        "--hawkears-batch-forward",
+        choices=BATCH_FORWARD,
+        default=None,
+        help="with --hawkears-batch K>1: one forward pass per model over the batch (joint) or per chunk; "
+        "default auto: joint on a GPU, per chunk on a CPU (where larger passes are slower)",
+    )
     return g
 
 
@@ -292,6 +307,7 @@ def worker_argv(o: HawkearsOptions, data_root: str, cfg_path: str, low_band: boo
             ("--seg", o.seg),
             ("--threads", o.threads),
             ("--batch", o.batch if o.batch > 1 else None),
+            ("--batch-forward", o.batch_forward if o.batch > 1 and o.batch_forward != "auto" else None),
             ("--prefetch", "on" if o.pipeline else None),
         )
     )

@@ -114,6 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seg", type=float, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch", type=int, default=1, help="score the windows of up to K chunks per forward pass")
+    p.add_argument("--batch-forward", choices=("auto", "joint", "per-chunk"), default="auto", help="a batch's forward passes")
     p.add_argument("--prefetch", choices=("on", "off"), default="off", help="decode announced chunks ahead, in a process")
     p.add_argument("--decoders", type=int, default=1, help="decoder processes (with --prefetch on)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit at once if the parent is not this process")
@@ -260,7 +261,7 @@ class Resident:
             self.cache = pipeline.AudioCache(decode_audio, decoder_started, max(1, self.args.decoders))
             pipeline.install_cached_load(self.cache)  # first: the decode timer below wraps it
             if self.batch > 1:
-                self.batcher = pipeline.Batcher()
+                self.batcher = pipeline.Batcher(self.args.batch_forward)
                 self.batcher.install()
         predictors = sibling("resident_caches").install_caches(_STATS, self.batcher)
         extra: dict = {}
@@ -273,7 +274,11 @@ class Resident:
                 for n, clip in enumerate(clips):
                     sibling("resident_caches").write_noise(clip, 9.0 + 4 * n, seed=n)
                 worst = pipeline.compare_batched(self.batcher, clips)
-                extra = {"batch": self.batch, "batch_max_score_diff": float(f"{worst:.3g}")}
+                extra = {
+                    "batch": self.batch,
+                    "batch_forward": "joint" if self.batcher.one_pass else "per-chunk",
+                    "batch_max_score_diff": float(f"{worst:.3g}"),
+                }
             if self.cache is not None:
                 self.cache.forget()
         main_models, low_models, max_models, low_band = [], [], None, False
