@@ -285,21 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_speedup = cl["per_chunk_cpu_s_mean"] / res["per_chunk_cpu_s_mean"]
     cpu_overhead = res["per_chunk_cpu_s_mean"] / ba["per_chunk_cpu_s_mean"]
     report = {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "command": " ".join(
-            [Path(sys.executable).name, "scripts/bench_hawkears.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "data_root": root.path,
-        "tiny_model": root.is_tiny,
-        "chunk_s": args.chunk_s,
-        "models": args.models,
-        "threads": args.threads or "torch default",
+        **report_head(args, argv, root, load_before),
         "device": ba["device"],
         "cuda_visible_devices": args.cuda_visible_devices,
         "resident": res,
@@ -317,21 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def variants_main(args: argparse.Namespace, argv: list[str] | None, root: Any, work: Path, load_before: tuple) -> int:
-    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"bench_hawkears.py: unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
-    options = HawkearsOptions(data_root=root.path, models=args.models, threads=args.threads, python=args.python)
-    try:
-        paths = make_chunks(work / "chunks", args.chunks, args.chunk_s)
-        figures = bench_variants(
-            names, options, bench_binding(args.cuda_visible_devices), paths, args.rounds, args.round_chunks, work
-        )
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    report = {
+def report_head(args: argparse.Namespace, argv: list[str] | None, root: Any, load_before: tuple) -> dict[str, Any]:
+    """When, where, with what: the first keys of every report."""
+    return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
@@ -347,6 +321,25 @@ def variants_main(args: argparse.Namespace, argv: list[str] | None, root: Any, w
         "chunk_s": args.chunk_s,
         "models": args.models,
         "threads": args.threads or "torch default",
+    }
+
+
+def variants_main(args: argparse.Namespace, argv: list[str] | None, root: Any, work: Path, load_before: tuple) -> int:
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"bench_hawkears.py: unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
+    options = HawkearsOptions(data_root=root.path, models=args.models, threads=args.threads, python=args.python)
+    try:
+        paths = make_chunks(work / "chunks", args.chunks, args.chunk_s)
+        figures = bench_variants(
+            names, options, bench_binding(args.cuda_visible_devices), paths, args.rounds, args.round_chunks, work
+        )
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    report = {
+        **report_head(args, argv, root, load_before),
         "rounds": args.rounds,
         "round_chunks": args.round_chunks,
         "variants": figures,

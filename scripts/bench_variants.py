@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from badc_mpi.records import Binding, Chunk
+from badc_mpi.runners.base import TEMPLATE_CHUNK
 from badc_mpi.runners.hawkears.adapter import build_hawkears_runner
 from badc_mpi.runners.hawkears.options import HawkearsOptions
 from badc_mpi.transport.messages import ResultEvent, WireTask, WorkerConfig
@@ -163,17 +164,12 @@ def bench_variants(
     names: list[str], options: HawkearsOptions, binding: Binding, paths: list[Path], rounds: int, round_chunks: int, work: Path
 ) -> dict[str, Any]:
     chunks = [
-        Chunk(
+        replace(
+            TEMPLATE_CHUNK,
             recording_id=p.stem,
             chunk_id=f"{p.stem}_0",
             source_path=str(p),
             input_path=str(p),
-            start_ms=None,
-            end_ms=None,
-            overlap_ms=None,
-            sha256=None,
-            notes="",
-            extra=(),
             manifest="bench",
             line=n + 2,
         )

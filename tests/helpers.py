@@ -51,6 +51,26 @@ FAKE_CMD = f"{PYTHON} {FAKE} --input {{input}} --output {{output_dir}}"
 HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"
 
 
+def hawkears_tiny() -> tuple[str, str]:
+    """(HawkEars' python, the tiny model's data root); the test fails with the fix when they are
+    missing, or is skipped with BADC_MPI_SKIP_HAWKEARS=1."""
+    import pytest
+
+    from badc_mpi.errors import RunnerSetupError
+    from badc_mpi.runners.hawkears import env as hawkears_env
+
+    try:
+        python = hawkears_env.find_hawkears_python()
+        root = hawkears_env.tiny_data_root(python=python)
+        if not (root / hawkears_env.TINY_MARKER).exists():
+            raise RunnerSetupError(f"no tiny model at {root}", fix="run `make hawkears-tiny`")
+    except RunnerSetupError as exc:
+        if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
+            pytest.skip(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
+        pytest.fail(f"HawkEars or its tiny model missing: {exc}. Fix: run `make hawkears hawkears-tiny`", pytrace=False)
+    return python, str(root)
+
+
 def make_chunk(**fields: Any) -> Any:
     """A real :class:`badc_mpi.records.Chunk` with test defaults; keyword arguments override."""
     from badc_mpi.records import Chunk

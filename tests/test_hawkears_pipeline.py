@@ -20,16 +20,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from badc_mpi.errors import RunnerSetupError
 from badc_mpi.records import INPUT, Binding
 from badc_mpi.runners.base import AttemptResult, Runner, Task
-from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.runners.hawkears.adapter import MALLOC_TUNING, HawkearsRunner, build_hawkears_runner
 from badc_mpi.runners.hawkears.options import HawkearsOptions
 from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig
 from badc_mpi.worker.supervisor import Supervisor
 
-from helpers import make_chunk
+from helpers import hawkears_tiny, make_chunk
 
 CPU = Binding(host="localhost", rank=1, local_rank=0, worker="cpu0@localhost", cuda_visible_devices="")
 FAKE_PYTHON = str(Path(__file__).parent / "fakes" / "hawkears_python")  # runs the real resident through the test seam
@@ -40,16 +38,7 @@ RATE = 22050
 # ------------------------------------------------------------------ set-up
 @pytest.fixture(scope="module")
 def hawkears() -> tuple[str, str]:
-    try:
-        python = hawkears_env.find_hawkears_python()
-        root = hawkears_env.tiny_data_root(python=python)
-        if not (root / hawkears_env.TINY_MARKER).exists():
-            raise RunnerSetupError(f"no tiny model at {root}", fix="run `make hawkears-tiny`")
-    except RunnerSetupError as exc:
-        if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not installed: {exc}")
-        pytest.fail(f"HawkEars or its tiny model missing: {exc}. Fix: make hawkears hawkears-tiny", pytrace=False)
-    return python, str(root)
+    return hawkears_tiny()
 
 
 def started(hawkears: tuple[str, str], python: str | None = None, **options: Any) -> HawkearsRunner:

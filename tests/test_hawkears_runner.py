@@ -31,6 +31,8 @@ from badc_mpi.runners.hawkears.adapter import HawkearsRunner, build_hawkears_run
 from badc_mpi.runners.hawkears.options import HawkearsOptions, add_hawkears_arguments
 from badc_mpi.runners.hawkears.options import chunk_options as _chunk_options
 
+from helpers import hawkears_tiny  # noqa: E402
+
 CPU_BINDING = Binding(host="localhost", rank=1, local_rank=0, worker="cpu0@localhost", cuda_visible_devices="")
 HANG = "hang-me"
 HANGING_PYTHON = str(Path(__file__).parent / "fakes" / "hawkears_python")  # the hang seam
@@ -83,20 +85,7 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ------------------------------------------------------------- the env
 @pytest.fixture(scope="module")
 def hk_python() -> str:
-    try:
-        python = hawkears_env.find_hawkears_python()
-        tiny = hawkears_env.tiny_data_root(python=python)
-        if not (tiny / hawkears_env.TINY_MARKER).exists():
-            raise RunnerSetupError(f"no tiny model at {tiny}", fix="run `make hawkears-tiny`")
-    except RunnerSetupError as exc:
-        if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
-        pytest.fail(
-            f"HawkEars environment or tiny model missing: {exc}. Fix: run `make hawkears hawkears-tiny` "
-            "(or set BADC_MPI_SKIP_HAWKEARS=1 to skip these tests)",
-            pytrace=False,
-        )
-    return python
+    return hawkears_tiny()[0]
 
 
 @pytest.fixture(scope="module")

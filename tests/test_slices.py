@@ -3,20 +3,18 @@ scores a slice of a long WAV or FLAC exactly as it scores a WAV cut from the sam
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from badc_mpi.errors import RunnerSetupError
 from badc_mpi.inputs.slices import frame_range
 from badc_mpi.records import INPUT, Binding
 from badc_mpi.runners.base import Task
 from badc_mpi.runners.slicing import SliceError, cut_slice, slice_input
 
-from helpers import make_audio, make_chunk
+from helpers import hawkears_tiny, make_audio, make_chunk
 
 RATE = 22050
 CPU = Binding(host="localhost", rank=1, local_rank=0, worker="cpu0@localhost", cuda_visible_devices="")
@@ -81,20 +79,11 @@ def test_slice_input_only_for_slice_chunks_and_bad_slices_are_input_errors(tmp_p
 # ------------------------------------------------------------- HawkEars, tiny model
 @pytest.fixture(scope="module")
 def runner():  # noqa: ANN201
-    from badc_mpi.runners.hawkears import env as hawkears_env
     from badc_mpi.runners.hawkears.adapter import build_hawkears_runner
     from badc_mpi.runners.hawkears.options import HawkearsOptions
 
-    try:
-        python = hawkears_env.find_hawkears_python()
-        root = hawkears_env.tiny_data_root(python=python)
-        if not (root / hawkears_env.TINY_MARKER).exists():
-            raise RunnerSetupError(f"no tiny model at {root}", fix="run `make hawkears-tiny`")
-    except RunnerSetupError as exc:
-        if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not installed: {exc}")
-        pytest.fail(f"HawkEars or its tiny model missing: {exc}. Fix: make hawkears hawkears-tiny", pytrace=False)
-    built = build_hawkears_runner(HawkearsOptions(python=python, data_root=str(root), min_score=0.5, models=1))
+    python, root = hawkears_tiny()
+    built = build_hawkears_runner(HawkearsOptions(python=python, data_root=root, min_score=0.5, models=1))
     built.start(CPU)
     yield built
     built.close()

@@ -24,10 +24,7 @@ def add_results_commands(sub: Any) -> None:
     ):
         p = sub.add_parser(name, help=text, description=text + ".", epilog=RESULTS_SOURCES_HELP)
         p.add_argument("sources", nargs="+", metavar="SOURCE")
-        p.add_argument("--name", help="bundle folder name (default: the manifest's stem, else 'all')")
-        p.add_argument("--dest", metavar="DIR", help="write here instead of <dataset>/artifacts/aggregate/<name>")
-        p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
-        p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+        add_source_options(p, "bundle folder name", "write here instead of <dataset>/artifacts/aggregate/<name>")
         p.add_argument(
             "--source",
             default="auto",
@@ -90,15 +87,20 @@ def add_export_command(sub: Any) -> None:
     )
     p.add_argument("--output", metavar="DIR", help="folder for the files (default: <aggregate>/exports)")
     add_export_options(p, bundle=False)
-    p.add_argument("--name", help="aggregate folder name (default: the manifest's stem, else 'all')")
-    p.add_argument("--dest", metavar="DIR", help="the aggregate folder instead of <dataset>/artifacts/aggregate/<name>")
-    p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
-    p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+    add_source_options(p, "aggregate folder name", "the aggregate folder instead of <dataset>/artifacts/aggregate/<name>")
     p.add_argument(
         "--record-datalad",
         action="store_true",
         help="inside a DataLad dataset, `datalad save` the export folder afterwards (make export does, unless RECORD_DATALAD=0)",
     )
+
+
+def add_source_options(p: Any, name_help: str, dest_help: str) -> None:
+    """Where the runs are and where their aggregate goes (aggregate, bundle, export)."""
+    p.add_argument("--name", help=f"{name_help} (default: the manifest's stem, else 'all')")
+    p.add_argument("--dest", metavar="DIR", help=dest_help)
+    p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
+    p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
 
 
 def add_export_options(p: Any, *, bundle: bool) -> None:
