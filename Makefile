@@ -54,7 +54,7 @@ lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, s
 # The tests start their runs with the same mpiexec (BADC_MPI_TEST_MPIEXEC; tests/helpers.py); the
 # in-MPI pass uses pytest-timeout's thread method, the only one that ends a hang inside MPI (setup.cfg).
 test: install hawkears-tiny shellcheck ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
-	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q
+	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q --durations=15
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread
 
 # A throwaway SLURM cluster (scripts/slurm_cluster.py: munge, slurmctld, two slurmd, fake GPUs, all

@@ -101,16 +101,24 @@ def score_all(
 
 
 # ------------------------------------------------------------------ pipeline and malloc tuning
-@pytest.mark.hawkears
-def test_pipeline_and_malloc_tuning_change_no_byte(hawkears: tuple[str, str], chunks: list[Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def reference(hawkears: tuple[str, str], chunks: list[Any], tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """Every chunk's ``scores.csv`` the plain way: no malloc tuning, no pipeline, K=1."""
     plain = started(hawkears, pipeline=False, malloc_tuning=False)
     try:
         assert plain.batch_size == 1 and not plain.pipeline
         assert not any(var in plain._env for var in MALLOC_TUNING) or all(os.environ.get(v) for v in MALLOC_TUNING)
-        reference, _ = score_all(plain, chunks, tmp_path / "plain", prefetch=False)
+        outputs, _ = score_all(plain, chunks, tmp_path_factory.mktemp("plain"), prefetch=False)
     finally:
         plain.close()
-    assert all(out.count(b"\n") > 1 for out in reference)  # detections to compare, not just headers
+    assert all(out.count(b"\n") > 1 for out in outputs)  # detections to compare, not just headers
+    return outputs
+
+
+@pytest.mark.hawkears
+def test_pipeline_and_malloc_tuning_change_no_byte(
+    hawkears: tuple[str, str], chunks: list[Any], reference: list[bytes], tmp_path: Path
+) -> None:
     tuned = started(hawkears)  # the defaults: pipeline and malloc tuning on
     try:
         assert tuned.pipeline and all(tuned._env[var] == value for var, value in MALLOC_TUNING.items())
@@ -153,12 +161,9 @@ def scores(raw: bytes) -> np.ndarray:
 
 
 @pytest.mark.hawkears
-def test_batches_give_the_same_labels_and_fail_per_chunk(hawkears: tuple[str, str], chunks: list[Any], tmp_path: Path) -> None:
-    single = started(hawkears, pipeline=False)
-    try:
-        reference, _ = score_all(single, chunks, tmp_path / "k1", prefetch=False)
-    finally:
-        single.close()
+def test_batches_give_the_same_labels_and_fail_per_chunk(
+    hawkears: tuple[str, str], chunks: list[Any], reference: list[bytes], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
     batch = [*chunks[:2], make_chunk(recording_id="bad", chunk_id="bad_0", input_path=str(bad)), *chunks[2:]]
