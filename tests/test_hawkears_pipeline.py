@@ -91,7 +91,7 @@ def score_all(
     outputs, results = [], []
     for n, chunk in enumerate(chunks):
         if prefetch:
-            runner.prefetch(chunks[n + 1 : n + 2] if n else chunks[:2])
+            runner.prefetch(chunks[n + 1 : n + 2] if n else chunks[:2], str(scratch / "ahead"))
             time.sleep(0.5 if n == 0 else 0)  # the first announcement a head start (later ones overlap scoring)
         result = runner.run(Task(chunk, 1, str(scratch / f"{n}"), 120.0, "test"))
         assert result.ok, result.reason
@@ -218,6 +218,7 @@ class Recording(Runner):
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.announced: list[str] = []
+        self.folders: set[str] = set()
         self.gate = threading.Event()
 
     def run(self, task: Task) -> AttemptResult:
@@ -228,8 +229,9 @@ class Recording(Runner):
         self.batches.append([t.chunk.chunk_id for t in tasks])
         return [AttemptResult(ok=True) for _ in tasks]
 
-    def prefetch(self, chunks: list[Any]) -> None:
+    def prefetch(self, chunks: list[Any], folder: str) -> None:
         self.announced += [c.chunk_id for c in chunks]
+        self.folders.add(folder)
 
 
 def test_supervisor_hands_batches_and_announces_what_comes_next(tmp_path: Path) -> None:
@@ -254,6 +256,7 @@ def test_supervisor_hands_batches_and_announces_what_comes_next(tmp_path: Path) 
     assert sorted(done) == sorted({e.key for e in events if isinstance(e, StartEvent)}) and len(done) == 7
     assert [len(b) for b in runner.batches] == [3, 3, 1]
     assert runner.announced[:3] == ["c3", "c4", "c5"]  # while c0..c2 ran, the next batch was announced
+    assert runner.folders == {str(tmp_path / "scratch" / "ahead")}  # prepared under the rank's scratch folder
     assert sup.busy == 0
 
 
@@ -301,10 +304,11 @@ def test_ahead_cuts_slices_announces_and_forgets_what_is_never_taken(tmp_path: P
 
     announced: list[str] = []
     monkeypatch.setattr(ahead_mod, "MAX_AHEAD", 2)
-    ahead = ahead_mod.Ahead(str(tmp_path / "root"), announced.append)
+    ahead = ahead_mod.Ahead(announced.append)
+    root = str(tmp_path / "root")
     try:
         first, bad, third = sliced(1, 0, 3000), sliced(2, 9000, 12000), sliced(3, 3000, 6000)
-        ahead.prepare([first, bad])
+        ahead.prepare([first, bad], root)
         got = ahead.take(first, str(tmp_path / "unused"))
         assert got.cut is not None and got.cut.frames == 3 * RATE and Path(got.chunk.input_path).is_file()
         assert announced == [got.chunk.input_path]  # its audio announced once cut
@@ -312,7 +316,7 @@ def test_ahead_cuts_slices_announces_and_forgets_what_is_never_taken(tmp_path: P
             ahead.take(bad, str(tmp_path / "unused"))
         ahead_mod.discard(got)
         assert not Path(got.folder).exists()
-        ahead.prepare([third, sliced(4, 0, 1000), sliced(5, 1000, 2000)])  # one more than it keeps
+        ahead.prepare([third, sliced(4, 0, 1000), sliced(5, 1000, 2000)], root)  # one more than it keeps
         time.sleep(0.5)
         kept = [p for p in (tmp_path / "root").iterdir()]
         assert len(kept) == 2  # the oldest preparation, never taken, was dropped with its cut
@@ -320,4 +324,6 @@ def test_ahead_cuts_slices_announces_and_forgets_what_is_never_taken(tmp_path: P
         assert late.folder == str(tmp_path / "now") and late.cut is not None
     finally:
         ahead.close()
+    assert not any((tmp_path / "root").iterdir())
+    ahead.prepare([sliced(6, 0, 1000)], root)  # closed: nothing more is prepared
     assert not any((tmp_path / "root").iterdir())

@@ -90,8 +90,9 @@ class Runner(abc.ABC):
         """Up to :attr:`batch_size` attempts at once, a result each, in order (default: one by one)."""
         return [self.run(task) for task in tasks]
 
-    def prefetch(self, chunks: list[Chunk]) -> None:  # noqa: B027 - optional hook
-        """A hint (with :attr:`pipeline`): these chunks come next; prepare them while others run."""
+    def prefetch(self, chunks: list[Chunk], folder: str) -> None:  # noqa: B027 - optional hook
+        """A hint (with :attr:`pipeline`): these chunks come next; prepare them while others run,
+        writing only under ``folder`` (the rank's scratch folder)."""
 
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         """The invocation an attempt of ``chunk`` runs (argv, or the resident call), for telemetry."""

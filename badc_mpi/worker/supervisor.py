@@ -75,7 +75,6 @@ class Supervisor:
         self._batch = max(1, runner.batch_size)
         self._finisher: threading.Thread | None = None
         self._done: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
-        self._finishing = 0
 
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -298,22 +297,16 @@ class Supervisor:
         if not ready:
             return
         if self._pipelined:
-            self.runner.prefetch(self._upcoming())
+            self.runner.prefetch(self._upcoming(), os.path.join(self.config.scratch_dir, "ahead"))
         if self.sampler is not None:
             self.sampler.begin(self.runner.active_pids)
         try:
-            runner_tasks = [self._runner_task(task, scratch) for task, scratch, _ in ready]
-            if len(runner_tasks) == 1:
-                results = [self.runner.run(runner_tasks[0])]
-            else:
-                results = self.runner.run_batch(runner_tasks)
+            results = self.runner.run_batch([self._runner_task(task, scratch) for task, scratch, _ in ready])
         finally:
             gpu = self.sampler.end() if self.sampler is not None else {}
         finished = time.time()
         for (task, scratch, started), result in zip(ready, results, strict=True):
             if self._finisher is not None:
-                with self._lock:
-                    self._finishing += 1
                 self._done.put((task, result, started, finished, scratch, gpu))
             else:
                 self._events.append(self._finish(task, result, started, finished, scratch, gpu))
@@ -331,9 +324,6 @@ class Supervisor:
                 self.fatal = f"{type(exc).__name__}: {exc}"
                 log.error("finishing an attempt failed: %s\n%s", self.fatal, traceback.format_exc())
                 return
-            finally:
-                with self._lock:
-                    self._finishing -= 1
 
     def _begin(self, task: WireTask) -> str | ResultEvent:
         """The attempt's fresh scratch folder (its start event sent), or the event of an attempt

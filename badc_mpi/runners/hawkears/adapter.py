@@ -99,8 +99,7 @@ class HawkearsRunner(Runner):
         self._log_path: str | None = None
         self._next_id = 0
         self._write_lock = threading.Lock()
-        self._ahead = Ahead(tempfile.gettempdir(), self._announce)  #: re-rooted in start()
-        self._ahead_on = False
+        self._ahead = Ahead(self._announce)
 
     @property
     def batch_size(self) -> int:
@@ -149,8 +148,6 @@ class HawkearsRunner(Runner):
             self.data_root.model_version,
         )
         self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
-        self._ahead = Ahead(self._tmp, self._announce)
-        self._ahead_on = True
         try:
             self._cfg_path = self._write_config()
             if self.options.mode == "resident":
@@ -283,10 +280,10 @@ class HawkearsRunner(Runner):
                 discard(prepared)
         return results
 
-    def prefetch(self, chunks: list[Chunk]) -> None:
-        """Chunks this rank scores next: cut their slices and have their audio decoded now."""
-        if self.pipeline and self._ahead_on:
-            self._ahead.prepare(chunks)
+    def prefetch(self, chunks: list[Chunk], folder: str) -> None:
+        """Chunks this rank scores next: cut their slices (under ``folder``) and have their audio decoded now."""
+        if self.pipeline:
+            self._ahead.prepare(chunks, folder)
 
     def _announce(self, path: str) -> None:
         worker = self._worker
@@ -458,7 +455,6 @@ class HawkearsRunner(Runner):
         self._cleanup_tmp()
 
     def _cleanup_tmp(self) -> None:
-        self._ahead_on = False
         self._ahead.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)

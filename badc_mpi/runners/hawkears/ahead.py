@@ -38,23 +38,24 @@ class Prepared:
 class Ahead:
     """Slices cut ahead (one thread) and files announced, keyed by chunk key."""
 
-    def __init__(self, root: str, announce: Callable[[str], None]) -> None:
-        self._root = root
+    def __init__(self, announce: Callable[[str], None]) -> None:
         self._announce = announce
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hawkears-ahead")
         self._futures: dict[str, Future[Prepared]] = {}
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
+        self._closed = False
 
-    def prepare(self, chunks: list[Any]) -> None:
-        """Start preparing ``chunks`` (already-prepared ones are skipped); returns at once."""
+    def prepare(self, chunks: list[Any], root: str) -> None:
+        """Start preparing ``chunks`` (already-prepared ones are skipped), their slices cut under
+        ``root`` (the rank's scratch folder); returns at once. Nothing after :meth:`close`."""
         for chunk in chunks:
             with self._lock:
-                if chunk.key in self._futures:
+                if self._closed or chunk.key in self._futures:
                     continue
                 while len(self._futures) >= MAX_AHEAD:  # never taken (failed before the runner saw it): drop the oldest
                     _drop(self._futures.pop(next(iter(self._futures))))
-                folder = os.path.join(self._root, f"ahead-{next(self._numbers)}")
+                folder = os.path.join(root, f"ahead-{next(self._numbers)}")
                 future = self._pool.submit(self._prepare, chunk, folder)
                 self._futures[chunk.key] = future
 
@@ -78,6 +79,7 @@ class Ahead:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             futures, self._futures = list(self._futures.values()), {}
         for future in futures:
             _drop(future)

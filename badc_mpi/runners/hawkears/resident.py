@@ -116,7 +116,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="score the windows of up to K chunks per forward pass")
     p.add_argument("--batch-forward", choices=("auto", "joint", "per-chunk"), default="auto", help="a batch's forward passes")
     p.add_argument("--prefetch", choices=("on", "off"), default="off", help="decode announced chunks ahead, in a process")
-    p.add_argument("--decoders", type=int, default=1, help="decoder processes (with --prefetch on)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit at once if the parent is not this process")
     p.add_argument(
         "--merge-config",
@@ -258,7 +257,7 @@ class Resident:
             torch.set_num_threads(self.args.threads)
         if self.args.prefetch == "on" or self.batch > 1:
             pipeline = pipeline_module()
-            self.cache = pipeline.AudioCache(decode_audio, decoder_started, max(1, self.args.decoders))
+            self.cache = pipeline.AudioCache(decode_audio, decoder_started)
             pipeline.install_cached_load(self.cache)  # first: the decode timer below wraps it
             if self.batch > 1:
                 self.batcher = pipeline.Batcher(self.args.batch_forward)
