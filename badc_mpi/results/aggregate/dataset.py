@@ -326,7 +326,7 @@ def aggregate(
     outs = [output_dir or r.output_dir for r in sel.runs]
     layouts = [reader if reader != "auto" else str(r.ledger.header.get("layout") or PER_CHUNK) for r in sel.runs]
     done = [
-        (v, DoneChunk(v.recording_id, v.chunk_id, v.run_id or "", outs[v.run_index], layouts[v.run_index]))
+        (v, DoneChunk(v.recording_id, v.chunk_id, v.run_id or "", outs[v.run_index], layouts[v.run_index], v.ref))
         for v in verdicts
         if v.status == S.ANALYSED and v.run_index is not None
     ]

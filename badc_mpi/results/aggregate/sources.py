@@ -38,6 +38,7 @@ class DoneChunk:
     run_id: str
     output_dir: str
     layout: str = PER_CHUNK  #: where the run put detections (its ledger header): ``per-chunk`` | ``store``
+    ref: tuple[int, int, int, int] | None = None  #: the store record its ledger line names (verified on read)
 
     @property
     def key(self) -> str:

@@ -4,8 +4,10 @@ Reads each run's segments in blocks of whole lines (bounded memory), parses them
 keeps the chunk lines the ledgers call done for that run, and explodes their parallel lists into
 raw detection records (:data:`~badc_mpi.results.aggregate.schema.RAW_DETECTION_SCHEMA` plus the manifest's
 extra keys; chunk-level text as dictionary arrays). Never counted, always named: a torn last line (file and byte offset), a damaged line,
-a chunk line no ledger calls done (rank 0 stopped between the store and the ledger), and a done
-chunk the store lacks.
+a chunk line no ledger calls done (rank 0 stopped between the store and the ledger), a done
+chunk the store lacks, and a record that is not the one its ledger line names (segment, offset,
+length and CRC-32, :class:`~badc_mpi.storage.store.StoreRef`: torn by a full disk, or lost in a
+node crash).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pyarrow.json as pajson
 from badc_mpi.logs import get_logger
 from badc_mpi.results.aggregate.schema import METADATA_TEXT_FIELDS, RAW_DETECTION_SCHEMA, extra_key_map
 from badc_mpi.results.aggregate.sources import BATCH_BYTES, PARSE_BLOCK_BYTES, DetectionBatch, DoneChunk, _ahead
-from badc_mpi.storage.store import run_segments, store_dir
+from badc_mpi.storage.store import line_crc32, run_segments, store_dir
 
 log = get_logger(__name__)
 
@@ -64,6 +66,18 @@ class _Block:
     offset: int
     data: bytes
     torn_at: int | None = None  #: byte offset of a torn last line (only on a segment's last block)
+    starts: np.ndarray | None = None  #: the parsed rows' line offsets in ``data`` (set by _parse_block)
+
+    @property
+    def seq(self) -> int:
+        """The segment's number, from its name ``<run_id>.<seq>.jsonl``."""
+        return int(os.path.basename(self.path).rsplit(".", 2)[1])
+
+    def line(self, row: int) -> bytes:
+        """Row ``row``'s line (without its newline)."""
+        assert self.starts is not None
+        start = int(self.starts[row])
+        return self.data[start : self.data.index(b"\n", start)]
 
 
 @dataclass
@@ -107,11 +121,15 @@ def _parse_block(block: _Block, problems: list[tuple[str, str, str]]) -> pa.Tabl
     if not block.data:
         return None
     try:
-        return _parse(block.data)
+        table = _parse(block.data)
+        ends = np.flatnonzero(np.frombuffer(block.data, dtype=np.uint8) == 10)
+        block.starts = np.concatenate(([0], ends[:-1] + 1))
+        return table
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     good: list[bytes] = []
-    at = block.offset
+    starts: list[int] = []
+    at = 0
     for raw in block.data.split(b"\n")[:-1]:
         try:
             ok = isinstance(json.loads(raw), dict)
@@ -119,11 +137,13 @@ def _parse_block(block: _Block, problems: list[tuple[str, str, str]]) -> pa.Tabl
             ok = False
         if ok:
             good.append(raw)
+            starts.append(at)
         else:
-            problems.append((block.path, f"damaged line at byte {at} skipped: not a store record", "unreadable"))
+            problems.append((block.path, f"damaged line at byte {block.offset + at} skipped: not a store record", "unreadable"))
         at += len(raw) + 1
     if not good:
         return None
+    block.starts = np.array(starts, dtype=np.int64)
     try:
         return _parse(b"\n".join(good) + b"\n")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -209,9 +229,11 @@ def _chunk_batch(
             *(table.filter(vmask).column(n).to_pylist() for n in ("versions", "hawkears_version", "model_version"))
         ):
             run.versions[vid] = (hv, mv)
-    rows = table.filter(pc.fill_null(pc.is_valid(table.column("recording_id")), False))
+    is_chunk = pc.fill_null(pc.is_valid(table.column("recording_id")), False)
+    rows = table.filter(is_chunk)
     if not rows.num_rows:
         return None
+    positions = np.flatnonzero(is_chunk.to_numpy(zero_copy_only=False))  #: each chunk row's row in the block
     keys = pc.binary_join_element_wise(rows.column("recording_id"), rows.column("chunk_id"), "/").to_pylist()
     rows = _with_labels(rows)
     good = _consistent(rows)
@@ -228,6 +250,16 @@ def _chunk_batch(
             continue
         if not good[i]:
             problems.append((block.path, f"{key}: detection lists of unequal length; not counted", "unreadable"))
+            continue
+        if chunk.ref is not None and not _matches(block, int(positions[i]), chunk.ref):
+            problems.append(
+                (
+                    block.path,
+                    f"{key}: the record at byte {block.offset + int(block.starts[positions[i]])} is not the one its "
+                    "ledger line names (torn or written over); not counted",
+                    "unreadable",
+                )
+            )
             continue
         run.found.add(key)
         keep[i] = True
@@ -246,6 +278,15 @@ def _chunk_batch(
     rows = rows.filter(pa.array(keep))
     counts = rows.column("n").to_pylist()
     return DetectionBatch(chunks, counts, _explode(rows, run.versions), keyed=True)
+
+
+def _matches(block: _Block, row: int, ref: tuple[int, int, int, int]) -> bool:
+    """Whether the block's row is the record (segment, offset, length, CRC-32) a ledger names."""
+    seq, offset, length, crc = ref
+    if block.starts is None or block.seq != seq or block.offset + int(block.starts[row]) != offset:
+        return False
+    data = block.line(row)
+    return len(data) == length and line_crc32(data) == crc
 
 
 def read_store_detections(chunks: Iterable[DoneChunk], *, batch_bytes: int = BATCH_BYTES) -> Iterator[DetectionBatch]:

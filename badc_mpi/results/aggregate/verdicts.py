@@ -15,7 +15,7 @@ from typing import Any
 
 from badc_mpi.records import Chunk
 from badc_mpi.results.aggregate.schema import ANALYSED, FAILED, NOT_ANALYSED
-from badc_mpi.storage.ledger import ATTEMPTS, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SHA256, STATUS
+from badc_mpi.storage.ledger import ATTEMPTS, CRC32, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SEGMENT, SHA256, STATUS
 
 
 @dataclass(slots=True)
@@ -38,6 +38,7 @@ class Verdict:
     in_manifest: bool
     note: str | None = None
     detections: int | None = None
+    ref: tuple[int, int, int, int] | None = None  #: a store success's record (segment, offset, length, CRC-32)
 
     @property
     def key(self) -> str:
@@ -146,4 +147,12 @@ def _verdict(
         finished_at=rec[FINISHED_AT],
         sha256=sha if sha is not None else rec[SHA256],
         note=note,
+        ref=_ref(rec) if status == ANALYSED else None,
     )
+
+
+def _ref(rec: tuple[Any, ...]) -> tuple[int, int, int, int] | None:
+    """The store record a ledger success names (None: a per-chunk run, an older ledger, a summary)."""
+    if len(rec) <= CRC32 or rec[SEGMENT] is None:
+        return None
+    return (int(rec[SEGMENT]), int(rec[SEGMENT + 1]), int(rec[SEGMENT + 2]), int(rec[CRC32]))
