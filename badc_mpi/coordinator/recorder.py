@@ -7,18 +7,22 @@ only the chunks that failed or are unfinished (:func:`badc_mpi.storage.summary.r
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
-from badc_mpi.records import INPUT, Chunk
+from badc_mpi.records import INPUT, LOST, OUTPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
+from badc_mpi.storage.figures import fs_reason
+from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.store import STORE, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
+from badc_mpi.transport.messages import ResultEvent
 
 STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B) stay far below ledger.BUFFER_BYTES
 
@@ -65,6 +69,37 @@ class Recorder:
             if self._unflushed >= STORE_AHEAD:  # long before the ledger's buffer could flush by itself
                 self.store.flush()
                 self._unflushed = 0
+
+    def store_success(self, ev: ResultEvent) -> str | None:
+        """A success's detections into the store before anything can call the chunk done. When
+        rank 0 cannot write (full disk, quota), the attempt becomes an ``output`` failure (its
+        telemetry body says so) and the reason is returned: the run then stops cleanly, since every
+        later chunk would fail the same way; resume runs the rest."""
+        try:
+            self.detections(ev.record, ev.versions, ev.hawkears_version, ev.model_version)
+        except OSError as exc:
+            why = fs_reason(exc, "appending to the detection store on rank 0")
+            ev.ok, ev.failure_class, ev.reason = False, OUTPUT, why
+            body = json.loads(ev.body)  # the worker encoded a success: say what rank 0 found (rare path)
+            body.update(failure_class=OUTPUT, reason=why)
+            ev.body = dumps(body)
+            return why
+        return None
+
+    def attempt_lost(self, rank: int, chunk: Chunk, decision: Decision, attempt: int, why: str) -> None:
+        """An attempt with no result past its deadline (``lost``): the worker's totals, the ledger
+        when final, and a telemetry record built here (the worker never sent one)."""
+        self.attempt_ended(rank, chunk, decision, attempt, LOST, why, 0.0, time.time(), {})
+        self.event(
+            decision.event,
+            {"rank": rank, "worker": self.workers[rank].worker},
+            chunk,
+            attempt,
+            backoff_s=decision.backoff_s or None,
+            finished_at=tel.utc_iso(time.time()),
+            failure_class=LOST,
+            reason=why,
+        )
 
     def attempt_ended(
         self,
