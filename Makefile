@@ -68,7 +68,7 @@ test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (te
 
 man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man
-	$(VENV)/bin/argparse-manpage --module badc_mpi.cli --function build_parser --prog badc-mpi \
+	$(VENV)/bin/argparse-manpage --module badc_mpi.cli.parser --function build_parser --prog badc-mpi \
 	  --project-name badc-mpi --version "$$($(PY) -c 'import badc_mpi; print(badc_mpi.__version__)')" \
 	  --description "run HawkEars over chunk manifests on every GPU of an MPI job" \
 	  --author "badc-mpi developers" --manual-title "badc-mpi manual" --output docs/man/badc-mpi.1

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import badc_mpi
-from badc_mpi.cli import build_parser, main
+from badc_mpi.cli import main
+from badc_mpi.cli.parser import build_parser
 
 from fakes.nvml import fake_env
 from helpers import MPIEXEC, REPO, make_dataset, run_own
@@ -113,7 +114,7 @@ def test_man_page_builds_from_the_parser(tmp_path):
         [
             str(Path(sys.executable).parent / "argparse-manpage"),
             "--module",
-            "badc_mpi.cli",
+            "badc_mpi.cli.parser",
             "--function",
             "build_parser",
             "--prog",

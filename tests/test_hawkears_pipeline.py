@@ -22,8 +22,9 @@ import soundfile as sf
 
 from badc_mpi.records import INPUT, Binding
 from badc_mpi.runners.base import AttemptResult, Runner, Task
-from badc_mpi.runners.hawkears.adapter import MALLOC_TUNING, HawkearsRunner, build_hawkears_runner
+from badc_mpi.runners.hawkears.adapter import HawkearsRunner, build_hawkears_runner
 from badc_mpi.runners.hawkears.options import HawkearsOptions
+from badc_mpi.runners.hawkears.startup import MALLOC_TUNING
 from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig
 from badc_mpi.worker.supervisor import Supervisor
 

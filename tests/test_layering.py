@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "badc_mpi"
+SCRIPTS = PACKAGE.parent / "scripts"
 
 #: top to bottom; a unit may import units of lower layers only (and its own modules)
 LAYERS: list[set[str]] = [
@@ -32,7 +33,10 @@ STANDALONE = {
     "badc_mpi.runners.hawkears.resident",
     "badc_mpi.runners.hawkears.resident_pipeline",
     "badc_mpi.runners.hawkears.resident_caches",
+    "badc_mpi.runners.hawkears.resident_protocol",
 }
+#: no module may grow past this many lines (docs/architecture.md, Rules): split it by concern first
+MAX_MODULE_LINES = 450
 
 
 def module_name(path: Path) -> str:
@@ -176,3 +180,22 @@ def test_the_checker_catches_a_cycle(tmp_path):
     bad = tmp_path / "bad.py"  # and the AST reader sees imports inside functions
     bad.write_text("def f():\n    from badc_mpi.coordinator import run\n    import badc_mpi.api\n")
     assert imports_of(bad, "badc_mpi.records") == {"badc_mpi.coordinator.run", "badc_mpi.api"}
+
+
+def oversized(paths: list[Path], limit: int = MAX_MODULE_LINES) -> list[str]:
+    """``path: N lines`` for each file longer than ``limit`` lines."""
+    counts = {p: len(p.read_text().splitlines()) for p in paths}
+    return [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p, n in sorted(counts.items()) if n > limit]
+
+
+def test_no_module_is_longer_than_the_limit():
+    modules = sorted(PACKAGE.rglob("*.py")) + sorted(SCRIPTS.rglob("*.py"))
+    assert len(modules) > 100  # the walk really sees the package and the scripts
+    too_long = oversized(modules)
+    assert too_long == [], f"over {MAX_MODULE_LINES} lines, split by concern: {too_long}"
+
+
+def test_the_length_check_catches_a_long_module():
+    long = PACKAGE / "records.py"
+    assert oversized([long], limit=10) == [f"badc_mpi/records.py: {len(long.read_text().splitlines())} lines"]
+    assert oversized([long]) == []

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from badc_mpi.cli import build_parser, resume_command
+from badc_mpi.cli.parser import build_parser
+from badc_mpi.cli.resume import resume_command
 from badc_mpi.coordinator.planning import order_chunks, slurm_meta
 from badc_mpi.errors import LockError, StateError, UsageError
 from badc_mpi.options import RunOptions

@@ -15,6 +15,7 @@ What did reach the ledger is verified on read (:mod:`badc_mpi.storage.store_chec
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from typing import Any
@@ -22,13 +23,15 @@ from typing import Any
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
 from badc_mpi.logs import get_logger
-from badc_mpi.records import INPUT, Chunk
+from badc_mpi.records import INPUT, LOST, OUTPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.storage.figures import fs_reason
+from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.store import STORE, StoreRef, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
+from badc_mpi.transport.messages import ResultEvent
 
 log = get_logger(__name__)
 
@@ -95,6 +98,37 @@ class Recorder:
             self._refs.pop(key, None)
             self._store_failed(exc)
             raise
+
+    def store_success(self, ev: ResultEvent) -> str | None:
+        """A success's detections into the store before anything can call the chunk done. When
+        rank 0 cannot write (full disk, quota), the attempt becomes an ``output`` failure (its
+        telemetry body says so) and the reason is returned: the run then stops cleanly, since every
+        later chunk would fail the same way; resume runs the rest."""
+        try:
+            self.detections(ev.key, ev.record, ev.versions, ev.hawkears_version, ev.model_version)
+        except OSError as exc:
+            why = self.broken or fs_reason(exc, "appending to the detection store on rank 0")
+            ev.ok, ev.failure_class, ev.reason = False, OUTPUT, why
+            body = json.loads(ev.body)  # the worker encoded a success: say what rank 0 found (rare path)
+            body.update(failure_class=OUTPUT, reason=why)
+            ev.body = dumps(body)
+            return why
+        return None
+
+    def attempt_lost(self, rank: int, chunk: Chunk, decision: Decision, attempt: int, why: str) -> None:
+        """An attempt with no result past its deadline (``lost``): the worker's totals, the ledger
+        when final, and a telemetry record built here (the worker never sent one)."""
+        self.attempt_ended(rank, chunk, decision, attempt, LOST, why, 0.0, time.time(), {})
+        self.event(
+            decision.event,
+            {"rank": rank, "worker": self.workers[rank].worker},
+            chunk,
+            attempt,
+            backoff_s=decision.backoff_s or None,
+            finished_at=tel.utc_iso(time.time()),
+            failure_class=LOST,
+            reason=why,
+        )
 
     def attempt_ended(
         self,

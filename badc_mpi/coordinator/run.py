@@ -1,37 +1,35 @@
 """Rank 0's run: prepare (manifests, guard, runner), dispatch, record, summarise, stop.
 
 Rank 0 is the only writer of telemetry and summaries. It also works on chunks with its own
-worker (a thread), so N ranks on N GPUs leave no GPU idle.
+worker (a thread), so N ranks on N GPUs leave no GPU idle. This module owns the loop: ranks heard,
+chunks dealt out, ranks set aside. What it delegates: the bookkeeping to the scheduler
+(``scheduler.py``), every write to the recorder (``recorder.py``), the grace period after a stop
+signal to ``stopping.py``, the exit code and end-of-run report to ``outcome.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 import uuid
 from typing import Any
 
 from badc_mpi.coordinator.health import Health
-from badc_mpi.coordinator.outcome import RunOutcome
+from badc_mpi.coordinator.outcome import RunOutcome, exit_state, report_outcome
 from badc_mpi.coordinator.planning import RunPlan, prepare_plan
 from badc_mpi.coordinator.progress import Progress
 from badc_mpi.coordinator.ranks import GOODBYE_WAIT_S, RemoteWorkers
 from badc_mpi.coordinator.recorder import Recorder
 from badc_mpi.coordinator.scheduler import BackoffPolicy, Scheduler
-from badc_mpi.coordinator.stopping import STOP_WAIT_S, StopSignals
-from badc_mpi.errors import BadcError, ExitCode, RunnerSetupError
+from badc_mpi.coordinator.stopping import STOP_WAIT_S, Drain, StopSignals
+from badc_mpi.errors import BadcError, RunnerSetupError
 from badc_mpi.gpu.binding import sharing_warnings
 from badc_mpi.gpu.report import format_binding_table
 from badc_mpi.logs import get_logger
 from badc_mpi.options import RunOptions
-from badc_mpi.records import LOST, OUTPUT, Binding
+from badc_mpi.records import LOST, Binding
 from badc_mpi.storage import lock as lock_mod
-from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
-from badc_mpi.storage.figures import fs_reason
-from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.summary import WorkerStats
 from badc_mpi.transport.mailbox import Backoff, Mailbox
 from badc_mpi.transport.messages import (
@@ -74,7 +72,7 @@ class Coordinator:
         self.health = Health(options.quarantine_after, options.silent_after_s, options.deadline_margin_s)
         self._next_health_check = 0.0
         self.plan: RunPlan | None = None
-        self.coord: Scheduler | None = None
+        self.scheduler: Scheduler | None = None
         self.recorder: Recorder | None = None
         self.lock: lock_mod.OutputLock | None = None
         self.t0 = time.monotonic()
@@ -110,7 +108,7 @@ class Coordinator:
             self.local_credit = 0
         else:
             self.remote.credit[rank] = 0
-        back = self.coord.release(stats.worker) if self.coord is not None else []
+        back = self.scheduler.release(stats.worker) if self.scheduler is not None else []
         self.health.forget_rank(rank)
         alive = self.comm.Get_size() - len(self.dead)
         tail = f"continuing on the other {alive} rank(s); {len(back)} chunk(s) go back to the queue"
@@ -164,23 +162,23 @@ class Coordinator:
         self.prepare()
         plan = self.plan
         assert plan is not None
-        coord = Scheduler(
+        scheduler = Scheduler(
             plan.chunks,
             max_retries=self.options.max_retries,
             policy=BackoffPolicy(self.options.backoff_s, self.options.backoff_max_s),
             seed=self.options.seed,
         )
-        self.coord = coord
+        self.scheduler = scheduler
         for rank, why in list(self.dead.items()):  # ranks that could not even start, or never joined
             status = self.workers[rank].status if self.workers[rank].status != "ok" else "failed"
             self.dead.pop(rank)
             self._set_aside(rank, status, why)
-        recorder = self.recorder = Recorder(plan, self.run_id, coord, self.workers, ranks=self.comm.Get_size())
+        recorder = self.recorder = Recorder(plan, self.run_id, scheduler, self.workers, ranks=self.comm.Get_size())
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()
         print(
-            f"badc-mpi: run {self.run_id}: {coord.total} chunks on {size} rank{'s' if size > 1 else ''}; "
+            f"badc-mpi: run {self.run_id}: {scheduler.total} chunks on {size} rank{'s' if size > 1 else ''}; "
             f"telemetry {plan.telemetry_path}",
             flush=True,
         )
@@ -190,25 +188,13 @@ class Coordinator:
         for dest in range(1, self.comm.Get_size()):
             self.box.send(dest, TAG_SETUP, Setup(self.run_id, plan.worker_config))
         self.local = start_worker(rank_config(plan.worker_config, self.binding), self.binding)
-        progress = Progress(coord.total, interval_s=self.options.progress_interval_s)
+        progress = Progress(scheduler.total, interval_s=self.options.progress_interval_s)
         backoff = Backoff(self.options.poll_max_s)
         last_summary = time.monotonic()
         summary_every_s = self.options.summary_interval_s
-        drain_deadline: float | None = None
-        while not coord.finished and self.fatal is None and self.stopped is None:
-            if self.signals.received and drain_deadline is None:  # also a signal during planning
-                log.warning(
-                    "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
-                    self.signals.received,
-                    self.options.grace_s,
-                    coord.in_flight_count,
-                )
-                coord.drain()
-                drain_deadline = time.monotonic() + self.options.grace_s
-            if self.signals.hurry and drain_deadline is not None:  # a second signal: no more grace
-                drain_deadline = min(drain_deadline, time.monotonic())
-            if drain_deadline is not None and time.monotonic() > drain_deadline:
-                log.warning("grace period over: %d chunks still in flight are left for resume", coord.in_flight_count)
+        drain = Drain(self.signals, self.options.grace_s)
+        while not scheduler.finished and self.fatal is None and self.stopped is None:
+            if drain.over(scheduler):
                 break
             now = time.time()
             progressed = self._pump_local(now)
@@ -230,13 +216,13 @@ class Coordinator:
                 spent = time.monotonic() - t0
                 summary_every_s = max(self.options.summary_interval_s, 20 * spent)
                 last_summary = time.monotonic()
-            counts = coord.counts()
-            progress.update(coord.final_count, counts["failed"])
+            counts = scheduler.counts()
+            progress.update(scheduler.final_count, counts["failed"])
             if progressed:
                 backoff.reset()
             else:
                 backoff.sleep()
-        progress.update(coord.final_count, coord.counts()["failed"], force=True)
+        progress.update(scheduler.final_count, scheduler.counts()["failed"], force=True)
         progress.close()
         return self.finish()
 
@@ -272,24 +258,24 @@ class Coordinator:
     def _tasks(self, n: int, rank: int, now: float, others_free: bool) -> list[WireTask]:
         worker, mono = self.workers[rank].worker, time.monotonic()
         tasks = []
-        for chunk, attempt in self.coord.take(n, worker, now, others_free=others_free):
+        for chunk, attempt in self.scheduler.take(n, worker, now, others_free=others_free):
             timeout_s = self.options.timeout_for(chunk.duration_s)
             self.health.sent(rank, chunk.key, timeout_s, mono)
             tasks.append(WireTask(chunk, attempt, timeout_s))
         return tasks
 
     def _dispatch(self, now: float) -> bool:
-        coord = self.coord
+        scheduler = self.scheduler
         sent = False
         free = {r for r, c in self.remote.credit.items() if c > 0} | ({0} if self.local_credit else set())
-        if self.local_credit and coord.has_ready(now):
+        if self.local_credit and scheduler.has_ready(now):
             tasks = self._tasks(self.local_credit, 0, now, others_free=len(free - {0}) > 0)
             if tasks:
                 self.local.submit(tasks)  # type: ignore[union-attr]
                 self.local_credit -= len(tasks)
                 sent = True
         for rank, credit in self.remote.credit.items():
-            if credit <= 0 or not coord.has_ready(now):
+            if credit <= 0 or not scheduler.has_ready(now):
                 continue
             tasks = self._tasks(credit, rank, now, others_free=len(free - {rank}) > 0)
             if tasks:
@@ -306,27 +292,19 @@ class Coordinator:
         self._next_health_check = mono + 1.0
         acted = False
         for rank, key in self.health.overdue(mono):
-            state = self.coord.in_flight_state(key)
+            state = self.scheduler.in_flight_state(key)
             worker = self.workers[rank].worker
             if state is None:  # no longer in flight (taken back): only the deadline is left
                 self.health.ended(key, 0.0)
                 continue
             timeout_s = self.options.timeout_for(state.chunk.duration_s)
             why = f"no result for {key} {self.options.deadline_margin_s:g} s past its {timeout_s:g} s timeout"
-            decision = self.coord.finish(key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time())
+            decision = self.scheduler.finish(
+                key, state.attempts, worker, ok=False, failure_class=LOST, reason=why, now=time.time()
+            )
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self.recorder.attempt_ended(rank, state.chunk, decision, state.attempts, LOST, why, 0.0, time.time(), {})  # type: ignore[union-attr]
-                self.recorder.event(  # type: ignore[union-attr]
-                    decision.event,
-                    {"rank": rank, "worker": worker},
-                    state.chunk,
-                    state.attempts,
-                    backoff_s=decision.backoff_s or None,
-                    finished_at=tel.utc_iso(time.time()),
-                    failure_class=LOST,
-                    reason=why,
-                )
+                self.recorder.attempt_lost(rank, state.chunk, decision, state.attempts, why)  # type: ignore[union-attr]
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
         for rank in self.health.silent(mono):
@@ -336,13 +314,13 @@ class Coordinator:
 
     # -- events --------------------------------------------------------------------------
     def _events(self, rank: int, events: list[WorkerEvent | StartEvent | ResultEvent]) -> None:
-        coord, recorder = self.coord, self.recorder
-        assert coord is not None and recorder is not None
+        scheduler, recorder = self.scheduler, self.recorder
+        assert scheduler is not None and recorder is not None
         for ev in events:
             if isinstance(ev, WorkerEvent):  # the worker's facts, before its next chunk line
                 recorder.line(ev.line)
                 continue
-            chunk = coord.in_flight_chunk(ev.key)
+            chunk = scheduler.in_flight_chunk(ev.key)
             if chunk is None:  # not in flight (any more): a late or duplicate report
                 if isinstance(ev, ResultEvent):
                     log.warning("ignoring a stale result for %s attempt %d from rank %d", ev.key, ev.attempt, rank)
@@ -352,9 +330,11 @@ class Coordinator:
                 self.health.started(rank, ev.key, timeout_s, time.monotonic())
                 recorder.line(ev.line)
                 continue
-            if ev.ok and ev.record and coord.is_current(ev.key, ev.attempt, self.workers[rank].worker):
-                self._store(ev)
-            decision = coord.finish(
+            if ev.ok and ev.record and scheduler.is_current(ev.key, ev.attempt, self.workers[rank].worker):
+                why = recorder.store_success(ev)
+                if why is not None and self.stopped is None:  # the recorder logged it
+                    self.stopped = why
+            decision = scheduler.finish(
                 ev.key,
                 ev.attempt,
                 self.workers[rank].worker,
@@ -385,78 +365,37 @@ class Coordinator:
             if quarantine and rank not in self.dead:
                 self._set_aside(rank, "quarantined", quarantine)
 
-    def _store(self, ev: ResultEvent) -> None:
-        """A success's detections into the store before anything can call the chunk done. When
-        rank 0 cannot write (full disk, quota), the attempt fails as ``output`` and the run stops
-        cleanly: every later chunk would fail the same way; resume runs the rest."""
-        try:
-            self.recorder.detections(ev.key, ev.record, ev.versions, ev.hawkears_version, ev.model_version)  # type: ignore[union-attr]
-        except OSError as exc:
-            why = self.recorder.broken or fs_reason(exc, "appending to the detection store on rank 0")  # type: ignore[union-attr]
-            ev.ok, ev.failure_class, ev.reason = False, OUTPUT, why
-            body = json.loads(ev.body)  # the worker encoded a success: say what rank 0 found (rare path)
-            body.update(failure_class=OUTPUT, reason=why)
-            ev.body = dumps(body)
-            if self.stopped is None:
-                self.stopped = why
-
     # -- the end -------------------------------------------------------------------------
     def finish(self) -> RunOutcome:
-        plan, coord = self.plan, self.coord
-        assert plan is not None
-        if self.fatal:
-            code, state = ExitCode.USAGE, "aborted"
-        elif self.signals.received or self.stopped:
-            code, state = ExitCode.INTERRUPTED, "interrupted" if self.signals.received else "stopped"
-        elif coord.counts()["failed"]:
-            code, state = ExitCode.CHUNKS_FAILED, "finished"
-        else:
-            code, state = ExitCode.OK, "finished"
-        # every rank stops at once (coordinator/stopping.py): the others are told first
+        """The stop path's end (coordinator/stopping.py): every rank stops at once, the others told
+        first; then the ledger, telemetry and summary are closed, the lock released, the report printed."""
+        plan, scheduler = self.plan, self.scheduler
+        assert plan is not None and scheduler is not None
+        signal = self.signals.received
+        code, state = exit_state(self.fatal, signal, self.stopped, scheduler.counts()["failed"])
         stop_by = time.monotonic() + STOP_WAIT_S
         self.remote.send_stop(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
         self.local.close(timeout_s=STOP_WAIT_S)  # type: ignore[union-attr]
-        hurry = self.signals.received or self.stopped
+        hurry = signal or self.stopped
         self.remote.await_goodbyes(max(1.0, stop_by - time.monotonic()) if hurry else GOODBYE_WAIT_S)
         self.recorder.close()  # type: ignore[union-attr]
         if self.recorder.dropped:  # type: ignore[union-attr]
-            coord.reopen(self.recorder.dropped)  # type: ignore[union-attr]
+            scheduler.reopen(self.recorder.dropped)  # type: ignore[union-attr]
         if self.recorder.broken is not None and self.stopped is None:  # type: ignore[union-attr]
             self.stopped = self.recorder.broken  # type: ignore[union-attr]
-            code, state = ExitCode.INTERRUPTED, "stopped"
+            code, state = exit_state(self.fatal, signal, self.stopped, scheduler.counts()["failed"])
         counts = self.recorder.write_summary(state)  # type: ignore[union-attr]
         self.lock.release()  # type: ignore[union-attr]
-        outcome = RunOutcome(
-            int(code),
-            str(plan.telemetry_path),
-            str(plan.summary_path),
-            str(plan.failed_csv) if counts["failed"] else None,
-            str(plan.workers_csv),
-            lost_ranks=sorted(self.lost),
-        )
-        text, warn = summary_mod.format_final_report(
+        outcome = report_outcome(
+            code,
+            plan,
             {"run_id": self.run_id, "state": state, "counts": counts},
             self.workers.values(),
-            self.coord.worst(),
-            {
-                "telemetry": outcome.telemetry_path,
-                "summary": outcome.summary_path,
-                "workers": outcome.workers_csv,
-                "failed": outcome.failed_csv,
-                "outputs": plan.output_dir,
-            },
+            scheduler.worst(),
             time.monotonic() - self.t0,
+            lost_ranks=sorted(self.lost),
+            stop_reason=f"interrupted by {signal}" if signal else self.stopped,
         )
-        print(text, file=sys.stdout, flush=True)
-        if warn:
-            log.warning("%s", warn)
-        if self.signals.received or self.stopped:
-            outcome.stop_reason = f"interrupted by {self.signals.received}" if self.signals.received else str(self.stopped)
-            outcome.resume_dirs = {
-                "output_dir": plan.output_dir,
-                "telemetry_dir": str(plan.telemetry_path.parent),
-                "chunks_dir": plan.chunks_dir,
-            }
         if self.fatal:
             error = RunnerSetupError(self.fatal, fix="see the log lines above; the summary and telemetry are kept")
             error.lost_ranks = sorted(self.lost)  # the CLI ends the job rather than wait for them

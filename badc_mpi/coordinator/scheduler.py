@@ -3,7 +3,7 @@
 Pure logic, no MPI and no I/O: the coordinator's run feeds it requests and results and turns its decisions
 into messages and telemetry. Time is passed in (``now``), so tests drive it with a fake clock.
 
-Invariants (checked by the property test in ``tests/test_coordinator.py``):
+Invariants (checked by ``test_property_every_chunk_ends_exactly_once`` in ``tests/test_scheduler.py``):
 
 - a chunk is in flight on at most one worker at a time;
 - every chunk is dispatched until it succeeds or has used ``1 + max_retries`` attempts

@@ -14,7 +14,13 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
+
+from badc_mpi.coordinator.scheduler import Scheduler
+from badc_mpi.logs import get_logger
+
+log = get_logger(__name__)
 
 STOP_WAIT_S = 5.0  #: after the grace period, how long interrupted attempts and goodbyes may take
 
@@ -44,3 +50,32 @@ class StopSignals:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+
+
+class Drain:
+    """Step 1 above, on rank 0's loop: the first signal drains the scheduler and starts the grace
+    period; a second ends it at once. :meth:`over` says when the loop must give up waiting."""
+
+    def __init__(self, signals: StopSignals, grace_s: float) -> None:
+        self.signals = signals
+        self.grace_s = grace_s
+        self.deadline: float | None = None  #: monotonic end of the grace period, once draining
+
+    def over(self, scheduler: Scheduler) -> bool:
+        """Once per loop iteration (a signal received during planning drains too): True once the
+        grace period is over."""
+        if self.signals.received and self.deadline is None:
+            log.warning(
+                "%s: stop dispatching; waiting up to %.0f s for %d chunks in flight",
+                self.signals.received,
+                self.grace_s,
+                scheduler.in_flight_count,
+            )
+            scheduler.drain()
+            self.deadline = time.monotonic() + self.grace_s
+        if self.signals.hurry and self.deadline is not None:  # a second signal: no more grace
+            self.deadline = min(self.deadline, time.monotonic())
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            log.warning("grace period over: %d chunks still in flight are left for resume", scheduler.in_flight_count)
+            return True
+        return False

@@ -6,7 +6,10 @@ events (:meth:`Supervisor.drain_events`) without blocking. The stub runner needs
 simulated attempts complete by deadline, checked on each :meth:`drain_events`.
 
 An attempt counts as a success only when the runner says so *and* its outputs are valid and
-durable: raw CSV parsed, final files fsynced and renamed into place (:mod:`badc_mpi.storage.outputs`).
+durable: raw CSV parsed, final files fsynced and renamed into place (:mod:`badc_mpi.worker.finisher`,
+on its own thread for a pipelined runner). The events sent to rank 0 are encoded by
+:mod:`badc_mpi.worker.events`. This module owns the attempt thread, the queue of tasks, batches,
+each attempt's scratch folder, the stub runner's inline path and the window of chunks to hold.
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ from typing import Any
 from badc_mpi.errors import BadcError, RunnerSetupError
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
-from badc_mpi.records import INPUT, NO_OUTPUT, OUTPUT, Binding
+from badc_mpi.records import INPUT, OUTPUT, Binding
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.storage import outputs as outputs_mod
 from badc_mpi.storage import store
-from badc_mpi.storage import telemetry as tel
-from badc_mpi.storage.detections import parse_raw
-from badc_mpi.storage.figures import chunk_metrics, fs_reason
+from badc_mpi.storage.figures import fs_reason
 from badc_mpi.storage.store import PER_CHUNK, STORE
 from badc_mpi.transport.messages import ResultEvent, StartEvent, WireTask, WorkerConfig, WorkerEvent
+from badc_mpi.worker.events import Events
+from badc_mpi.worker.finisher import Finisher
 
 log = get_logger(__name__)
 
@@ -45,16 +48,13 @@ class Supervisor:
 
     def __init__(self, config: WorkerConfig, binding: Binding, runner: Runner, sampler: Any = None) -> None:
         self.config = config
-        self.static = tel.worker_static(binding.rank, os.getpid(), binding)
-        self.who = tel.who(self.static)  #: what every per-chunk line says of this worker
-        self._facts: dict[str, Any] | None = None  #: the facts of the last ``worker`` event sent
-        self._static_keys = frozenset(getattr(runner, "static_metrics", ()))
         self.binding = binding
         self.runner = runner
         self.sampler = sampler  # badc_mpi.gpu.binding.GpuSampler or None
         self._inline = bool(getattr(runner, "inline", False))
         self._tasks: queue.Queue[WireTask | None] = queue.Queue()
-        self._events: collections.deque[WorkerEvent | StartEvent | ResultEvent] = collections.deque()
+        self._event_maker = Events(config, binding, runner)
+        self._events = self._event_maker.pending  #: for the loop, in order
         self._queued = 0
         self._running = 0
         self._lock = threading.Lock()
@@ -65,7 +65,6 @@ class Supervisor:
         self._inline_queue: collections.deque[WireTask] = collections.deque()
         self._inline_current: tuple[WireTask, float, float] | None = None
         self.attempts_done = 0
-        self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
         self._mean_runtime_s = 1.0
         self._attempts_started = 0
         self._leftovers = outputs_mod.Leftovers()
@@ -73,8 +72,7 @@ class Supervisor:
         #: on the finisher thread. ``batch_size`` chunks go to the runner at once.
         self._pipelined = runner.pipeline and not self._inline
         self._batch = max(1, runner.batch_size)
-        self._finisher: threading.Thread | None = None
-        self._done: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._finisher = Finisher(config, runner, self._result_event)
 
     # -- the loop's side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -88,7 +86,7 @@ class Supervisor:
             return
         if self._inline:
             self.runner.start(self.binding)
-            self._announce(self._ready_facts(), time.time())
+            self._event_maker.announce(self._event_maker.ready_facts(), time.time())
             self.ready = True
             return
         self._thread = threading.Thread(target=self._thread_main, name="badc-worker", daemon=True)
@@ -137,9 +135,8 @@ class Supervisor:
             self._thread.join(timeout=max(0.0, timeout_s))
             if self._thread.is_alive():
                 log.warning("the %s runner's attempt did not end within %.0f s of the stop", self.runner.name, timeout_s)
-            if self._finisher is not None:  # results already in hand are finalised (and reported) first
-                self._done.put(None)
-                self._finisher.join(timeout=max(0.1, deadline - time.monotonic()))
+            if self._finisher.threaded:  # results already in hand are finalised (and reported) first
+                self._finisher.stop(timeout_s=max(0.1, deadline - time.monotonic()))
         try:
             self.runner.close()
         except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
@@ -183,11 +180,10 @@ class Supervisor:
     def _thread_main(self) -> None:
         try:
             self.runner.start(self.binding)
-            self._announce(self._ready_facts(), time.time())
+            self._event_maker.announce(self._event_maker.ready_facts(), time.time())
             self.ready = True
             if self._pipelined:
-                self._finisher = threading.Thread(target=self._finisher_main, name="badc-finish", daemon=True)
-                self._finisher.start()
+                self._finisher.start_thread(self._events.append, self._finisher_failed)
             while True:
                 tasks = self._take_batch()
                 if not tasks:
@@ -204,42 +200,6 @@ class Supervisor:
                 log.error("this rank's runner cannot work: %s", exc)
             else:
                 log.error("worker thread failed: %s\n%s", self.fatal, traceback.format_exc())
-
-    # -- the worker's facts (written once, in ``worker`` events) ------------------------------
-    def _ready_facts(self) -> dict[str, Any]:
-        """What stays the same from chunk to chunk: the binding, the runner's description (device,
-        versions, constant metrics such as the resident process's pid), the command template."""
-        described = self.runner.describe()
-        facts = {**self.static, "runner": self.runner.name}
-        for key in ("device", "model_version", "hawkears_version", *sorted(self._static_keys)):
-            value = described.get(key)
-            if value is not None:
-                facts[key] = value
-        facts["command"] = self.runner.command_template()
-        if self.config.scratch_dir:
-            facts["scratch_dir"] = self.config.scratch_dir
-        return facts
-
-    def _announce(self, facts: dict[str, Any], at: float) -> None:
-        """Queue a ``worker`` event when the facts are new or changed (before the next chunk line)."""
-        if facts != self._facts:
-            self._facts = facts
-            self._events.append(WorkerEvent(tel.worker_line(facts, at)))
-
-    def _changed_facts(self, result: AttemptResult) -> dict[str, Any] | None:
-        """The facts after ``result`` when it reports a new value of one (a restarted resident
-        process, another model or HawkEars version, another command), else None."""
-        facts = self._facts or self._ready_facts()
-        new: dict[str, Any] | None = None
-        updates = [("model_version", result.model_version), ("hawkears_version", result.hawkears_version)]
-        if self._static_keys:
-            updates += [(k, result.metrics.get(k)) for k in self._static_keys]
-        updates.append(("command", self.runner.command_template()))
-        for key, value in updates:
-            if value is not None and facts.get(key) != value:
-                new = new if new is not None else dict(facts)
-                new[key] = value
-        return new
 
     def _scratch_for(self, task: WireTask) -> str:
         """A short, fresh folder per attempt (ids never enter the name: no ENAMETOOLONG here)."""
@@ -306,24 +266,15 @@ class Supervisor:
             gpu = self.sampler.end() if self.sampler is not None else {}
         finished = time.time()
         for (task, scratch, started), result in zip(ready, results, strict=True):
-            if self._finisher is not None:
-                self._done.put((task, result, started, finished, scratch, gpu))
+            if self._finisher.threaded:
+                self._finisher.put((task, result, started, finished, scratch, gpu))
             else:
-                self._events.append(self._finish(task, result, started, finished, scratch, gpu))
+                self._events.append(self._finisher.finish(task, result, started, finished, scratch, gpu))
 
-    def _finisher_main(self) -> None:
-        """Finalise attempts in arrival order (validation, parsing, fsyncs) off the scoring path."""
-        while True:
-            item = self._done.get()
-            if item is None:
-                return
-            try:
-                self._events.append(self._finish(*item))
-            except BaseException as exc:  # noqa: BLE001 - a bug: reported to the loop, which aborts
-                self.fatal_exc = exc
-                self.fatal = f"{type(exc).__name__}: {exc}"
-                log.error("finishing an attempt failed: %s\n%s", self.fatal, traceback.format_exc())
-                return
+    def _finisher_failed(self, exc: BaseException) -> None:
+        """A bug on the finisher thread: reported to the loop, which aborts."""
+        self.fatal_exc = exc  # set before ``fatal``: the loop reads fatal, then fatal_exc
+        self.fatal = f"{type(exc).__name__}: {exc}"
 
     def _begin(self, task: WireTask) -> str | ResultEvent:
         """The attempt's fresh scratch folder (its start event sent), or the event of an attempt
@@ -349,63 +300,8 @@ class Supervisor:
         self._events.append(self._start_event(task, started, list(command)))
         return scratch
 
-    def _finish(
-        self, task: WireTask, result: AttemptResult, started: float, finished: float, scratch: str, gpu: dict[str, Any]
-    ) -> ResultEvent:
-        """Validate, parse and finalise an attempt's outputs (per-chunk files fsynced and renamed,
-        or the store line encoded); its result event."""
-        chunk = task.chunk
-        outputs: dict[str, str] = {}
-        detections = None
-        record = versions = ""
-        if result.ok and self.runner.produces_outputs:
-            labels = self._class_labels()
-            try:
-                if not result.raw_output or not os.path.exists(result.raw_output):
-                    raise RuntimeError("the runner reported success but wrote no output CSV")
-                if self.config.layout == PER_CHUNK:
-                    final = outputs_mod.finalize_chunk_outputs(
-                        self.config.output_dir,
-                        chunk,
-                        result.raw_output,
-                        result.raw_format,
-                        run_id=self.config.run_id,
-                        hawkears_version=result.hawkears_version,
-                        model_version=result.model_version,
-                        class_map=labels[0] if labels else None,
-                        class_names=labels[1] if labels else None,
-                    )
-                    outputs = final.as_dict()
-                    detections = final.detections
-                else:  # the store: parsed here, appended by rank 0 before the ledger calls the chunk done
-                    raw = parse_raw(
-                        result.raw_output,
-                        result.raw_format,
-                        class_map=labels[0] if labels else None,
-                        class_names=labels[1] if labels else None,
-                    )
-                    versions = store.versions_id(result.hawkears_version, result.model_version)
-                    record = store.detections_line(chunk, self.config.run_id, versions, raw)
-                    outputs = {"store": store.store_dir(self.config.output_dir)}
-                    detections = len(raw)
-            except OSError as exc:  # writing the outputs failed on this rank's file system
-                result.ok = False
-                result.failure_class = OUTPUT
-                result.reason = fs_reason(exc, "writing the outputs") + (f" | {result.reason}" if result.reason else "")
-            except Exception as exc:  # noqa: BLE001 - invalid output is a task failure (data)
-                result.ok = False
-                result.failure_class = NO_OUTPUT
-                result.reason = f"{exc}" + (f" | {result.reason}" if result.reason else "")
-            if not result.ok:
-                outputs, detections, record = {}, None, ""
-        shutil.rmtree(scratch, ignore_errors=True)
-        return self._result_event(task, result, started, finished, outputs, gpu, detections, record, versions)
-
     def _start_event(self, task: WireTask, started: float, command: list[str]) -> StartEvent:
-        if self._facts is None:
-            self._announce(self._ready_facts(), started)
-        line = tel.start_line(self.who, task.chunk, task.attempt, started)
-        return StartEvent(task.chunk.key, task.attempt, started, command, line)
+        return self._event_maker.start(task, started, command)
 
     def _result_event(
         self,
@@ -419,45 +315,10 @@ class Supervisor:
         record: str = "",
         versions: str = "",
     ) -> ResultEvent:
-        ev = ResultEvent(
-            key=task.chunk.key,
-            attempt=task.attempt,
-            started_at=started,
-            finished_at=finished,
-            ok=bool(result.ok),
-            failure_class=None if result.ok else (result.failure_class or "exit"),
-            reason=(result.reason or "")[-2000:],
-            exit_code=result.exit_code,
-            signal=result.signal,
-            command=list(result.command),
-            outputs=outputs,
-            detections=detections,
-            runner_pid=result.pid,
-            gpu=gpu,
-            metrics=dict(result.metrics),
-            model_version=result.model_version,
-            hawkears_version=result.hawkears_version,
-            record=record,
-            versions=versions,
-        )
-        changed = self._changed_facts(result)
-        if changed is not None:
-            self._announce(changed, finished)
-        facts = self._facts or {}
-        metrics = chunk_metrics(ev.metrics, self._static_keys, detections)
-        own = result.pid is None or result.pid in (facts.get("worker_pid"), facts.get("pid"))
-        ev.body = tel.result_body(self.who, task.chunk, ev, metrics, None if own else result.pid)
+        """The attempt's result event (:meth:`Events.result`); its runtime counts towards :meth:`window`."""
+        ev = self._event_maker.result(task, result, started, finished, outputs, gpu, detections, record, versions)
         self._note_runtime(finished - started)
         return ev
-
-    def _class_labels(self) -> tuple[dict[str, str], dict[str, str]] | None:
-        if self._labels is False:
-            try:
-                self._labels = self.runner.class_labels()
-            except Exception as exc:  # noqa: BLE001 - codes/names are a convenience, never a failure
-                log.warning("class codes and names unavailable: %s", exc)
-                self._labels = None
-        return self._labels  # type: ignore[return-value]
 
     def _note_runtime(self, runtime_s: float) -> None:
         self.attempts_done += 1

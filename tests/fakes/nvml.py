@@ -26,6 +26,29 @@ def fake_env(name: str | None = None, *, path: str | Path | None = None) -> dict
     return {BACKEND_ENV: BACKEND_SPEC, FAKE_ENV: str(target)}
 
 
+#: the GPUs of the ready-made files: four.json (by index), one.json, mig.json's MIG instances
+U0, U1, U2, U3 = (
+    "GPU-a0000000-0000-4000-8000-000000000000",
+    "GPU-b1111111-1111-4111-8111-111111111111",
+    "GPU-c2222222-2222-4222-8222-222222222222",
+    "GPU-d3333333-3333-4333-8333-333333333333",
+)
+H200 = "GPU-5a1c0e2f-0000-4000-8000-000000000000"
+MIG_A = "MIG-11111111-aaaa-5aaa-8aaa-aaaaaaaaaaaa"
+MIG_B = "MIG-22222222-bbbb-5bbb-8bbb-bbbbbbbbbbbb"
+
+
+def gpus_env(name: str | None, cvd: str | None = None, **extra: str) -> dict[str, str]:
+    """``extra``, plus the fake with ``<name>.json`` (none when ``name`` is None), plus
+    ``CUDA_VISIBLE_DEVICES=cvd`` when given: a rank's environment as a launcher would set it."""
+    env = dict(extra)
+    if name is not None:
+        env.update(fake_env(name))
+    if cvd is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cvd
+    return env
+
+
 class FakeNvmlBackend:
     """GPUs read from a JSON file (see the module docstring). For tests and demos."""
 

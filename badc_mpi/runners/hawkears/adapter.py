@@ -10,7 +10,12 @@ worker is started again lazily before the next attempt. ``mode="cli"`` runs
 Both modes run with the data root as current directory and a generated ``-c`` YAML that gives
 HawkEars absolute paths (merged with ``--hawkears-config``), so they score identically: the
 resident worker's ``scores.csv`` is byte-for-byte the CLI's. Success is judged from the outputs.
-The worker's process (start, deadline line I/O, stderr pump, group kill) is in ``hawkears_process``.
+
+This module owns the runner's life: start, attempts (one or a batch), the resident worker's
+(re)starts, interrupt and close. Around it: the environment, low-band choice, ``-c`` YAML and version
+query in ``startup.py``; the worker's process (start, deadline line I/O, stderr pump, group kill) in
+``process.py``; requests and replies in ``exchange.py``; the chunks prepared ahead in ``ahead.py``;
+the CLI mode's attempt in ``cli_mode.py``; what the runner tells about itself in ``facts.py``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from badc_mpi.logs import get_logger
 from badc_mpi.records import EXIT, INPUT, Binding, Chunk
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.runners.hawkears import env as hawkears_env
-from badc_mpi.runners.hawkears import facts
+from badc_mpi.runners.hawkears import facts, startup
 from badc_mpi.runners.hawkears.ahead import Ahead, Prepared, discard
-from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, fail, run_cli_attempt
+from badc_mpi.runners.hawkears.cli_mode import TAIL_CHARS, cli_argv, fail, run_cli_attempt
 from badc_mpi.runners.hawkears.exchange import Item, run_exchange
 from badc_mpi.runners.hawkears.options import (
     HawkearsOptions,
@@ -53,9 +58,6 @@ log = get_logger(__name__)
 WORKER_SCRIPT = Path(__file__).resolve().with_name("resident.py")
 _STDERR_LINES = 300
 QUIT_WAIT_S = 5.0  #: at the end of a run, how long the worker may take to quit before its group is killed
-#: glibc malloc in the HawkEars process: keep large activation buffers instead of returning them to the
-#: kernel after every forward pass and faulting them back in (docs/throughput.md; same output)
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
 
 def build_hawkears_runner(options: HawkearsOptions | argparse.Namespace | None = None) -> HawkearsRunner:
@@ -114,27 +116,8 @@ class HawkearsRunner(Runner):
     # ----------------------------------------------------------------- set-up
     def start(self, binding: Binding) -> None:
         self._binding = binding
-        env = binding.runner_env(dict(os.environ))
-        env["PYTHONUNBUFFERED"] = "1"
-        env.pop("PYTHONPATH", None)  # the runner's packages must not leak into HawkEars' env
-        if self.options.threads:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[var] = str(self.options.threads)
-        if self.options.malloc_tuning:
-            for var, value in MALLOC_TUNING.items():
-                env.setdefault(var, value)  # a site's own setting wins
-        self._env = env
-        if self.options.low_band and not self.data_root.has_low_band:
-            raise RunnerSetupError(
-                f"--low-band needs low-band checkpoints in {self.data_root.path}/data/ckpt-low-band; there are none",
-                fix="stage complete models with `make hawkears-models`, or use --no-low-band",
-            )
-        if self._low_band is None and binding.uses_gpu and not self.data_root.has_low_band:
-            log.warning(
-                "no low-band checkpoints in %s: low-band classifier off (HawkEars' GPU default is on)",
-                self.data_root.path,
-            )
-            self._low_band = False
+        self._env = startup.runner_env(binding, self.options)
+        self._low_band = startup.low_band_choice(self.options, self.data_root, binding)
         if self.options.log_dir:
             os.makedirs(self.options.log_dir, exist_ok=True)
             self._log_path = os.path.join(self.options.log_dir, f"hawkears-rank{binding.rank}.log")
@@ -149,61 +132,24 @@ class HawkearsRunner(Runner):
         )
         self._tmp = tempfile.mkdtemp(prefix=f"badc-hawkears-r{binding.rank}-")
         try:
-            self._cfg_path = self._write_config()
+            self._cfg_path = startup.write_config(
+                self._tmp, self.options, self.data_root, python=self.python, worker_script=str(WORKER_SCRIPT), env=self._env
+            )
             if self.options.mode == "resident":
                 error = self._start_worker()
                 if error and self._stopping:
                     log.info("HawkEars worker start interrupted: the run is stopping")
                 elif error:
-                    raise RunnerSetupError(f"the resident HawkEars worker did not start: {error}", fix=self._start_fix())
+                    raise RunnerSetupError(
+                        f"the resident HawkEars worker did not start: {error}", fix=startup.start_fix(self._log_path)
+                    )
                 else:
                     facts.check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
             else:
-                self.hawkears_version = self._query_version()
+                self.hawkears_version = startup.query_version(self.python, self._env)
         except BaseException:
             self._cleanup_tmp()
             raise
-
-    def _start_fix(self) -> str:
-        return (
-            f"read the worker's stderr above{f' or in {self._log_path}' if self._log_path else ''}; "
-            "check the data root and options; raise --hawkears-start-timeout-s if loading is slow; "
-            "or try --hawkears-mode cli"
-        )
-
-    def _write_config(self) -> str:
-        assert self._tmp is not None
-        base = os.path.join(self._tmp, "badc-hawkears.yaml")
-        with open(base, "w", encoding="utf-8") as handle:  # JSON is YAML
-            json.dump(self.data_root.config_overrides(), handle, indent=1)
-        if not self.options.config:
-            return base
-        merged = os.path.join(self._tmp, "badc-hawkears-merged.yaml")
-        argv = [
-            self.python,
-            str(WORKER_SCRIPT),
-            "--data-root",
-            self.data_root.path,
-            "--merge-config",
-            merged,
-            base,
-            self.options.config,
-        ]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=self._env)
-        if proc.returncode != 0:
-            raise RunnerSetupError(
-                f"--hawkears-config {self.options.config} cannot be merged: {proc.stderr.strip()[-TAIL_CHARS:]}",
-                fix="give a valid HawkEars YAML",
-            )
-        return merged
-
-    def _query_version(self) -> str | None:
-        code = "import importlib.metadata as m; print(m.version('hawkears'))"
-        try:
-            out = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=120, env=self._env)
-            return out.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
 
     # ------------------------------------------------------------- arguments
     def worker_options(self) -> list[str]:
@@ -211,12 +157,8 @@ class HawkearsRunner(Runner):
         return worker_argv(self.options, self.data_root.path, str(self._cfg_path), self._low_band)
 
     def _cli_argv(self, input_path: str, out_dir: str, chunk_opts: dict[str, Any]) -> list[str]:
-        exe = Path(self.python).parent / "hawkears"
-        base = [str(exe)] if exe.exists() else [self.python, "-c", "import sys; from hawkears.cli import cli; sys.exit(cli())"]
-        return [
-            *base,
-            *analyze_argv(self.options, str(self._cfg_path), self._low_band, input_path, out_dir, chunk_opts),
-        ]
+        analyze = analyze_argv(self.options, str(self._cfg_path), self._low_band, input_path, out_dir, chunk_opts)
+        return cli_argv(self.python, analyze)
 
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
         opts = chunk_options(chunk)[0]
@@ -431,7 +373,7 @@ class HawkearsRunner(Runner):
     def fingerprint(self) -> dict[str, Any]:
         """HawkEars' version, the models' checkpoint hashes, and every option that changes detections
         (not the mode, threads or logs: the resident process and the CLI give the same output)."""
-        return facts.fingerprint(self, self.hawkears_version or self._query_version())
+        return facts.fingerprint(self, self.hawkears_version or startup.query_version(self.python, self._env))
 
     def close(self) -> None:
         """End the worker's whole process group: politely (quit, then SIGTERM, SIGKILL) at the end

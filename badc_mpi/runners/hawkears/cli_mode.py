@@ -23,6 +23,13 @@ INPUT_ERROR_MARKERS = (
 )
 
 
+def cli_argv(python: str, analyze: list[str]) -> list[str]:
+    """``hawkears analyze ...`` with the environment's ``hawkears`` script, or through its python."""
+    exe = Path(python).parent / "hawkears"
+    base = [str(exe)] if exe.exists() else [python, "-c", "import sys; from hawkears.cli import cli; sys.exit(cli())"]
+    return [*base, *analyze]
+
+
 def fail(result: AttemptResult, failure_class: str, reason: str) -> AttemptResult:
     result.ok, result.failure_class, result.reason = False, failure_class, reason.strip()
     return result

@@ -4,7 +4,7 @@
 a ``StderrPump`` thread into the runner's ring buffer (and, when asked, a per-rank log file).
 ``WorkerProcess.read_line`` waits for one reply line in ``poll()`` until a deadline, never spinning;
 ``kill`` takes down the whole process group (:func:`badc_mpi.runners.process.kill_group`). The
-request/reply protocol on top of these lines lives in ``adapter.py``.
+request/reply protocol on top of these lines lives in ``exchange.py`` (and ``resident_protocol.py``).
 """
 
 from __future__ import annotations

@@ -5,24 +5,9 @@ Runs INSIDE HawkEars' own environment, started by file path by
 :class:`badc_mpi.runners.hawkears.adapter.HawkearsRunner` (never imported by the runner: standard library
 plus hawkears/britekit/torch only, no badc_mpi imports).
 
-Protocol (JSON lines). The reply stream is the ORIGINAL stdout; at start, fd 1 and sys.stdout are
-pointed at stderr so nothing that HawkEars, britekit, torch or C libraries print can corrupt it.
-
-- On start: ``{"hello": true, "ok": true, "pid", "hawkears_version", "britekit_version",
-  "torch_version", "device", "load_s", "models", "low_band_models", "max_models", "low_band"}``
-  or ``{"hello": true, "ok": false, "error_class": "error", "message"}`` and exit 1.
-- Request: ``{"id", "input", "output_dir", "options": {"lat", "lon", "date", "region"}}`` (any of
-  the per-chunk options may be absent/null: the start options apply), or ``{"op": "quit"}``.
-  End of stdin also quits.
-- Reply: ``{"id", "ok", "error_class": null|"input"|"oom"|"error", "message", "scores_csv",
-  "detections", "decode_s", "score_s", "cpu_s", "peak_vram_mib", "pid"}`` (``cpu_s``: CPU time of
-  the whole worker process during the request).
-- ``{"op": "prefetch", "input"}`` (with ``--prefetch on``): decode that file in a decoder process
-  now, for a request that follows; no reply. Read by a thread as it arrives, so it overlaps the
-  request being scored.
-- ``{"op": "batch", "items": [request, ...]}`` (with ``--batch K``): one reply per item, in order,
-  each with ``"batch": n`` and its share of the batch's forward time in ``score_s``
-  (:mod:`resident_pipeline`).
+Its siblings, loaded by path (:func:`sibling`; this folder is not on sys.path): the JSON-lines
+protocol on stdin/stdout and the stop handling in ``resident_protocol.py``, decoders and batches in
+``resident_pipeline.py``, the caches that keep models loaded in ``resident_caches.py``.
 
 Each request runs HawkEars' own ``analyze()`` (the code path of ``hawkears analyze --rtype csv``,
 with ``raise_errors=True``), so ``output_dir/scores.csv`` is byte-for-byte what the CLI writes for
@@ -32,20 +17,16 @@ low-band models), checkpoints read for class names, and the occurrence database.
 Predictor is reset to its freshly-constructed audio state before reuse.
 
 The version HawkEars must have comes from the runner (``--require-version``), which owns it.
-Stopping: it dies with its rank (:func:`tie_to_parent`) and exits promptly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import queue
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 
@@ -55,45 +36,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 _STATS = {"decode_s": 0.0}
-STOP_GRACE_S = 2.0  #: after SIGTERM/SIGINT, how long a clean exit may take before a hard one
-
-
-def tie_to_parent(parent_pid: int | None) -> None:
-    """First thing: die (SIGKILL) with the parent (the rank); exit now if it is already gone."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG, Linux only
-    except (OSError, AttributeError, TypeError):
-        pass
-    if parent_pid and os.getppid() != parent_pid:
-        sys.stderr.write(f"hawkears-worker: parent {parent_pid} is gone; exiting\n")
-        os._exit(1)
-
-
-def exit_on_stop_signals() -> None:
-    """SIGTERM/SIGINT: SystemExit(128+signal) in the main thread (finally blocks run); a watchdog
-    woken by the C-level handler itself (whatever the main thread does) hard-exits if that is slow."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))  # a forked child's signals are its own
-    stops = (signal.SIGTERM, signal.SIGINT)
-
-    def handler(signum: int, _frame: object) -> None:
-        sys.stderr.write(f"hawkears-worker: {signal.Signals(signum).name} received; exiting\n")
-        raise SystemExit(128 + signum)
-
-    def watchdog() -> None:
-        hit: list[int] = []
-        while not hit:
-            hit = [b for b in os.read(wake_r, 64) if b in stops]
-        time.sleep(STOP_GRACE_S)
-        os._exit(128 + hit[0])
-
-    for sig in stops:
-        signal.signal(sig, handler)
-    threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -144,6 +86,10 @@ def pipeline_module():  # noqa: ANN201
     return sibling("resident_pipeline")
 
 
+def protocol_module():  # noqa: ANN201
+    return sibling("resident_protocol")
+
+
 def decode_audio(path: str, rate: int, choose: bool):  # noqa: ANN201
     """In a decoder process: Audio.load's decode, mix and resample of ``path`` (signal, error)."""
     return pipeline_module().decode_here(path, rate, choose)
@@ -151,7 +97,7 @@ def decode_audio(path: str, rate: int, choose: bool):  # noqa: ANN201
 
 def decoder_started() -> None:
     """A decoder process dies with the worker, leaves stop signals to it, imports its libraries once."""
-    tie_to_parent(os.getppid())
+    protocol_module().tie_to_parent(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import britekit.core.audio  # noqa: F401
     import librosa  # noqa: F401
@@ -172,19 +118,6 @@ class _Recorder(logging.Handler):
 
 
 _LOG = _Recorder()
-
-
-class Protocol:
-    """Replies on the original stdout; everything else printed goes to stderr."""
-
-    def __init__(self) -> None:
-        self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def send(self, message: dict) -> None:
-        self._out.write(json.dumps(message) + "\n")
-        self._out.flush()
 
 
 def merge_config(out: str, base: str, user: str) -> None:
@@ -416,12 +349,13 @@ class Resident:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    tie_to_parent(args.parent_pid)
-    exit_on_stop_signals()
+    protocol = protocol_module()
+    protocol.tie_to_parent(args.parent_pid)
+    protocol.exit_on_stop_signals()
     if args.merge_config:
         merge_config(*args.merge_config)
         return 0
-    proto = Protocol()
+    replies = protocol.ReplyStream()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="hawkears-worker %(levelname)s %(message)s")
     logging.getLogger().addHandler(_LOG)
     worker = Resident(args)
@@ -429,58 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         hello = worker.load()
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc(file=sys.stderr)
-        proto.send(
-            {
-                "hello": True,
-                "ok": False,
-                "error_class": "error",
-                "pid": os.getpid(),
-                "message": f"{type(exc).__name__}: {exc}",
-            }
-        )
+        replies.send(protocol.failed_hello(exc))
         return 1
-    proto.send(hello)
-    requests: queue.Queue[dict] = queue.Queue()
-    threading.Thread(target=read_requests, args=(requests, worker.cache), name="requests", daemon=True).start()
-    try:
-        while True:
-            request = requests.get()
-            op = request.get("op")
-            if op == "quit":
-                break
-            if op == "bad":
-                proto.send({"id": None, "ok": False, "error_class": "error", "message": request["message"], "pid": os.getpid()})
-            elif op == "batch":
-                for reply in worker.handle_batch(list(request.get("items") or [])):
-                    proto.send(reply)
-            else:
-                proto.send(worker.handle(request))
-    finally:
-        if worker.cache is not None:
-            worker.cache.close()
-    return 0
-
-
-def read_requests(requests: queue.Queue, cache) -> None:  # noqa: ANN001
-    """The stdin reader: a prefetch starts its decode at once (while a chunk is scored); every
-    other request goes to the main thread in order. End of input is a quit."""
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            request = json.loads(line)
-        except ValueError as exc:
-            requests.put({"op": "bad", "message": f"bad request: {exc}"})
-            continue
-        if request.get("op") == "prefetch":
-            if cache is not None:
-                cache.announce(str(request.get("input") or ""))
-            continue
-        requests.put(request)
-        if request.get("op") == "quit":
-            return
-    requests.put({"op": "quit"})
+    replies.send(hello)
+    return protocol.serve(worker, replies)
 
 
 if __name__ == "__main__":
