@@ -58,14 +58,14 @@ test: install hawkears-tiny shellcheck ## the whole suite: pytest, then the MPI 
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q --durations=15
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread
 
-# A throwaway SLURM cluster (scripts/slurm_cluster.py: munge, slurmctld, two slurmd, fake GPUs, all
+# A throwaway SLURM cluster (scripts/cluster/slurm_cluster.py: munge, slurmctld, two slurmd, fake GPUs, all
 # under one temporary folder, own ports and munge socket) for real srun/sbatch runs; always torn
 # down. Needs root; installs Debian's slurmd slurmctld slurm-client munge when missing.
 # docs/howto/testing-slurm.md. SRUN_MPI: srun's MPI plugin (pmi2 for the MPICH wheel).
 test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (tests/test_slurm.py), always torn down (~3 min)
-	@$(PYTHON) scripts/slurm_cluster.py prepare
+	@$(PYTHON) scripts/cluster/slurm_cluster.py prepare
 	@$(MAKE) --no-print-directory install hawkears-tiny
-	$(PY) scripts/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider tests/test_slurm.py $(ARGS)
+	$(PY) scripts/cluster/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider tests/test_slurm.py $(ARGS)
 
 man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man
@@ -118,7 +118,7 @@ shellcheck: ## Debian's shellcheck for the batch-script tests (installed when ro
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y shellcheck >/dev/null || { apt-get update >/dev/null && apt-get install -y shellcheck >/dev/null; } || echo "make shellcheck: could not install it; the shellcheck tests will skip" >&2; \
 	else echo "make shellcheck: not root: the shellcheck tests will skip (sudo apt-get install shellcheck)" >&2; fi
 
-# The demo: scripts/make_demo.py builds (once; a stamp) a DataLad dataset holding a recording tree
+# The demo: scripts/demo/make_demo.py builds (once; a stamp) a DataLad dataset holding a recording tree
 # named by the lab's Study/Station folders and WildTrax file names, sites.csv, and the manifest
 # `badc-mpi chunk` writes for it (virtual chunks: no audio copied), saved; then infer, bundle, export.
 DEMO := examples/demo
@@ -127,7 +127,7 @@ DEMO_BUNDLE := $(DEMO)/artifacts/aggregate/demo
 DEMO_FOCUS := ROPT,RUGR,STGR,SPGR,WIPT
 
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording tree, sites.csv, `badc-mpi chunk`), infer (2 ranks), bundle with exports
-	$(PY) scripts/make_demo.py $(DEMO)
+	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
@@ -139,23 +139,23 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
 
 bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
-	$(PY) scripts/bench_manifest.py
-	$(PY) scripts/bench_manifest.py --check-sources
-	$(PY) scripts/bench_dispatch.py
-	$(PY) scripts/bench_resume.py
-	$(PY) scripts/bench_memory.py
-	$(PY) scripts/bench_monitor.py
-	$(PY) scripts/bench_aggregate.py
-	$(PY) scripts/bench_export.py
-	$(PY) scripts/bench_chunk.py
-	$(PY) scripts/bench_hawkears.py
-	$(PY) scripts/bench_hawkears.py --variants all --rounds 4
+	$(PY) scripts/bench/bench_manifest.py
+	$(PY) scripts/bench/bench_manifest.py --check-sources
+	$(PY) scripts/bench/bench_dispatch.py
+	$(PY) scripts/bench/bench_resume.py
+	$(PY) scripts/bench/bench_memory.py
+	$(PY) scripts/bench/bench_monitor.py
+	$(PY) scripts/bench/bench_aggregate.py
+	$(PY) scripts/bench/bench_export.py
+	$(PY) scripts/bench/bench_chunk.py
+	$(PY) scripts/bench/bench_hawkears.py
+	$(PY) scripts/bench/bench_hawkears.py --variants all --rounds 4
 
 # With HAWKEARS_PYTHON: badc-mpi's side runs in .venv when installed, else in $(PYTHON) (a machine
 # without internet whose python has numpy, pyarrow, mpi4py, nvidia-ml-py).
 GPU_CHECK_PY = $(if $(HAWKEARS_PYTHON),$(if $(wildcard $(STAMP)),$(PY),$(PYTHON)),$(PY))
 gpu-check: $(if $(HAWKEARS_PYTHON),hawkears-tiny,install hawkears-tiny) ## on one NVIDIA GPU: NVML, masks, HawkEars by UUID, OOM, bench, --workers-per-gpu x --hawkears-batch sweep; Markdown table (<= 8 min; exit 3 without GPU; ARGS='--dry-run' on CPU, '--out r.json'; HAWKEARS_PYTHON=overlay/bin/python)
-	$(GPU_CHECK_PY) scripts/gpu_check.py $(if $(HAWKEARS_PYTHON),--python '$(HAWKEARS_PYTHON)') $(ARGS)
+	$(GPU_CHECK_PY) scripts/gpu/gpu_check.py $(if $(HAWKEARS_PYTHON),--python '$(HAWKEARS_PYTHON)') $(ARGS)
 
 clean: ## remove build leftovers (keeps .venv and outputs)
 	rm -rf build dist *.egg-info .pytest_cache
@@ -165,7 +165,7 @@ clean: ## remove build leftovers (keeps .venv and outputs)
 # $${XDG_CACHE_HOME:-~/.cache}/badc-mpi/hawkears-<sha12 of the pins>-py<XY>/ and reused by every
 # checkout while the pins are unchanged. See vendor/HawkEars/README.md.
 # Variables: DEST=dir (hawkears-models), PYTHON (the python that owns the HawkEars venv).
-HAWKEARS_ENV := $(PYTHON) scripts/hawkears_env.py
+HAWKEARS_ENV := $(PYTHON) scripts/hawkears/hawkears_env.py
 
 .PHONY: hawkears hawkears-tiny hawkears-python hawkears-models bench-hawkears hawkears-wheels hawkears-overlay
 
@@ -182,19 +182,19 @@ hawkears-models: hawkears ## stage real HawkEars models (internet, e.g. Sockeye 
 	@$(HAWKEARS_ENV) models $(if $(DEST),--dest '$(DEST)')
 
 # HawkEars as an overlay on an existing python with torch, where its own env cannot be built
-# (scripts/hawkears_overlay.py, docs/howto/gpu-overlay.md). HAVE: the target's have file
-# (`python3 scripts/hawkears_overlay.py have` there); WHEELS: the parts; INCLUDE: extra names.
-HAVE ?= scripts/overlay_have/nvidia-h200.txt
+# (scripts/hawkears/hawkears_overlay.py, docs/howto/gpu-overlay.md). HAVE: the target's have file
+# (`python3 scripts/hawkears/hawkears_overlay.py have` there); WHEELS: the parts; INCLUDE: extra names.
+HAVE ?= scripts/hawkears/overlay_have/nvidia-h200.txt
 WHEELS ?= .hawkears-wheels
 OVERLAY ?=
 INCLUDE ?=
 
 hawkears-wheels: ## wheels HawkEars lacks on a python with torch (HAVE=its have file), xz-packed in parts <= 60 MiB under WHEELS (internet)
-	@$(PYTHON) scripts/hawkears_overlay.py download --have '$(HAVE)' --dest '$(WHEELS)' $(if $(INCLUDE),--include $(INCLUDE))
+	@$(PYTHON) scripts/hawkears/hawkears_overlay.py download --have '$(HAVE)' --dest '$(WHEELS)' $(if $(INCLUDE),--include $(INCLUDE))
 
 hawkears-overlay: ## install WHEELS (a part, or every part) on PYTHON into OVERLAY, offline; prints OVERLAY/bin/python for HAWKEARS_PYTHON
-	@$(PYTHON) scripts/hawkears_overlay.py install --python '$(PYTHON)' --wheels '$(WHEELS)' $(if $(OVERLAY),--overlay '$(OVERLAY)')
+	@$(PYTHON) scripts/hawkears/hawkears_overlay.py install --python '$(PYTHON)' --wheels '$(WHEELS)' $(if $(OVERLAY),--overlay '$(OVERLAY)')
 
 bench-hawkears: install hawkears-tiny ## HawkEars resident vs CLI vs bare in-process scoring (tiny model; JSON); ARGS='--variants all': malloc tuning, pipeline, --hawkears-batch 1/4/16
-	$(PY) scripts/bench_hawkears.py $(ARGS)
+	$(PY) scripts/bench/bench_hawkears.py $(ARGS)
 # --- hawkears (end) ---

@@ -4,7 +4,7 @@ Call :func:`run` on every rank under ``mpiexec``/``srun`` (or plainly, as one ra
 
     import badc_mpi
     outcome = badc_mpi.run(["manifest.csv"], runner="command",
-                           runner_cmd="python scripts/fake_hawkears.py --input {input} --output {output_dir}")
+                           runner_cmd="python scripts/hawkears/fake_hawkears.py --input {input} --output {output_dir}")
     if outcome.summary is not None:      # rank 0
         print(outcome.summary["counts"])
 

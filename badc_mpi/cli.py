@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
-    from badc_mpi.results.arguments import add_export_command, add_results_commands
+    from badc_mpi.results.export.arguments import add_export_command, add_results_commands
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
@@ -175,7 +175,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from badc_mpi.results.monitor import MonitorOptions, run_monitor
+    from badc_mpi.monitor.loop import MonitorOptions, run_monitor
 
     try:
         return run_monitor(MonitorOptions(args.telemetry, follow=args.follow, interval_s=args.interval_s))
@@ -227,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_problems(problems: list[Any]) -> None:
-    from badc_mpi.results.aggregate import iter_problem_lines
+    from badc_mpi.results.aggregate.dataset import iter_problem_lines
 
     if problems:
         print(f"badc-mpi: {len(problems)} file(s) skipped or read in part:", file=sys.stderr)
@@ -243,9 +243,9 @@ def _counts_line(counts: dict[str, int]) -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from badc_mpi.results.aggregate import aggregate
-    from badc_mpi.results.folders import bundle_folder
-    from badc_mpi.results.runs import find_runs
+    from badc_mpi.results.aggregate.dataset import aggregate
+    from badc_mpi.results.aggregate.folders import bundle_folder
+    from badc_mpi.results.aggregate.runs import find_runs
 
     sel = find_runs(args.sources, telemetry_dir=args.telemetry_dir)
     folder = bundle_folder(args.sources, sel, args.name, args.dest)
@@ -266,9 +266,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from badc_mpi.results.arguments import export_options
-    from badc_mpi.results.bundle import build_bundle
-    from badc_mpi.results.export import parse_formats
+    from badc_mpi.results.bundle.build import build_bundle
+    from badc_mpi.results.export.arguments import export_options
+    from badc_mpi.results.export.write import parse_formats
 
     formats = parse_formats(args.export) if args.export else ()
     result = build_bundle(
@@ -324,8 +324,8 @@ def _print_merge(folder: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from badc_mpi.results.arguments import export_options
-    from badc_mpi.results.export import export, parse_formats
+    from badc_mpi.results.export.arguments import export_options
+    from badc_mpi.results.export.write import export, parse_formats
 
     options = export_options(args, parse_formats(args.format), args.output)
     formats = options.formats

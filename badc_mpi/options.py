@@ -124,7 +124,7 @@ class RunOptions:
             (
                 self.runner_kind != "command" or bool(self.runner_cmd),
                 "--runner command needs --runner-cmd",
-                "e.g. --runner-cmd 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'",
+                "e.g. --runner-cmd 'python scripts/hawkears/fake_hawkears.py --input {input} --output {output_dir}'",
             ),
         ]
         for ok, message, fix in checks:

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+for _folder in (
+    "demo",
+    "gpu",
+    "cluster",
+    "bench",
+):  # the scripts tests import: make_audio, make_demo, gpu_check_*, slurm_cluster, bench_*
+    sys.path.insert(0, str(REPO / "scripts" / _folder))
 
 import make_audio  # noqa: E402
 
@@ -46,7 +52,7 @@ def stopped_exit_ok(rc: int, expected: int = 75) -> bool:
     return rc == expected or (rc == 0 and HYDRA_MAY_DROP_SIGNAL_EXIT)
 
 
-FAKE = str(REPO / "scripts" / "fake_hawkears.py")
+FAKE = str(REPO / "scripts" / "hawkears" / "fake_hawkears.py")
 FAKE_CMD = f"{PYTHON} {FAKE} --input {{input}} --output {{output_dir}}"
 HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes,site"
 

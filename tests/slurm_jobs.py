@@ -1,4 +1,4 @@
-"""Submitting to and reading back the test cluster of scripts/slurm_cluster.py (make test-slurm).
+"""Submitting to and reading back the test cluster of scripts/cluster/slurm_cluster.py (make test-slurm).
 
 Generic over batch scripts: :func:`submit` takes any script and its arguments, and only adds what
 a test on this machine must change (output file, time limit, the lead time of the script's own

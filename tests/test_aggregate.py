@@ -13,8 +13,8 @@ import pytest
 from test_resume import SLOWER, kill_run, run_args, run_of
 
 from badc_mpi.errors import BadcError
-from badc_mpi.results.aggregate import aggregate
-from badc_mpi.results.verdicts import decide
+from badc_mpi.results.aggregate.dataset import aggregate
+from badc_mpi.results.aggregate.verdicts import decide
 
 from helpers import FAKE_CMD, make_chunk, make_dataset, run_badc, store_records, telemetry_files
 
@@ -170,7 +170,7 @@ def test_exactly_once_across_a_killed_and_resumed_run(tmp_path, monkeypatch):
 
 
 def test_jsonl_reader_counts_each_chunk_and_names_every_bad_file(tmp_path):
-    from badc_mpi.results.sources import DoneChunk, read_jsonl_detections
+    from badc_mpi.results.aggregate.sources import DoneChunk, read_jsonl_detections
 
     out = tmp_path / "out"
     (out / "r").mkdir(parents=True)
@@ -197,8 +197,8 @@ def test_jsonl_reader_counts_each_chunk_and_names_every_bad_file(tmp_path):
 
 
 def test_store_reader_counts_done_chunks_once_and_names_every_damage(tmp_path):
-    from badc_mpi.results.sources import DoneChunk
-    from badc_mpi.results.store_source import read_store_detections
+    from badc_mpi.results.aggregate.sources import DoneChunk
+    from badc_mpi.results.aggregate.store_source import read_store_detections
     from badc_mpi.storage.store import StoreWriter, chunk_line, run_segments, versions_id
 
     out = tmp_path / "out"

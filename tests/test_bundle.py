@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from badc_mpi.results import open_bundle
-from badc_mpi.results.bundle import build_bundle
+from badc_mpi.results.bundle.build import build_bundle
 from badc_mpi.storage.atomic import jsonl_bytes
 from badc_mpi.storage.detections import RawDetection, canonical_records
 from badc_mpi.storage.ledger import LedgerWriter, entry_record, header_record

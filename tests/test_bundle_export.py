@@ -13,7 +13,7 @@ import numpy as np
 from test_export import _csv_rows, _golden, make_campaign
 
 from badc_mpi.cli import main
-from badc_mpi.results.report import site_grid
+from badc_mpi.results.bundle.report import site_grid
 
 EXPORT_ARGS = ["--focus-species", "RUGR,OVEN", "--min-confidence", "0.5"]
 

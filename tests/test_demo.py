@@ -1,4 +1,4 @@
-"""`make demo`'s recording tree (scripts/make_demo.py) chunks as the demo chunks it: ids from the
+"""`make demo`'s recording tree (scripts/demo/make_demo.py) chunks as the demo chunks it: ids from the
 path, place and time from the lab's Study/Station folders and WildTrax file names, zones and
 regions from its site table. Fast: no DataLad, no HawkEars, no inference."""
 
@@ -14,7 +14,7 @@ from badc_mpi.cli import main
 from badc_mpi.inputs.chunk_status import check_chunk_status
 from badc_mpi.inputs.manifest import load_manifest
 
-from helpers import REPO  # noqa: F401  (puts scripts/ on sys.path)
+from helpers import REPO  # noqa: F401  (puts scripts/' folders on sys.path)
 
 # isort: split
 import make_demo

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from badc_mpi.cli import main
-from badc_mpi.results.aggregate import aggregate
+from badc_mpi.results.aggregate.dataset import aggregate
 from badc_mpi.storage.atomic import jsonl_bytes
 from badc_mpi.storage.detections import RawDetection, canonical_records
 from badc_mpi.storage.ledger import LedgerWriter, entry_record, header_record
@@ -255,8 +255,8 @@ def test_bundle_report_has_the_site_panel_with_unsurveyed_days_apart(tmp_path):
     import duckdb
     import numpy as np
 
-    from badc_mpi.results.bundle import build_bundle
-    from badc_mpi.results.report import site_grid
+    from badc_mpi.results.bundle.build import build_bundle
+    from badc_mpi.results.bundle.report import site_grid
 
     manifest = make_campaign(tmp_path)
     result = build_bundle([str(manifest)], telemetry_dir=str(tmp_path / "tel"), dest=str(tmp_path / "b"))

@@ -11,9 +11,9 @@ import pytest
 from test_export import _csv_rows, _golden, make_campaign
 
 from badc_mpi.cli import main
-from badc_mpi.results import export_stream
-from badc_mpi.results.export_meta import Recording
-from badc_mpi.results.export_wildtrax import plan_clips
+from badc_mpi.results.export import stream as export_stream
+from badc_mpi.results.export.meta import Recording
+from badc_mpi.results.export.wildtrax import plan_clips
 
 #: recording -> (file, location, study area, start UTC, start local)
 LONG = {

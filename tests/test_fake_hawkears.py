@@ -1,4 +1,4 @@
-"""The HawkEars test double (scripts/fake_hawkears.py) and the audio maker (scripts/make_audio.py)."""
+"""The HawkEars test double (scripts/hawkears/fake_hawkears.py) and the audio maker (scripts/demo/make_audio.py)."""
 
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ import pytest
 from badc_mpi.storage.detections import parse_scores_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKE = os.path.join(ROOT, "scripts", "fake_hawkears.py")
+FAKE = os.path.join(ROOT, "scripts", "hawkears", "fake_hawkears.py")
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+def _load(folder, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-make_audio = _load("make_audio")
-fake = _load("fake_hawkears")
+make_audio = _load("demo", "make_audio")
+fake = _load("hawkears", "fake_hawkears")
 
 
 def run_fake(*args, env=None, timeout=20):
@@ -62,7 +62,7 @@ def test_make_audio(tmp_path, chunks):
     proc = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "scripts", "make_audio.py"),
+            os.path.join(ROOT, "scripts", "demo", "make_audio.py"),
             str(out),
             "--seconds",
             "1",

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py (``make gpu-check``): its dry mode runs every check on CPU against the fake
+"""scripts/gpu/gpu_check.py (``make gpu-check``): its dry mode runs every check on CPU against the fake
 NVML, so the GPU script cannot rot; without a GPU it says so in one line and exits 3."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts" / "gpu"))
 
 from gpu_check_report import (  # noqa: E402
     CHECKS,
@@ -34,7 +34,7 @@ from badc_mpi.runners.hawkears import env as hawkears_env  # noqa: E402
 
 from fakes.nvml import fake_env  # noqa: E402
 
-SCRIPT = str(REPO / "scripts" / "gpu_check.py")
+SCRIPT = str(REPO / "scripts" / "gpu" / "gpu_check.py")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""HawkEars as an overlay on an existing python (badc_mpi/runners/hawkears/overlay.py, scripts/hawkears_overlay.py):
+"""HawkEars as an overlay on an existing python (badc_mpi/runners/hawkears/overlay.py, scripts/hawkears/hawkears_overlay.py):
 the planning (what to fetch given a have list, parts of <= N MiB, the wrapper), then one offline
 end-to-end run: wheels made here, `download` from a local folder, `install` onto HawkEars' python."""
 
@@ -20,7 +20,7 @@ from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.runners.hawkears import overlay as ov
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = str(REPO / "scripts" / "hawkears_overlay.py")
+SCRIPT = str(REPO / "scripts" / "hawkears" / "hawkears_overlay.py")
 
 
 # ---------------------------------------------------------------------------- have lists and requirements
@@ -38,7 +38,7 @@ def test_have_text_round_trips():
 
 
 def test_the_h200_have_file_parses_and_has_torch():
-    have, python = ov.parse_have((REPO / "scripts" / "overlay_have" / "nvidia-h200.txt").read_text())
+    have, python = ov.parse_have((REPO / "scripts" / "hawkears" / "overlay_have" / "nvidia-h200.txt").read_text())
     assert python == "3.12.3" and have["torch"] == "2.11.0" and "hawkears" not in have
 
 
@@ -269,11 +269,11 @@ def test_install_onto_a_python_without_torch_fails_in_one_line(tmp_path):
 
 
 def test_gpu_check_python_path_wrapper_is_the_overlay_wrapper(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
+    sys.path.insert(0, str(REPO / "scripts" / "gpu"))
     try:
         from gpu_check_env import _wrapper
     finally:
-        sys.path.remove(str(REPO / "scripts"))
+        sys.path.remove(str(REPO / "scripts" / "gpu"))
     path = _wrapper(tmp_path, "/opt/py thon/bin/python3", "site dir")
     assert Path(path).read_text() == ov.wrapper_text("/opt/py thon/bin/python3", os.path.abspath("site dir"))
     assert os.access(path, os.X_OK)

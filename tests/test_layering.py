@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"orchestrate"},
     {"arguments"},
     {"api"},
-    {"results"},
+    {"results", "monitor"},
     {"coordinator"},
     {"worker"},
     {"runners", "transport", "gpu", "chunker"},
@@ -25,6 +25,8 @@ LAYERS: list[set[str]] = [
     {"options"},
     {"records", "errors", "logs", "_version"},
 ]
+#: inside ``results/``, top to bottom: a room may import lower rooms only (``results/__init__`` is the top)
+RESULTS_ROOMS: list[set[str]] = [{"__init__"}, {"bundle"}, {"export"}, {"aggregate"}]
 #: runs inside HawkEars' own environment: must not import badc_mpi at all
 STANDALONE = {
     "badc_mpi.runners.hawkears.resident",
@@ -71,6 +73,19 @@ def unit(module: str) -> str:
     return parts[1] if len(parts) > 1 else "__init__"
 
 
+def room(module: str) -> str:
+    """``badc_mpi.results.export.wildtrax`` -> ``export``; ``badc_mpi.results`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 else "__init__"
+
+
+def room_of(r: str) -> int:
+    for i, names in enumerate(RESULTS_ROOMS):
+        if r in names:
+            return i
+    raise KeyError(r)
+
+
 def layer_of(u: str) -> int:
     for i, names in enumerate(LAYERS):
         if u in names:
@@ -83,6 +98,10 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     for src, targets in graph.items():
         for dst in sorted(targets):
             su, du = unit(src), unit(dst)
+            if su == du == "results" and room(src) != room(dst):
+                if room_of(room(dst)) <= room_of(room(src)):
+                    bad.append(f"{src} -> {dst}: results/{room(dst)} is not below results/{room(src)}")
+                continue
             if su == du or dst == "badc_mpi" and su == "__main__":
                 continue
             if src in STANDALONE:
@@ -119,6 +138,9 @@ def test_every_unit_has_a_layer():
     units = {unit(m) for m in import_graph()}
     unknown = [u for u in sorted(units) if not any(u in names for names in LAYERS)]
     assert unknown == [], f"add {unknown} to LAYERS here and to docs/architecture.md"
+    rooms = {room(m) for m in import_graph() if unit(m) == "results"}
+    unknown = [r for r in sorted(rooms) if not any(r in names for names in RESULTS_ROOMS)]
+    assert unknown == [], f"add {unknown} to RESULTS_ROOMS here and to docs/architecture.md"
 
 
 def test_imports_point_down_and_never_cycle():
@@ -134,6 +156,9 @@ def test_imports_point_down_and_never_cycle():
         ("badc_mpi.storage.summary", "badc_mpi.coordinator.scheduler", "higher layer"),
         ("badc_mpi.gpu.binding", "badc_mpi.runners.base", "same layer"),
         ("badc_mpi.runners.hawkears.resident", "badc_mpi.errors", "must not import"),
+        ("badc_mpi.results.aggregate.dataset", "badc_mpi.results.export.meta", "results/export is not below"),
+        ("badc_mpi.results.export.write", "badc_mpi.results.bundle.views", "results/bundle is not below"),
+        ("badc_mpi.monitor.state", "badc_mpi.results.aggregate.runs", "same layer"),
     ],
 )
 def test_the_checker_catches_a_bad_import(src, dst, needle):

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from badc_mpi.results.monitor import Monitor, MonitorOptions, run_monitor
-from badc_mpi.results.monitor_parse import parse_block, parse_lines
-from badc_mpi.results.monitor_state import MonitorState, Timeline
-from badc_mpi.results.monitor_tail import SummaryWatcher, TelemetryTail, parse_summary_head
-from badc_mpi.results.monitor_view import format_duration, format_snapshot, one_line, rebucket, sparkline
+from badc_mpi.monitor.loop import Monitor, MonitorOptions, run_monitor
+from badc_mpi.monitor.parse import parse_block, parse_lines
+from badc_mpi.monitor.state import MonitorState, Timeline
+from badc_mpi.monitor.tail import SummaryWatcher, TelemetryTail, parse_summary_head
+from badc_mpi.monitor.view import format_duration, format_snapshot, one_line, rebucket, sparkline
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.transport.messages import ResultEvent
@@ -342,7 +342,7 @@ def test_ctrl_c_ends_follow_cleanly(tmp_path):
 
 
 def test_bench_generator_lines_are_read_back(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
     import bench_monitor
 
     path = tmp_path / "gen.jsonl"

@@ -33,7 +33,9 @@ from helpers import (
     telemetry_files,
 )
 
-FAKE_SLOW = f"{PYTHON} {REPO / 'scripts' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
+FAKE_SLOW = (
+    f"{PYTHON} {REPO / 'scripts' / 'hawkears' / 'fake_hawkears.py'} --input {{input}} --output {{output_dir}} --sleep-s 0.05"
+)
 #: 0.2 s a chunk: the kill -9 test's 300 chunks outlast its ten seeded kills (1.1 s each on average)
 SLOWER = FAKE_SLOW.replace("--sleep-s 0.05", "--sleep-s 0.2")
 

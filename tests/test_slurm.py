@@ -1,6 +1,6 @@
 """badc-mpi under a real SLURM: real ``srun``, real ``sbatch slurm/infer.sbatch``, real signals.
 
-Run by ``make test-slurm`` (scripts/slurm_cluster.py brings up a throwaway cluster: munge,
+Run by ``make test-slurm`` (scripts/cluster/slurm_cluster.py brings up a throwaway cluster: munge,
 slurmctld, two slurmd on this host, fake GPUs; docs/howto/testing-slurm.md), skipped elsewhere.
 Every job runs the fake HawkEars through ``--runner command``, one runs real HawkEars on the tiny
 model. Each test leaves no process of its jobs behind (checked after each test).

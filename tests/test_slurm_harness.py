@@ -1,4 +1,4 @@
-"""The test-slurm harness's pure parts, without a cluster (scripts/slurm_cluster.py, tests/slurm_jobs.py)."""
+"""The test-slurm harness's pure parts, without a cluster (scripts/cluster/slurm_cluster.py, tests/slurm_jobs.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO  # puts scripts/ on sys.path
+from helpers import REPO  # puts scripts/' folders on sys.path
 from slurm_jobs import parse_scontrol, signal_option
 
 # isort: split

@@ -71,7 +71,7 @@ def test_the_store_reaches_the_os_and_the_disk_before_the_ledger(tmp_path, monke
     monkeypatch.setattr(os, "fsync", fsync)
     store.append(_line(1), "v1", None, None)
     names[store._fh.fileno()] = "store"
-    names[ledger._fh.fileno()] = "ledger"
+    names[ledger._fd] = "ledger"
     ledger.append({"r": "r", "c": "c1", "s": "success"})
     ledger_text = (tmp_path / "run.ledger.jsonl").read_text()
     assert '"c1"' not in ledger_text  # the ledger's large buffer holds it until the flush

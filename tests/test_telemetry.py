@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from badc_mpi.records import Binding
-from badc_mpi.results.schema import parse_attempts
+from badc_mpi.results.aggregate.schema import parse_attempts
 from badc_mpi.runners.base import AttemptResult, Runner, Task
 from badc_mpi.storage import telemetry as tel
 from badc_mpi.transport.messages import StartEvent, WireTask, WorkerConfig, WorkerEvent

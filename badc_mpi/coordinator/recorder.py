@@ -3,22 +3,34 @@
 Every final outcome goes to the ledger (the resume truth) in the same loop iteration as its
 telemetry line; summaries are snapshots of the scheduler's counts and the workers' totals, listing
 only the chunks that failed or are unfinished (:func:`badc_mpi.storage.summary.render_summary`).
+
+A write that fails (a full disk, a quota, an I/O error: any ``OSError`` of the telemetry, the
+store, the ledger) never escapes: the recorder is ``broken`` (the reason, naming the file), the
+coordinator stops the run in order (exit 75, summary ``stopped`` where it can still be written,
+the resume command), and successes whose store records were not handed to the OS lose their
+ledger lines and run again on resume (:meth:`~badc_mpi.storage.ledger.LedgerWriter.drop_successes`).
+What did reach the ledger is verified on read (:mod:`badc_mpi.storage.store_check`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Any
 
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
+from badc_mpi.logs import get_logger
 from badc_mpi.records import INPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage import summary as summary_mod
 from badc_mpi.storage import telemetry as tel
-from badc_mpi.storage.store import STORE, StoreWriter
+from badc_mpi.storage.figures import fs_reason
+from badc_mpi.storage.store import STORE, StoreRef, StoreWriter
 from badc_mpi.storage.summary import WorkerStats
+
+log = get_logger(__name__)
 
 STORE_AHEAD = 500  #: store records between flushes; their ledger lines (~150 B) stay far below ledger.BUFFER_BYTES
 
@@ -40,6 +52,15 @@ class Recorder:
             before_sync=self.store.sync if self.store is not None else None,
         )
         self._unflushed = 0  #: store records appended since the store's last flush
+        self._refs: dict[str, StoreRef] = {}  #: chunk key -> its store record, until its ledger line
+        self._pending: list[str] = []  #: keys of successes whose ledger lines are not written yet
+        self.broken: str | None = None  #: why a write failed (the run then stops)
+        self.dropped: list[str] = []  #: successes whose ledger lines were dropped (their records failed)
+
+    def _break(self, exc: OSError, doing: str) -> None:
+        if self.broken is None:
+            self.broken = fs_reason(exc, doing)
+            log.error("%s; stopping the run (fix the disk, then resume)", self.broken)
 
     def line(self, text: str) -> None:
         """A telemetry line encoded elsewhere (a worker's start line, a result line)."""
@@ -57,14 +78,23 @@ class Recorder:
         self.event("failure", who, chunk, 0, finished_at=at, failure_class=INPUT, reason=reason)
         self._final(chunk, "failed", 0, INPUT, reason, at, False)
 
-    def detections(self, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
-        """A success's detections into the store, handed to the OS before its ledger line can be."""
-        if self.store is not None and record:
-            self.store.append(record, versions, hawkears_version, model_version)
+    def detections(self, key: str, record: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
+        """A success's detections into the store, handed to the OS before its ledger line can be.
+        Raises ``OSError`` when they cannot be (the attempt then fails as ``output``)."""
+        if self.store is None or not record:
+            return
+        if self.broken is not None:
+            raise OSError(errno.EIO, f"the detection store stopped earlier ({self.broken})")
+        try:
+            self._refs[key] = self.store.append(record, versions, hawkears_version, model_version)
             self._unflushed += 1
-            if self._unflushed >= STORE_AHEAD:  # long before the ledger's buffer could flush by itself
+            if self._unflushed >= STORE_AHEAD:  # bounded memory between loop iterations
                 self.store.flush()
                 self._unflushed = 0
+        except OSError as exc:
+            self._refs.pop(key, None)
+            self._store_failed(exc)
+            raise
 
     def attempt_ended(
         self,
@@ -95,6 +125,9 @@ class Recorder:
         finished_at: str | None,
         has_outputs: bool,
     ) -> None:
+        ref = self._refs.pop(chunk.key, None) if status == "success" else None
+        if status == "success":
+            self._pending.append(chunk.key)
         self.ledger.append(
             ledger_mod.entry_record(
                 chunk,
@@ -105,23 +138,53 @@ class Recorder:
                 reason=reason,
                 finished_at=finished_at,
                 has_outputs=has_outputs,
+                ref=ref,
             )
         )
 
+    def _store_failed(self, exc: OSError) -> None:
+        """The store could not take what it was given: successes not yet in the ledger lose their
+        lines (their chunks are unfinished), and the run stops."""
+        self._break(exc, "writing the detection store on rank 0")
+        if self.ledger.drop_successes():
+            self.dropped += self._pending
+        self._pending = []
+
     def flush(self) -> None:
         """Once per loop iteration: telemetry, then the store, then the ledger (whose fsync syncs the
-        store first): no ledger line reaches the OS or the disk before its chunk's detections."""
-        self.writer.flush()
+        store first): no ledger line reaches the OS or the disk before its chunk's detections. A
+        failed write breaks the recorder (see the module's docstring); nothing raises."""
+        try:
+            self.writer.flush()
+        except OSError as exc:
+            self._break(exc, f"writing the telemetry {self.plan.telemetry_path}")
         if self.store is not None:
-            self.store.flush()
-            self._unflushed = 0
-        self.ledger.flush()
+            try:
+                self.store.flush()
+                self._unflushed = 0
+            except OSError as exc:
+                self._store_failed(exc)
+        try:
+            self.ledger.flush()
+            self._pending = []
+        except OSError as exc:
+            self._break(exc, f"writing the resume ledger {self.plan.ledger_path}")
 
     def close(self) -> None:
-        self.ledger.close()
-        if self.store is not None:
-            self.store.close()
-        self.writer.close()
+        """Everything closed (and synced where it still can be); failures are logged, not raised."""
+        for name, close in (
+            ("detection store", self.store.close if self.store is not None else None),
+            ("resume ledger", self.ledger.close),
+            ("telemetry", self.writer.close),
+        ):
+            if close is None:
+                continue
+            try:
+                close()
+            except OSError as exc:
+                if name == "detection store":
+                    self._store_failed(exc)
+                self._break(exc, f"closing the {name}")
 
     def write_summary(self, state: str) -> dict[str, int]:
         """Snapshot the summary (and workers CSV, failed CSV); returns the counts."""
@@ -131,11 +194,15 @@ class Recorder:
         counts = summary_mod.summary_counts(scheduler.counts(), plan.carried_counts)
         workers = self.workers.values()
         text = summary_mod.render_summary(plan.meta, counts, workers, entries, state=state, run_id=self.run_id)
-        summary_mod.write_summary(str(plan.summary_path), text)
-        summary_mod.write_workers_csv(str(plan.workers_csv), workers)
-        if counts["failed"]:
-            failed = scheduler.iter_states(scheduler.indices("failed"))
-            summary_mod.write_failed_csv(str(plan.failed_csv), failed, plan.columns)
+        try:
+            summary_mod.write_summary(str(plan.summary_path), text)
+            summary_mod.write_workers_csv(str(plan.workers_csv), workers)
+            if counts["failed"]:
+                failed = scheduler.iter_states(scheduler.indices("failed"))
+                summary_mod.write_failed_csv(str(plan.failed_csv), failed, plan.columns)
+        except OSError as exc:  # the earlier snapshot (atomic) stays; the stop goes on
+            log.error("%s; the summary stays as last written", fs_reason(exc, f"writing the summary {plan.summary_path}"))
+            self._break(exc, f"writing the summary {plan.summary_path}")
         return counts
 
 

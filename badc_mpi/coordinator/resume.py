@@ -12,9 +12,10 @@ another fingerprint stops the resume with exit 2 naming what differs, unless ``-
 (run such chunks again) or ``--accept-mixed`` (keep them).
 
 A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
-(when the manifest has one) and its detections still exist (its file, or its run's store
-segments); ``failed`` chunks run again
-unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
+(when the manifest has one) and its detections still exist: its file, or its record in the run's
+store, verified against the ledger's reference (:mod:`badc_mpi.storage.store_check`: a record torn
+by a full disk or lost in a node crash makes the chunk run again, never "done"); ``failed`` chunks
+run again unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 
 Memory: :func:`load_state` reads only the ledgers' headers; :func:`decide` reads each ledger one
@@ -44,7 +45,8 @@ from badc_mpi.inputs.key_index import KeyIndex
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
 from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, iter_ledger, ledger_head
-from badc_mpi.storage.store import run_segments
+from badc_mpi.storage.store import STORE, run_segments
+from badc_mpi.storage.store_check import StoreCheck
 
 log = get_logger(__name__)
 DETECTIONS_SUFFIX = ".detections.jsonl"
@@ -60,6 +62,7 @@ class Layer:
     has_sha: np.ndarray  #: bool
     outputs: np.ndarray  #: bool: the success recorded outputs
     run: np.ndarray  #: int32 code in ResumeState.runs
+    torn: np.ndarray  #: bool: a success whose store record is torn or missing (not ``ok``, not failed)
 
 
 def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: list[str | None]) -> Layer:
@@ -69,12 +72,32 @@ def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: lis
     run_index = pc.index_in(runs, value_set=pa.array(run_values, pa.string())).to_numpy(zero_copy_only=False)
     return Layer(
         keys.cast(pa.large_string()),
-        pc.fill_null(pc.equal(status, "success"), False).to_numpy(zero_copy_only=False),
+        np.array(pc.fill_null(pc.equal(status, "success"), False).to_numpy(zero_copy_only=False)),  # writable
         digest_prefix(digests),
         has,
         pc.fill_null(outputs, False).to_numpy(zero_copy_only=False),
         table[run_index.astype(np.int64)] if len(table) else np.zeros(len(keys), np.int32),
+        np.zeros(len(keys), dtype=bool),
     )
+
+
+def _verify_refs(layer: Layer, batch: Any, check: StoreCheck, codes: list[str | None]) -> None:
+    """Successes of a store run whose ledger line names its record: kept only when the record is
+    there and whole; the others become ``torn`` (their chunks run again)."""
+    if "g" not in batch.schema.names:
+        return
+    has_ref = pc.is_valid(batch.column("g")).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(layer.ok & has_ref)
+    if not len(rows):
+        return
+    columns = [pc.fill_null(batch.column(name), -1).to_numpy(zero_copy_only=False)[rows] for name in ("g", "x", "l", "k")]
+    for code in np.unique(layer.run[rows]):
+        run = codes[int(code)]
+        mine = layer.run[rows] == code
+        good = check.verify(run or "", *(c[mine] for c in columns)) if run else np.zeros(int(mine.sum()), bool)
+        bad = rows[mine][~good]
+        layer.ok[bad] = False
+        layer.torn[bad] = True
 
 
 def _code(codes: list[str | None], run: str | None) -> int:
@@ -96,6 +119,7 @@ class ResumeState:
     layers: list[Layer | str] = field(default_factory=list)  #: in reading order (later wins), after ``records``;
     #: a ``str`` is a ledger, read block by block when the chunks are decided on
     runs: list[str | None] = field(default_factory=list)  #: the layers' run codes
+    checks: dict[str, StoreCheck] = field(default_factory=dict)  #: a store-layout ledger -> its output folder's check
 
     def add_records(self, records: dict[str, tuple[Any, ...]]) -> None:
         """Entries of a summary (or a test) as a layer."""
@@ -123,9 +147,13 @@ class ResumeState:
             if isinstance(layer, Layer):
                 yield layer
                 continue
+            check = self.checks.get(layer)
             for batch in iter_ledger(layer):
                 keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
-                yield _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), self.runs)
+                built = _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), self.runs)
+                if check is not None:
+                    _verify_refs(built, batch, check, self.runs)
+                yield built
 
 
 @dataclass
@@ -138,6 +166,7 @@ class ResumeDecision:
     missing_outputs: int
     changed_settings: int = 0  #: done with another fingerprint, run again (--rerun-changed)
     mixed: int = 0  #: done with another fingerprint, kept (--accept-mixed)
+    torn_records: int = 0  #: a success whose store record is torn or missing: run again
 
     def note(self) -> str:
         parts = [
@@ -148,6 +177,8 @@ class ResumeDecision:
             parts.append(f"{self.changed_hash} rerun because their sha256 changed")
         if self.missing_outputs:
             parts.append(f"{self.missing_outputs} rerun because their outputs are gone")
+        if self.torn_records:
+            parts.append(f"{self.torn_records} rerun because their detection-store record is torn or missing")
         if self.changed_settings:
             parts.append(f"{self.changed_settings} rerun because they were done with other settings")
         if self.mixed:
@@ -205,6 +236,9 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
         state.torn.append(path)
     state.layers.append(path)
     state.sources.append(path)
+    if header.get("layout") == STORE and header.get("output_dir"):
+        folder = str(header["output_dir"])
+        state.checks[path] = next((c for c in state.checks.values() if c.output_dir == folder), None) or StoreCheck(folder)
     if header.get("run_id"):
         state.fingerprints[header["run_id"]] = header.get("fingerprint")
 
@@ -277,14 +311,14 @@ def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False)
 
 
-_SEEN, _OK, _HAS_SHA, _OUTPUTS = 1, 2, 4, 8  #: bits of _Latest.flags
+_SEEN, _OK, _HAS_SHA, _OUTPUTS, _TORN = 1, 2, 4, 8, 16  #: bits of _Latest.flags
 
 
 @dataclass
 class _Latest:
     """The latest record of each chunk, by the chunk's index: flags, sha256 prefix, run code."""
 
-    flags: np.ndarray  #: uint8: _SEEN | _OK | _HAS_SHA | _OUTPUTS
+    flags: np.ndarray  #: uint8: _SEEN | _OK | _HAS_SHA | _OUTPUTS | _TORN
     sha: np.ndarray  #: uint64
     run: np.ndarray  #: int32 code in ResumeState.runs
     orphans: int  #: distinct keys recorded that are no chunk's
@@ -301,7 +335,13 @@ def _latest_records(index: KeyIndex, state: ResumeState) -> _Latest:
         if len(at):  # within a block too, the last record of a chunk wins
             at, last = np.unique(at[::-1], return_index=True)
             records = records[len(records) - 1 - last]
-            bits = _SEEN | _OK * layer.ok[records] | _HAS_SHA * layer.has_sha[records] | _OUTPUTS * layer.outputs[records]
+            bits = (
+                _SEEN
+                | _OK * layer.ok[records]
+                | _HAS_SHA * layer.has_sha[records]
+                | _OUTPUTS * layer.outputs[records]
+                | _TORN * layer.torn[records]
+            )
             latest.flags[at] = bits
             latest.sha[at] = layer.sha[records]
             latest.run[at] = layer.run[records]
@@ -332,7 +372,7 @@ def decide(
     orphans = latest.orphans
     rows = np.flatnonzero(latest.flags & _SEEN).astype(np.int32 if n < 2**31 else np.int64)
     flags, run_of = latest.flags[rows], latest.run[rows]
-    record_ok, has_sha, outputs = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS))
+    record_ok, has_sha, outputs, torn = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS, _TORN))
     del flags
     changed = np.zeros(len(rows), dtype=bool)  # a sha256 recorded and another in the manifest
     for start in range(0, len(rows), BLOCK_ROWS):
@@ -370,7 +410,7 @@ def decide(
             "(the results then mix settings)",
         )
     keep_ok = ok & ~stale if on_change == "rerun" else ok
-    keep_failed = ~record_ok & ~changed if skip_failed else np.zeros(len(rows), dtype=bool)
+    keep_failed = ~record_ok & ~changed & ~torn if skip_failed else np.zeros(len(rows), dtype=bool)
     carried = np.zeros(n, dtype=bool)
     carried[rows] = keep_ok | keep_failed
     stale_count = int(stale.sum())
@@ -383,6 +423,7 @@ def decide(
         missing_outputs=int(missing.sum()),
         changed_settings=stale_count if on_change == "rerun" else 0,
         mixed=stale_count if on_change != "rerun" else 0,
+        torn_records=int(torn.sum()),
     )
 
 

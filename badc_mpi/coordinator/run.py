@@ -220,6 +220,8 @@ class Coordinator:
                 self._handle(*got)
             progressed |= self._dispatch(now)
             recorder.flush()
+            if recorder.broken is not None and self.stopped is None:  # a write failed: stop in order
+                self.stopped = recorder.broken
             self.lock.heartbeat()  # type: ignore[union-attr]
             progressed |= self._check_health(time.monotonic())
             if time.monotonic() - last_summary >= summary_every_s:
@@ -388,15 +390,14 @@ class Coordinator:
         rank 0 cannot write (full disk, quota), the attempt fails as ``output`` and the run stops
         cleanly: every later chunk would fail the same way; resume runs the rest."""
         try:
-            self.recorder.detections(ev.record, ev.versions, ev.hawkears_version, ev.model_version)  # type: ignore[union-attr]
+            self.recorder.detections(ev.key, ev.record, ev.versions, ev.hawkears_version, ev.model_version)  # type: ignore[union-attr]
         except OSError as exc:
-            why = fs_reason(exc, "appending to the detection store on rank 0")
+            why = self.recorder.broken or fs_reason(exc, "appending to the detection store on rank 0")  # type: ignore[union-attr]
             ev.ok, ev.failure_class, ev.reason = False, OUTPUT, why
             body = json.loads(ev.body)  # the worker encoded a success: say what rank 0 found (rare path)
             body.update(failure_class=OUTPUT, reason=why)
             ev.body = dumps(body)
             if self.stopped is None:
-                log.error("%s; stopping the run (fix the disk, then resume)", why)
                 self.stopped = why
 
     # -- the end -------------------------------------------------------------------------
@@ -418,6 +419,11 @@ class Coordinator:
         hurry = self.signals.received or self.stopped
         self.remote.await_goodbyes(max(1.0, stop_by - time.monotonic()) if hurry else GOODBYE_WAIT_S)
         self.recorder.close()  # type: ignore[union-attr]
+        if self.recorder.dropped:  # type: ignore[union-attr]
+            coord.reopen(self.recorder.dropped)  # type: ignore[union-attr]
+        if self.recorder.broken is not None and self.stopped is None:  # type: ignore[union-attr]
+            self.stopped = self.recorder.broken  # type: ignore[union-attr]
+            code, state = ExitCode.INTERRUPTED, "stopped"
         counts = self.recorder.write_summary(state)  # type: ignore[union-attr]
         self.lock.release()  # type: ignore[union-attr]
         outcome = RunOutcome(

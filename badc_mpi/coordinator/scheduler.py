@@ -342,6 +342,15 @@ class Scheduler:
             self._front.appendleft(i)
         return keys
 
+    def reopen(self, keys: Sequence[str]) -> None:
+        """Successes whose records could not be written (rank 0's disk): unfinished again, so
+        the summary and resume run them."""
+        for key in keys:
+            i = self._key_index(key)
+            if self._status[i] == _SUCCESS:
+                self._move(i, _PENDING)
+                self._final -= 1
+
     def drain(self) -> None:
         """Stop dispatching; chunks already in flight may still finish."""
         self.draining = True

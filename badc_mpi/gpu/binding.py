@@ -1,6 +1,6 @@
 """GPU discovery and the per-rank binding plan.
 
-NVML is reached only through :mod:`badc_mpi.gpu.nvml` (``BADC_MPI_NVML_BACKEND`` swaps it at that seam).
+NVML is reached only through :mod:`badc_mpi.gpu.nvml` (``BADC_MPI_NVML_BACKEND``, an operator option, swaps it there).
 Planning (:func:`parse_visible_devices`, :func:`select_visible`, :func:`plan_binding`,
 :func:`plan_node`, :func:`sharing_warnings`) is pure; :func:`detect` and :func:`bind_rank` do the
 I/O. Per-attempt sampling lives in :mod:`badc_mpi.gpu.sampler`, the ``badc-mpi gpus`` report in
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from badc_mpi.errors import UsageError
-from badc_mpi.gpu.nvml import NvmlBackend, NvmlUnavailable, open_backend
+from badc_mpi.gpu.nvml import BACKEND_ENV, NvmlBackend, NvmlUnavailable, backend_name, open_backend
 from badc_mpi.logs import get_logger
 from badc_mpi.options import BindingOptions
 from badc_mpi.records import LAUNCHER_LOCAL_VARS, Binding
@@ -324,6 +324,8 @@ def detect(
         if not quiet:  # under MPI only rank 0 says it: one line per job, not one per rank
             log.log(level, "no GPU: NVML unavailable (%s); ranks run on CPU", exc.reason)
         return [], visible_env, exc.reason
+    if backend is None and not quiet and backend_name(env) != "pynvml":  # the operator's choice, said once
+        log.info("GPU inventory from %s=%s, not the driver's NVML (docs/gpu.md)", BACKEND_ENV, backend_name(env))
     gpus = sorted((_gpu_from_device(d) for d in devices), key=lambda g: (g.pci_bus_id.lower(), g.index))
     return gpus, visible_env, None
 

@@ -7,11 +7,14 @@ Everything else asks NVML questions through :class:`NvmlBackend`, obtained from
   a missing ``libnvidia-ml.so`` or no driver becomes :class:`NvmlUnavailable` carrying the reason;
   callers fall back to CPU mode.
 * Any other backend, named by ``BADC_MPI_NVML_BACKEND=module:Class`` or
-  ``BADC_MPI_NVML_BACKEND=/path/to/file.py:Class`` and built as ``Class(environ)``. This is the
-  one seam where tests swap NVML out: ``tests/fakes/nvml.py:FakeNvmlBackend`` reads GPUs from the
-  JSON file its own variable names (read by that test module only). Every process that
-  calls :func:`open_backend` reads the variables, so the seam also works for ranks started by a
-  real ``mpiexec``. The fake's format::
+  ``BADC_MPI_NVML_BACKEND=/path/to/file.py:Class`` and built as ``Class(environ)``: an operator
+  option (docs/gpu.md, "The GPU inventory backend"): a site whose nodes reach their GPUs through
+  another inventory (a container without the NVML library, a site wrapper), or a rehearsal of a
+  node's layout on a login node. A run names the backend it used (``badc-mpi gpus``, a log line).
+  The tests name their fake here too (``tests/fakes/nvml.py:FakeNvmlBackend``, which reads GPUs
+  from the JSON file its own variable names, a variable only that test module reads). Every
+  process that calls :func:`open_backend` reads the variables, so the backend also reaches ranks
+  started by a real ``mpiexec``. The fake's format::
 
       {"devices": [{"index": 0, "uuid": "GPU-...", "name": "NVIDIA H200",
                     "memory_total_mib": 143771, "pci_bus_id": "00000000:17:00.0",

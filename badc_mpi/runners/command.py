@@ -46,7 +46,7 @@ def parse_template(template: str) -> list[str]:
     if not tokens:
         raise UsageError(
             "--runner-cmd is empty",
-            fix="give a command, e.g. 'python scripts/fake_hawkears.py --input {input} --output {output_dir}'",
+            fix="give a command, e.g. 'python scripts/hawkears/fake_hawkears.py --input {input} --output {output_dir}'",
         )
     for token in tokens:
         for match in _FIELD.finditer(token):

@@ -5,7 +5,15 @@ naming the run, its manifests and output folder; then rank 0 appends one compact
 outcome (``success`` or ``failed``), in the same loop iteration as the telemetry line, flushed at
 once and fsynced at least every 100 ms. A worker reports a success only after
 the chunk's outputs were fsynced and renamed into place, so a ``success`` record always points at
-durable outputs.
+durable outputs. In the detection store's layout a success names its record (``g`` segment, ``x``
+offset, ``l`` length, ``k`` CRC-32: :class:`~badc_mpi.storage.store.StoreRef`): readers verify
+it, so a ledger page that reached the disk before the store's (a node crash) or a store line torn
+by a full disk never counts as done (:mod:`badc_mpi.storage.store_check`).
+
+The writer keeps its lines itself until :meth:`LedgerWriter.flush` writes them with ``os.write``:
+nothing reaches the file behind the caller's back (no buffer flushed at exit after a failed store
+write), and lines whose store records could not be written can be dropped
+(:meth:`LedgerWriter.drop_successes`).
 
 Readers (:func:`read_ledger`) tolerate a torn last line (a writer killed mid-write: reported, not
 fatal) and refuse anything else that does not parse, naming the file, the line and the fix.
@@ -24,6 +32,7 @@ from typing import Any, TypeVar
 from badc_mpi.errors import StateError
 from badc_mpi.records import Chunk
 from badc_mpi.storage.jsonl import complete_lines, dumps
+from badc_mpi.storage.store import StoreRef
 
 T = TypeVar("T")
 LEDGER_SCHEMA = "badc-mpi.ledger/1"
@@ -63,9 +72,10 @@ def entry_record(
     reason: str,
     finished_at: str | None,
     has_outputs: bool,
+    ref: StoreRef | None = None,
 ) -> dict[str, Any]:
-    """One final outcome. ``status``: ``success`` or ``failed``."""
-    return {
+    """One final outcome. ``status``: ``success`` or ``failed``; ``ref``: a success's store record."""
+    record = {
         "r": chunk.recording_id,
         "c": chunk.chunk_id,
         "h": chunk.sha256,
@@ -77,52 +87,82 @@ def entry_record(
         "o": has_outputs,
         "run": run_id,
     }
+    if ref is not None:
+        record.update(g=ref.seq, x=ref.offset, l=ref.length, k=ref.crc32)
+    return record
 
 
 class LedgerWriter:
-    """Append-only, flushed per batch, fsynced in small groups."""
+    """Append-only, written per batch with ``os.write``, fsynced in small groups."""
 
     def __init__(self, path: str | os.PathLike[str], header: dict[str, Any], before_sync: Any = None) -> None:
         self.path = Path(path)
         self.before_sync = before_sync  #: called before every fsync (the detection store syncs first)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # a large buffer: lines reach the OS only on flush (the detection store's lines go first)
-        self._fh = open(self.path, "a", encoding="utf-8", buffering=BUFFER_BYTES)  # noqa: SIM115 - long-lived handle
-        self._pending = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lines: list[str] = []  #: appended, not yet written
+        self._successes: list[int] = []  #: indexes in _lines of success records
+        self._unsynced = False
         self._last_sync = time.monotonic()
-        self._fh.write(json.dumps(header, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self._write_all((json.dumps(header, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8"))
         self.sync()
 
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # a short write (a disk filling up) goes on until it raises
+            view = view[os.write(self._fd, view) :]
+        self._unsynced = True
+
     def append(self, record: dict[str, Any]) -> None:
-        self._fh.write(dumps(record) + "\n")
-        self._pending += 1
+        if record.get("s") == "success":
+            self._successes.append(len(self._lines))
+        self._lines.append(dumps(record) + "\n")
+
+    def drop_successes(self) -> int:
+        """Forget the success lines not yet written (their store records could not be written);
+        their chunks then run again on resume. Returns how many."""
+        dropped = len(self._successes)
+        for i in reversed(self._successes):
+            del self._lines[i]
+        self._successes = []
+        return dropped
 
     def flush(self) -> None:
         """Hand the batch to the OS now (a killed process loses nothing); fsync every 100 ms
         (a machine crash loses at most that: the chunks then run again)."""
-        if not self._pending:
-            return
-        self._fh.flush()
-        if time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
+        if self._lines:
+            data = "".join(self._lines).encode("utf-8")
+            self._lines, self._successes = [], []
+            self._write_all(data)
+        if self._unsynced and time.monotonic() - self._last_sync >= SYNC_INTERVAL_S:
             self.sync()
 
     def sync(self) -> None:
         if self.before_sync is not None:
             self.before_sync()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._pending = 0
+        if self._lines:
+            data = "".join(self._lines).encode("utf-8")
+            self._lines, self._successes = [], []
+            self._write_all(data)
+        os.fsync(self._fd)
+        self._unsynced = False
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self.sync()
-            self._fh.close()
+        if self._fd >= 0:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 #: what resume keeps per chunk, in this order (see :data:`RECORD_FIELDS` indexes)
-RECORD_FIELDS = ("s", "h", "o", "a", "f", "e", "t", "run")
-STATUS, SHA256, HAS_OUTPUTS, ATTEMPTS, FAILURE_CLASS, ERROR, FINISHED_AT, RUN = range(len(RECORD_FIELDS))
+RECORD_FIELDS = ("s", "h", "o", "a", "f", "e", "t", "run", "g", "x", "l", "k")
+STATUS, SHA256, HAS_OUTPUTS, ATTEMPTS, FAILURE_CLASS, ERROR, FINISHED_AT, RUN, SEGMENT, OFFSET, LENGTH, CRC32 = range(
+    len(RECORD_FIELDS)
+)
+REF_FIELDS = ("g", "x", "l", "k")  #: a success's store record (null in per-chunk runs and older ledgers)
 
 
 @dataclass
@@ -191,6 +231,10 @@ def _schema() -> Any:
             ("t", text),
             ("o", pa.bool_()),
             ("run", text),
+            ("g", pa.int64()),
+            ("x", pa.int64()),
+            ("l", pa.int64()),
+            ("k", pa.int64()),
         ]
     )
 
@@ -232,7 +276,7 @@ def _locate_damage(path: str, body: bytes) -> None:
 
 # -- streaming: a 10,000,000-record ledger read block by block -----------------------------
 SCAN_BLOCK_BYTES = 1 << 20  #: ledger bytes parsed at a time (one block in memory)
-SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run")
+SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run", *REF_FIELDS)
 
 
 def _complete_end(fh: Any, size: int) -> int:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from badc_mpi.records import Chunk, check_id
@@ -128,11 +130,28 @@ def detections_line(chunk: Chunk, run_id: str, versions: str, raw: Sequence[Any]
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StoreRef:
+    """Where a chunk's record is: segment ``seq`` of the run, ``offset`` and ``length`` in bytes
+    (the line without its newline), and the CRC-32 of those bytes. The ledger's success line
+    carries it (``g x l k``), so resume and bundle can verify the record instead of trusting it."""
+
+    seq: int
+    offset: int
+    length: int
+    crc32: int
+
+
+def line_crc32(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
 class StoreWriter:
     """Rank 0's appender: segments opened lazily, rotated by size, synced on demand.
 
-    ``append`` buffers; ``flush`` hands the lines to the OS (a killed process loses nothing);
-    ``sync`` makes them durable (called before every ledger fsync).
+    ``append`` buffers and returns the record's :class:`StoreRef`; ``flush`` hands the lines to the
+    OS (a killed process loses nothing); ``sync`` makes them durable (called before every ledger
+    fsync). Any ``OSError`` (a full disk, a quota) reaches the caller, which stops the run.
     """
 
     def __init__(self, output_dir: str, run_id: str, segment_bytes: int = SEGMENT_BYTES) -> None:
@@ -146,7 +165,7 @@ class StoreWriter:
         self._dirty = False
         self._unsynced = False
 
-    def append(self, line: str, versions: str, hawkears_version: str | None, model_version: str | None) -> None:
+    def append(self, line: str, versions: str, hawkears_version: str | None, model_version: str | None) -> StoreRef:
         if self._fh is None or self._size >= self.segment_bytes:
             self._next_segment()
         if versions not in self._versions:
@@ -154,11 +173,16 @@ class StoreWriter:
                 dumps({"versions": versions, "hawkears_version": hawkears_version, "model_version": model_version}) + "\n"
             )
             self._versions.add(versions)
-        self._write(line + "\n")
+        data = line.encode("utf-8")
+        ref = StoreRef(self.seq, self._size, len(data), line_crc32(data))
+        self._write_bytes(data + b"\n")
         self.chunks += 1
+        return ref
 
     def _write(self, text: str) -> None:
-        data = text.encode("utf-8")
+        self._write_bytes(text.encode("utf-8"))
+
+    def _write_bytes(self, data: bytes) -> None:
         self._fh.write(data)
         self._size += len(data)
         self._dirty = True

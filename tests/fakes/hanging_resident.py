@@ -2,7 +2,7 @@
 contains ``BADC_TEST_HANG_ON`` sleeps forever (the tests' way to make HawkEars hang or be killed
 mid-chunk), and one whose input path contains ``BADC_TEST_OOM_ON`` raises torch's
 ``OutOfMemoryError`` inside ``analyze``, and with ``BADC_TEST_PREDICT_OOM_ROWS=N`` a forward pass
-over more than N windows raises it (a batch too large for the GPU) (a CUDA OOM without a GPU: ``scripts/gpu_check.py
+over more than N windows raises it (a batch too large for the GPU) (a CUDA OOM without a GPU: ``scripts/gpu/gpu_check.py
 --dry-run``). With ``BADC_TEST_REPORT_DEVICE`` set, its hello reports that device (a GPU rank's
 code paths on a machine without CUDA: the dry run again). Started by ``tests/fakes/hawkears_python``; production code knows nothing of it."""
 

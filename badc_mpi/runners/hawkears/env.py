@@ -1,6 +1,6 @@
 """Where HawkEars lives: its own Python environment, its data roots, its bundled recording.
 
-Standard library only (``scripts/hawkears_env.py`` and the Makefile use it before any venv exists).
+Standard library only (``scripts/hawkears/hawkears_env.py`` and the Makefile use it before any venv exists).
 
 HawkEars runs in its own environment, separate from the runner's ``.venv`` (its pins clash with
 ours), created by ``make hawkears`` under ``${XDG_CACHE_HOME:-~/.cache}/badc-mpi/`` as
@@ -129,7 +129,7 @@ def bundled_recording(python: str | None = None, env: Mapping[str, str] = os.env
     """HawkEars' packaged test recording (``hawkears/install/canada/recordings/CommonYellowthroat.mp3``)."""
     python = python or find_hawkears_python(env)
     pattern = "lib/python*/site-packages/hawkears/install/*/recordings/*.mp3"
-    overlay = "hawkears/install/*/recordings/*.mp3"  # an overlay (scripts/hawkears_overlay.py): OVERLAY/bin/python
+    overlay = "hawkears/install/*/recordings/*.mp3"  # an overlay (scripts/hawkears/hawkears_overlay.py): OVERLAY/bin/python
     hits = sorted(env_dir_of_python(python).glob(pattern)) or sorted(env_dir_of_python(python).glob(overlay))
     if not hits:  # a python outside a standard venv layout: ask it
         code = "import hawkears, pathlib; print(pathlib.Path(hawkears.__file__).parent)"

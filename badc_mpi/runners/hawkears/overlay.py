@@ -3,7 +3,7 @@ on top of an existing Python that already has torch (a GPU machine without inter
 ``make hawkears`` cannot build HawkEars' own environment).
 
 Pure planning only (standard library, plus ``packaging`` when present for markers and specifiers);
-``scripts/hawkears_overlay.py`` does the downloading, installing and checking:
+``scripts/hawkears/hawkears_overlay.py`` does the downloading, installing and checking:
 
 - which distributions to fetch: HawkEars' pins (``vendor/HawkEars/requirements.txt``) and their
   dependencies, walked from each downloaded wheel's ``Requires-Dist``, minus what the target python
@@ -28,7 +28,7 @@ MIB = 1 << 20
 DEFAULT_PART_MIB = 60
 #: distributions HawkEars 2.3.0 / britekit 1.8.4 declare but never import to score audio or to
 #: build the tiny model (measured: the modules loaded by the resident worker, `hawkears analyze`
-#: and scripts/build_tiny_model.py): the Qt GUI, FAISS search, ONNX export, TensorBoard logging,
+#: and scripts/hawkears/build_tiny_model.py): the Qt GUI, FAISS search, ONNX export, TensorBoard logging,
 #: iNaturalist and YouTube downloads. Leaving them out saves ~0.8 GB; ``--include NAME`` keeps one.
 LEFT_OUT = frozenset(
     {
@@ -241,7 +241,7 @@ def wrapper_text(python: str, overlay: str) -> str:
     inherited one); children started with ``sys.executable`` inherit it through the environment."""
     return (
         "#!/bin/sh\n"
-        "# HawkEars overlay (scripts/hawkears_overlay.py): this python with the overlay first on its path\n"
+        "# HawkEars overlay (scripts/hawkears/hawkears_overlay.py): this python with the overlay first on its path\n"
         f"PYTHONPATH={shlex.quote(overlay)}${{PYTHONPATH:+:$PYTHONPATH}}\n"
         "export PYTHONPATH\n"
         f'exec {shlex.quote(python)} "$@"\n'

@@ -1,0 +1,142 @@
+"""The command-line options of ``aggregate``, ``bundle`` and ``export`` (parsers only; the
+commands themselves are in :mod:`badc_mpi.cli`). ``export`` and ``bundle --export`` share
+:func:`add_export_options` and :func:`export_options`: one meaning in both."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+RESULTS_SOURCES_HELP = (
+    "SOURCE: a manifest (its runs in its telemetry folder), a DataLad dataset folder (every run in "
+    "artifacts/telemetry/infer), a telemetry folder (every run in it) or one run's file (.ledger.jsonl, "
+    ".jsonl, .summary.json). The latest success per chunk counts, once; files that cannot be read "
+    "are listed with their path. Written to <dataset>/artifacts/aggregate/<name>/ "
+    "(./artifacts/aggregate/<name>/ outside a dataset); <name> defaults to the manifest's stem. "
+    "Schema: docs/results.md."
+)
+
+
+def add_results_commands(sub: Any) -> None:
+    for name, text in (
+        ("aggregate", "aggregate runs into Parquet: detections, chunks, runs, attempts"),
+        ("bundle", "aggregate when needed, then DuckDB views, quicklook CSVs, summary.json and report.html"),
+    ):
+        p = sub.add_parser(name, help=text, description=text + ".", epilog=RESULTS_SOURCES_HELP)
+        p.add_argument("sources", nargs="+", metavar="SOURCE")
+        add_source_options(p, "bundle folder name", "write here instead of <dataset>/artifacts/aggregate/<name>")
+        p.add_argument(
+            "--source",
+            default="auto",
+            choices=("auto", "store", "per-chunk"),
+            help="where detections are read: auto (default: what each run's ledger says it wrote), "
+            "store (<output>/detections/), per-chunk (<output>/<recording>/<chunk>.detections.jsonl)",
+        )
+        p.add_argument("--force", action="store_true", help="aggregate again even when the inputs did not change")
+        p.add_argument(
+            "--merge-overlaps",
+            default="auto",
+            choices=("auto", "on", "off"),
+            help="merge a label's detections that overlap across chunk boundaries in one recording "
+            "(auto, the default: when chunks overlap; docs/results.md)",
+        )
+        if name == "bundle":
+            p.add_argument(
+                "--export",
+                default="",
+                metavar="FORMATS",
+                help="also write these exports into <bundle>/exports/, as `badc-mpi export` does: "
+                "wildtrax, raven, tables, histories (comma-separated) or all",
+            )
+            add_export_options(p, bundle=True)
+            p.add_argument("--bucket-minutes", type=float, default=60.0, metavar="MIN", help="timeline bucket (default 60)")
+            p.add_argument("--top-n", type=int, default=20, metavar="N", help="species in the charts (default 20)")
+            p.add_argument(
+                "--record-datalad",
+                action="store_true",
+                help="inside a DataLad dataset, `datalad save` the bundle folder afterwards (make bundle does, unless RECORD_DATALAD=0)",
+            )
+
+
+EXPORT_EPILOG = """\
+formats (comma-separated, or all; files under --output, default <aggregate>/exports/):
+  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration)
+             + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s clips, a task each (the cut list)
+  raven      raven/<recording>.HawkEars.selections.txt, one Raven Pro selection table per analysed recording
+  tables     tables/all.csv and tables/<study_area>.csv (filename, start_time, end_time, class_name, class_code,
+             score, study_area, location, recording_date_time)
+  histories  histories/: detection histories (location x day: 1, 0, NA = not surveyed) per --focus-species
+             species, the long table with minutes analysed, and effort_minutes.csv
+Location, study area and date-time come from the manifest's columns (location, study_area,
+recording_start_local), else from file names (LOCATION_YYYYMMDD_HHMMSS). A missing field the format
+needs is a one-line error (exit 2) and nothing is written. Details: docs/results.md."""
+
+
+def add_export_command(sub: Any) -> None:
+    text = "write WildTrax, Raven, the lab's tables or detection histories from a bundle, manifest or dataset"
+    p = sub.add_parser(
+        "export",
+        help=text,
+        description=text + ".",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a bundle folder, or SOURCEs as for `aggregate`")
+    p.add_argument(
+        "--format", default="wildtrax", metavar="FORMATS", help="wildtrax, raven, tables, histories (comma-separated) or all"
+    )
+    p.add_argument("--output", metavar="DIR", help="folder for the files (default: <aggregate>/exports)")
+    add_export_options(p, bundle=False)
+    add_source_options(p, "aggregate folder name", "the aggregate folder instead of <dataset>/artifacts/aggregate/<name>")
+    p.add_argument(
+        "--record-datalad",
+        action="store_true",
+        help="inside a DataLad dataset, `datalad save` the export folder afterwards (make export does, unless RECORD_DATALAD=0)",
+    )
+
+
+def add_source_options(p: Any, name_help: str, dest_help: str) -> None:
+    """Where the runs are and where their aggregate goes (aggregate, bundle, export)."""
+    p.add_argument("--name", help=f"{name_help} (default: the manifest's stem, else 'all')")
+    p.add_argument("--dest", metavar="DIR", help=dest_help)
+    p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
+    p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+
+
+def add_export_options(p: Any, *, bundle: bool) -> None:
+    """The options `export` and `bundle --export` share (one meaning in both)."""
+    where = "the exports and the report's Sites panel" if bundle else "every format"
+    p.add_argument(
+        "--min-confidence", type=float, default=0.0, metavar="X", help=f"leave out detections below X (0..1), in {where}"
+    )
+    p.add_argument(
+        "--focus-species",
+        metavar="CODES",
+        help="species for detection histories (adds the histories format)"
+        + (" and the report's Sites panel (default ROPT,RUGR,STGR,SPGR,WIPT)" if bundle else "")
+        + ", e.g. ROPT,RUGR,STGR,SPGR,WIPT",
+    )
+    p.add_argument(
+        "--task-method", default="None", choices=("None", "1SPT", "1SPM"), help="WildTrax task method (default None: every tag)"
+    )
+    p.add_argument(
+        "--task-duration",
+        type=int,
+        metavar="S",
+        help="WildTrax task duration in s (default: the recording's, at most 1800; longer recordings are split into "
+        "1800-s clips)",
+    )
+
+
+def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: str | None = None) -> Any:
+    """ExportOptions from the shared options: --focus-species adds histories; histories alone
+    take the default focus species."""
+    from badc_mpi.results.export.histories import parse_species
+    from badc_mpi.results.export.write import ExportOptions
+
+    species = tuple(parse_species(args.focus_species)) if args.focus_species else ()
+    if species and "histories" not in formats:
+        formats += ("histories",)
+    if "histories" in formats and not species:
+        species = tuple(parse_species(None))
+    return ExportOptions(formats, output, args.min_confidence, species, args.task_method, args.task_duration)
