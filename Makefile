@@ -47,9 +47,10 @@ endif
 install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
 	@echo "installed: $(VENV) (MPI=$(MPI): $$($(PY) -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())'))"
 
-lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, scripts/, tests/
+lint: install ## ruff (ruff.toml) over badc_mpi/, scripts/, tests/, then mypy over badc_mpi/ (setup.cfg [mypy])
 	$(VENV)/bin/ruff check badc_mpi scripts tests
 	$(VENV)/bin/ruff format --check badc_mpi scripts tests
+	$(VENV)/bin/mypy
 
 # The tests start their runs with the same mpiexec (BADC_MPI_TEST_MPIEXEC; tests/helpers.py); the
 # in-MPI pass uses pytest-timeout's thread method, the only one that ends a hang inside MPI (setup.cfg).

@@ -151,6 +151,7 @@ class RunOptions:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "hawkears" and value is not None:
-                value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else repr(value)
+                is_record = dataclasses.is_dataclass(value) and not isinstance(value, type)
+                value = dataclasses.asdict(value) if is_record else repr(value)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

@@ -56,8 +56,9 @@ class Chunk:
 
     @property
     def duration_s(self) -> float | None:
-        known = self.start_ms is not None and self.end_ms is not None
-        return (self.end_ms - self.start_ms) / 1000 if known else None  # type: ignore[operator]
+        if self.start_ms is None or self.end_ms is None:
+            return None
+        return (self.end_ms - self.start_ms) / 1000
 
     def metadata(self) -> dict[str, str]:
         return dict(self.extra)

@@ -216,7 +216,7 @@ def load_backend_class(spec: str) -> type:
                 (
                     m
                     for m in list(sys.modules.values())  # already imported under its own name
-                    if getattr(m, "__file__", None) and os.path.realpath(m.__file__) == real
+                    if (path := getattr(m, "__file__", None)) and os.path.realpath(path) == real
                 ),
                 None,
             )

@@ -53,9 +53,8 @@ def gpus_report(
     host = socket.gethostname()
     source = "argument"
     if local_rank is None:
-        local_rank, source = _env_int(env, LOCAL_RANK_VARS)
-        if local_rank is None:
-            local_rank, source = 0, "default"
+        found, name = _env_int(env, LOCAL_RANK_VARS)
+        local_rank, source = (0, "default") if found is None or name is None else (found, name)
     if local_size is None:
         local_size = _env_int(env, LOCAL_SIZE_VARS)[0] or 1
     local_size = max(local_size, local_rank + 1)

@@ -19,7 +19,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import pyarrow as pa
@@ -65,22 +65,26 @@ def digest_prefix(digests: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digests[:, :8]).view(">u8").ravel().astype(np.uint64)
 
 
+#: a value of a dictionary-encoded column: ``str``, or ``str | None`` where a value may be missing
+V = TypeVar("V")
+
+
 @dataclass(frozen=True, eq=False)
-class Codes:
+class Codes(Generic[V]):
     """A dictionary-encoded string column: ``values[codes[row]]``."""
 
     codes: np.ndarray
-    values: list[str]
+    values: list[V]
 
-    @classmethod
-    def encode(cls, column: pa.ChunkedArray | pa.Array) -> Codes:
+    @staticmethod
+    def encode(column: pa.ChunkedArray | pa.Array) -> Codes[str]:
         distinct = pc.unique(column)  # in order of first appearance
         codes = pc.index_in(column, value_set=distinct)
         if isinstance(codes, pa.ChunkedArray):
             codes = codes.combine_chunks()
-        return cls(codes.to_numpy().astype(np.int32), distinct.to_pylist())
+        return Codes(codes.to_numpy().astype(np.int32), distinct.to_pylist())
 
-    def at(self, rows: np.ndarray) -> list[str]:
+    def at(self, rows: np.ndarray) -> list[V]:
         return list(map(self.values.__getitem__, self.codes[rows].tolist()))
 
 
@@ -112,7 +116,7 @@ class ChunkTable(_Chunks):
     """One manifest's chunks as columns (built by :func:`badc_mpi.inputs.manifest.load_manifest`)."""
 
     manifest: str  #: absolute path of the manifest
-    recording: Codes
+    recording: Codes[str]
     chunk_ids: pa.Array  #: string
     folder_codes: np.ndarray  #: int32 code of the source's folder (the part before the last ``/``)
     folders: list[str | None]  #: as written (None: no folder)
@@ -121,9 +125,9 @@ class ChunkTable(_Chunks):
     ints: dict[str, np.ndarray]  #: ``start_ms``, ``end_ms``, ``overlap_ms`` present: int64, -1 = empty
     digests: np.ndarray | None  #: ``(n, 32)`` uint8 sha256, or None when no row has one
     has_digest: np.ndarray | None  #: bool per row
-    notes: Codes | None
-    extra: tuple[tuple[str, Codes], ...]  #: the metadata columns, in header order
-    lines: Sequence[int]  #: a range, or an int64 array when rows span several lines
+    notes: Codes[str] | None
+    extra: tuple[tuple[str, Codes[str]], ...]  #: the metadata columns, in header order
+    lines: range | np.ndarray  #: a range, or an int64 array when rows span several lines
     odd_inputs: dict[int, str] = field(default_factory=dict)  #: input paths of names like "." or ".."
 
     # -- the sequence of chunks ---------------------------------------------------------
@@ -148,7 +152,7 @@ class ChunkTable(_Chunks):
         for i, row in enumerate(rows.tolist()) if odd else ():
             if row in odd:
                 inputs[i] = odd[row]
-        nothing = [None] * len(rows)
+        nothing: list[Any] = [None] * len(rows)  # a column no row has (int or str alike)
         ints = [
             [None if v < 0 else v for v in self.ints[name][rows].tolist()] if name in self.ints else nothing
             for name in ("start_ms", "end_ms", "overlap_ms")
@@ -238,7 +242,7 @@ def _builder() -> type | None:
     through ``object.__setattr__``. None where the interpreter refuses the switch."""
     twin = dataclasses.make_dataclass("_ChunkBuilder", [(f.name, f.type) for f in dataclasses.fields(Chunk)], slots=True)
     try:
-        twin(*range(len(twin.__slots__))).__class__ = Chunk
+        twin(*range(len(dataclasses.fields(Chunk)))).__class__ = Chunk
     except TypeError:  # pragma: no cover - layouts differ on this interpreter
         return None
     return twin

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from badc_mpi.errors import UsageError
 from badc_mpi.records import Chunk
+
+if TYPE_CHECKING:  # not at run time: the CLI's start-up reads this module without pyarrow
+    from badc_mpi.inputs.chunk_table import ChunkTable
 
 # relative to the dataset root, or to the current directory outside a dataset
 DATASET_OUTPUT = os.path.join("artifacts", "infer")
@@ -146,7 +149,7 @@ def name_max(folder: str) -> int:
         return 255
 
 
-def check_name_lengths(chunks: Iterable[Chunk], output_dir: str, telemetry_dir: str, stem: str) -> None:
+def check_name_lengths(chunks: Iterable[Chunk | ChunkTable], output_dir: str, telemetry_dir: str, stem: str) -> None:
     """UsageError (before anything is written) when a chunk id or the manifest's name would make a
     file name longer than its file system takes: ENAMETOOLONG mid-run instead would fail chunks.
     ``chunks``: records, or the manifests' chunk tables (one longest id each, vectorised)."""
@@ -170,14 +173,14 @@ def check_name_lengths(chunks: Iterable[Chunk], output_dir: str, telemetry_dir: 
         )
 
 
-def _longest_ids(chunks: Iterable[Any]) -> Iterable[Chunk]:
+def _longest_ids(chunks: Iterable[Chunk | ChunkTable]) -> Iterable[Chunk]:
     for item in chunks:
-        if hasattr(item, "longest_chunk_id"):  # a ChunkTable
+        if isinstance(item, Chunk):
+            yield item
+        else:  # a manifest's table: its longest id, found vectorised
             row = item.longest_chunk_id()
             if row is not None:
                 yield item[row]
-        else:
-            yield item
 
 
 def check_writable(folder: str, what: str, flag: str) -> None:

@@ -43,7 +43,7 @@ _SHA_RE2 = r"^[0-9A-Fa-f]{64}$"
 _Problem = tuple[int, str, str, str]  #: (row index, column, message, fix)
 _PROBLEMS = {  # kind of bad row: (message, fix)
     "id": (
-        "",
+        "{column} {value!r} is not a usable name",  # validate_id's own message comes first
         "use a non-empty name without path separators, control characters, a leading '-' "
         f"or surrounding spaces, at most {MAX_ID_BYTES} UTF-8 bytes",
     ),
@@ -241,7 +241,8 @@ def _row_problem(columns: dict[str, pa.Array]) -> tuple[int, int, str, str, str]
     value = columns[column][index].as_py()
     template, fix = _PROBLEMS[kind]
     start = columns["start_ms"][index].as_py() if kind == "order" else None
-    message = validate_id(value, column) if kind == "id" else template.format(column=column, value=value, start=start)
+    named = validate_id(value, column) if kind == "id" else None
+    message = named or template.format(column=column, value=value, start=start)
     return count, index, column, message, fix
 
 

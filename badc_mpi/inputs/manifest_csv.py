@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,7 +259,7 @@ def inner_breaks(columns: dict[str, pa.Array]) -> np.ndarray | None:
     return inner
 
 
-def row_lines(mpath: str, layout: Layout, rows: int, inner: list[tuple[int, np.ndarray]]) -> Sequence[int]:
+def row_lines(mpath: str, layout: Layout, rows: int, inner: list[tuple[int, np.ndarray]]) -> range | np.ndarray:
     """The physical line where each row starts: quoted line breaks and blank lines count.
 
     ``inner``: (first row, :func:`inner_breaks`) of the blocks whose values hold line breaks."""

@@ -11,12 +11,13 @@ a column has at most 127 distinct values, ``int32`` milliseconds while they fit)
 from __future__ import annotations
 
 import os
+from typing import Generic
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from badc_mpi.inputs.chunk_table import NONE_INT, ChunkTable, Codes, hex_digests, normalised_prefix
+from badc_mpi.inputs.chunk_table import NONE_INT, ChunkTable, Codes, V, hex_digests, normalised_prefix
 from badc_mpi.records import metadata_columns
 
 INT_COLUMNS = ("start_ms", "end_ms", "overlap_ms")
@@ -28,7 +29,7 @@ class Growing:
     """A preallocated integer column filled block by block; its type widens when a value needs it."""
 
     def __init__(self, capacity: int, dtype: type = np.int8) -> None:
-        self.array = np.zeros(capacity, dtype=dtype)  # pages are committed when written
+        self.array: np.ndarray = np.zeros(capacity, dtype=dtype)  # pages are committed when written
 
     def put(self, start: int, values: np.ndarray) -> None:
         if len(values):
@@ -82,11 +83,11 @@ class StringColumn:
         return pa.Array.from_buffers(kind, self.rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-class CodesBuilder:
+class CodesBuilder(Generic[V]):
     """A dictionary-encoded column built block by block (values in order of first appearance)."""
 
     def __init__(self, capacity: int) -> None:
-        self.index: dict[str | None, int] = {}
+        self.index: dict[V, int] = {}
         self.codes = Growing(capacity)
 
     def put(self, start: int, column: pa.Array) -> None:
@@ -96,8 +97,8 @@ class CodesBuilder:
         table = np.fromiter((index.setdefault(v, len(index)) for v in distinct.to_pylist()), np.int64, len(distinct))
         self.codes.put(start, table[local])
 
-    def finish(self, rows: int) -> Codes:
-        return Codes(self.codes.finish(rows), list(self.index))  # type: ignore[arg-type]
+    def finish(self, rows: int) -> Codes[V]:
+        return Codes(self.codes.finish(rows), list(self.index))
 
 
 def bad_int(values: pa.Array) -> pa.Array:
@@ -132,15 +133,15 @@ class TableBuilder:
     def __init__(self, mpath: str, header: list[str], capacity: int, capacity_bytes: int) -> None:
         self.mpath, self.base, self.header = mpath, os.path.dirname(mpath), header
         self.rows = 0
-        self.recording = CodesBuilder(capacity)
-        self.folder = CodesBuilder(capacity)
+        self.recording: CodesBuilder[str] = CodesBuilder(capacity)
+        self.folder: CodesBuilder[str | None] = CodesBuilder(capacity)  # None: a source with no folder
         self.chunk_ids = StringColumn(capacity, capacity_bytes)
         self.names = StringColumn(capacity, capacity_bytes)
         self.ints = {name: Growing(capacity, np.int32) for name in INT_COLUMNS if name in header}
         self.digests = np.zeros((capacity, 32), dtype=np.uint8) if "sha256" in header else None
         self.has_digest = np.zeros(capacity, dtype=bool) if "sha256" in header else None
-        self.notes = CodesBuilder(capacity) if "notes" in header else None
-        self.extra = [(name, CodesBuilder(capacity)) for name in metadata_columns(header)]
+        self.notes: CodesBuilder[str] | None = CodesBuilder(capacity) if "notes" in header else None
+        self.extra: list[tuple[str, CodesBuilder[str]]] = [(name, CodesBuilder(capacity)) for name in metadata_columns(header)]
         self.odd: dict[int, str] = {}
 
     def add(self, columns: dict[str, pa.Array]) -> None:

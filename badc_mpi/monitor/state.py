@@ -274,7 +274,7 @@ class MonitorState:
             if has.any():
                 uniq, last = _last_per_worker(w[has], rows[has])
                 self.gpu[last_key][uniq] = values[last]
-            if max_key is not None:
+            if max_key is not None and max_col is not None:
                 peaks = cols.floats[max_col]
                 has = result & ~np.isnan(peaks)
                 if has.any():

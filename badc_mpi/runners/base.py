@@ -73,11 +73,17 @@ class Runner(abc.ABC):
     #: keys of ``AttemptResult.metrics`` that stay the same from one attempt to the next (e.g. the
     #: resident process's pid): telemetry writes them once, in the worker's ``worker`` event
     static_metrics: frozenset[str] = frozenset()
-    #: chunks :meth:`run_batch` takes at once (the supervisor hands over up to this many)
-    batch_size: int = 1
-    #: whether the supervisor tells the runner what comes next (:meth:`prefetch`) and finalises
-    #: outputs on a thread of its own while the runner scores the next chunks
-    pipeline: bool = False
+
+    @property
+    def batch_size(self) -> int:
+        """Chunks :meth:`run_batch` takes at once (the supervisor hands over up to this many)."""
+        return 1
+
+    @property
+    def pipeline(self) -> bool:
+        """Whether the supervisor tells the runner what comes next (:meth:`prefetch`) and
+        finalises outputs on a thread of its own while the runner scores the next chunks."""
+        return False
 
     def start(self, binding: Binding) -> None:  # noqa: B027 - optional hook
         """Called once per rank before the first attempt (e.g. start a resident process)."""

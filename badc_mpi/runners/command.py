@@ -11,6 +11,7 @@ scratch folder (no pipe can fill up and deadlock); a timeout kills the whole gro
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -106,12 +107,12 @@ class CommandRunner(Runner):
     def values(self, chunk: Chunk, output_dir: str) -> dict[str, str]:
         c = chunk
         return {
-            "input": c.input_path,  # type: ignore[attr-defined]
+            "input": c.input_path,
             "output_dir": output_dir,
-            "chunk_id": c.chunk_id,  # type: ignore[attr-defined]
-            "recording_id": c.recording_id,  # type: ignore[attr-defined]
-            "start_ms": "" if c.start_ms is None else str(c.start_ms),  # type: ignore[attr-defined]
-            "end_ms": "" if c.end_ms is None else str(c.end_ms),  # type: ignore[attr-defined]
+            "chunk_id": c.chunk_id,
+            "recording_id": c.recording_id,
+            "start_ms": "" if c.start_ms is None else str(c.start_ms),
+            "end_ms": "" if c.end_ms is None else str(c.end_ms),
         }
 
     def command(self, chunk: Chunk, scratch_dir: str = "") -> list[str]:
@@ -164,19 +165,15 @@ class CommandRunner(Runner):
                 kill_group(proc, grace_s=0, reap_s=0)
         self._proc = None
         stderr = tail(err_log, self.options.stderr_tail_chars)
-        base = dict(command=argv, pid=proc.pid, raw_format=self.options.output_format)
+        ended = functools.partial(AttemptResult, command=argv, pid=proc.pid, raw_format=self.options.output_format)
         if code < 0:
-            return AttemptResult(
-                ok=False, failure_class=CRASH, signal=-code, reason=f"killed by signal {-code} | {stderr}", **base
-            )
+            return ended(ok=False, failure_class=CRASH, signal=-code, reason=f"killed by signal {-code} | {stderr}")
         if code > 0:
-            return AttemptResult(ok=False, failure_class=EXIT, exit_code=code, reason=stderr or f"exit status {code}", **base)
+            return ended(ok=False, failure_class=EXIT, exit_code=code, reason=stderr or f"exit status {code}")
         if not os.path.isfile(raw):
             why = f"exit 0 but no {RAW_FILES[self.options.output_format]} written"
-            return AttemptResult(
-                ok=False, failure_class=NO_OUTPUT, exit_code=0, reason=f"{why} | {stderr}" if stderr else why, **base
-            )
-        return AttemptResult(ok=True, exit_code=0, raw_output=raw, reason=stderr, **base)
+            return ended(ok=False, failure_class=NO_OUTPUT, exit_code=0, reason=f"{why} | {stderr}" if stderr else why)
+        return ended(ok=True, exit_code=0, raw_output=raw, reason=stderr)
 
     def active_pids(self) -> list[int]:
         proc = self._proc

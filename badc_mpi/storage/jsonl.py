@@ -21,7 +21,7 @@ if _c_make_encoder is not None:
     _iterencode = _c_make_encoder(
         None,
         _unencodable,
-        json.encoder.c_encode_basestring,  # type: ignore[attr-defined]
+        json.encoder.c_encode_basestring,  # type: ignore[attr-defined]  # CPython's C helper; typeshed leaves it out
         None,
         ":",
         ",",
@@ -35,7 +35,11 @@ if _c_make_encoder is not None:
         ensure_ascii=False, separators=(",", ":"))``."""
         return "".join(_iterencode(record, 0))
 else:  # pragma: no cover - CPython always has the C encoder
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+    def dumps(record: Any) -> str:
+        """Compact JSON, non-ASCII kept (no newline)."""
+        return _encoder.encode(record)
 
 
 def complete_lines(data: bytes) -> tuple[bytes, bool]:

@@ -85,9 +85,9 @@ def worker_main(comm: Any, binding: Binding, options: RunOptions) -> int:
         if worker is not None:
             events = worker.drain_events()
             if worker.fatal and not fatal_sent:
-                exc = worker.fatal_exc
-                if exc is not None and not isinstance(exc, BadcError):
-                    raise exc  # a bug, not a setup problem: the job aborts (never hangs)
+                failure = worker.fatal_exc
+                if failure is not None and not isinstance(failure, BadcError):
+                    raise failure  # a bug, not a setup problem: the job aborts (never hangs)
                 box.send(0, TAG_FATAL, Fatal(rank, binding.host, worker.fatal))
                 fatal_sent = True
             want = 0

@@ -73,10 +73,15 @@ class _Block:
         """The segment's number, from its name ``<run_id>.<seq>.jsonl``."""
         return int(os.path.basename(self.path).rsplit(".", 2)[1])
 
+    def line_offset(self, row: int) -> int:
+        """Where row ``row``'s line starts in the segment (a byte offset)."""
+        if self.starts is None:
+            raise RuntimeError(f"{self.path}: block at byte {self.offset} read before it was parsed (a bug)")
+        return self.offset + int(self.starts[row])
+
     def line(self, row: int) -> bytes:
         """Row ``row``'s line (without its newline)."""
-        assert self.starts is not None
-        start = int(self.starts[row])
+        start = self.line_offset(row) - self.offset
         return self.data[start : self.data.index(b"\n", start)]
 
 
@@ -255,7 +260,7 @@ def _chunk_batch(
             problems.append(
                 (
                     block.path,
-                    f"{key}: the record at byte {block.offset + int(block.starts[positions[i]])} is not the one its "
+                    f"{key}: the record at byte {block.line_offset(int(positions[i]))} is not the one its "
                     "ledger line names (torn or written over); not counted",
                     "unreadable",
                 )
@@ -283,7 +288,7 @@ def _chunk_batch(
 def _matches(block: _Block, row: int, ref: tuple[int, int, int, int]) -> bool:
     """Whether the block's row is the record (segment, offset, length, CRC-32) a ledger names."""
     seq, offset, length, crc = ref
-    if block.starts is None or block.seq != seq or block.offset + int(block.starts[row]) != offset:
+    if block.starts is None or block.seq != seq or block.line_offset(row) != offset:
         return False
     data = block.line(row)
     return len(data) == length and line_crc32(data) == crc

@@ -9,6 +9,7 @@ wrote no outputs (``--dry-run``: nothing was analysed).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,8 @@ def _verdict(
     in_manifest: bool,
 ) -> Verdict:
     sha = chunk.sha256 if chunk else None
-    base = dict(
+    verdict = functools.partial(
+        Verdict,
         recording_id=recording_id,
         chunk_id=chunk_id,
         start_ms=chunk.start_ms if chunk else None,
@@ -104,8 +106,7 @@ def _verdict(
             note = "sha256 changed in the manifest since its last result: run it again"
         history = current
     if not history:
-        return Verdict(
-            **base,
+        return verdict(
             status=NOT_ANALYSED,
             run_index=None,
             run_id=None,
@@ -120,8 +121,7 @@ def _verdict(
     dry = [(i, rec) for i, rec in history if rec[STATUS] == "success" and not rec[HAS_OUTPUTS]]
     if dry and len(dry) == len(history):
         note = "success without outputs (a --dry-run): nothing was analysed"
-        return Verdict(
-            **base,
+        return verdict(
             status=NOT_ANALYSED,
             run_index=None,
             run_id=None,
@@ -135,8 +135,7 @@ def _verdict(
         )
     history = [(i, rec) for i, rec in history if not (rec[STATUS] == "success" and not rec[HAS_OUTPUTS])]
     status, index, rec = _pick(history)
-    return Verdict(
-        **base,
+    return verdict(
         status=status,
         run_index=index,
         run_id=ledgers[index][0],

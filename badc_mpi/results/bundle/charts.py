@@ -45,7 +45,7 @@ def top_species_bar(labels: Sequence[str], counts: Sequence[int], title: str) ->
     ax.set_xlabel("detections")
     ax.set_title(title)
     for yi, c in zip(y, counts):
-        ax.text(c, yi, f" {c:,}", va="center", fontsize=8)
+        ax.text(c, float(yi), f" {c:,}", va="center", fontsize=8)
     return _png(fig)
 
 

@@ -36,7 +36,7 @@ def connect(temp_dir: str | None = None, memory_limit: str = MEMORY_LIMIT) -> An
     """An in-memory DuckDB whose sorts spill to ``temp_dir``."""
     import duckdb
 
-    config = {"memory_limit": memory_limit}
+    config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": memory_limit}
     if temp_dir:
         config["temp_directory"] = temp_dir
     return duckdb.connect(config=config)

@@ -152,10 +152,10 @@ def recording_rows(
     analysed: Counter[int] = Counter()
     missing: Counter[int] = Counter()
     for c in chunks:
-        for clip in clips:
+        for covered in clips:
             start, end = c.get("start_ms") or 0, c.get("end_ms")
-            if (end is None or end > clip.start_ms) and (clip.end_ms is None or start < clip.end_ms):
-                (analysed if c.get("status") == ANALYSED else missing)[clip.index] += 1
+            if (end is None or end > covered.start_ms) and (covered.end_ms is None or start < covered.end_ms):
+                (analysed if c.get("status") == ANALYSED else missing)[covered.index] += 1
     with_task = {clip.index for clip in clips if analysed[clip.index]}
     if len(clips) > 1:
         out.split.update({"recordings": 1, "clips": len(clips), "clips without a task": len(clips) - len(with_task)})

@@ -243,7 +243,8 @@ class Batcher:
             return None
         spec_s = p.cfg.audio.spec_duration
         seeds = self.initial_start_times or [0.0]
-        per_model, specs, unnormalized = [], None, None
+        per_model: list[tuple[list[float], Any]] = []
+        specs, unnormalized = None, None
         for i, _model in enumerate(p.models):
             start = seeds[i % len(seeds)]
             starts = p.get_start_times(duration, start, spec_s, overlap=0)
