@@ -37,6 +37,7 @@ from badc_mpi.gpu.sampler import GpuSampler
 from badc_mpi.options import BindingOptions
 from badc_mpi.records import Binding
 
+from ci_rules import require_or_skip
 from fakes.nvml import FAKE_ENV, FakeNvmlBackend
 from fakes.nvml import fake_env as fake_vars
 from helpers import MPIEXEC
@@ -593,8 +594,8 @@ def test_a_rank_given_gpus_it_cannot_use_gets_a_problem_not_a_cpu_run():
     assert gpu.uses_gpu and gpu.problem is None
 
 
-@pytest.mark.skipif(not shutil.which(MPIEXEC), reason="no mpiexec")
 def test_run_with_gpus_it_cannot_use_stops_with_exit_2_unless_allow_cpu(tmp_path):
+    require_or_skip(shutil.which(MPIEXEC) is not None, f"no mpiexec ({MPIEXEC}): `make install` puts MPICH's in .venv")
     import subprocess
 
     from helpers import make_dataset
