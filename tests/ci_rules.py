@@ -48,18 +48,20 @@ def skip_allowed_in_ci(reason: str) -> bool:
     return reason in SKIPS_CI_ALLOWS
 
 
-def skip_or_fail(reason: str, *, required: bool | None = None) -> NoReturn:
+def skip_or_fail(reason: str, *, required: bool | None = None, why: str = "CI=true") -> NoReturn:
     """Skip with ``reason`` (it names the fix); fail with it instead under CI, or when ``required``
-    says the caller promised this test runs (default: :func:`in_ci`)."""
-    if in_ci() if required is None else required:
-        pytest.fail(f"{reason} (a skip is a failure here: CI=true)" if in_ci() else reason, pytrace=False)
+    says the caller promised this test runs (``why``: who promised; default: :func:`in_ci`)."""
+    if required is None:
+        required, why = in_ci(), "CI=true"
+    if required:
+        pytest.fail(f"{reason} (a skip is a failure here: {why})", pytrace=False)
     pytest.skip(reason)
 
 
-def require_or_skip(condition: bool, reason: str, *, required: bool | None = None) -> None:
+def require_or_skip(condition: bool, reason: str, *, required: bool | None = None, why: str = "CI=true") -> None:
     """Go on when ``condition`` holds; else :func:`skip_or_fail` with ``reason``."""
     if not condition:
-        skip_or_fail(reason, required=required)
+        skip_or_fail(reason, required=required, why=why)
 
 
 def update_golden() -> bool:

@@ -6,6 +6,7 @@ and the session fails if badc-mpi left anything in the system temporary folder."
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -39,17 +40,67 @@ def pin_no_gpu(environ: dict[str, str] | os._Environ = os.environ) -> None:
 pin_no_gpu()  # at import: before any test, fixture or subprocess reads the environment
 
 
-@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set up its factory
-def pytest_configure(config):  # noqa: ANN001 - pytest hook
+class _RankLog(io.TextIOBase):
+    """sys.stdout of an MPI rank > 0: held in memory until its file is known, then that file."""
+
+    def __init__(self) -> None:
+        self._held: list[str] = []
+        self._file: io.TextIOBase | None = None
+
+    def attach(self, path: Path) -> None:
+        self._file = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives for the session; line-buffered
+        self._file.write("".join(self._held))
+        self._held = []
+
+    def write(self, text: str) -> int:
+        if self._file is None:
+            self._held.append(text)
+        else:
+            self._file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
+RANK_LOG = pytest.StashKey[_RankLog]()
+
+
+def _mpi_rank(config) -> int:  # noqa: ANN001
     if config.getoption("with_mpi", default=False) or config.getoption("only_mpi", default=False):
-        rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
-        if rank > 0:
-            # ranks > 0 run the same session; their failures still make mpiexec exit non-zero,
-            # and their full report goes to a per-rank log instead of interleaving with rank 0's:
-            # in this rank's own pytest folder (pytest-of-USER/pytest-N/), not a fixed shared name
-            log = config._tmp_path_factory.getbasetemp() / f"rank{rank}.log"
-            sys.stdout = open(log, "w")  # noqa: SIM115 - lives for the session
-            sys.stderr.write(f"pytest-mpi rank {rank}: report in {log}\n")
+        return int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+    return 0
+
+
+def pytest_configure(config):  # noqa: ANN001 - pytest hook
+    # ranks > 0 run the same session; their failures still make mpiexec exit non-zero, and their
+    # full report goes to a per-rank log instead of interleaving with rank 0's. sys.stdout is
+    # replaced here, before pytest's terminal reporter takes it; the file is opened below.
+    if _mpi_rank(config) > 0:
+        sys.stdout = config.stash[RANK_LOG] = _RankLog()
+
+
+def pytest_unconfigure(config):  # noqa: ANN001 - pytest hook
+    if RANK_LOG in config.stash:  # after the terminal summary; pytest has put its own sys.stdout back
+        config.stash[RANK_LOG].close()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has made its factory
+def pytest_sessionstart(session):  # noqa: ANN001 - pytest hook
+    """The rank's log goes in the rank's own pytest folder (pytest-of-USER/pytest-N/rankR.log):
+    concurrent sessions never share it."""
+    rank = _mpi_rank(session.config)
+    if rank > 0 and RANK_LOG in session.config.stash:
+        log = session.config._tmp_path_factory.getbasetemp() / f"rank{rank}.log"
+        session.config.stash[RANK_LOG].attach(log)
+        sys.stderr.write(f"pytest-mpi rank {rank}: report in {log}\n")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -95,7 +146,8 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001 - pytest hook
     if left:
         sys.stderr.write(
             f"\nbadc-mpi tests left {len(left)} folder(s) in {SYSTEM_TMP} (each test writes under its own "
-            f"temporary folder: tests/conftest.py _own_tmpdir): {', '.join(left[:10])}\n"
+            f"temporary folder: tests/conftest.py _own_tmpdir): {', '.join(left[:10])}. On a shared machine "
+            "another badc-mpi run writing there meanwhile shows up too: give the suite a TMPDIR of its own\n"
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ci_rules import SLURM_SKIP, require_or_skip, slurm_required
+from ci_rules import SLURM_REQUIRED_ENV, SLURM_SKIP, require_or_skip, slurm_required
 from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, run_own
 from slurm_jobs import cluster_state, runs, signal_option, submit, successes, wait_for, wait_until
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slurm
 def _the_cluster():
     """Skipped outside make test-slurm (CI runs them there); in make test-slurm (which sets
     BADC_MPI_SLURM_REQUIRED=1) a missing cluster fails every test instead."""
-    require_or_skip(STATE is not None, SLURM_SKIP, required=slurm_required())
+    require_or_skip(STATE is not None, SLURM_SKIP, required=slurm_required(), why=f"{SLURM_REQUIRED_ENV}=1, no cluster")
 
 
 SCRIPT = REPO / os.environ.get("BADC_MPI_TEST_SBATCH_SCRIPT", "slurm/infer.sbatch")

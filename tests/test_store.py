@@ -58,9 +58,9 @@ def test_a_bad_run_id_never_becomes_a_path(tmp_path):
 
 
 def _observed_run(tmp_path, mutate: str | None = None) -> tuple[list[dict], list[str]]:
-    """A real one-rank run (rank 0: coordinator and worker) of 2 x 4 chunks with the fake
+    """A real one-rank run (rank 0: coordinator and worker) of 2 x 2 chunks with the fake
     HawkEars, its store and ledger writes and fsyncs observed (tests/fakes/store_order.py)."""
-    manifest = make_dataset(tmp_path / "ds", 2, 4, seconds=0.5)
+    manifest = make_dataset(tmp_path / "ds", 2, 2, seconds=0.5)
     log = tmp_path / "order.jsonl"
     args = ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--output-dir", str(tmp_path / "out"),
             "--telemetry-dir", str(tmp_path / "tel"), "--scratch-dir", str(tmp_path / "scratch")]  # fmt: skip
@@ -69,7 +69,7 @@ def _observed_run(tmp_path, mutate: str | None = None) -> tuple[list[dict], list
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in log.read_text().splitlines()]
     successes = [k for ev in events if ev["file"] == "ledger" and ev["op"] == "write" for k in ev["keys"]]
-    assert sorted(successes) == sorted(store_records(tmp_path / "out").popitem()[1]) and len(successes) == 8
+    assert sorted(successes) == sorted(store_records(tmp_path / "out").popitem()[1]) and len(successes) == 4
     return events, order_violations(events)
 
 
