@@ -60,7 +60,7 @@ lint: install ## ruff: lint rules and format check (ruff.toml) over badc_mpi/, s
 TEST_BUDGET_S ?= 1800
 TEST_MPI_BUDGET_S ?= 600
 SLURM_BUDGET_S ?= 1200
-test: install hawkears-tiny shellcheck browser ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
+test: install hawkears-tiny shellcheck browser ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass; budgets TEST_BUDGET_S/TEST_MPI_BUDGET_S: docs/howto/testing.md)
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q --durations=15 --session-timeout=$(TEST_BUDGET_S)
 	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread --session-timeout=$(TEST_MPI_BUDGET_S)
 
