@@ -54,18 +54,26 @@ lint: install ## ruff (ruff.toml) over badc_mpi/, scripts/, tests/, then mypy ov
 
 # The tests start their runs with the same mpiexec (BADC_MPI_TEST_MPIEXEC; tests/helpers.py); the
 # in-MPI pass uses pytest-timeout's thread method, the only one that ends a hang inside MPI (setup.cfg).
-test: install hawkears-tiny shellcheck ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass)
-	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q --durations=15
-	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread
+# Time budgets (docs/howto/testing.md): pytest-timeout's --session-timeout stops a pass that runs
+# past its budget (checked between tests; each test has its own 300 s) with a failing summary.
+# Under CI=true a test that would skip fails instead (tests/ci_rules.py), so `browser` and
+# `shellcheck` must install their tools there.
+TEST_BUDGET_S ?= 1800
+TEST_MPI_BUDGET_S ?= 600
+SLURM_BUDGET_S ?= 1200
+test: install hawkears-tiny shellcheck browser ## the whole suite: pytest, then the MPI tests under mpiexec -n 3 (exit 0 only when all pass; budgets TEST_BUDGET_S/TEST_MPI_BUDGET_S: docs/howto/testing.md)
+	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(PY) -m pytest -q --durations=15 --session-timeout=$(TEST_BUDGET_S)
+	BADC_MPI_TEST_MPIEXEC='$(TEST_MPIEXEC)' $(MPIEXEC) -n 3 $(PY) -m pytest -q --only-mpi -p no:cacheprovider --timeout-method=thread --session-timeout=$(TEST_MPI_BUDGET_S)
 
 # A throwaway SLURM cluster (scripts/cluster/slurm_cluster.py: munge, slurmctld, two slurmd, fake GPUs, all
 # under one temporary folder, own ports and munge socket) for real srun/sbatch runs; always torn
 # down. Needs root; installs Debian's slurmd slurmctld slurm-client munge when missing.
 # docs/howto/testing-slurm.md. SRUN_MPI: srun's MPI plugin (pmi2 for the MPICH wheel).
+# BADC_MPI_SLURM_REQUIRED=1: here a missing cluster fails the SLURM tests instead of skipping them.
 test-slurm: ## real SLURM as root: throwaway cluster, real sbatch/srun tests (tests/test_slurm.py), always torn down (~3 min)
 	@$(PYTHON) scripts/cluster/slurm_cluster.py prepare
 	@$(MAKE) --no-print-directory install hawkears-tiny
-	$(PY) scripts/cluster/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider tests/test_slurm.py $(ARGS)
+	BADC_MPI_SLURM_REQUIRED=1 $(PY) scripts/cluster/slurm_cluster.py run -- $(PY) -m pytest -q -p no:cacheprovider --session-timeout=$(SLURM_BUDGET_S) tests/test_slurm.py $(ARGS)
 
 man: install ## man page from the argparse parser into docs/man/ (read: man ./docs/man/badc-mpi.1)
 	@mkdir -p docs/man
@@ -108,15 +116,25 @@ export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make e
 	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
 	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
-browser: ## Debian's chromium for the report.html test (as root; tests/test_bundle.py skips without it)
-	@if command -v chromium >/dev/null; then echo "chromium: $$(command -v chromium)"; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
-	else echo "make browser: needs root (sudo make browser), or install chromium with your package manager" >&2; exit 2; fi
+# Debian packages the suite needs, installed when root and missing (apt-get; `apt-get update` and
+# again when the first try fails). Not root, or the install fails: a note, and their tests skip;
+# under CI=true (.ci/run) the target fails instead, as would the tests.
+IN_CI := $(filter true 1,$(CI))
+define apt_tool
+	@if $(2); then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(3) >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(3) >/dev/null; }; } && $(2); then \
+	  echo "make $(1): installed $(3)"; \
+	elif [ -n "$(IN_CI)" ]; then \
+	  echo "make $(1): could not install $(3) (needs root and apt-get); CI=true: failing, as its tests would (tests/ci_rules.py)" >&2; exit 2; \
+	else echo "make $(1): no $(3) (as root: make $(1), or sudo apt-get install $(3)); its tests will skip" >&2; fi
+endef
 
-shellcheck: ## Debian's shellcheck for the batch-script tests (installed when root and missing; tests/test_sbatch.py skips without it)
-	@if command -v shellcheck >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y shellcheck >/dev/null || { apt-get update >/dev/null && apt-get install -y shellcheck >/dev/null; } || echo "make shellcheck: could not install it; the shellcheck tests will skip" >&2; \
-	else echo "make shellcheck: not root: the shellcheck tests will skip (sudo apt-get install shellcheck)" >&2; fi
+browser: ## Debian's chromium and chromium-driver for the report.html test (installed when root and missing; tests/test_bundle.py skips without, fails under CI=true)
+	$(call apt_tool,browser,command -v chromium >/dev/null && command -v chromedriver >/dev/null,chromium chromium-driver)
+
+shellcheck: ## Debian's shellcheck for the batch-script tests (installed when root and missing; tests/test_sbatch.py skips without, fails under CI=true)
+	$(call apt_tool,shellcheck,command -v shellcheck >/dev/null,shellcheck)
 
 # The demo: scripts/demo/make_demo.py builds (once; a stamp) a DataLad dataset holding a recording tree
 # named by the lab's Study/Station folders and WildTrax file names, sites.csv, and the manifest

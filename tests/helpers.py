@@ -59,11 +59,13 @@ HEADER = "recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,no
 
 def hawkears_tiny() -> tuple[str, str]:
     """(HawkEars' python, the tiny model's data root); the test fails with the fix when they are
-    missing, or is skipped with BADC_MPI_SKIP_HAWKEARS=1."""
+    missing, or is skipped with BADC_MPI_SKIP_HAWKEARS=1 (outside CI: ci_rules.skip_or_fail)."""
     import pytest
 
     from badc_mpi.errors import RunnerSetupError
     from badc_mpi.runners.hawkears import env as hawkears_env
+
+    from ci_rules import skip_or_fail
 
     try:
         python = hawkears_env.find_hawkears_python()
@@ -72,7 +74,7 @@ def hawkears_tiny() -> tuple[str, str]:
             raise RunnerSetupError(f"no tiny model at {root}", fix="run `make hawkears-tiny`")
     except RunnerSetupError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
+            skip_or_fail(f"HawkEars not installed (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
         pytest.fail(f"HawkEars or its tiny model missing: {exc}. Fix: run `make hawkears hawkears-tiny`", pytrace=False)
     return python, str(root)
 

@@ -1,5 +1,5 @@
 """The bundle: a golden run set (known detections) -> exact schema, view contents, quicklooks,
-summary and report; the report rendered by a real headless Chromium (skipped only without one)."""
+summary and report; the report rendered by a real headless Chromium (skipped only without one, outside CI)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from badc_mpi.storage.atomic import jsonl_bytes
 from badc_mpi.storage.detections import RawDetection, canonical_records
 from badc_mpi.storage.ledger import LedgerWriter, entry_record, header_record
 
+from ci_rules import require_or_skip
 from helpers import make_chunk
 
 R1, R2 = "20260101T000000Z-aaaa0001", "20260102T000000Z-aaaa0002"
@@ -348,8 +349,8 @@ PROBE = (
 )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: `make browser` installs Debian's (as root)")
 def test_report_renders_in_headless_chromium(golden, tmp_path):
+    require_or_skip(CHROMIUM is not None, "no chromium on PATH: `make browser` installs Debian's chromium (as root)")
     _, result = golden
     report = Path(result.report)
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]

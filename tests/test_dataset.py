@@ -7,9 +7,9 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from badc_mpi.inputs.locations import LOCATIONS_HELP, Locations, default_locations, find_dataset_root
+
+from ci_rules import require_or_skip
 
 
 def fake_dataset(path) -> str:
@@ -24,8 +24,7 @@ def datalad_executable() -> str | None:
 
 def test_real_datalad_dataset(tmp_path):
     datalad = datalad_executable()
-    if datalad is None:
-        pytest.skip("datalad is not installed")
+    require_or_skip(datalad is not None, "datalad is not installed: `make install` puts it in .venv")
     env = dict(os.environ, PATH=os.path.dirname(datalad) + os.pathsep + os.environ.get("PATH", ""))
     env.setdefault("GIT_AUTHOR_NAME", "test")
     env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")

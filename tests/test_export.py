@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +17,7 @@ from badc_mpi.storage.atomic import jsonl_bytes
 from badc_mpi.storage.detections import RawDetection, canonical_records
 from badc_mpi.storage.ledger import LedgerWriter, entry_record, header_record
 
+from ci_rules import check_golden
 from helpers import make_chunk
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -165,11 +165,7 @@ def _export(tmp_path: Path, *args: str) -> int:
 
 
 def _golden(name: str, produced: Path) -> None:
-    text = produced.read_text()
-    golden = GOLDEN / name
-    if os.environ.get("BADC_MPI_UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert text == golden.read_text(), f"{produced} differs from {golden} (BADC_MPI_UPDATE_GOLDEN=1 rewrites it)"
+    check_golden(GOLDEN / name, produced.read_text(), f"made as {produced}")
 
 
 def test_wildtrax_and_raven_exports_match_the_golden_files(tmp_path, capsys):

@@ -30,6 +30,7 @@ from badc_mpi.gpu.binding import (
 from badc_mpi.gpu.report import format_binding_table
 from badc_mpi.options import BindingOptions
 
+from ci_rules import require_or_skip
 from fakes.nvml import H200, MIG_A, MIG_B, U0, U1, U2, U3
 from fakes.nvml import gpus_env as fake_env
 from helpers import MPIEXEC
@@ -330,8 +331,8 @@ def test_a_rank_given_gpus_it_cannot_use_gets_a_problem_not_a_cpu_run():
     assert gpu.uses_gpu and gpu.problem is None
 
 
-@pytest.mark.skipif(not shutil.which(MPIEXEC), reason="no mpiexec")
 def test_run_with_gpus_it_cannot_use_stops_with_exit_2_unless_allow_cpu(tmp_path):
+    require_or_skip(shutil.which(MPIEXEC) is not None, f"no mpiexec ({MPIEXEC}): `make install` puts MPICH's in .venv")
     import subprocess
 
     from helpers import make_dataset

@@ -19,6 +19,7 @@ import pytest
 from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.storage.ledger import read_ledger
 
+from ci_rules import skip_or_fail
 from helpers import (
     MPIEXEC,
     PYTHON,
@@ -48,7 +49,7 @@ def hawkears_ready():
         hawkears_env.describe_data_root(hawkears_env.tiny_data_root(python=python), "cli")
     except BadcError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not set up: {exc}")
+            skip_or_fail(f"HawkEars not set up: {exc}")
         pytest.fail(f"HawkEars not set up: {exc}")
 
 

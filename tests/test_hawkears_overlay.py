@@ -19,6 +19,8 @@ from badc_mpi.errors import RunnerSetupError
 from badc_mpi.runners.hawkears import env as hawkears_env
 from badc_mpi.runners.hawkears import overlay as ov
 
+from ci_rules import skip_or_fail
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "hawkears" / "hawkears_overlay.py")
 
@@ -204,7 +206,7 @@ def _hawkears_python() -> str:
         return hawkears_env.find_hawkears_python()
     except RunnerSetupError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(str(exc))
+            skip_or_fail(f"HawkEars environment missing (BADC_MPI_SKIP_HAWKEARS=1): {exc}")
         pytest.fail(f"HawkEars environment missing: {exc}. Fix: run `make hawkears`")
 
 

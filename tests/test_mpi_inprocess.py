@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,19 @@ import pytest
 from helpers import FAKE_CMD, make_dataset, read_jsonl, sidecar
 
 
-def shared_tmp(comm) -> Path:
-    path = tempfile.mkdtemp(prefix="badc-mpi-test-") if comm.Get_rank() == 0 else None
-    return Path(comm.bcast(path, root=0))
+def shared_tmp(comm, tmp_path: Path) -> Path:
+    """Rank 0's own temporary folder, for every rank (one host: each rank's pytest has its own)."""
+    return Path(comm.bcast(str(tmp_path) if comm.Get_rank() == 0 else None, root=0))
 
 
 @pytest.mark.mpi(min_size=2)
-def test_run_api_on_every_rank_with_the_command_runner():
+def test_run_api_on_every_rank_with_the_command_runner(tmp_path):
     from mpi4py import MPI
 
     import badc_mpi
 
     comm = MPI.COMM_WORLD
-    root = shared_tmp(comm)
+    root = shared_tmp(comm, tmp_path)
     manifest = make_dataset(root, 3, 8, seconds=0.5) if comm.Get_rank() == 0 else None
     manifest = comm.bcast(str(manifest) if manifest else None, root=0)
     outcome = badc_mpi.run(
@@ -50,13 +49,13 @@ def test_run_api_on_every_rank_with_the_command_runner():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_dry_run_with_stub_sleep_spreads_work():
+def test_dry_run_with_stub_sleep_spreads_work(tmp_path):
     from mpi4py import MPI
 
     import badc_mpi
 
     comm = MPI.COMM_WORLD
-    root = shared_tmp(comm)
+    root = shared_tmp(comm, tmp_path)
     manifest = comm.bcast(str(make_dataset(root, 2, 15, seconds=0.2)) if comm.Get_rank() == 0 else None, root=0)
     outcome = badc_mpi.run(
         manifest,

@@ -15,6 +15,7 @@ import pytest
 from badc_mpi.orchestrate.datalad import collapse_dirs, escape_braces, run_argv
 from badc_mpi.orchestrate.plan import tally
 
+from ci_rules import require_or_skip
 from helpers import FAKE_CMD, PYTHON, make_chunk, make_dataset, run_badc, run_own
 
 VENV_BIN = Path(PYTHON).parent
@@ -143,7 +144,9 @@ def test_apply_runs_the_plan_as_one_queue_here(tmp_path):
 
 
 # -- DataLad ---------------------------------------------------------------------------------------
-needs_datalad = pytest.mark.skipif(not DATALAD.exists(), reason="datalad is not installed in the venv (make install)")
+@pytest.fixture
+def needs_datalad():
+    require_or_skip(DATALAD.exists(), "datalad is not installed in the venv: `make install`")
 
 
 def tool_env():
@@ -189,7 +192,7 @@ def store_lines(root: Path) -> dict[str, list[dict]]:
     return runs
 
 
-@needs_datalad
+@pytest.mark.usefixtures("needs_datalad")
 @pytest.mark.slow
 def test_print_datalad_run_is_exact_and_runs_nothing(dataset):
     root, manifest = dataset
@@ -204,7 +207,7 @@ def test_print_datalad_run_is_exact_and_runs_nothing(dataset):
     assert not (root / "artifacts" / "infer").exists() and git(["status", "--porcelain"], root) == ""
 
 
-@needs_datalad
+@pytest.mark.usefixtures("needs_datalad")
 @pytest.mark.slow
 def test_apply_is_recorded_with_datalad_run_and_rerun_reproduces_it(dataset):
     root, _manifest = dataset
@@ -231,7 +234,7 @@ def test_apply_is_recorded_with_datalad_run_and_rerun_reproduces_it(dataset):
     assert new == old and any(c["n"] for c in new)
 
 
-@needs_datalad
+@pytest.mark.usefixtures("needs_datalad")
 @pytest.mark.slow
 def test_dirty_dataset_gets_one_line_and_exit_2(dataset):
     root, _manifest = dataset

@@ -1,7 +1,7 @@
 """Batch scripts: golden files, the shipped scripts, shellcheck, and the scripts run in a fake job
 (a fake `srun` on PATH that runs the command as one task; SLURM's variables set by hand).
 
-Regenerate the golden files after a deliberate change: BADC_MPI_REGEN_GOLDEN=1 pytest tests/test_sbatch.py
+Regenerate the golden files after a deliberate change: BADC_MPI_UPDATE_GOLDEN=1 pytest tests/test_sbatch.py
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import pytest
 from badc_mpi.errors import UsageError
 from badc_mpi.orchestrate.sbatch import JobSpec, SbatchOptions, render, shipped_scripts
 
+from ci_rules import check_golden, require_or_skip
 from helpers import FAKE, PYTHON, REPO, make_dataset
 
 GOLDEN = Path(__file__).parent / "golden"
 FAKES = Path(__file__).parent / "fakes"
 SHELLCHECK = shutil.which("shellcheck")
-REGEN = os.environ.get("BADC_MPI_REGEN_GOLDEN") == "1"
 
 QUEUE_SPEC = JobSpec(
     dataset="/arc/project/st-lab-1/ds one",
@@ -52,21 +52,13 @@ CASES = {
 def test_generated_scripts_match_their_golden_files(name):
     spec, options = CASES[name]
     text = render(spec, options)
-    path = GOLDEN / name
-    if REGEN:
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"no golden file {path}: BADC_MPI_REGEN_GOLDEN=1 pytest {__file__}"
-    assert text == path.read_text(), f"{name} changed: if on purpose, BADC_MPI_REGEN_GOLDEN=1 pytest {__file__}"
+    check_golden(GOLDEN / name, text, f"pytest {__file__}")
     assert render(spec, options) == text  # pure: the same inputs, the same bytes
 
 
 def test_the_shipped_scripts_are_the_generator_s():
     for name, text in shipped_scripts().items():
-        path = REPO / "slurm" / name
-        if REGEN:
-            path.write_text(text)
-        assert path.read_text() == text, f"slurm/{name} differs from the generator: BADC_MPI_REGEN_GOLDEN=1 pytest {__file__}"
+        check_golden(REPO / "slurm" / name, text, f"the generator's; pytest {__file__}")
 
 
 def test_what_the_golden_scripts_say():
@@ -108,8 +100,7 @@ def test_bad_values_are_refused_with_the_option_s_name(options, needle):
 
 
 def _shellcheck(paths):
-    if SHELLCHECK is None:
-        pytest.skip("shellcheck is not installed: `apt-get install -y shellcheck` (make test installs it as root)")
+    require_or_skip(SHELLCHECK is not None, "shellcheck is not installed: `make shellcheck` installs Debian's (as root)")
     done = subprocess.run([SHELLCHECK, *map(str, paths)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 

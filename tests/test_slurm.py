@@ -1,7 +1,8 @@
 """badc-mpi under a real SLURM: real ``srun``, real ``sbatch slurm/infer.sbatch``, real signals.
 
 Run by ``make test-slurm`` (scripts/cluster/slurm_cluster.py brings up a throwaway cluster: munge,
-slurmctld, two slurmd on this host, fake GPUs; docs/howto/testing-slurm.md), skipped elsewhere.
+slurmctld, two slurmd on this host, fake GPUs; docs/howto/testing-slurm.md), skipped elsewhere
+(outside CI's make test-slurm: there a missing cluster fails them).
 Every job runs the fake HawkEars through ``--runner command``, one runs real HawkEars on the tiny
 model. Each test leaves no process of its jobs behind (checked after each test).
 
@@ -21,14 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from ci_rules import SLURM_REQUIRED_ENV, SLURM_SKIP, require_or_skip, slurm_required
 from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, run_own
 from slurm_jobs import cluster_state, runs, signal_option, submit, successes, wait_for, wait_until
 
 STATE = cluster_state()
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(STATE is None, reason="needs the SLURM test cluster: make test-slurm"),
-]
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _the_cluster():
+    """Skipped outside make test-slurm (CI runs them there); in make test-slurm (which sets
+    BADC_MPI_SLURM_REQUIRED=1) a missing cluster fails every test instead."""
+    require_or_skip(STATE is not None, SLURM_SKIP, required=slurm_required(), why=f"{SLURM_REQUIRED_ENV}=1, no cluster")
+
 
 SCRIPT = REPO / os.environ.get("BADC_MPI_TEST_SBATCH_SCRIPT", "slurm/infer.sbatch")
 PY = os.path.relpath(PYTHON, REPO)  # `.venv/bin/python`, typed from the repository root

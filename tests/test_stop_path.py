@@ -25,6 +25,7 @@ from badc_mpi.errors import RunnerSetupError
 from badc_mpi.records import Binding
 from badc_mpi.runners.hawkears.env import SUPPORTED_HAWKEARS_VERSION
 
+from ci_rules import skip_or_fail
 from helpers import FAKE, FAKE_CMD, MPIEXEC, PYTHON, cmdline, descendants, make_dataset, sidecar, stopped_exit_ok, telemetry_files
 
 STOPS = ("SIGTERM", "SIGINT", "kill-mpiexec", "kill-rank")
@@ -211,7 +212,7 @@ def hawkears() -> tuple[str, str]:
         root = hawkears_env.describe_data_root(hawkears_env.tiny_data_root(python=python), "cli")  # pinned
     except BadcError as exc:
         if os.environ.get("BADC_MPI_SKIP_HAWKEARS") == "1":
-            pytest.skip(f"HawkEars not set up: {exc}")
+            skip_or_fail(f"HawkEars not set up: {exc}")
         pytest.fail(f"HawkEars not set up: {exc}. Fix: make hawkears hawkears-tiny", pytrace=False)
     return python, root.path
 

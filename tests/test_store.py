@@ -1,5 +1,6 @@
 """The detection store's writer: segments, versions lines, and the order of writes and fsyncs that
-makes "the ledger calls it done" imply "its detections are on disk"."""
+makes "the ledger calls it done" imply "its detections are on disk", observed on the coordinator's
+real wiring (a real run; tests/fakes/store_order.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import os
 
 import pytest
 
-from badc_mpi.storage import ledger as ledger_mod
 from badc_mpi.storage.store import STORE_SCHEMA, StoreWriter, chunk_line, run_segments, segment_path, versions_id
 
-from helpers import make_chunk
+from fakes.store_order import order_violations
+from helpers import FAKE_CMD, PYTHON, REPO, make_chunk, make_dataset, run_own, store_records
+
+OBSERVER = REPO / "tests" / "fakes" / "store_order.py"
 
 
 def _line(i: int, run: str = "run1", vid: str = "v1") -> str:
@@ -54,31 +57,46 @@ def test_a_bad_run_id_never_becomes_a_path(tmp_path):
         segment_path(tmp_path, "../escape", 1)
 
 
-def test_the_store_reaches_the_os_and_the_disk_before_the_ledger(tmp_path, monkeypatch):
-    """Rank 0's order: store lines are written and fsynced before the ledger's are."""
-    store = StoreWriter(str(tmp_path / "out"), "run1")
-    ledger = ledger_mod.LedgerWriter(
-        tmp_path / "run.ledger.jsonl", ledger_mod.header_record("run1", [], "/out", "t0"), store.sync
-    )
-    names: dict[int, str] = {}
-    order: list[tuple[str, str]] = []
-    real_fsync = os.fsync
+def _observed_run(tmp_path, mutate: str | None = None) -> tuple[list[dict], list[str]]:
+    """A real one-rank run (rank 0: coordinator and worker) of 2 x 2 chunks with the fake
+    HawkEars, its store and ledger writes and fsyncs observed (tests/fakes/store_order.py)."""
+    manifest = make_dataset(tmp_path / "ds", 2, 2, seconds=0.5)
+    log = tmp_path / "order.jsonl"
+    args = ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--output-dir", str(tmp_path / "out"),
+            "--telemetry-dir", str(tmp_path / "tel"), "--scratch-dir", str(tmp_path / "scratch")]  # fmt: skip
+    cmd = [PYTHON, str(OBSERVER), str(log), *(["--mutate", mutate] if mutate else []), "--", *args]
+    proc = run_own(cmd, timeout_s=120, cwd=manifest.parent.parent, env={"PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    successes = [k for ev in events if ev["file"] == "ledger" and ev["op"] == "write" for k in ev["keys"]]
+    assert sorted(successes) == sorted(store_records(tmp_path / "out").popitem()[1]) and len(successes) == 4
+    return events, order_violations(events)
 
-    def fsync(fd: int) -> None:
-        order.append(("fsync", names.get(fd, "?")))
-        real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)
-    store.append(_line(1), "v1", None, None)
-    names[store._fh.fileno()] = "store"
-    names[ledger._fd] = "ledger"
-    ledger.append({"r": "r", "c": "c1", "s": "success"})
-    ledger_text = (tmp_path / "run.ledger.jsonl").read_text()
-    assert '"c1"' not in ledger_text  # the ledger's large buffer holds it until the flush
-    store.flush()  # what Recorder.flush does first
-    assert '"c1"' in open(store.paths[0], encoding="utf-8").read()
-    order.clear()
-    ledger.sync()
-    assert order == [("fsync", "store"), ("fsync", "ledger")]
-    store.close()
-    ledger.close()
+def test_the_coordinator_s_store_reaches_the_os_and_the_disk_before_its_ledger(tmp_path):
+    """Rank 0's real wiring (the Recorder the coordinator builds, its StoreWriter and LedgerWriter):
+    every ledger success line reaches the OS after its chunk's store line, and its fsync follows
+    the store's."""
+    events, violations = _observed_run(tmp_path)
+    assert violations == []
+    assert any(ev["file"] == "store" and ev["op"] == "fsync" for ev in events)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [("swap", "reached the OS before its store line"), ("no-store-sync", "fsynced before its store line")],
+)
+def test_the_order_check_catches_a_swapped_or_missing_store_step(tmp_path, mutate, needle):
+    """The same run with the order broken on purpose in the real Recorder/LedgerWriter: the check
+    above would fail."""
+    _, violations = _observed_run(tmp_path, mutate)
+    assert violations and all(needle in v for v in violations), violations
+
+
+def test_the_order_check_reads_a_hand_made_history():
+    store = {"op": "write", "file": "store", "keys": ["r/c1"]}
+    ledger = {"op": "write", "file": "ledger", "keys": ["r/c1"]}
+    sync = [{"op": "fsync", "file": f, "keys": []} for f in ("store", "ledger")]
+    assert order_violations([store, ledger, *sync]) == []
+    assert order_violations([ledger, store, *sync]) == ["event 0: ledger line of r/c1 reached the OS before its store line"]
+    assert order_violations([store, ledger, sync[1], sync[0]]) == ["event 2: ledger line of r/c1 fsynced before its store line"]
