@@ -174,6 +174,8 @@ class Coordinator:
             self.dead.pop(rank)
             self._set_aside(rank, status, why)
         recorder = self.recorder = Recorder(plan, self.run_id, scheduler, self.workers, ranks=self.comm.Get_size())
+        lock = self.lock
+        assert lock is not None  # taken in prepare()
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()
@@ -208,7 +210,7 @@ class Coordinator:
             recorder.flush()
             if recorder.broken is not None and self.stopped is None:  # a write failed: stop in order
                 self.stopped = recorder.broken
-            self.lock.heartbeat()  # type: ignore[union-attr]
+            lock.heartbeat()
             progressed |= self._check_health(time.monotonic())
             if time.monotonic() - last_summary >= summary_every_s:
                 t0 = time.monotonic()
@@ -227,8 +229,8 @@ class Coordinator:
         return self.finish()
 
     def _pump_local(self, now: float) -> bool:
-        local = self.local
-        assert local is not None
+        local, plan = self.local, self.plan
+        assert local is not None and plan is not None  # the run has started
         events = local.drain_events(now)
         if local.fatal and 0 not in self.dead:
             exc = local.fatal_exc
@@ -238,7 +240,7 @@ class Coordinator:
         if events:
             self._events(0, events)
         if local.ready and 0 not in self.dead:
-            self.local_credit = max(0, self.plan.worker_config.capacity - local.busy)  # type: ignore[union-attr]
+            self.local_credit = max(0, plan.worker_config.capacity - local.busy)
         return bool(events)
 
     def _handle(self, src: int, tag: int, msg: Any) -> None:
@@ -256,6 +258,7 @@ class Coordinator:
             log.debug("ignoring message tag %s from rank %s", tag, src)
 
     def _tasks(self, n: int, rank: int, now: float, others_free: bool) -> list[WireTask]:
+        assert self.scheduler is not None  # the run has started
         worker, mono = self.workers[rank].worker, time.monotonic()
         tasks = []
         for chunk, attempt in self.scheduler.take(n, worker, now, others_free=others_free):
@@ -265,13 +268,14 @@ class Coordinator:
         return tasks
 
     def _dispatch(self, now: float) -> bool:
-        scheduler = self.scheduler
+        scheduler, local = self.scheduler, self.local
+        assert scheduler is not None and local is not None  # the run has started
         sent = False
         free = {r for r, c in self.remote.credit.items() if c > 0} | ({0} if self.local_credit else set())
         if self.local_credit and scheduler.has_ready(now):
             tasks = self._tasks(self.local_credit, 0, now, others_free=len(free - {0}) > 0)
             if tasks:
-                self.local.submit(tasks)  # type: ignore[union-attr]
+                local.submit(tasks)
                 self.local_credit -= len(tasks)
                 sent = True
         for rank, credit in self.remote.credit.items():
@@ -290,6 +294,7 @@ class Coordinator:
         if mono < self._next_health_check:
             return False
         self._next_health_check = mono + 1.0
+        assert self.scheduler is not None and self.recorder is not None  # the run has started
         acted = False
         for rank, key in self.health.overdue(mono):
             state = self.scheduler.in_flight_state(key)
@@ -304,7 +309,7 @@ class Coordinator:
             )
             self.health.ended(key, timeout_s)
             if decision.event != "stale":
-                self.recorder.attempt_lost(rank, state.chunk, decision, state.attempts, why)  # type: ignore[union-attr]
+                self.recorder.attempt_lost(rank, state.chunk, decision, state.attempts, why)
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
         for rank in self.health.silent(mono):
@@ -369,23 +374,24 @@ class Coordinator:
     def finish(self) -> RunOutcome:
         """The stop path's end (coordinator/stopping.py): every rank stops at once, the others told
         first; then the ledger, telemetry and summary are closed, the lock released, the report printed."""
-        plan, scheduler = self.plan, self.scheduler
-        assert plan is not None and scheduler is not None
+        plan, scheduler, recorder, local, lock = self.plan, self.scheduler, self.recorder, self.local, self.lock
+        assert plan is not None and scheduler is not None and recorder is not None  # the run has started
+        assert local is not None and lock is not None
         signal = self.signals.received
         code, state = exit_state(self.fatal, signal, self.stopped, scheduler.counts()["failed"])
         stop_by = time.monotonic() + STOP_WAIT_S
         self.remote.send_stop(int(code), self.fatal or self.stopped or "", lost=frozenset(self.lost))
-        self.local.close(timeout_s=STOP_WAIT_S)  # type: ignore[union-attr]
+        local.close(timeout_s=STOP_WAIT_S)
         hurry = signal or self.stopped
         self.remote.await_goodbyes(max(1.0, stop_by - time.monotonic()) if hurry else GOODBYE_WAIT_S)
-        self.recorder.close()  # type: ignore[union-attr]
-        if self.recorder.dropped:  # type: ignore[union-attr]
-            scheduler.reopen(self.recorder.dropped)  # type: ignore[union-attr]
-        if self.recorder.broken is not None and self.stopped is None:  # type: ignore[union-attr]
-            self.stopped = self.recorder.broken  # type: ignore[union-attr]
+        recorder.close()
+        if recorder.dropped:
+            scheduler.reopen(recorder.dropped)
+        if recorder.broken is not None and self.stopped is None:
+            self.stopped = recorder.broken
             code, state = exit_state(self.fatal, signal, self.stopped, scheduler.counts()["failed"])
-        counts = self.recorder.write_summary(state)  # type: ignore[union-attr]
-        self.lock.release()  # type: ignore[union-attr]
+        counts = recorder.write_summary(state)
+        lock.release()
         outcome = report_outcome(
             code,
             plan,

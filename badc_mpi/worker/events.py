@@ -57,7 +57,7 @@ class Events:
         process, another model or HawkEars version, another command), else None."""
         facts = self.facts or self.ready_facts()
         new: dict[str, Any] | None = None
-        updates = [("model_version", result.model_version), ("hawkears_version", result.hawkears_version)]
+        updates: list[tuple[str, Any]] = [("model_version", result.model_version), ("hawkears_version", result.hawkears_version)]
         if self.static_keys:
             updates += [(k, result.metrics.get(k)) for k in self.static_keys]
         updates.append(("command", self.runner.command_template()))

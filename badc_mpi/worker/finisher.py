@@ -15,7 +15,7 @@ import shutil
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from badc_mpi.logs import get_logger
 from badc_mpi.records import NO_OUTPUT, OUTPUT
@@ -41,7 +41,7 @@ class Finisher:
         self.config = config
         self.runner = runner
         self.make_event = make_event
-        self._labels: tuple[dict[str, str], dict[str, str]] | None | bool = False  # False: not looked up yet
+        self._labels: tuple[dict[str, str], dict[str, str]] | None | Literal[False] = False  # False: not looked up yet
         self._thread: threading.Thread | None = None
         self._done: queue.Queue[Ended | None] = queue.Queue()
 
@@ -104,7 +104,9 @@ class Finisher:
             except Exception as exc:  # noqa: BLE001 - codes/names are a convenience, never a failure
                 log.warning("class codes and names unavailable: %s", exc)
                 self._labels = None
-        return self._labels  # type: ignore[return-value]
+        labels = self._labels
+        assert labels is not False  # asked above
+        return labels
 
     # -- the finisher thread (pipelined runners) ----------------------------------------------
     @property

@@ -143,8 +143,8 @@ class HawkearsRunner(Runner):
                     raise RunnerSetupError(
                         f"the resident HawkEars worker did not start: {error}", fix=startup.start_fix(self._log_path)
                     )
-                else:
-                    facts.check_device(str(self._worker.hello.get("device") or "?"), binding)  # type: ignore[union-attr]
+                elif self._worker is not None:  # started: its hello names the device
+                    facts.check_device(str(self._worker.hello.get("device") or "?"), binding)
             else:
                 self.hawkears_version = startup.query_version(self.python, self._env)
         except BaseException:

@@ -76,9 +76,11 @@ def sibling(stem: str):  # noqa: ANN201
     name = f"badc_{stem}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, f"{stem}.py"))
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {stem}.py from {_HERE}: ship it beside resident.py")
+        module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        spec.loader.exec_module(module)
     return sys.modules[name]
 
 
@@ -193,8 +195,9 @@ class Resident:
             self.cache = pipeline.AudioCache(decode_audio, decoder_started)
             pipeline.install_cached_load(self.cache)  # first: the decode timer below wraps it
             if self.batch > 1:
-                self.batcher = pipeline.Batcher(self.args.batch_forward)
-                self.batcher.install()
+                batcher = pipeline.Batcher(self.args.batch_forward)
+                batcher.install()
+                self.batcher = batcher
         predictors = sibling("resident_caches").install_caches(_STATS, self.batcher)
         extra: dict = {}
         with tempfile.TemporaryDirectory(prefix="badc-hawkears-warmup-") as tmp:
