@@ -1,5 +1,6 @@
 """The commands' handlers: each reads its parsed arguments, calls the library, prints what the
-operator reads, and returns an exit code. Errors are raised, never printed here (``exits.py``)."""
+operator reads, and returns an exit code; errors are raised, for ``exits.py`` to turn into a
+message and an exit code. ``COMMANDS`` maps each command name to its handler."""
 
 from __future__ import annotations
 
