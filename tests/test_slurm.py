@@ -244,6 +244,7 @@ def test_gpus_the_job_was_given_but_cannot_use_refuse_without_allow_cpu(tmp_path
     assert not successes(runs(telemetry(tmp_path)))
 
 
+@pytest.mark.timeout(480)  # the resident HawkEars: 10 s alone, 183 s on 2 cores at load 13
 def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     from badc_mpi.errors import BadcError
     from badc_mpi.runners.hawkears import env as hawkears_env
@@ -256,7 +257,7 @@ def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     out = tmp_path / "slurm-%j.out"
     extra = ["--", "--models", "1", "--hawkears-data-root", str(tiny), "--allow-tiny-model", "--allow-cpu", "--backoff-s", "0.1"]
     job_id = sbatch([manifest], extra, out, opts=("--ntasks-per-node=2",))
-    info = wait_for(job_id, timeout_s=200)
+    info = wait_for(job_id, timeout_s=390)
     text = Path(str(out).replace("%j", job_id)).read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert any(job_id in line for line in operator_lines(text))
