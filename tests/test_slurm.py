@@ -18,13 +18,26 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from ci_rules import SLURM_REQUIRED_ENV, SLURM_SKIP, require_or_skip, slurm_required
 from helpers import FAKE_CMD, PYTHON, REPO, make_dataset, run_own
-from slurm_jobs import cluster_state, runs, signal_option, submit, successes, wait_for, wait_until
+from slurm_jobs import (
+    Budget,
+    capped,
+    cluster_state,
+    parse_repeats,
+    runs,
+    set_budget,
+    signal_option,
+    submit,
+    successes,
+    wait_for,
+    wait_until,
+)
 
 STATE = cluster_state()
 pytestmark = pytest.mark.slurm
@@ -41,6 +54,25 @@ SCRIPT = REPO / os.environ.get("BADC_MPI_TEST_SBATCH_SCRIPT", "slurm/infer.sbatc
 PY = os.path.relpath(PYTHON, REPO)  # `.venv/bin/python`, typed from the repository root
 CLUSTER = "badctest"
 MPI = f"--mpi={os.environ.get('BADC_SRUN_MPI', 'pmi2')}"  # as slurm/infer.sbatch: pmi2 for the MPICH wheel
+# A job of the MPICH wheel over more than one node needs its OFI network module: with its default
+# (UCX) each node's first rank puts a 4096-byte business card into PMI, hex-encoded into values of
+# up to 1022 characters, and srun's pmi2 plugin reads a PMI-1 request with one 1024-byte read: a
+# longer `cmd=put` line is cut, the value lost ("value not properly terminated in client request",
+# then "request not begin with 'cmd='"), and UCX aborts on the garbage address it gets instead
+# ("addr version 9"). OFI's card is a 16-byte socket address. docs/howto/testing-slurm.md.
+MULTI_NODE_ENV = {"MPIR_CVAR_CH4_NETMOD": "ofi"}
+CLEANUP_S = 45  # nothing_left_behind: a stop ends within KillWait (30 s), then nothing may be left
+# BADC_MPI_SLURM_REPEAT=NAME=COUNT[,NAME=COUNT]: run those tests COUNT times in a row, in place
+# (e.g. test_two_nodes_srun_N2_n4=20 inside the whole file, to show a flaky test is fixed)
+REPEAT_ENV = "BADC_MPI_SLURM_REPEAT"
+REPEATS = parse_repeats(os.environ.get(REPEAT_ENV, ""), REPEAT_ENV)
+
+
+def pytest_generate_tests(metafunc):  # noqa: ANN001 - pytest hook, for this module's tests
+    count = REPEATS.get(metafunc.function.__name__, 1)
+    if count > 1:
+        metafunc.fixturenames.append("repeat_index")
+        metafunc.parametrize("repeat_index", range(1, count + 1), ids=lambda i: f"run{i}of{count}")
 
 
 def dataset(root: Path, recordings: int, chunks: int, **kw) -> Path:
@@ -127,16 +159,31 @@ def queued(states: str = "PD,R,S,CG") -> list[str]:
     return [line for line in squeue.stdout.splitlines() if line.strip()]
 
 
+def timeout_of(request) -> float:  # noqa: ANN001
+    marker = request.node.get_closest_marker("timeout")
+    if marker and marker.args:
+        return float(marker.args[0])
+    return float(request.config.getini("timeout") or 300)
+
+
 @pytest.fixture(autouse=True)
-def nothing_left_behind():
-    yield
+def nothing_left_behind(request):
+    """Every wait of the test ends inside its own budget (its pytest-timeout less the cleanup's
+    time), so a hang fails with the wait's message; then no job and no job process may be left."""
+    set_budget(Budget(timeout_of(request), reserve_s=CLEANUP_S + 30, started=time.monotonic()))
+    try:
+        yield
+    finally:
+        set_budget(None)
     # a job the test left pending or running (it failed half-way) is cancelled, and named below;
     # COMPLETING is a job that ended (srun returned) while SLURM still gathers its processes
     active = queued("PD,R,S")
     for line in active:
         subprocess.run(["scancel", line.split()[0]], timeout=30)
     # a stop ends within SLURM's KillWait (30 s): after that nothing of any job may be running
-    wait_until(lambda: not job_processes() and not queued(), 45, lambda: f"jobs ended: {queued()} {describe(job_processes())}")
+    wait_until(
+        lambda: not job_processes() and not queued(), CLEANUP_S, lambda: f"jobs ended: {queued()} {describe(job_processes())}"
+    )
     assert not active, f"jobs still pending or running after the test (now cancelled): {active}"
 
 
@@ -156,7 +203,7 @@ def test_srun_three_ranks_as_users_type_it_and_the_summary_names_job_and_step(tm
         str(manifest),
         *fake_args(sleep_s=0.3),
     ]
-    proc = run_own(cmd, cwd=REPO, timeout_s=180)
+    proc = run_own(cmd, cwd=REPO, timeout_s=capped(180))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = runs(telemetry(tmp_path))
     summary = run["summary"]
@@ -204,6 +251,7 @@ def test_gpus_the_job_was_given_but_cannot_use_refuse_without_allow_cpu(tmp_path
     assert not successes(runs(telemetry(tmp_path)))
 
 
+@pytest.mark.timeout(480)  # the resident HawkEars: 10 s alone, 183 s on 2 cores at load 13
 def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     from badc_mpi.errors import BadcError
     from badc_mpi.runners.hawkears import env as hawkears_env
@@ -216,7 +264,7 @@ def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     out = tmp_path / "slurm-%j.out"
     extra = ["--", "--models", "1", "--hawkears-data-root", str(tiny), "--allow-tiny-model", "--allow-cpu", "--backoff-s", "0.1"]
     job_id = sbatch([manifest], extra, out, opts=("--ntasks-per-node=2",))
-    info = wait_for(job_id, timeout_s=400)
+    info = wait_for(job_id, timeout_s=390)
     text = Path(str(out).replace("%j", job_id)).read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert any(job_id in line for line in operator_lines(text))
@@ -227,6 +275,7 @@ def test_sbatch_with_real_hawkears_on_the_tiny_model(tmp_path):
     assert set(successes([run]).values()) == {1} and len(successes([run])) == 4
 
 
+@pytest.mark.timeout(420)  # two jobs, the first one 60-90 s by design
 def test_time_limit_stops_with_summary_and_exit_75_then_resubmitting_resumes(tmp_path):
     """--time=1 (SLURM's least) and the script's warning signal 10 s ahead: slurmctld sends it at
     its first 30-second check that is within lead + 30 s of the end, i.e. 20-50 s into the job,
@@ -248,7 +297,7 @@ def test_time_limit_stops_with_summary_and_exit_75_then_resubmitting_resumes(tmp
     assert not (tmp_path / "artifacts" / "infer" / ".badc-mpi.lock").exists()  # released on the way out
 
     second = sbatch([manifest], args, out)  # the same command again
-    info = wait_for(second, timeout_s=240)
+    info = wait_for(second, timeout_s=180)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", Path(str(out).replace("%j", second)).read_text()[-3000:]
     run1, run2 = runs(telemetry(tmp_path))
     assert run2["summary"]["state"] == "finished" and run2["summary"]["slurm"]["job_id"] == second
@@ -363,15 +412,27 @@ def test_two_manifests_one_queue_interleave_across_ranks(tmp_path):
     assert overlap, spans
 
 
+def pmi_errors() -> list[str]:
+    """The error lines srun's pmi2 plugin wrote so far into this cluster's slurmd logs."""
+    lines = []
+    for log in sorted((STATE / "log").glob("slurmd-*.log")):
+        lines += [line for line in log.read_text(errors="replace").splitlines() if "error: mpi/pmi2" in line]
+    return lines
+
+
 def test_two_nodes_srun_N2_n4(tmp_path):
-    """Two slurmd on this host: ranks on both nodes form one MPI world (PMI-2 across slurmd)."""
+    """Two slurmd on this host: ranks on both nodes form one MPI world (srun's pmi2 plugin across
+    slurmd), with the network module a multi-node job of the MPICH wheel needs (MULTI_NODE_ENV),
+    and no PMI request of the job garbled on the way (the slurmd logs name none)."""
     manifest = dataset(tmp_path, 2, 8, seconds=0.2)
     nodes = tmp_path / "nodes.txt"
     wrapper = f'sh -c \'echo $SLURMD_NODENAME $PMI_RANK >> {nodes}; exec "$0" "$@"\' {FAKE_CMD} --sleep-s 0.3'
     cmd = ["srun", "-N2", "-n4", MPI, PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
     cmd[cmd.index("--runner-cmd") + 1] = wrapper
-    proc = run_own(cmd, cwd=REPO, timeout_s=180)
+    errors_before = len(pmi_errors())
+    proc = run_own(cmd, cwd=REPO, timeout_s=capped(180), env=MULTI_NODE_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not pmi_errors()[errors_before:], pmi_errors()[errors_before:]
     (run,) = runs(telemetry(tmp_path))
     summary = run["summary"]
     assert summary["counts"]["success"] == 16 and len(summary["workers"]) == 4
@@ -399,13 +460,13 @@ def test_output_lock_of_a_finished_job_is_taken_over_via_squeue_and_a_running_on
     cmd = ["srun", "-n", "2", MPI, PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
     try:
         holder(sleeper)
-        refused = run_own(cmd, cwd=REPO, timeout_s=120)
+        refused = run_own(cmd, cwd=REPO, timeout_s=capped(120))
         assert refused.returncode == 4, refused.stderr[-2000:]
         assert sleeper in refused.stderr and json.loads(lockfile.read_text())["run_id"] == f"held-by-{sleeper}"
     finally:
         subprocess.run(["scancel", sleeper], timeout=30)
     holder(done)
-    taken = run_own(cmd, cwd=REPO, timeout_s=120)
+    taken = run_own(cmd, cwd=REPO, timeout_s=capped(120))
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert "no longer running" in taken.stderr and not lockfile.exists()
 
@@ -417,12 +478,12 @@ def test_the_test_cluster_is_its_own_with_fake_gpus_and_pmi2():
     assert conf.parent == STATE and f"AuthInfo=socket={STATE}/munge/munge.socket" in conf.read_text()
     listed = subprocess.run(["srun", "--mpi=list"], capture_output=True, text=True, timeout=30)
     assert MPI.split("=")[1] in listed.stdout + listed.stderr
-    gpus = run_own(["srun", "-n1", "--gpus-per-node=4", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], timeout_s=60)
+    gpus = run_own(["srun", "-n1", "--gpus-per-node=4", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], timeout_s=capped(60))
     assert gpus.stdout.strip() == "0,1,2,3"
     world = run_own(
         ["srun", "-n", "2", MPI, PY, "-c", "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"],
         cwd=REPO,
-        timeout_s=60,
+        timeout_s=capped(60),
     )
     assert world.stdout.split() == ["2", "2"], world.stderr
 
@@ -451,7 +512,7 @@ def test_orchestrate_writes_and_submits_a_script_that_completes(tmp_path, array)
         [PYTHON, "-m", "badc_mpi", "orchestrate", str(tmp_path), *sockeye, *(["--sockeye-array"] if array else []), "--submit"]
         + ["--run-args", *fake_args("--allow-cpu", sleep_s=0.1)],
         cwd=REPO,
-        timeout_s=120,
+        timeout_s=capped(120),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (job_id,) = re.findall(r"submitted\s+job (\d+)", proc.stdout)
@@ -468,3 +529,8 @@ def test_orchestrate_writes_and_submits_a_script_that_completes(tmp_path, array)
             if rec["s"] == "success":
                 counts[f"{rec['r']}/{rec['c']}"] = counts.get(f"{rec['r']}/{rec['c']}", 0) + 1
     assert len(counts) == 8 and set(counts.values()) == {1}, counts
+
+
+_unknown = sorted(set(REPEATS) - {n for n in globals() if n.startswith("test_")})
+if _unknown:
+    raise ValueError(f"{REPEAT_ENV} names no test of {Path(__file__).name}: {', '.join(_unknown)}")

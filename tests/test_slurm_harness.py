@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO  # puts scripts/' folders on sys.path
-from slurm_jobs import parse_scontrol, signal_option
+from slurm_jobs import Budget, parse_repeats, parse_scontrol, signal_option
 
 # isort: split
 import slurm_cluster
@@ -76,3 +76,35 @@ def test_processes_with_env_finds_only_the_process_holding_that_value():
         for proc in (child, other):
             proc.kill()
             proc.wait()
+
+
+def test_repeats_name_tests_and_counts_and_refuse_anything_else():
+    assert parse_repeats("") == {}
+    assert parse_repeats("test_a=20, test_b=1") == {"test_a": 20, "test_b": 1}
+    for bad in ("test_a", "test_a=0", "test_a=x", "=3"):
+        with pytest.raises(ValueError, match="NAME=COUNT"):
+            parse_repeats(bad, "BADC_MPI_SLURM_REPEAT")
+
+
+def test_a_budget_cuts_waits_to_the_tests_timeout_less_its_cleanup_and_says_so():
+    budget = Budget(timeout_s=300, reserve_s=75, started=1000.0)
+    assert budget.end == 1225.0
+    assert budget.why(100, 100) == ""
+    assert "the test's budget of 225 s" in budget.why(240, 30) and "300 s timeout" in budget.why(240, 30)
+
+
+def test_waits_end_inside_the_budget_with_their_own_message():
+    import time
+
+    import slurm_jobs
+
+    slurm_jobs.set_budget(Budget(timeout_s=1.0, reserve_s=0.5, started=time.monotonic()))
+    try:
+        started = time.monotonic()
+        with pytest.raises(AssertionError, match=r"not within 0 s \(cut from 30 s: .*\): the thing"):
+            slurm_jobs.wait_until(lambda: False, 30, "the thing", interval_s=0.05)
+        assert time.monotonic() - started < 2
+        assert slurm_jobs.capped(30) <= 0.5
+    finally:
+        slurm_jobs.set_budget(None)
+    assert slurm_jobs.capped(30) == 30
