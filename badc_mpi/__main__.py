@@ -24,6 +24,9 @@ def _abort_on_uncaught(exc_type, exc, tb):  # noqa: ANN001 - sys.excepthook sign
 
 def _main() -> int:
     sys.excepthook = _abort_on_uncaught
+    from badc_mpi.transport import netmod
+
+    netmod.apply()  # before MPI starts: a multi-node step of the MPICH wheel needs OFI
     from badc_mpi.cli import main
 
     return main()

@@ -54,13 +54,6 @@ SCRIPT = REPO / os.environ.get("BADC_MPI_TEST_SBATCH_SCRIPT", "slurm/infer.sbatc
 PY = os.path.relpath(PYTHON, REPO)  # `.venv/bin/python`, typed from the repository root
 CLUSTER = "badctest"
 MPI = f"--mpi={os.environ.get('BADC_SRUN_MPI', 'pmi2')}"  # as slurm/infer.sbatch: pmi2 for the MPICH wheel
-# A job of the MPICH wheel over more than one node needs its OFI network module: with its default
-# (UCX) each node's first rank puts a 4096-byte business card into PMI, hex-encoded into values of
-# up to 1022 characters, and srun's pmi2 plugin reads a PMI-1 request with one 1024-byte read: a
-# longer `cmd=put` line is cut, the value lost ("value not properly terminated in client request",
-# then "request not begin with 'cmd='"), and UCX aborts on the garbage address it gets instead
-# ("addr version 9"). OFI's card is a 16-byte socket address. docs/howto/testing-slurm.md.
-MULTI_NODE_ENV = {"MPIR_CVAR_CH4_NETMOD": "ofi"}
 CLEANUP_S = 45  # nothing_left_behind: a stop ends within KillWait (30 s), then nothing may be left
 # BADC_MPI_SLURM_REPEAT=NAME=COUNT[,NAME=COUNT]: run those tests COUNT times in a row, in place
 # (e.g. test_two_nodes_srun_N2_n4=20 inside the whole file, to show a flaky test is fixed)
@@ -422,16 +415,18 @@ def pmi_errors() -> list[str]:
 
 def test_two_nodes_srun_N2_n4(tmp_path):
     """Two slurmd on this host: ranks on both nodes form one MPI world (srun's pmi2 plugin across
-    slurmd), with the network module a multi-node job of the MPICH wheel needs (MULTI_NODE_ENV),
-    and no PMI request of the job garbled on the way (the slurmd logs name none)."""
+    slurmd), with the network module a multi-node job of the MPICH wheel needs (set by badc-mpi
+    itself: transport/netmod.py), and no PMI request of the job garbled on the way (the slurmd logs
+    name none)."""
     manifest = dataset(tmp_path, 2, 8, seconds=0.2)
     nodes = tmp_path / "nodes.txt"
     wrapper = f'sh -c \'echo $SLURMD_NODENAME $PMI_RANK >> {nodes}; exec "$0" "$@"\' {FAKE_CMD} --sleep-s 0.3'
     cmd = ["srun", "-N2", "-n4", MPI, PY, "-m", "badc_mpi", "run", str(manifest), *fake_args()]
     cmd[cmd.index("--runner-cmd") + 1] = wrapper
     errors_before = len(pmi_errors())
-    proc = run_own(cmd, cwd=REPO, timeout_s=capped(180), env=MULTI_NODE_ENV)
+    proc = run_own(cmd, cwd=REPO, timeout_s=capped(180))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MPIR_CVAR_CH4_NETMOD=ofi" in proc.stderr  # badc-mpi chose it itself (transport/netmod.py)
     assert not pmi_errors()[errors_before:], pmi_errors()[errors_before:]
     (run,) = runs(telemetry(tmp_path))
     summary = run["summary"]

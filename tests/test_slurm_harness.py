@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -108,3 +109,35 @@ def test_waits_end_inside_the_budget_with_their_own_message():
     finally:
         slurm_jobs.set_budget(None)
     assert slurm_jobs.capped(30) == 30
+
+
+@pytest.mark.parametrize(
+    ("env", "wheel", "expected"),
+    [
+        ({"SLURM_STEP_NUM_NODES": "2"}, True, "ofi"),  # srun -N2 with the MPICH wheel
+        ({"SLURM_NNODES": "4"}, True, "ofi"),  # a batch step over 4 nodes
+        ({"SLURM_STEP_NUM_NODES": "1", "SLURM_NNODES": "2"}, True, None),  # the step is on one node
+        ({"SLURM_STEP_NUM_NODES": "2"}, False, None),  # a site MPI: never touched
+        ({"SLURM_STEP_NUM_NODES": "2", "MPIR_CVAR_CH4_NETMOD": "ucx"}, True, None),  # the user's choice
+        ({}, True, None),  # mpiexec on one machine
+    ],
+)
+def test_a_multi_node_step_of_the_mpich_wheel_gets_ofi_unless_told_otherwise(env, wheel, expected):
+    from badc_mpi.transport.netmod import netmod_for
+
+    assert netmod_for(env, wheel) == expected
+
+
+def test_the_network_module_is_set_before_mpi_starts_and_said_once():
+    """``python -m badc_mpi`` under a two-node step: the variable is in the environment MPI reads
+    (checked in a child where mpi4py.MPI was never imported), and rank 0 says so."""
+    code = (
+        "import os, sys; sys.argv = ['badc-mpi', '--version']\n"
+        "from badc_mpi.transport import netmod\n"
+        "netmod.apply(); assert 'mpi4py.MPI' not in sys.modules; print(os.environ.get('MPIR_CVAR_CH4_NETMOD'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MPIR_CVAR_CH4_NETMOD"}
+    env.update(SLURM_STEP_NUM_NODES="2", SLURM_PROCID="0")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ofi" and "MPIR_CVAR_CH4_NETMOD=ofi" in proc.stderr
