@@ -132,7 +132,10 @@ def _print_problems(problems: list[Any]) -> None:
 def _counts_line(counts: dict[str, int]) -> str:
     return (
         f"{counts['runs']} run(s), {counts['chunks']} chunks: {counts['analysed']} analysed, {counts['failed']} failed, "
-        f"{counts['not_analysed']} not analysed; {counts['detections']} detections"
+        f"{counts['not_analysed']} not analysed"
+        + (f", {counts['stale']} stale (other settings)" if counts.get("stale") else "")
+        + (f", {counts['mixed']} with other settings kept (--accept-mixed)" if counts.get("mixed") else "")
+        + f"; {counts['detections']} detections"
     )
 
 
@@ -151,6 +154,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         reuse=not args.force,
         selection=sel,
         merge_overlaps=args.merge_overlaps,
+        accept_mixed=args.accept_mixed,
     )
     _print_problems(result.problems)
     print(f"aggregate{' (unchanged, reused)' if result.reused else ''}: {_counts_line(result.counts)}")

@@ -4,7 +4,8 @@ Writes ``detections.parquet``, ``chunks.parquet``, ``runs.parquet``, ``attempts.
 ``aggregate.json`` (counts, problems, inputs) into a folder, each file to a temporary name first
 and renamed into place; ``aggregate.json`` last. Detections stream through bounded batches
 (:mod:`badc_mpi.results.aggregate.sources`); the latest success per chunk counts, exactly once
-(:mod:`badc_mpi.results.aggregate.verdicts`). Every file skipped or read in part is listed with its path.
+(:mod:`badc_mpi.results.aggregate.verdicts`), made with one fingerprint, the newest run's
+(:mod:`badc_mpi.results.aggregate.fingerprints`; ``accept_mixed`` keeps other ones). Every file skipped or read in part is listed with its path.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from badc_mpi.errors import BadcError, UsageError
 from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
+from badc_mpi.results.aggregate import fingerprints as F
 from badc_mpi.results.aggregate import schema as S
 from badc_mpi.results.aggregate.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.aggregate.readers import READERS
 from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs, read_summary, telemetry_bytes
 from badc_mpi.results.aggregate.sources import DoneChunk
 from badc_mpi.results.aggregate.times import add_absolute_times, missing_time_columns
-from badc_mpi.results.aggregate.verdicts import Verdict, decide
+from badc_mpi.results.aggregate.verdicts import Settings, Verdict, decide
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
 from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
@@ -183,6 +185,8 @@ def _run_rows(
                 "ledger_failed": statuses.get("failed", 0),
                 "chunks_won": won.get(run.run_id, 0),
                 "options": json.dumps({"options": head.get("options"), "runner": runner}, default=str),
+                "fingerprint": F.fingerprint_id(run.fingerprint),
+                "settings": F.settings_text(run.fingerprint),
             }
         )
     return rows
@@ -229,17 +233,28 @@ def _chunk_table(
 
 
 def _stream_detections(
-    done: list[tuple[Verdict, DoneChunk]], out: AtomicParquet, schema: pa.Schema, problems: list[Problem]
+    done: list[tuple[Verdict, DoneChunk]],
+    out: AtomicParquet,
+    schema: pa.Schema,
+    problems: list[Problem],
+    fingerprints: dict[str, str | None],
 ) -> None:
     verdicts = {d.key: v for v, d in done}
     for layout, reader in READERS.items():
         chunks = [d for _, d in done if d.layout == layout]
         if chunks:
             for batch in reader(chunks):
-                _take_batch(batch, verdicts, out, schema, problems)
+                _take_batch(batch, verdicts, out, schema, problems, fingerprints)
 
 
-def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, schema: pa.Schema, problems: list[Problem]) -> None:
+def _take_batch(
+    batch: Any,
+    verdicts: dict[str, Verdict],
+    out: AtomicParquet,
+    schema: pa.Schema,
+    problems: list[Problem],
+    fingerprints: dict[str, str | None],
+) -> None:
     problems.extend(Problem(path, reason, kind) for path, reason, kind in batch.problems)
     for chunk, path, reason in batch.unreadable:
         problems.append(Problem(path, f"{chunk.key}: {reason}" if chunk.layout != PER_CHUNK else reason))
@@ -262,7 +277,7 @@ def _take_batch(batch: Any, verdicts: dict[str, Verdict], out: AtomicParquet, sc
         offset += n
     if wrong:
         table = table.filter(pa.array(keep))
-    out.write(add_absolute_times(S.normalise_detections(table, schema)))
+    out.write(F.with_fingerprints(add_absolute_times(S.normalise_detections(table, schema)), fingerprints))
 
 
 def _orphan_outputs(verdicts: list[Verdict], done: set[str], output_dirs: set[str], problems: list[Problem]) -> int:
@@ -300,17 +315,20 @@ def aggregate(
     reuse: bool = False,
     selection: RunSelection | None = None,
     merge_overlaps: str = "auto",
+    accept_mixed: bool = False,
 ) -> AggregateResult:
     """Aggregate the runs ``sources`` name into the folder ``dest`` (see the module doc);
-    ``merge_overlaps`` (auto|on|off): the overlap merge (:mod:`badc_mpi.results.aggregate.overlap`)."""
+    ``merge_overlaps`` (auto|on|off): the overlap merge (:mod:`badc_mpi.results.aggregate.overlap`);
+    ``accept_mixed``: count chunks done only with another fingerprint than the newest run's."""
     check_mode(merge_overlaps)
     if reader != "auto" and reader not in READERS:
         raise UsageError(f"unknown detection source {reader!r}", fix=f"use one of: auto, {', '.join(READERS)}")
     t0 = time.monotonic()
     sel = selection or find_runs(sources, telemetry_dir=telemetry_dir)
     problems = list(sel.problems)
-    manifests = sorted({m for r in sel.runs for m in r.manifests})
-    options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps}
+    # runs found by chunk keys (a retry through X.failed.csv) lend records, not their manifests
+    manifests = sorted({*(sel.manifest_filter or []), *(m for r in sel.runs if not r.matched_by_keys for m in r.manifests)})
+    options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps, "accept_mixed": accept_mixed}
     fingerprint = inputs_fingerprint(sel.runs, manifests, options)
     meta_path = os.path.join(dest, "aggregate.json")
     if reuse and os.path.exists(meta_path) and all(os.path.exists(os.path.join(dest, f"{t}.parquet")) for t in TABLES):
@@ -320,7 +338,9 @@ def aggregate(
             return AggregateResult(dest, old["counts"], [Problem(**p) for p in old["problems"]], reused=True)
     ensure_dir(dest)
     chunks, extras = _manifest_chunks(manifests, problems)
-    verdicts, duplicates = decide(chunks, [(r.run_id, r.ledger.records) for r in sel.runs])
+    ids = [F.fingerprint_id(r.fingerprint) for r in sel.runs]
+    choice = F.choose([(r.run_id, r.fingerprint) for r in sel.runs], accept_mixed=accept_mixed)
+    verdicts, duplicates = decide(chunks, _ledgers(sel.runs, chunks), Settings(ids, choice.id, accept_mixed))
     for key in duplicates:
         problems.append(Problem(key, "chunk listed in more than one manifest: counted once", "note"))
     outs = [output_dir or r.output_dir for r in sel.runs]
@@ -334,7 +354,7 @@ def aggregate(
     det_schema = S.detection_schema([k for _, k in key_map])
     det_out = AtomicParquet(os.path.join(dest, "detections.parquet"), det_schema)
     try:
-        _stream_detections(done, det_out, det_schema, problems)
+        _stream_detections(done, det_out, det_schema, problems, {r.run_id: i for r, i in zip(sel.runs, ids)})
         det_out.commit()
     except BaseException:
         det_out.abort()
@@ -354,6 +374,7 @@ def aggregate(
         "chunks": len(verdicts),
         **{s: states.get(s, 0) for s in S.CHUNK_STATES},
         "detections": merge.detections_after,
+        "mixed": sum(1 for v in verdicts if v.mixed and v.status == S.ANALYSED),
         "orphan_outputs": orphans,
         "problems": len(problems),
     }
@@ -367,6 +388,7 @@ def aggregate(
         "extra_columns": dict(key_map),
         "counts": counts,
         "overlap_merge": merge.as_dict(),
+        "fingerprint": choice.as_dict(stale=counts[S.STALE], mixed=counts["mixed"]),
         "absolute_times": _time_note([k for _, k in key_map]),
         "problems": [p.__dict__ for p in problems],
         "inputs": fingerprint,
@@ -374,6 +396,15 @@ def aggregate(
     atomic_write_text(meta_path, json.dumps(doc, indent=1) + "\n")
     log.debug("aggregate: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     return AggregateResult(dest, counts, problems)
+
+
+def _ledgers(runs: Sequence[RunFiles], chunks: list[Chunk]) -> list[tuple[str, dict[str, tuple[Any, ...]]]]:
+    """(run id, records) per run; a run found by chunk keys only lends its records of these chunks."""
+    keys = {c.key for c in chunks} if any(r.matched_by_keys for r in runs) else set()
+    return [
+        (r.run_id, {k: v for k, v in r.ledger.records.items() if k in keys} if r.matched_by_keys else r.ledger.records)
+        for r in runs
+    ]
 
 
 def _merge(path: str, schema: pa.Schema, mode: str, overlapping: bool) -> MergeReport:

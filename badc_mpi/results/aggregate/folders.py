@@ -40,12 +40,14 @@ def is_aggregate(path: str) -> bool:
 
 def find_aggregate(sources: Sequence[str], **kwargs: Any) -> str:
     """The aggregate folder: SOURCE itself when it is a bundle, else aggregate (reused when
-    unchanged); ``kwargs``: ``telemetry_dir, output_dir, name, dest`` as for ``badc-mpi aggregate``."""
+    unchanged); ``kwargs``: ``telemetry_dir, output_dir, name, dest, accept_mixed`` as for
+    ``badc-mpi aggregate``."""
     if len(sources) == 1 and is_aggregate(sources[0]):
         return os.path.abspath(sources[0])
     from badc_mpi.results.aggregate.dataset import aggregate
 
     sel = find_runs(sources, telemetry_dir=kwargs.get("telemetry_dir"))
     folder = bundle_folder(sources, sel, kwargs.get("name"), kwargs.get("dest"))
-    aggregate(sources, folder, output_dir=kwargs.get("output_dir"), reuse=True, selection=sel)
+    accept_mixed = bool(kwargs.get("accept_mixed"))
+    aggregate(sources, folder, output_dir=kwargs.get("output_dir"), reuse=True, selection=sel, accept_mixed=accept_mixed)
     return folder

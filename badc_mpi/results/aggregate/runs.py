@@ -6,6 +6,11 @@ A run is its ledger ``<stem>_<UTC>.ledger.jsonl`` plus the sidecars beside it (t
 folder (every run in ``artifacts/telemetry/infer``), a telemetry folder (every run in it), or one
 run's file. Every file that cannot be read becomes a :class:`Problem` (path and reason), never a
 silent gap.
+
+A manifest's runs are found as ``--resume`` finds them (:mod:`badc_mpi.coordinator.resume`): the
+runs whose ledger names the manifest, and the runs into the same output folder whose ledger holds
+any of its chunks' keys (a retry through ``X.failed.csv``, a renamed or moved manifest). Those
+found by keys only lend their records of the manifest's chunks (``matched_by_keys``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from badc_mpi.errors import BadcError, StateError, UsageError
+from badc_mpi.inputs.key_index import KeyIndex
+from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.inputs.locations import DATASET_TELEMETRY, default_locations, find_dataset_root
 from badc_mpi.storage.jsonl import complete_lines
 from badc_mpi.storage.ledger import LEDGER_SUFFIX, LedgerContents, read_ledger
@@ -41,6 +50,7 @@ class RunFiles:
     ledger: LedgerContents
     telemetry: str | None
     summary: str | None
+    matched_by_keys: bool = False  #: found by output folder and chunk keys, not by a manifest's path
 
     @property
     def run_id(self) -> str:
@@ -57,6 +67,12 @@ class RunFiles:
     @property
     def output_dir(self) -> str:
         return str(self.ledger.header.get("output_dir") or "")
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What determines its detections (None: a run of an older badc-mpi)."""
+        value = self.ledger.header.get("fingerprint")
+        return value if isinstance(value, dict) else None
 
 
 @dataclass
@@ -141,7 +157,7 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
             sel.dataset_root = sel.dataset_root or loc.dataset_root
             manifests.append(path)
             found = runs_in_folder(loc.telemetry_dir, sel.problems) if os.path.isdir(loc.telemetry_dir) else []
-            found = [r for r in found if path in r.manifests]
+            found = runs_of_manifest(path, found, loc.output_dir, sel.problems)
         elif os.path.isfile(path):
             sel.dataset_root = sel.dataset_root or find_dataset_root(path)
             run = load_run(run_base(path), sel.problems)
@@ -151,7 +167,8 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
                 f"{source}: no such file or folder", fix="name a manifest, a dataset, a telemetry folder or a run's file"
             )
         for run in found:
-            by_base.setdefault(run.base, run)
+            kept = by_base.setdefault(run.base, run)
+            kept.matched_by_keys = kept.matched_by_keys and run.matched_by_keys
     if manifests:
         sel.manifest_filter = manifests
     sel.runs = sorted(by_base.values(), key=lambda r: (r.created_at, os.path.basename(r.base)))
@@ -161,6 +178,33 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
             fix="run `badc-mpi run` first, or name the telemetry folder (--telemetry-dir) or a run's .ledger.jsonl",
         )
     return sel
+
+
+def _folder(path: str) -> str:
+    return os.path.realpath(path) if path else ""
+
+
+def runs_of_manifest(path: str, runs: list[RunFiles], default_output: str, problems: list[Problem]) -> list[RunFiles]:
+    """The runs of ``runs`` (one telemetry folder) that belong to the manifest ``path``: those whose
+    ledger names it, and those into the same output folder (the manifest's default one, or one
+    of the naming runs') whose ledger records any of its chunks (marked ``matched_by_keys``)."""
+    named = [r for r in runs if path in r.manifests]
+    folders = {_folder(default_output)} | {_folder(r.output_dir) for r in named}
+    others = [r for r in runs if path not in r.manifests and r.output_dir and _folder(r.output_dir) in folders]
+    if not others:
+        return named
+    try:
+        index = KeyIndex(load_manifest(path, check_sources=False).chunks)
+    except (BadcError, OSError) as exc:
+        problems.append(Problem(path, f"manifest unreadable ({exc}); only the runs that name it are read"))
+        return named
+    for run in others:
+        if run.ledger.records:
+            found, _ = index.find(pa.array(list(run.ledger.records), pa.large_string()))
+            if found.any():
+                run.matched_by_keys = True
+                named.append(run)
+    return named
 
 
 def read_summary(path: str | None, problems: list[Problem]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The aggregate's tables as Arrow schemas, and pure conversions into them (docs/results.md).
 
 ``detections`` (one row per detection of a chunk's winning result), ``chunks`` (one row per
-chunk of the manifests: ``analysed`` / ``failed`` / ``not_analysed``), ``runs`` (one row per run)
+chunk of the manifests: ``analysed`` / ``failed`` / ``not_analysed`` / ``stale``), ``runs`` (one row per run)
 and ``attempts`` (one row per finished attempt, from telemetry: worker figures).
 """
 
@@ -17,8 +17,10 @@ import pyarrow.json as pajson
 
 from badc_mpi.results.aggregate.times import TIME_FIELDS
 
-ANALYSED, FAILED, NOT_ANALYSED = "analysed", "failed", "not_analysed"
-CHUNK_STATES = (ANALYSED, FAILED, NOT_ANALYSED)
+ANALYSED, FAILED, NOT_ANALYSED, STALE = "analysed", "failed", "not_analysed", "stale"
+#: ``stale``: the chunk's only success was made with another fingerprint than the aggregate's
+#: (results/aggregate/fingerprints.py): not counted unless --accept-mixed
+CHUNK_STATES = (ANALYSED, FAILED, NOT_ANALYSED, STALE)
 
 TEXT = pa.string()
 DICT = pa.dictionary(pa.int32(), pa.string())
@@ -76,6 +78,7 @@ DETECTION_FIELDS = [
     ("chunk_sha256", DICT),
     ("hawkears_version", DICT),
     ("model_version", DICT),
+    ("fingerprint", DICT),  #: the id of its run's fingerprint (results/aggregate/fingerprints.py)
     (
         "merged_count",
         pa.int32(),
@@ -86,7 +89,7 @@ CHUNK_SCHEMA = pa.schema(
     [
         ("recording_id", TEXT),
         ("chunk_id", TEXT),
-        ("status", TEXT),  #: analysed | failed | not_analysed
+        ("status", TEXT),  #: analysed | failed | not_analysed | stale
         ("detections", pa.int64()),  #: null unless analysed
         ("run_id", TEXT),  #: the run whose result counts (latest success, else latest failure)
         ("attempts", pa.int64()),  #: attempts of that result
@@ -101,6 +104,7 @@ CHUNK_SCHEMA = pa.schema(
         ("sha256", TEXT),
         ("in_manifest", pa.bool_()),
         ("note", TEXT),  #: why a chunk with a ledger record is not analysed, or other remarks
+        ("fingerprint", TEXT),  #: the fingerprint id of the run whose result counts (analysed, stale)
     ]
 )
 
@@ -125,6 +129,8 @@ RUN_SCHEMA = pa.schema(
         ("ledger_failed", pa.int64()),
         ("chunks_won", pa.int64()),  #: chunks whose counted result is this run's
         ("options", TEXT),  #: JSON of the summary's meta options and runner description
+        ("fingerprint", TEXT),  #: its fingerprint's id (results/aggregate/fingerprints.py)
+        ("settings", TEXT),  #: its fingerprint (JSON): what determines its detections
     ]
 )
 

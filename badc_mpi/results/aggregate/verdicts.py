@@ -5,6 +5,11 @@ are counted, once); a chunk with ledger records but no success is ``failed`` (it
 failure); a chunk of the manifests that no ledger names, or whose record no longer applies
 (its sha256 changed in the manifest), is ``not_analysed``; so is a chunk whose only successes
 wrote no outputs (``--dry-run``: nothing was analysed).
+
+One fingerprint (:mod:`badc_mpi.results.aggregate.fingerprints`): given the runs' fingerprint ids
+and the aggregate's, the latest success made with the aggregate's fingerprint counts; a chunk whose
+successes were all made with another one is ``stale`` (not counted), or with ``accept_mixed`` its
+latest success counts and the verdict is marked ``mixed``.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from badc_mpi.records import Chunk
-from badc_mpi.results.aggregate.schema import ANALYSED, FAILED, NOT_ANALYSED
+from badc_mpi.results.aggregate.schema import ANALYSED, FAILED, NOT_ANALYSED, STALE
 from badc_mpi.storage.ledger import ATTEMPTS, CRC32, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SEGMENT, SHA256, STATUS
+
+
+FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
 
 
 @dataclass(slots=True)
@@ -40,27 +48,49 @@ class Verdict:
     note: str | None = None
     detections: int | None = None
     ref: tuple[int, int, int, int] | None = None  #: a store success's record (segment, offset, length, CRC-32)
+    fingerprint: str | None = None  #: the fingerprint id of the run whose record counts
+    mixed: bool = False  #: analysed with another fingerprint than the aggregate's (accept_mixed)
 
     @property
     def key(self) -> str:
         return f"{self.recording_id}/{self.chunk_id}"
 
 
-def _pick(history: list[tuple[int, tuple[Any, ...]]]) -> tuple[str, int, tuple[Any, ...]]:
-    """(status, run index, record) from a chunk's records, oldest run first."""
+@dataclass(frozen=True)
+class Settings:
+    """The runs' fingerprint ids (by run index) and the one the aggregate holds."""
+
+    ids: Sequence[str | None]
+    chosen: str | None
+    accept_mixed: bool = False
+
+
+def _pick(history: list[tuple[int, tuple[Any, ...]]], settings: Settings | None) -> tuple[str, int, tuple[Any, ...], bool]:
+    """(status, run index, record, mixed) from a chunk's records, oldest run first."""
     success = [(i, rec) for i, rec in history if rec[STATUS] == "success"]
+    if success and settings is not None:
+        same = [(i, rec) for i, rec in success if settings.ids[i] == settings.chosen]
+        if same:
+            return ANALYSED, *same[-1], False
+        i, rec = success[-1]
+        return (ANALYSED, i, rec, True) if settings.accept_mixed else (STALE, i, rec, False)
     if success:
         i, rec = success[-1]
-        return ANALYSED, i, rec
+        return ANALYSED, i, rec, False
     i, rec = history[-1]
-    return FAILED, i, rec
+    return FAILED, i, rec, False
 
 
-def decide(chunks: Iterable[Chunk], ledgers: Sequence[tuple[str, dict[str, tuple[Any, ...]]]]) -> tuple[list[Verdict], list[str]]:
+def decide(
+    chunks: Iterable[Chunk],
+    ledgers: Sequence[tuple[str, dict[str, tuple[Any, ...]]]],
+    settings: Settings | None = None,
+) -> tuple[list[Verdict], list[str]]:
     """Verdicts for the manifests' chunks (in order), then for ledger keys no manifest names
     (``in_manifest`` False), and the keys listed twice in the manifests (counted once).
 
-    ``ledgers``: (run_id, ``LedgerContents.records``) per run, oldest first.
+    ``ledgers``: (run_id, ``LedgerContents.records``) per run, oldest first; ``settings``: the
+    runs' fingerprints (None: fingerprints are not compared).
     """
     history: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
     for index, (_run_id, records) in enumerate(ledgers):
@@ -72,13 +102,14 @@ def decide(chunks: Iterable[Chunk], ledgers: Sequence[tuple[str, dict[str, tuple
     for chunk in chunks:
         key = chunk.key
         if key in seen:
-            duplicates.append(key)
+            if not chunk.manifest.endswith(FAILED_CSV):  # a retry's manifest repeats its chunks: no news
+                duplicates.append(key)
             continue
         seen.add(key)
-        out.append(_verdict(chunk.recording_id, chunk.chunk_id, history.get(key), ledgers, chunk, True))
+        out.append(_verdict(chunk.recording_id, chunk.chunk_id, history.get(key), ledgers, chunk, True, settings))
     for key in sorted(set(history) - seen):
         rec_id, chunk_id = key.split("/", 1)
-        out.append(_verdict(rec_id, chunk_id, history[key], ledgers, None, False))
+        out.append(_verdict(rec_id, chunk_id, history[key], ledgers, None, False, settings))
     return out, duplicates
 
 
@@ -89,6 +120,7 @@ def _verdict(
     ledgers: Sequence[tuple[str, dict[str, tuple[Any, ...]]]],
     chunk: Chunk | None,
     in_manifest: bool,
+    settings: Settings | None = None,
 ) -> Verdict:
     sha = chunk.sha256 if chunk else None
     verdict = functools.partial(
@@ -134,7 +166,14 @@ def _verdict(
             note=note,
         )
     history = [(i, rec) for i, rec in history if not (rec[STATUS] == "success" and not rec[HAS_OUTPUTS])]
-    status, index, rec = _pick(history)
+    status, index, rec, mixed = _pick(history, settings)
+    if status == STALE:
+        note = (
+            f"done only with other settings (run {ledgers[index][0]}): run it again (badc-mpi run --resume "
+            "--rerun-changed), or keep it with --accept-mixed"
+        )
+    elif mixed:
+        note = f"done with other settings (run {ledgers[index][0]}), kept by --accept-mixed"
     return verdict(
         status=status,
         run_index=index,
@@ -147,6 +186,8 @@ def _verdict(
         sha256=sha if sha is not None else rec[SHA256],
         note=note,
         ref=_ref(rec) if status == ANALYSED else None,
+        fingerprint=settings.ids[index] if settings is not None and status != FAILED else None,
+        mixed=mixed,
     )
 
 

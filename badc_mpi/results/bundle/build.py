@@ -145,6 +145,15 @@ def _exports_summary(folder: str, result: ExportResult | None) -> dict[str, Any]
     return {"folder": rel, "files": len(result.files), "notes": result.notes, "list": os.path.join(rel, "export.json")}
 
 
+def _fingerprint(folder: str) -> dict[str, Any]:
+    """The aggregate's fingerprint facts (aggregate.json): id, settings, stale and mixed counts."""
+    try:
+        with open(os.path.join(folder, "aggregate.json"), encoding="utf-8") as fh:
+            return dict(json.load(fh).get("fingerprint") or {})
+    except (OSError, ValueError):
+        return {}
+
+
 def build_bundle(
     sources: Sequence[str],
     *,
@@ -159,7 +168,7 @@ def build_bundle(
     export: ExportOptions | None = None,
 ) -> BundleResult:
     """Aggregate (when its inputs changed) and write the whole bundle; returns where and what.
-    ``export``: its formats are written to ``<bundle>/exports/`` (``export.output`` unset) by
+    ``export``: its ``accept_mixed`` also decides the aggregate's; its formats are written to ``<bundle>/exports/`` (``export.output`` unset) by
     the export's own code, right after the aggregate (a missing field stops the bundle before
     anything else is written); its ``focus_species`` and ``min_confidence`` also drive the
     report's Sites panel, so the panel and ``exports/histories/`` agree."""
@@ -177,7 +186,15 @@ def build_bundle(
     t0 = time.monotonic()
     sel = find_runs(sources, telemetry_dir=telemetry_dir)
     folder = bundle_folder(sources, sel, name, dest)
-    agg = aggregate(sources, folder, output_dir=output_dir, reuse=reuse, selection=sel, merge_overlaps=merge_overlaps)
+    agg = aggregate(
+        sources,
+        folder,
+        output_dir=output_dir,
+        reuse=reuse,
+        selection=sel,
+        merge_overlaps=merge_overlaps,
+        accept_mixed=export.accept_mixed,
+    )
     seconds["aggregate"] = time.monotonic() - t0
     exported = None
     if export.formats:
@@ -198,6 +215,7 @@ def build_bundle(
             "focus_species": list(export.focus_species or FOCUS_DEFAULT),
             "min_confidence": export.min_confidence,
             "exports": _exports_summary(folder, exported),
+            "fingerprint": _fingerprint(folder),
         }
         seconds["quicklook"] = time.monotonic() - t2
         t3 = time.monotonic()

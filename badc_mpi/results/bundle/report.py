@@ -175,12 +175,20 @@ def render_html(
             "tiny HawkEars model (model_version starts with &quot;tiny:&quot;). They are meaningless: do not use them "
             "for science.</div>"
         )
+    fp = summary.get("fingerprint") or {}
+    if c.get("mixed"):
+        parts.append(
+            f'<div class="banner" id="mixed-banner">MIXED SETTINGS: {c["mixed"]:,} chunk(s) were analysed with other '
+            f"settings than the newest run's (fingerprint {esc(str(fp.get('id')))}, run {esc(str(fp.get('run_id')))}) "
+            "and are counted because of --accept-mixed. Their detections carry their own fingerprint.</div>"
+        )
     parts.append(f"<h1>{esc(title)}</h1><p class='sub'>built {esc(summary['created_at'])} by badc-mpi bundle</p>")
     boxes = [
         ("chunks", c["chunks"], False),
         ("analysed", c["analysed"], False),
         ("failed", c["failed"], c["failed"] > 0),
         ("not analysed", c["not_analysed"], c["not_analysed"] > 0),
+        ("stale (other settings)", c.get("stale", 0), c.get("stale", 0) > 0),
         ("detections", c["detections"], False),
         ("species", summary["labels"], False),
         ("recordings", summary["recordings"], False),
@@ -195,6 +203,12 @@ def render_html(
     if failed:
         parts.append(
             f"<p><b>{c['failed']:,} failed and {c['not_analysed']:,} not analysed chunks</b>: see <a href='#failures'>the table</a>.</p>"
+        )
+    if c.get("stale"):
+        parts.append(
+            f"<p id='stale-note'><b>{c['stale']:,} stale chunks</b>: done only with other settings than the newest run's "
+            f"(fingerprint {esc(str(fp.get('id')))}); not counted. Run them again (badc-mpi run --resume --rerun-changed) "
+            "or bundle with --accept-mixed.</p>"
         )
     parts.append("<h2>Top species</h2>" + _img(images["top_species"], "top species bar chart", "chart-top-species"))
     parts.append("<h2>Species over time</h2>" + _img(images["heatmap"], "species by time bucket heat map", "chart-heatmap"))

@@ -42,7 +42,8 @@ WITH c AS (
          count(*) AS chunks,
          count(*) FILTER (WHERE status = 'analysed') AS analysed,
          count(*) FILTER (WHERE status = 'failed') AS failed,
-         count(*) FILTER (WHERE status = 'not_analysed') AS not_analysed
+         count(*) FILTER (WHERE status = 'not_analysed') AS not_analysed,
+         count(*) FILTER (WHERE status = 'stale') AS stale
   FROM chunks GROUP BY recording_id
 ), d AS (
   SELECT recording_id,
@@ -53,7 +54,7 @@ WITH c AS (
          avg(confidence)::DOUBLE AS mean_confidence
   FROM detections GROUP BY recording_id
 )
-SELECT c.recording_id, c.chunks, c.analysed, c.failed, c.not_analysed,
+SELECT c.recording_id, c.chunks, c.analysed, c.failed, c.not_analysed, c.stale,
        coalesce(d.detections, 0) AS detections, coalesce(d.labels, 0) AS labels,
        d.first_detection_ms, d.last_detection_ms, d.mean_confidence
 FROM c LEFT JOIN d USING (recording_id)

@@ -10,7 +10,9 @@ from typing import Any
 RESULTS_SOURCES_HELP = (
     "SOURCE: a manifest (its runs in its telemetry folder), a DataLad dataset folder (every run in "
     "artifacts/telemetry/infer), a telemetry folder (every run in it) or one run's file (.ledger.jsonl, "
-    ".jsonl, .summary.json). The latest success per chunk counts, once; files that cannot be read "
+    ".jsonl, .summary.json). A manifest's runs are those naming it and those into the same output folder "
+    "holding its chunks (a retry through X.failed.csv). The latest success per chunk made with the newest "
+    "run's settings counts, once (others are 'stale' unless --accept-mixed); files that cannot be read "
     "are listed with their path. Written to <dataset>/artifacts/aggregate/<name>/ "
     "(./artifacts/aggregate/<name>/ outside a dataset); <name> defaults to the manifest's stem. "
     "Schema: docs/results.md."
@@ -101,6 +103,12 @@ def add_source_options(p: Any, name_help: str, dest_help: str) -> None:
     p.add_argument("--dest", metavar="DIR", help=dest_help)
     p.add_argument("--telemetry-dir", metavar="DIR", help="where a manifest's runs are (default as for run)")
     p.add_argument("--output-dir", metavar="DIR", help="read detections here instead of each run's output folder")
+    p.add_argument(
+        "--accept-mixed",
+        action="store_true",
+        help="keep chunks done only with other settings than the newest run's (a fingerprint: docs/results.md); "
+        "without it they are 'stale', not counted and not exported; the report says so in a banner",
+    )
 
 
 def add_export_options(p: Any, *, bundle: bool) -> None:
@@ -139,4 +147,6 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
         formats += ("histories",)
     if "histories" in formats and not species:
         species = tuple(parse_species(None))
-    return ExportOptions(formats, output, args.min_confidence, species, args.task_method, args.task_duration)
+    return ExportOptions(
+        formats, output, args.min_confidence, species, args.task_method, args.task_duration, bool(args.accept_mixed)
+    )

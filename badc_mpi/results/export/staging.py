@@ -3,12 +3,19 @@ folder, then, once all of them were written, made durable (one ``os.sync()``, as
 for its status files) and renamed one by one onto its final name. A failure before that removes
 the staging folder: nothing of a failed export is ever visible, and each final file appears
 whole or not at all.
+
+A new export replaces exactly the files the previous one wrote (its ``export.json``'s ``files``,
+and the ``removing`` it had not finished): the new files are renamed into place, ``export.json``
+last (it lists the new files, and as ``removing`` the previous ones it no longer writes), and only
+then are those removed. Whenever it crashes, the ``export.json`` in place lists files that exist,
+and the next export removes what is left. Nothing else in the folder is ever touched.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -22,6 +29,32 @@ def csv_text(rows: Sequence[Sequence[Any]], delimiter: str = ",") -> str:
     buf = io.StringIO()
     csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerows(rows)
     return buf.getvalue()
+
+
+LISTING = "export.json"
+
+
+def _inside(rel: str) -> bool:
+    """A relative path below the export folder (never the listing itself, never above it)."""
+    norm = os.path.normpath(rel)
+    return bool(rel) and not os.path.isabs(rel) and norm != LISTING and not norm.startswith(("..", "."))
+
+
+def previous_files(out_dir: str, schema: str) -> tuple[list[str], str | None]:
+    """The files an earlier export wrote into ``out_dir`` (relative paths, from its
+    ``export.json``), and a note when that listing could not be read (its files are then kept)."""
+    path = os.path.join(out_dir, LISTING)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return [], None
+    except (OSError, ValueError) as exc:
+        return [], f"{path} unreadable ({exc}): the files of the earlier export were left in place"
+    if not isinstance(doc, dict) or doc.get("schema") != schema:
+        return [], f"{path} is not a badc-mpi export listing: the files beside it were left in place"
+    names = [n for n in [*(doc.get("files") or []), *(doc.get("removing") or [])] if isinstance(n, str) and _inside(n)]
+    return sorted(set(names)), None
 
 
 class StagedFiles:
@@ -74,9 +107,11 @@ class StagedFiles:
             handle.close()
         self._open.clear()
 
-    def commit(self, last: str | None = None) -> list[str]:
+    def commit(self, last: str | None = None, remove: Sequence[str] = ()) -> list[str]:
         """Make every file durable and rename it into place (``last``, e.g. ``export.json``, at
-        the very end); remove the staging folder. Returns the final paths."""
+        the very end), then remove ``remove`` (relative paths: an earlier export's files that
+        this one does not write) and the folders they leave empty; remove the staging folder.
+        Returns the final paths."""
         self._close()
         os.sync()
         order = [n for n in self.names if n != last] + ([last] if last in self.names else [])
@@ -92,8 +127,26 @@ class StagedFiles:
             done.append(target)
         for folder in folders:
             fsync_dir(folder)
+        self._remove([r for r in remove if r not in self.names and _inside(r)])
         shutil.rmtree(self.staging, ignore_errors=True)
         return done
+
+    def _remove(self, names: Sequence[str]) -> None:
+        folders: set[str] = set()
+        for rel in names:
+            path = os.path.join(self.out_dir, rel)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)
+                folders.add(os.path.dirname(path))
+        for folder in sorted(folders, key=len, reverse=True):  # deepest first; empty ones only
+            while folder != self.out_dir and folder.startswith(self.out_dir + os.sep):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                folder = os.path.dirname(folder)
+        for folder in {self.out_dir, *(f for f in folders if os.path.isdir(f))}:
+            fsync_dir(folder)
 
     def abort(self) -> None:
         """Remove the staging folder (and the output folder when this made it and it is empty)."""

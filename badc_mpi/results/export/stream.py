@@ -6,6 +6,9 @@ hands back Arrow record batches; the two sorted streams (each on its own cursor)
 recording id into :class:`Group`s: one recording's chunk rows and its detections, as dicts. The
 queries are built with the relation API (column names and expressions are constants; the
 confidence threshold and the paths are values, never SQL text).
+
+``only_fingerprint``: an aggregate built with ``--accept-mixed`` exported without it: detections of
+other fingerprints are left out and their chunks read as ``stale`` (never counted as analysed).
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from badc_mpi.results.aggregate.schema import ANALYSED, STALE
+
+#: ``only_fingerprint``'s default: every fingerprint
+ANY_FINGERPRINT = object()
 
 BATCH_ROWS = 65_536
 MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the sorts (beyond it they spill to the temporary folder)
@@ -42,13 +50,19 @@ def connect(temp_dir: str | None = None, memory_limit: str = MEMORY_LIMIT) -> An
     return duckdb.connect(config=config)
 
 
-def detections_relation(rel: Any, min_confidence: float, species: Sequence[str] | None = None) -> Any:
+def detections_relation(
+    rel: Any, min_confidence: float, species: Sequence[str] | None = None, only_fingerprint: Any = ANY_FINGERPRINT
+) -> Any:
     """``rel`` (the ``detections`` table) filtered by confidence (compared as FLOAT, the column's
-    type: a score equal to the threshold passes) and optionally species codes, sorted by recording."""
+    type: a score equal to the threshold passes), optionally species codes and one fingerprint
+    id (None: rows without one), sorted by recording."""
     import duckdb
 
     threshold = duckdb.ConstantExpression(float(min_confidence)).cast(duckdb.sqltypes.FLOAT)
     rel = rel.filter(duckdb.ColumnExpression("confidence") >= threshold)
+    if only_fingerprint is not ANY_FINGERPRINT:
+        column = duckdb.ColumnExpression("fingerprint")
+        rel = rel.filter(column.isnull() if only_fingerprint is None else column == duckdb.ConstantExpression(only_fingerprint))
     if species is not None:
         code = duckdb.CoalesceOperator(duckdb.ColumnExpression("label_code"), duckdb.ColumnExpression("label"))
         rel = rel.filter(
@@ -81,7 +95,19 @@ def _runs(rel: Any, batch_rows: int) -> Iterator[tuple[str, list[dict[str, Any]]
         yield current, rows
 
 
-def recording_groups(chunks: Any, detections: Any | None, *, batch_rows: int = BATCH_ROWS) -> Iterator[Group]:
+def _only(rows: list[dict[str, Any]], fingerprint: Any) -> list[dict[str, Any]]:
+    """Chunk rows analysed with another fingerprint than ``fingerprint`` read as ``stale``."""
+    if fingerprint is ANY_FINGERPRINT:
+        return rows
+    for row in rows:
+        if row["status"] == ANALYSED and row.get("fingerprint") != fingerprint:
+            row["status"] = STALE
+    return rows
+
+
+def recording_groups(
+    chunks: Any, detections: Any | None, *, batch_rows: int = BATCH_ROWS, only_fingerprint: Any = ANY_FINGERPRINT
+) -> Iterator[Group]:
     """Merge the sorted relations (from :func:`chunks_relation`, :func:`detections_relation`;
     each on its own cursor) into one :class:`Group` per recording of the chunks table, in
     recording order. Detections of a recording without chunk rows (none in an aggregate) are
@@ -91,7 +117,7 @@ def recording_groups(chunks: Any, detections: Any | None, *, batch_rows: int = B
     for rid, rows in _runs(chunks, batch_rows):
         while pending is not None and pending[0] < rid:
             pending = next(dets, None)
-        group = Group(rid, rows)
+        group = Group(rid, _only(rows, only_fingerprint))
         if pending is not None and pending[0] == rid:
             group.detections = pending[1]
             pending = next(dets, None)
@@ -106,11 +132,12 @@ def parquet_groups(
     min_confidence: float = 0.0,
     species: Sequence[str] | None = None,
     batch_rows: int | None = None,
+    only_fingerprint: Any = ANY_FINGERPRINT,
 ) -> Iterator[Group]:
     """:func:`recording_groups` over an aggregate's Parquet files (``detections_path`` None:
-    chunks only; ``species``: only these codes' detections)."""
+    chunks only; ``species``: only these codes' detections; ``only_fingerprint``: see the module doc)."""
     chunks = chunks_relation(con.cursor().read_parquet(chunks_path))
     dets = None
     if detections_path is not None:
-        dets = detections_relation(con.cursor().read_parquet(detections_path), min_confidence, species)
-    return recording_groups(chunks, dets, batch_rows=batch_rows or BATCH_ROWS)
+        dets = detections_relation(con.cursor().read_parquet(detections_path), min_confidence, species, only_fingerprint)
+    return recording_groups(chunks, dets, batch_rows=batch_rows or BATCH_ROWS, only_fingerprint=only_fingerprint)

@@ -11,7 +11,11 @@ recording (:mod:`export_stream`; memory is one recording's rows, never the campa
    error before anything is written;
 2. **write**: each recording's rows go straight into the files, staged in a hidden folder and
    renamed into place when all are written (:mod:`export_files`); ``export.json`` (last) lists
-   what was written and every note (metadata guessed, tags left out, recordings split).
+   what was written and every note (metadata guessed, tags left out, recordings split); then the
+   files of the previous export in that folder that this one did not write are removed.
+
+Only the chunks analysed with the aggregate's fingerprint are exported, unless ``accept_mixed``
+(an aggregate built with ``--accept-mixed`` exported without it reads its other chunks as stale).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lack
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
 from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
-from badc_mpi.results.export.staging import StagedFiles, csv_text
-from badc_mpi.results.export.stream import Group, connect, parquet_groups
+from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, previous_files
+from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
 from badc_mpi.results.export.wildtrax import (
     CLIP_COLUMNS,
     TAG_COLUMNS,
@@ -56,6 +60,7 @@ class ExportOptions:
     focus_species: tuple[str, ...] = ()
     task_method: str = "None"
     task_duration: int | None = None
+    accept_mixed: bool = False  #: also export chunks analysed with another fingerprint than the aggregate's
 
     def check(self) -> None:
         """Raise :class:`ExportError` for a bad option (before anything is read or written)."""
@@ -208,42 +213,69 @@ class Writer:
         return notes
 
 
+def _fingerprint(folder: str, options: ExportOptions) -> tuple[Any, dict[str, Any], list[str]]:
+    """(the fingerprint id to keep, or every one; the aggregate's fingerprint facts; notes)."""
+    try:
+        with open(os.path.join(folder, "aggregate.json"), encoding="utf-8") as fh:
+            facts = json.load(fh).get("fingerprint") or {}
+    except (OSError, ValueError):
+        facts = {}
+    mixed, stale = int(facts.get("mixed") or 0), int(facts.get("stale") or 0)
+    if mixed and not options.accept_mixed:
+        note = f"{mixed} chunk(s) analysed with other settings left out (stale; --accept-mixed keeps them)"
+        return facts.get("id"), facts, [note]
+    if mixed:
+        return ANY_FINGERPRINT, facts, [f"{mixed} chunk(s) analysed with other settings kept (--accept-mixed)"]
+    if stale and options.accept_mixed:
+        note = f"{stale} stale chunk(s) are not in this aggregate: aggregate again with --accept-mixed to keep them"
+        return ANY_FINGERPRINT, facts, [note]
+    return ANY_FINGERPRINT, facts, []
+
+
 def write_exports(folder: str, options: ExportOptions) -> ExportResult:
     """Write the export of the aggregate ``folder`` (see the module doc)."""
     options.check()
     out_dir = os.path.abspath(options.output or os.path.join(folder, EXPORT_DIR))
     det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
+    only, facts, fp_notes = _fingerprint(folder, options)
     with tempfile.TemporaryDirectory(prefix="badc-mpi-export-") as spill:
         con = connect(spill)
         try:
-            found = survey(parquet_groups(con, chunk_path, None), options)
+            found = survey(parquet_groups(con, chunk_path, None, only_fingerprint=only), options)
             files = StagedFiles(out_dir)
             try:
                 writer = Writer(files, options)
                 species = options.focus_species if set(options.formats) == {"histories"} else None
-                for group in parquet_groups(con, chunk_path, det_path, min_confidence=options.min_confidence, species=species):
+                groups = parquet_groups(
+                    con, chunk_path, det_path, min_confidence=options.min_confidence, species=species, only_fingerprint=only
+                )
+                for group in groups:
                     writer.add(group)
-                notes = writer.finish(found)
+                earlier, listing_note = previous_files(out_dir, EXPORT_SCHEMA)
+                notes = fp_notes + writer.finish(found) + ([listing_note] if listing_note else [])
+                removing = sorted(r for r in set(earlier) - set(files.names) if os.path.lexists(os.path.join(out_dir, r)))
                 doc = {
                     "schema": EXPORT_SCHEMA,
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "aggregate": folder,
                     "options": asdict(options),
+                    "fingerprint": {k: facts.get(k) for k in ("id", "run_id", "settings", "stale", "mixed")},
                     "files": sorted(files.names),
+                    "removing": removing,  #: the previous export's files this one replaces (removed after this listing)
                     "notes": notes,
                 }
-                files.write_text("export.json", json.dumps(doc, indent=1) + "\n")
-                written = files.commit(last="export.json")
+                files.write_text(LISTING, json.dumps(doc, indent=1) + "\n")
+                written = files.commit(last=LISTING, remove=removing)
             except BaseException:
                 files.abort()
                 raise
         finally:
             con.close()
-    return ExportResult(out_dir, folder, [p for p in written if not p.endswith("export.json")], notes)
+    return ExportResult(out_dir, folder, [p for p in written if not p.endswith(LISTING)], notes)
 
 
 def export(sources: Sequence[str], options: ExportOptions, **kwargs: Any) -> ExportResult:
     """Write the export of ``sources``; ``kwargs``: ``telemetry_dir, output_dir, name, dest`` as
     for ``badc-mpi aggregate``."""
     options.check()
-    return write_exports(find_aggregate(sources, **kwargs), options)
+    return write_exports(find_aggregate(sources, accept_mixed=options.accept_mixed, **kwargs), options)
