@@ -138,7 +138,8 @@ def test_bundle_of_a_manifest_counts_its_retry_through_the_failed_csv(tmp_path):
     fail_file.write_text("")
     retry = run_badc(_run_args(failed_csv, tmp_path, template), np=2, cwd=tmp_path)
     assert retry.returncode == 0, retry.stderr[-2000:]
-    retry_run = json.loads(max((tmp_path / "tel").glob("*.ledger.jsonl"), key=lambda p: p.name).open().readline())
+    heads = [json.loads(p.open().readline()) for p in (tmp_path / "tel").glob("*.ledger.jsonl")]
+    retry_run = max(heads, key=lambda h: h["created_at"])
     assert retry_run["manifests"] == [str(failed_csv)]
 
     bundle = tmp_path / "b"

@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from badc_mpi.errors import BadcError, StateError, UsageError
 from badc_mpi.inputs.key_index import KeyIndex
-from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.inputs.locations import DATASET_TELEMETRY, default_locations, find_dataset_root
+from badc_mpi.inputs.manifest import load_manifest
 from badc_mpi.storage.jsonl import complete_lines
 from badc_mpi.storage.ledger import LEDGER_SUFFIX, LedgerContents, read_ledger
 
