@@ -159,6 +159,7 @@ DETECTION_COLUMNS = [
     ("chunk_sha256", "dictionary<values=string, indices=int32, ordered=0>"),
     ("hawkears_version", "dictionary<values=string, indices=int32, ordered=0>"),
     ("model_version", "dictionary<values=string, indices=int32, ordered=0>"),
+    ("fingerprint", "dictionary<values=string, indices=int32, ordered=0>"),
     ("merged_count", "int32"),
     ("site", "dictionary<values=string, indices=int32, ordered=0>"),
     ("recording_start_utc", "dictionary<values=string, indices=int32, ordered=0>"),
@@ -276,7 +277,9 @@ def test_golden_bundle_views(golden):
         "analysed": 3,
         "failed": 1,
         "not_analysed": 1,
+        "stale": 0,
         "detections": 4,
+        "mixed": 0,
         "orphan_outputs": 0,
         "problems": 0,
     }
