@@ -3,8 +3,8 @@
 - a bundle holds one fingerprint: after a ``--rerun-changed`` at another ``--min-score`` stopped
   half way, the chunks it did not reach are ``stale`` (not counted, listed); ``--accept-mixed``
   keeps them with a banner, and an export of that bundle without it leaves them out;
-- ``bundle MANIFEST`` finds a retry through ``X.failed.csv`` (by output folder and chunk keys):
-  the retried chunk is analysed, with its detections;
+- ``bundle MANIFEST`` (and the sbatch scripts' bundle step) finds a retry through ``X.failed.csv``
+  (by output folder and chunk keys): the retried chunk is analysed, with its detections;
 - a re-export replaces exactly the previous export's files: a dropped focus species' history
   goes, a user's own file in the folder stays.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from test_export import make_campaign
+from test_sbatch import job_env, sbatch_like
+from test_sbatch import run_args as sbatch_run_args
 
 from badc_mpi.cli import main
 
@@ -27,6 +29,7 @@ from helpers import (
     FAKE_CMD,
     MPIEXEC,
     PYTHON,
+    REPO,
     make_dataset,
     run_badc,
     stop_tree,
@@ -176,3 +179,21 @@ def test_a_re_export_replaces_exactly_the_files_of_the_previous_one(tmp_path):
     on_disk = sorted(str(p.relative_to(exp)) for p in exp.rglob("*") if p.is_file() and p.name != "export.json")
     assert sorted([*listing["files"], "histories/my_notes.txt"]) == on_disk  # it lists every file it wrote
     assert "histories/OVEN.csv" in listing["removing"]
+
+
+def test_the_sbatch_bundle_step_counts_a_retry_through_the_failed_csv(tmp_path):
+    manifest = make_dataset(tmp_path / "ds", 2, 2, seconds=0.2)
+    fail_file = tmp_path / "fail.txt"
+    fail_file.write_text("rec001_chunk_200_400\n")
+    args = [str(manifest), "--", *sbatch_run_args("--fail-file", str(fail_file)), "--max-retries", "0"]
+    env = job_env(tmp_path, DATASET=str(tmp_path / "ds"))
+    first = sbatch_like(REPO / "slurm" / "infer.sbatch", args, env)
+    assert first.returncode == 1 and "1 failed" in first.stdout, first.stdout + first.stderr
+    (failed_csv,) = (tmp_path / "ds" / "data" / "telemetry" / "infer").glob("*.failed.csv")
+    fail_file.write_text("")
+    retry = run_badc(["run", str(failed_csv), *args[2:]], np=None, cwd=tmp_path / "ds")  # as the run's message says
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    again = sbatch_like(REPO / "slurm" / "infer.sbatch", args, env)  # resumes (nothing left), then bundles
+    assert again.returncode == 0, again.stdout + again.stderr
+    summary = json.loads((tmp_path / "ds" / "artifacts" / "aggregate" / "chunks" / "summary.json").read_text())
+    assert (summary["counts"]["analysed"], summary["counts"]["failed"]) == (4, 0), summary["counts"]
