@@ -31,7 +31,8 @@ from badc_mpi.results.aggregate import fingerprints as F
 from badc_mpi.results.aggregate import schema as S
 from badc_mpi.results.aggregate.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.aggregate.readers import READERS
-from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs, read_summary, telemetry_bytes
+from badc_mpi.results.aggregate.run_table import attempt_table, final_attempts, run_rows
+from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs
 from badc_mpi.results.aggregate.sources import DoneChunk
 from badc_mpi.results.aggregate.times import add_absolute_times, missing_time_columns
 from badc_mpi.results.aggregate.verdicts import Settings, Verdict, decide
@@ -120,76 +121,6 @@ def _manifest_chunks(paths: list[str], problems: list[Problem]) -> tuple[list[Ch
         chunks.extend(manifest.chunks)
         extras.extend(c for c in manifest.extra_columns if c not in extras)
     return chunks, extras
-
-
-def _attempts(runs: Sequence[RunFiles], problems: list[Problem]) -> pa.Table:
-    tables = []
-    for run in runs:
-        if run.telemetry is None:
-            problems.append(Problem(run.base + ".jsonl", "telemetry missing: worker figures of this run left out"))
-            continue
-        try:
-            tables.append(S.parse_attempts(telemetry_bytes(run.telemetry, problems)))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            problems.append(Problem(run.telemetry, f"telemetry unreadable ({str(exc).splitlines()[0]}); worker figures left out"))
-    return pa.concat_tables(tables) if tables else S.ATTEMPT_SCHEMA.empty_table()
-
-
-def _finals(attempts: pa.Table) -> dict[tuple[str, str], tuple[str | None, float | None]]:
-    """(run_id, key) -> (worker, runtime_s) of the final attempt."""
-    cols = [attempts.column(n).to_pylist() for n in ("run_id", "event", "recording_id", "chunk_id", "worker", "runtime_s")]
-    return {(r, f"{rec}/{c}"): (w, t) for r, e, rec, c, w, t in zip(*cols) if e != "retry"}
-
-
-def _most_common(values: list[Any]) -> Any:
-    values = [v for v in values if v]
-    return Counter(values).most_common(1)[0][0] if values else None
-
-
-def _run_rows(
-    runs: Sequence[RunFiles], verdicts: list[Verdict], attempts: pa.Table, problems: list[Problem]
-) -> list[dict[str, Any]]:
-    won = Counter(v.run_id for v in verdicts if v.run_id)
-    by_run: dict[str, dict[str, list[Any]]] = {}
-    succ = attempts.filter(pc.equal(attempts.column("event"), "success"))
-    for r, mv, hv in zip(*(succ.column(n).to_pylist() for n in ("run_id", "model_version", "hawkears_version"))):
-        entry = by_run.setdefault(r, {"model": [], "hawkears": []})
-        entry["model"].append(mv)
-        entry["hawkears"].append(hv)
-    rows = []
-    for run in runs:
-        head = read_summary(run.summary, problems)
-        runner = head.get("runner") or {}
-        seen = by_run.get(run.run_id, {"model": [], "hawkears": []})
-        model = runner.get("model_version") or _most_common(seen["model"])
-        statuses = Counter(rec[0] for rec in run.ledger.records.values())
-        finished = [rec[6] for rec in run.ledger.records.values() if rec[6]]
-        rows.append(
-            {
-                "run_id": run.run_id,
-                "created_at": run.created_at or head.get("created_at"),
-                "finished_at": max(finished) if finished else None,
-                "state": head.get("state"),
-                "host": head.get("host"),
-                "badc_mpi_version": head.get("badc_mpi_version"),
-                "hawkears_version": runner.get("hawkears_version") or _most_common(seen["hawkears"]),
-                "model_version": model,
-                "tiny_model": bool(runner.get("tiny_model")) or bool(model and str(model).startswith("tiny:")),
-                "runner": runner.get("runner"),
-                "manifests": json.dumps(run.manifests),
-                "output_dir": run.output_dir,
-                "ledger": run.ledger.path,
-                "telemetry": run.telemetry,
-                "summary": run.summary,
-                "ledger_success": statuses.get("success", 0),
-                "ledger_failed": statuses.get("failed", 0),
-                "chunks_won": won.get(run.run_id, 0),
-                "options": json.dumps({"options": head.get("options"), "runner": runner}, default=str),
-                "fingerprint": F.fingerprint_id(run.fingerprint),
-                "settings": F.settings_text(run.fingerprint),
-            }
-        )
-    return rows
 
 
 def _check_keys(batch: Any) -> tuple[set[int], set[int]]:
@@ -361,12 +292,12 @@ def aggregate(
         raise
     per_chunk_outs = {o for o, layout in zip(outs, layouts) if layout == PER_CHUNK}
     orphans = _orphan_outputs(verdicts, {d.key for _, d in done}, per_chunk_outs, problems)
-    attempts = _attempts(sel.runs, problems)
-    finals = _finals(attempts)
+    attempts = attempt_table(sel.runs, problems)
+    finals = final_attempts(attempts)
     chunk_table = _chunk_table(verdicts, finals, {c.key: (c.source_path, dict(c.extra)) for c in chunks}, key_map)
     merge = _merge(det_out.path, det_schema, merge_overlaps, chunks_overlap(chunk_table))
     write_table(os.path.join(dest, "chunks.parquet"), chunk_table)
-    write_table(os.path.join(dest, "runs.parquet"), S.rows_table(_run_rows(sel.runs, verdicts, attempts, problems), S.RUN_SCHEMA))
+    write_table(os.path.join(dest, "runs.parquet"), S.rows_table(run_rows(sel.runs, verdicts, attempts, problems), S.RUN_SCHEMA))
     write_table(os.path.join(dest, "attempts.parquet"), attempts)
     states = Counter(v.status for v in verdicts)
     counts = {
