@@ -157,6 +157,10 @@ def test_bundle_of_a_manifest_counts_its_retry_through_the_failed_csv(tmp_path):
     assert sorted(d["label"] for d in dets) == sorted(stored["label"])
     summary = json.loads((bundle / "summary.json").read_text())
     assert summary["counts"]["runs"] == 2 and summary["counts"]["failed"] == 0 and summary["problems"] == []
+    # every run of the telemetry folder: the retry's X.failed.csv repeats X's rows, counted once, no note
+    assert main(["bundle", str(tmp_path / "tel"), "--dest", str(tmp_path / "all")]) == 0
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert (summary["counts"]["chunks"], summary["counts"]["analysed"], summary["problems"]) == (6, 6, [])
 
 
 def test_a_re_export_replaces_exactly_the_files_of_the_previous_one(tmp_path):

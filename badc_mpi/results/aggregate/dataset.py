@@ -35,7 +35,7 @@ from badc_mpi.results.aggregate.run_table import attempt_table, final_attempts, 
 from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs
 from badc_mpi.results.aggregate.sources import DoneChunk
 from badc_mpi.results.aggregate.times import add_absolute_times, missing_time_columns
-from badc_mpi.results.aggregate.verdicts import Settings, Verdict, decide
+from badc_mpi.results.aggregate.verdicts import FAILED_CSV, Settings, Verdict, decide
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
 from badc_mpi.storage.jsonl import dumps
 from badc_mpi.storage.outputs import DETECTIONS_SUFFIX
@@ -258,7 +258,8 @@ def aggregate(
     sel = selection or find_runs(sources, telemetry_dir=telemetry_dir)
     problems = list(sel.problems)
     # runs found by chunk keys (a retry through X.failed.csv) lend records, not their manifests
-    manifests = sorted({*(sel.manifest_filter or []), *(m for r in sel.runs if not r.matched_by_keys for m in r.manifests)})
+    named = {*(sel.manifest_filter or []), *(m for r in sel.runs if not r.matched_by_keys for m in r.manifests)}
+    manifests = sorted(named, key=lambda m: (m.endswith(FAILED_CSV), m))  # a retry's X.failed.csv after X
     options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps, "accept_mixed": accept_mixed}
     fingerprint = inputs_fingerprint(sel.runs, manifests, options)
     meta_path = os.path.join(dest, "aggregate.json")

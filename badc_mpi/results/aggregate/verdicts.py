@@ -23,6 +23,8 @@ from badc_mpi.records import Chunk
 from badc_mpi.results.aggregate.schema import ANALYSED, FAILED, NOT_ANALYSED, STALE
 from badc_mpi.storage.ledger import ATTEMPTS, CRC32, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SEGMENT, SHA256, STATUS
 
+FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
+
 
 FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
 
