@@ -26,9 +26,6 @@ from badc_mpi.storage.ledger import ATTEMPTS, CRC32, ERROR, FAILURE_CLASS, FINIS
 FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
 
 
-FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
-
-
 @dataclass(slots=True)
 class Verdict:
     """One chunk's row of the ``chunks`` table, before detections are counted."""
