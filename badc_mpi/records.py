@@ -169,6 +169,11 @@ class Binding:
     def uses_gpu(self) -> bool:
         return self.gpu_uuid is not None
 
+    @property
+    def device_kind(self) -> str:
+        """``cuda`` or ``cpu``: what HawkEars runs on for this binding (part of a run's fingerprint)."""
+        return "cuda" if self.uses_gpu else "cpu"
+
     def runner_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` with this binding's GPU mask applied (a CPU rank sees no GPU at all)."""
         env = dict(base)

@@ -271,3 +271,26 @@ def test_hawkears_on_the_cpu_of_a_gpu_rank_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("badc-mpi: error")]
     assert len(errors) == 1 and "HawkEars runs on cpu although" in errors[0] and "is bound to GPU" in errors[0]
+
+
+def test_results_made_on_another_device_kind_are_results_of_other_settings(tmp_path):
+    """HawkEars picks models and the low-band classifier by device: the run's device kind is in its
+    fingerprint, from the ranks' bindings. A CPU run records ``cpu`` (its resident reports the CPU);
+    a resume that finds chunks done on CUDA stops naming the device, unless --rerun-changed."""
+    manifest = make_dataset(tmp_path, recordings=1, chunks_per_recording=3, seconds=6.0, sample_rate=22050)
+    first = run_badc(hawkears_args(manifest, tmp_path), np=2, timeout_s=200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (ledger,) = (tmp_path / "tel").glob("*.ledger.jsonl")
+    header, *records = ledger.read_text().splitlines(keepends=True)
+    head = json.loads(header)
+    assert head["fingerprint"]["device"] == "cpu"
+    (tfile,) = telemetry_files(tmp_path / "tel")
+    assert {e["device"] for e in read_jsonl(tfile) if e["event"] == "worker"} == {"cpu"}  # what the residents report
+    head["fingerprint"]["device"] = "cuda"  # as a GPU run into the same folder would have recorded it
+    ledger.write_text(json.dumps(head) + "\n" + "".join(records))
+    refused = run_badc(hawkears_args(manifest, tmp_path, "--resume"), np=2, timeout_s=200)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "device: 'cuda' -> 'cpu'" in refused.stderr and "--rerun-changed" in refused.stderr
+    rerun = run_badc(hawkears_args(manifest, tmp_path, "--resume", "--rerun-changed"), np=2, timeout_s=200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "3 rerun because they were done with other settings" in rerun.stdout + rerun.stderr

@@ -297,3 +297,32 @@ def test_scheduler_lists_failed_and_unfinished_states_for_the_summary():
     assert [(s.chunk.chunk_id, s.status, s.last_error) for s in listed] == [("c1", "failed", "gone"), ("c2", "backoff", "boom")]
     assert [s.chunk.chunk_id for s in sched.worst()] == ["c1", "c2"]
     assert sched.counts() == sched.recount() == {"pending": 2, "in_flight": 0, "backoff": 1, "success": 1, "failed": 1}
+
+
+def test_the_device_kind_of_a_run_comes_from_its_ranks_bindings():
+    from badc_mpi.coordinator.planning import device_kind
+    from badc_mpi.storage.ledger import entry_record
+
+    assert device_kind(["cuda", "cuda", "cuda", "cuda"]) == "cuda"
+    assert device_kind(["cpu"]) == "cpu"
+    assert device_kind(["cuda", "cpu", "cuda"]) == "cpu+cuda"  # --cpu-workers beside GPU ranks
+    assert device_kind([]) is None  # the API without ranks' bindings: nothing claimed
+    from helpers import make_chunk
+
+    assert (
+        entry_record(
+            make_chunk(),
+            "success",
+            run_id="r",
+            attempts=1,
+            failure_class=None,
+            reason="",
+            finished_at=None,
+            has_outputs=True,
+            device="cpu",
+        )["d"]
+        == "cpu"
+    )
+    assert "d" not in entry_record(
+        make_chunk(), "success", run_id="r", attempts=1, failure_class=None, reason="", finished_at=None, has_outputs=True
+    )

@@ -132,7 +132,13 @@ def union_columns(manifests: list[Any]) -> list[str]:
     return cols
 
 
-def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) -> RunPlan:
+def device_kind(devices: Sequence[str]) -> str | None:
+    """The run's device kind for its fingerprint: ``cuda``, ``cpu`` or ``cpu+cuda`` (ranks of both
+    kinds, ``--cpu-workers``), from the ranks' bindings; None when none is known."""
+    return "+".join(sorted(set(devices))) or None
+
+
+def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str, devices: Sequence[str] = ()) -> RunPlan:
     from badc_mpi.inputs.locations import check_name_lengths, check_writable, default_locations
     from badc_mpi.inputs.manifest import load_manifests
     from badc_mpi.runners import build_runner
@@ -159,6 +165,18 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str) ->
     described = probe.describe()
     fingerprint = probe.fingerprint()
     probe.close()
+    device = device_kind(devices)
+    if kind == "hawkears" and device is not None:
+        # HawkEars chooses by device what --models/--low-band leave open (all models and the
+        # low-band classifier on CUDA, 3 models without it on a CPU), and scores differ in the last
+        # bits between devices: results of another device kind are results of other settings
+        fingerprint["device"] = device
+        if "+" in device:
+            log.warning(
+                "ranks on %s in one run: HawkEars' defaults differ by device (--models, --low-band "
+                "fix them) and each chunk's ledger line names its device",
+                device.replace("+", " and "),
+            )
     missing = np.concatenate([m.missing_rows + offset for m, offset in zip(manifests, catalog.offsets)])
     rows: np.ndarray | None = None  # all, in manifest order
     carried_counts: dict[str, int] = {}

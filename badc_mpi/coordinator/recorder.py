@@ -59,6 +59,7 @@ class Recorder:
         self._pending: list[str] = []  #: keys of successes whose ledger lines are not written yet
         self.broken: str | None = None  #: why a write failed (the run then stops)
         self.dropped: list[str] = []  #: successes whose ledger lines were dropped (their records failed)
+        self.devices: dict[int, str] = {}  #: in a run of CPU and GPU ranks: rank -> device kind (``d``)
 
     def _break(self, exc: OSError, doing: str) -> None:
         if self.broken is None:
@@ -147,7 +148,8 @@ class Recorder:
         if decision.event == "retry":
             return
         status = "success" if decision.event == "success" else "failed"
-        self._final(chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs))
+        device = self.devices.get(rank) if status == "success" else None
+        self._final(chunk, status, attempt, failure_class, reason, tel.utc_iso(finished_at), bool(outputs), device)
 
     def _final(
         self,
@@ -158,6 +160,7 @@ class Recorder:
         reason: str,
         finished_at: str | None,
         has_outputs: bool,
+        device: str | None = None,
     ) -> None:
         ref = self._refs.pop(chunk.key, None) if status == "success" else None
         if status == "success":
@@ -173,6 +176,7 @@ class Recorder:
                 finished_at=finished_at,
                 has_outputs=has_outputs,
                 ref=ref,
+                device=device,
             )
         )
 

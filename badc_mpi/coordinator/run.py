@@ -75,6 +75,7 @@ class Coordinator:
         self.scheduler: Scheduler | None = None
         self.recorder: Recorder | None = None
         self.lock: lock_mod.OutputLock | None = None
+        self.devices: dict[int, str] = {}  #: rank -> ``cuda`` | ``cpu`` (from the hellos)
         self.t0 = time.monotonic()
 
     # -- set-up ------------------------------------------------------------------------
@@ -125,12 +126,13 @@ class Coordinator:
         """Everything that can fail on bad input, before any worker is set up."""
         self._register(0, os.getpid(), self.binding)
         backoff = Backoff(self.options.poll_max_s)
+        # the ranks' hellos first: their bindings give the run's device kind (its fingerprint)
+        missing = self.remote.collect_hellos(backoff, self._early_message, self.options.startup_timeout_s)
+        self.devices = {0: self.binding.device_kind} | {r: h.binding.device_kind for r, h in self.remote.hellos.items()}
         try:
-            self.plan = prepare_plan(self.manifest_paths, self.options, self.run_id)
+            self.plan = prepare_plan(self.manifest_paths, self.options, self.run_id, list(self.devices.values()))
             self.lock = lock_mod.acquire(self.plan.output_dir, self.run_id, force=self.options.force_unlock)
-            missing = self.remote.collect_hellos(backoff, self._early_message, self.options.startup_timeout_s)
         except BadcError as exc:
-            missing = self.remote.collect_hellos(backoff, self._early_message, self.options.startup_timeout_s)
             self.remote.stop_all(int(exc.exit_code), str(exc), lost=frozenset(missing))
             raise
         for rank, hello in sorted(self.remote.hellos.items()):
@@ -176,6 +178,8 @@ class Coordinator:
         recorder = self.recorder = Recorder(plan, self.run_id, scheduler, self.workers, ranks=self.comm.Get_size())
         lock = self.lock
         assert lock is not None  # taken in prepare()
+        if "+" in str((plan.meta.get("fingerprint") or {}).get("device") or ""):  # CPU and GPU ranks: each success says its own
+            recorder.devices = dict(self.devices)
         if plan.resume_note:
             print(f"badc-mpi: {plan.resume_note}", flush=True)
         size = self.comm.Get_size()

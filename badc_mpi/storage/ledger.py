@@ -73,8 +73,10 @@ def entry_record(
     finished_at: str | None,
     has_outputs: bool,
     ref: StoreRef | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """One final outcome. ``status``: ``success`` or ``failed``; ``ref``: a success's store record."""
+    """One final outcome. ``status``: ``success`` or ``failed``; ``ref``: a success's store record;
+    ``device``: the device kind that made it, in a run of CPU and GPU ranks (``d``)."""
     record = {
         "r": chunk.recording_id,
         "c": chunk.chunk_id,
@@ -89,6 +91,8 @@ def entry_record(
     }
     if ref is not None:
         record.update(g=ref.seq, x=ref.offset, l=ref.length, k=ref.crc32)
+    if device is not None:
+        record["d"] = device
     return record
 
 
