@@ -229,8 +229,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="set a rank aside after N failed attempts in a row on N different chunks ('input' failures "
-        "do not count); its chunks go to the other ranks (default 3; 0 = never)",
+        help="set a rank aside once N chunks that failed on it succeeded on other ranks, with no success "
+        "on it in between (a chunk that fails on two ranks is the chunk's fault: it fails, no rank is "
+        "blamed); its chunks go to the other ranks (default 3; 0 = never)",
     )
     g.add_argument(
         "--silent-after-s",
@@ -252,7 +253,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=600.0,
         metavar="S",
-        help="ranks that have not joined S seconds after the start are lost (default 600)",
+        help="ranks that have not joined S seconds after the start, or not spoken S seconds after their "
+        "set-up (building the runner, hashing checkpoints), are lost (default 600)",
     )
 
 

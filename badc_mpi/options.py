@@ -72,7 +72,7 @@ class RunOptions:
     accept_mixed: bool = False  #: resume: keep chunks done with other settings
     grace_s: float = 20.0
     force_unlock: bool = False
-    quarantine_after: int = 3  #: failed attempts in a row, on different chunks, that set a rank aside (0 = never)
+    quarantine_after: int = 3  #: chunks failed here that succeeded elsewhere, none here since, that set a rank aside (0 = never)
     silent_after_s: float = 120.0  #: a rank not heard from for this long is lost
     deadline_margin_s: float = 60.0  #: beyond an attempt's timeout before its rank counts as stuck
     startup_timeout_s: float = 600.0  #: ranks that have not said hello by then are lost

@@ -69,7 +69,9 @@ class Coordinator:
         self.stopped: str | None = None  #: no rank is left to work (set aside at run time): exit 75
         self.dead: dict[int, str] = {}  #: ranks that get no more work: rank -> why
         self.lost: set[int] = set()  #: ranks that may not answer any more (silent, stuck, never joined)
-        self.health = Health(options.quarantine_after, options.silent_after_s, options.deadline_margin_s)
+        self.health = Health(
+            options.quarantine_after, options.silent_after_s, options.deadline_margin_s, options.startup_timeout_s
+        )
         self._next_health_check = 0.0
         self.plan: RunPlan | None = None
         self.scheduler: Scheduler | None = None
@@ -139,7 +141,7 @@ class Coordinator:
             self._register(rank, hello.pid, hello.binding)
         now = time.monotonic()
         for rank in sorted(self.remote.hellos):
-            self.health.heard(rank, now)
+            self.health.starting(rank, now)  # until its first message: --startup-timeout-s
         for rank in missing:
             self.workers[rank] = WorkerStats(f"rank{rank}", "?", rank, "?")
             self.workers[rank].status = "lost"
@@ -275,17 +277,17 @@ class Coordinator:
         scheduler, local = self.scheduler, self.local
         assert scheduler is not None and local is not None  # the run has started
         sent = False
-        free = {r for r, c in self.remote.credit.items() if c > 0} | ({0} if self.local_credit else set())
-        if self.local_credit and scheduler.has_ready(now):
-            tasks = self._tasks(self.local_credit, 0, now, others_free=len(free - {0}) > 0)
+        working = self.health.working([r for r in range(self.comm.Get_size()) if r not in self.dead])
+        if self.local_credit and 0 in working and scheduler.has_ready(now):
+            tasks = self._tasks(self.local_credit, 0, now, others_free=len(working - {0}) > 0)
             if tasks:
                 local.submit(tasks)
                 self.local_credit -= len(tasks)
                 sent = True
         for rank, credit in self.remote.credit.items():
-            if credit <= 0 or not scheduler.has_ready(now):
+            if credit <= 0 or rank not in working or not scheduler.has_ready(now):
                 continue
-            tasks = self._tasks(credit, rank, now, others_free=len(free - {rank}) > 0)
+            tasks = self._tasks(credit, rank, now, others_free=len(working - {rank}) > 0)
             if tasks:
                 log.debug("assign %d task(s) to rank %d", len(tasks), rank)
                 self.box.send(rank, TAG_ASSIGN, Assign(tasks))
@@ -316,8 +318,8 @@ class Coordinator:
                 self.recorder.attempt_lost(rank, state.chunk, decision, state.attempts, why)
             self._set_aside(rank, "lost", f"stuck: {why}")
             acted = True
-        for rank in self.health.silent(mono):
-            self._set_aside(rank, "lost", f"silent: no message for {self.options.silent_after_s:g} s")
+        for rank, why in self.health.silent(mono):
+            self._set_aside(rank, "lost", why)
             acted = True
         return acted
 
@@ -370,9 +372,9 @@ class Coordinator:
             )
             backoff = decision.backoff_s if decision.event == "retry" else None
             recorder.line(tel.result_line(decision.event, backoff, ev.body))
-            quarantine = self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class)
-            if quarantine and rank not in self.dead:
-                self._set_aside(rank, "quarantined", quarantine)
+            for blamed, why in self.health.attempt_ended(rank, ev.key, ev.ok, ev.failure_class, decision.event == "failure"):
+                if blamed not in self.dead:
+                    self._set_aside(blamed, "quarantined", why)
 
     # -- the end -------------------------------------------------------------------------
     def finish(self) -> RunOutcome:

@@ -235,8 +235,9 @@ class Scheduler:
     # -- transitions ---------------------------------------------------------------------
     def take(self, n: int, worker: str, now: float, *, others_free: bool = False) -> list[tuple[Chunk, int]]:
         """Up to ``n`` chunks for ``worker`` as ``(chunk, attempt)``: due retries first. With
-        ``others_free`` (another worker can take work now), a retry never goes back to the worker
-        whose attempt failed: it is left for the others."""
+        ``others_free`` (another worker can work: alive and not held, even if busy now), a retry
+        never goes back to the worker whose attempt failed: it waits for another, so a chunk's
+        retries decide whose fault its failure was (``coordinator/blame.py``)."""
         if self.draining:
             return []
         code = self._code(self._labels, worker)

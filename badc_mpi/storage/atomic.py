@@ -36,6 +36,31 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+FSYNC_THREADS = 16  #: fsyncs in flight at once: a journaling file system commits concurrent ones together
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """fsync one file already written and closed (opened again read-only)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_paths(
+    files: Iterable[str | os.PathLike[str]], folders: Iterable[str | os.PathLike[str]] = (), *, threads: int = FSYNC_THREADS
+) -> None:
+    """Make files written without their own fsync durable: each file, then each folder (its new
+    entries), ``threads`` at a time. Only what was written: never ``os.sync()``, which flushes the
+    whole node (every user's dirty pages on a shared login node: minutes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="badc-fsync") as pool:
+        list(pool.map(fsync_file, files))  # list(): the first error is raised here
+        list(pool.map(fsync_dir, folders))
+
+
 def ensure_dir(path: str | os.PathLike[str]) -> str:
     """Create ``path`` (and parents) if missing, fsyncing each parent that gained an entry."""
     path = os.path.abspath(os.fspath(path))

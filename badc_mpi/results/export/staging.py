@@ -1,6 +1,7 @@
 """The exports' writing side: every file streamed into a hidden staging folder inside the output
-folder, then, once all of them were written, made durable (one ``os.sync()``, as the chunker does
-for its status files) and renamed one by one onto its final name. A failure before that removes
+folder, then, once all of them were written, made durable (each file fsynced, many at a time, as
+the chunker does for its status files; never the whole node's ``os.sync()``) and renamed one by one
+onto its final name, then each final folder fsynced. A failure before that removes
 the staging folder: nothing of a failed export is ever visible, and each final file appears
 whole or not at all.
 
@@ -21,7 +22,7 @@ import shutil
 from collections.abc import Sequence
 from typing import IO, Any
 
-from badc_mpi.storage.atomic import ensure_dir, fsync_dir, temp_path_for
+from badc_mpi.storage.atomic import ensure_dir, fsync_dir, fsync_paths, temp_path_for
 
 
 def csv_text(rows: Sequence[Sequence[Any]], delimiter: str = ",") -> str:
@@ -113,7 +114,7 @@ class StagedFiles:
         this one does not write) and the folders they leave empty; remove the staging folder.
         Returns the final paths."""
         self._close()
-        os.sync()
+        fsync_paths([os.path.join(self.staging, rel) for rel in self.names])
         order = [n for n in self.names if n != last] + ([last] if last in self.names else [])
         folders: set[str] = set()
         done = []
