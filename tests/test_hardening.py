@@ -118,25 +118,24 @@ def test_a_rank_that_keeps_failing_is_quarantined_and_its_chunks_finish_elsewher
     assert "quarantined" in proc.stdout  # the final table says so
 
 
-def test_chunks_failing_on_every_rank_fail_and_no_rank_is_set_aside(tmp_path):
-    """Every chunk fails as 'output' on both ranks (a folder in the way of each recording, as a full
-    disk everywhere would): the chunks' fault, not the ranks'. They fail with their class (exit 1,
-    state finished) and no rank is quarantined, so the resume after the fix runs them: before this
-    rule both ranks were quarantined, the run stopped (exit 75) and every resume stopped the same way."""
+def test_every_rank_failing_on_its_disk_stops_cleanly_with_summary_and_resume(tmp_path):
+    """A full disk on every node ('output' failures are the rank's, never the chunk's): each rank is
+    quarantined, the run stops (exit 75) with its summary written and the resume command printed,
+    instead of failing every chunk of the campaign; the resume after the fix runs them all."""
     manifest = make_dataset(tmp_path, 3, 4, seconds=0.2)
     out = tmp_path / "out"
     out.mkdir()
     for rec in ("rec000", "rec001", "rec002"):
         (out / rec).write_text("in the way: every attempt fails as 'output' (like ENOSPC)")
-    args = command_args(manifest, tmp_path, "--quarantine-after", "2", "--max-retries", "1", "--per-chunk-outputs")
+    args = command_args(manifest, tmp_path, "--quarantine-after", "2", "--per-chunk-outputs")
     proc = run_badc(args, np=2)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    tfile, events = only_telemetry(tmp_path)
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert "no rank is left to work" in proc.stdout and "resume with:" in proc.stdout
+    tfile, _ = only_telemetry(tmp_path)
     summary = json.loads(sidecar(tfile, ".summary.json").read_text())
-    assert summary["state"] == "finished" and summary["counts"]["failed"] == 12
-    finals = [e for e in events if e["event"] == "failure"]
-    assert len(finals) == 12 and all(e["failure_class"] == "output" for e in finals)
-    assert {w["status"] for w in summary["workers"].values()} == {"ok"}
+    assert summary["state"] == "stopped" and summary["counts"]["success"] == 0
+    assert summary["counts"]["pending"] > 0  # left for the resume, not failed
+    assert {w["status"] for w in summary["workers"].values()} == {"quarantined"}
     assert not (out / ".badc-mpi.lock").exists()
     for rec in ("rec000", "rec001", "rec002"):
         (out / rec).unlink()  # the disk fixed

@@ -171,3 +171,19 @@ def test_start_up_is_governed_by_the_startup_timeout_alone():
     assert h.silent(431.0) == [(1, "silent: no message for 120 s")]
     ((rank, why),) = [x for x in h.silent(601.0) if x[0] == 2]
     assert rank == 2 and "--startup-timeout-s 600" in why
+
+
+def test_an_output_failure_is_the_rank_s_never_the_chunk_s():
+    """A file-system error writing outputs (a full disk) strikes its rank at once, even when the
+    chunk also fails so on another rank: a full disk everywhere sets every rank aside (the run then
+    stops in order, exit 75) rather than failing every chunk of the campaign."""
+    from badc_mpi.coordinator.blame import Blame
+    from badc_mpi.records import OUTPUT
+
+    blame = Blame(quarantine_after=2)
+    assert blame.attempt_ended(0, "r/a", False, OUTPUT, False) == []
+    assert blame.attempt_ended(1, "r/a", False, OUTPUT, False) == []  # the same chunk, another rank
+    out0 = blame.attempt_ended(0, "r/b", False, OUTPUT, False)
+    out1 = blame.attempt_ended(1, "r/b", False, OUTPUT, True)
+    assert [r for r, _ in out0] == [0] and [r for r, _ in out1] == [1]
+    assert "file-system errors writing outputs" in out0[0][1]

@@ -11,6 +11,11 @@ chunk *suspect* on that rank until the chunk's later attempts decide:
 - it fails only on that rank and has no attempt left (``--max-retries 0``, or no other rank left to
   retry it): nobody can tell which; no strike.
 
+An ``output`` failure (a file-system error writing the attempt's files on that rank: a full disk,
+a quota) is never the chunk's fault: it is a strike on the rank at once. So a full disk on every
+node quarantines every rank and the run stops in order (exit 75, resume command) instead of
+failing the campaign's chunks one by one.
+
 A rank with ``quarantine_after`` strikes since its last success is set aside (quarantined). A rank
 with ``quarantine_after`` undecided suspects since its last success is *held*: it gets no new work
 while a rank that is not held can take it, so a rank that fails fast does not burn through the
@@ -30,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from badc_mpi.records import INPUT
+from badc_mpi.records import INPUT, OUTPUT
 
 _CHUNKS_FAULT = -1  #: the rank of a suspect entry once the chunk failed on a second rank
 
@@ -51,6 +56,8 @@ class Blame:
             return []
         if ok:
             return self._succeeded(rank, key)
+        if failure_class == OUTPUT:  # the rank's disk, never the chunk's fault: a strike here at once
+            return self._strike(rank, key, "file-system errors writing outputs here")
         got = self._suspect.get(key)
         if failure_class == INPUT:
             final = True  # never retried: the chunk's fault
@@ -81,17 +88,16 @@ class Blame:
         self._decided(first, epoch)
         if first in self._gone or epoch != self._epoch.get(first, 0):
             return []  # set aside already, or it has succeeded since: a passing fault
-        strikes = self._strikes.setdefault(first, [])
+        return self._strike(first, key, "chunks failed here and then succeeded on other ranks")
+
+    def _strike(self, rank: int, key: str, what: str) -> list[tuple[int, str]]:
+        if rank in self._gone:
+            return []
+        strikes = self._strikes.setdefault(rank, [])
         strikes.append(key)
         if len(strikes) < self.quarantine_after:
             return []
-        return [
-            (
-                first,
-                f"{len(strikes)} chunks failed here and then succeeded on other ranks, with no success here "
-                f"in between (last: {key})",
-            )
-        ]
+        return [(rank, f"{len(strikes)} {what}, with no success here in between (last: {key})")]
 
     def _decided(self, rank: int, epoch: int) -> None:
         """A suspect of ``rank`` is decided: one fewer open, if it was opened since its last success."""
