@@ -29,7 +29,15 @@ from badc_mpi.records import Chunk
 from badc_mpi.results.aggregate import schema as S
 from badc_mpi.results.aggregate.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.aggregate.readers import READERS
-from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs, read_summary, telemetry_bytes
+from badc_mpi.results.aggregate.runs import (
+    Problem,
+    RunFiles,
+    RunSelection,
+    distinct_files,
+    find_runs,
+    read_summary,
+    telemetry_bytes,
+)
 from badc_mpi.results.aggregate.sources import DoneChunk
 from badc_mpi.results.aggregate.times import add_absolute_times, missing_time_columns
 from badc_mpi.results.aggregate.verdicts import Verdict, decide
@@ -309,7 +317,7 @@ def aggregate(
     t0 = time.monotonic()
     sel = selection or find_runs(sources, telemetry_dir=telemetry_dir)
     problems = list(sel.problems)
-    manifests = sorted({m for r in sel.runs for m in r.manifests})
+    manifests = distinct_files(m for r in sel.runs for m in r.manifests)
     options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps}
     fingerprint = inputs_fingerprint(sel.runs, manifests, options)
     meta_path = os.path.join(dest, "aggregate.json")

@@ -69,6 +69,15 @@ class RunSelection:
     manifest_filter: list[str] | None = None  #: absolute manifests named as sources (None: every run)
 
 
+def distinct_files(paths: Iterable[str]) -> list[str]:
+    """``paths`` sorted, one per file: a manifest named through a symlink by one run and by its
+    real path by another is read once."""
+    seen: dict[str, str] = {}
+    for path in sorted(set(paths)):
+        seen.setdefault(os.path.realpath(path), path)
+    return sorted(seen.values())
+
+
 def run_base(path: str) -> str:
     """``x.ledger.jsonl`` / ``x.summary.json`` / ``x.workers.csv`` / ``x.jsonl`` -> ``x``."""
     for suffix in RUN_SUFFIXES:
@@ -141,7 +150,8 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
             sel.dataset_root = sel.dataset_root or loc.dataset_root
             manifests.append(path)
             found = runs_in_folder(loc.telemetry_dir, sel.problems) if os.path.isdir(loc.telemetry_dir) else []
-            found = [r for r in found if path in r.manifests]
+            real = os.path.realpath(path)  # a run of the manifest through a symlink is its run too
+            found = [r for r in found if real in {os.path.realpath(m) for m in r.manifests}]
         elif os.path.isfile(path):
             sel.dataset_root = sel.dataset_root or find_dataset_root(path)
             run = load_run(run_base(path), sel.problems)
