@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from badc_mpi.cli import main
-from badc_mpi.coordinator.planning import check_run_files_free
 from badc_mpi.errors import UsageError
 from badc_mpi.gpu.nvml import BACKEND_ENV
 from badc_mpi.orchestrate.plan import build_plan
@@ -90,6 +89,8 @@ def test_two_runs_of_dotted_manifests_started_together_keep_their_own_files(tmp_
 
 
 def test_a_run_whose_file_exists_already_stops_before_dispatch(tmp_path):
+    from badc_mpi.coordinator.planning import check_run_files_free
+
     tpath = tel.telemetry_path(tmp_path, [str(tmp_path / "site1.part1.csv")], "20261207T000000Z-0123abcd")
     assert tpath.name == "site1.part1_20261207T000000Z-0123abcd.jsonl"
     check_run_files_free(tpath)  # nothing there yet
