@@ -13,7 +13,7 @@ import pytest
 
 from badc_mpi.storage import lock as lock_mod
 
-from helpers import FAKE_CMD, make_dataset, run_badc
+from helpers import FAKE_CMD, make_dataset, run_badc, start_time
 
 RUN_ARGS = ["--runner", "command", "--runner-cmd", FAKE_CMD]
 
@@ -52,12 +52,15 @@ def test_process_start_reads_field_22_and_the_boot_time(other_process):
     assert lock_mod.same_process({"pid": other_process.pid}, start) is None  # an old lock: no start recorded
 
 
+def boot_time_s() -> int:
+    (line,) = [x for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime ")]
+    return int(line.split()[1])
+
+
 def test_a_lock_whose_pid_was_reused_is_taken_over(tmp_path, other_process):
-    start = lock_mod.process_start(other_process.pid)
-    assert start is not None
-    plant_lock(
-        tmp_path / "out", other_process.pid, pid_start_ticks=start["pid_start_ticks"] - 500, boot_time_s=start["boot_time_s"]
-    )
+    ticks = start_time(other_process.pid)
+    assert ticks is not None  # the lock's holder started earlier than the process that has its pid now
+    plant_lock(tmp_path / "out", other_process.pid, pid_start_ticks=ticks - 500, boot_time_s=boot_time_s())
     proc = run(tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "taking over the stale output lock of run old-run" in proc.stderr
@@ -67,8 +70,8 @@ def test_a_lock_whose_pid_was_reused_is_taken_over(tmp_path, other_process):
 
 
 def test_a_new_lock_records_its_start_and_a_live_holder_is_still_refused(tmp_path, other_process):
-    start = lock_mod.process_start(other_process.pid)
-    plant_lock(tmp_path / "out", other_process.pid, **start)  # the very process: held
+    ticks = start_time(other_process.pid)
+    plant_lock(tmp_path / "out", other_process.pid, pid_start_ticks=ticks, boot_time_s=boot_time_s())  # the very process
     proc = run(tmp_path)
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "--force-unlock" in proc.stderr and f"pid {other_process.pid}" in proc.stderr
