@@ -160,8 +160,8 @@ class ResumeState:
             check = self.checks.get(layer)
             for batch in iter_ledger(layer):
                 keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
-                columns = [batch.column(name) for name in ("s", "h", "o", "run", "p")]
-                built = _layer(keys, *columns[:4], self.runs, columns[4])
+                status, sha, outputs, runs, src = (batch.column(name) for name in ("s", "h", "o", "run", "p"))
+                built = _layer(keys, status, sha, outputs, runs, self.runs, src)
                 if check is not None:
                     _verify_refs(built, batch, check, self.runs)
                 yield built
