@@ -221,7 +221,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--force-unlock",
         action="store_true",
-        help="take over the output directory's lock even if held by a process on another host",
+        help="take over the output directory's lock whoever holds it (a warning names the holder): only when no run uses that folder any more",
     )
     g = p.add_argument_group("faulty ranks (a bad GPU, a full disk, a hung node)")
     g.add_argument(

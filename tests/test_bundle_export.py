@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-from test_export import _csv_rows, _golden, make_campaign
+from test_export import RECORDINGS, _csv_rows, _golden, make_campaign
 
 from badc_mpi.cli import main
 from badc_mpi.results.bundle.report import site_grid
@@ -74,8 +74,8 @@ def test_bundle_without_export_writes_no_exports_and_the_panel_takes_the_default
 
 
 def test_bundle_export_missing_field_is_one_line_and_writes_no_export(tmp_path, capsys):
-    manifest = make_campaign(tmp_path, meta=("study_area",))
-    manifest.write_text(manifest.read_text().replace("NWT-01_20240309_050000", "dawn"))
+    dawn = {**RECORDINGS, "r1": ("dawn.wav", *RECORDINGS["r1"][1:])}  # r1: no location in its name
+    manifest = make_campaign(tmp_path, meta=("study_area",), recordings=dawn)
     code = main(["bundle", str(manifest), "--telemetry-dir", str(tmp_path / "tel"), "--dest", str(tmp_path / "b"),
                  "--export", "wildtrax"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()

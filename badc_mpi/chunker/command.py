@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from badc_mpi.chunker.bounds import MIN_CHUNK_MS
 from badc_mpi.chunker.plan import RecordingPlan, name_recordings, plan_recording
-from badc_mpi.chunker.write import write_manifest, write_status_files
+from badc_mpi.chunker.write import check_status_owners, write_manifest, write_status_files
 from badc_mpi.errors import RecordingsError, UsageError
 from badc_mpi.inputs.locations import default_locations, find_dataset_root
 from badc_mpi.inputs.naming import CLOCKS, LAYOUTS, make_layout
@@ -163,6 +163,7 @@ def run_chunk(options: ChunkOptions) -> ChunkResult:
     result = ChunkResult(manifest, chunks_dir, recordings=len(plans), skipped=naming.problems, no_zone=naming.no_zone)
     result.failed = [p for p in plans if not p.ok]
     result.notes = Counter(p.named.when.note for p in plans if p.named.when.note)
+    check_status_owners(plans, chunks_dir)  # before anything is written
     write_status_files(plans, chunks_dir, manifest_path=manifest, chunk_s=options.chunk_s, overlap_s=options.overlap_s)
     result.chunks = write_manifest(manifest, plans, overlap_ms)
     result.seconds = time.perf_counter() - started

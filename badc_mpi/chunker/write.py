@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from badc_mpi.chunker.plan import RecordingPlan
+from badc_mpi.errors import RecordingsError
 from badc_mpi.inputs.chunk_status import STATUS_FILE
 from badc_mpi.inputs.slices import CHUNK_KIND_COLUMN, SLICE
 from badc_mpi.records import STANDARD_COLUMNS
@@ -153,6 +154,44 @@ def status_document(plan: RecordingPlan, *, manifest_path: str, chunk_s: float, 
         "format": f"{header.format}/{header.subtype}" if header.format else None,
         "error": plan.error or None,
     }
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two recording paths name one file: folders resolved, the file's own link (an
+    annexed file's) not followed."""
+
+    def norm(path: str) -> str:
+        return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+
+    return norm(a) == norm(b)
+
+
+def check_status_owners(plans: Iterable[RecordingPlan], chunks_dir: str) -> None:
+    """RecordingsError (exit 2, nothing written) when a recording's ``.chunk_status.json`` already
+    belongs to another recording: two roots with one layout (``A01/20240601_050000.WAV`` in two
+    studies) give the same recording ids, and one dataset's ids must name one recording each.
+    A status file of the same recording (chunked again) may be replaced."""
+    clashes: list[str] = []
+    for plan in plans:
+        target = os.path.join(chunks_dir, plan.named.recording_id, STATUS_FILE)
+        try:
+            with open(target, encoding="utf-8") as handle:
+                owner = json.load(handle).get("audio_path")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError):
+            owner = None  # unreadable: the guard refuses it anyway; chunking again repairs it
+        if isinstance(owner, str) and not _same_file(owner, plan.named.found.path):
+            clashes.append(
+                f"{target}: recording id {plan.named.recording_id!r} is {owner}; {plan.named.found.path} would take it over"
+            )
+    if clashes:
+        raise RecordingsError(
+            f"{len(clashes)} recording id(s) already name another recording in {chunks_dir} (first: {clashes[0]})",
+            fix="give this tree its own --chunks-dir and manifest (another dataset), or chunk from a ROOT one folder "
+            "higher so that the ids include the study's folder",
+            problems=clashes,
+        )
 
 
 def write_status_files(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from badc_mpi._version import __version__
+from badc_mpi.errors import UsageError
 from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkSet
 from badc_mpi.inputs.sources import input_problem
 from badc_mpi.logs import get_logger
@@ -138,6 +139,16 @@ def device_kind(devices: Sequence[str]) -> str | None:
     return "+".join(sorted(set(devices))) or None
 
 
+def check_run_files_free(tpath: Path) -> None:
+    """UsageError when a file of this run exists already: a run never writes into another's files."""
+    for path in tel.run_files(tpath):
+        if os.path.lexists(path):
+            raise UsageError(
+                f"{path}: this run's file exists already (another run wrote it); nothing was dispatched",
+                fix="start the run again (a new run gets a new id), or move that file aside if it is a copy",
+            )
+
+
 def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str, devices: Sequence[str] = ()) -> RunPlan:
     from badc_mpi.inputs.locations import check_name_lengths, check_writable, default_locations
     from badc_mpi.inputs.manifest import load_manifests
@@ -196,7 +207,8 @@ def prepare_plan(manifest_paths: list[str], options: RunOptions, run_id: str, de
     check_writable(loc.telemetry_dir, "telemetry folder", "--telemetry-dir")
     if not options.per_chunk_outputs:
         check_writable(store_dir(loc.output_dir), "detection store folder", "--output-dir")
-    tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, now)
+    tpath = tel.telemetry_path(loc.telemetry_dir, manifest_paths, run_id)
+    check_run_files_free(tpath)
     output_dir = os.path.abspath(loc.output_dir)
     config = WorkerConfig(
         run_id=run_id,

@@ -22,6 +22,7 @@ from typing import Any
 
 from badc_mpi.coordinator.planning import RunPlan
 from badc_mpi.coordinator.scheduler import Decision, Scheduler
+from badc_mpi.errors import StateError
 from badc_mpi.logs import get_logger
 from badc_mpi.records import INPUT, LOST, OUTPUT, Chunk
 from badc_mpi.storage import ledger as ledger_mod
@@ -43,17 +44,24 @@ class Recorder:
         self, plan: RunPlan, run_id: str, scheduler: Scheduler, workers: dict[int, WorkerStats], ranks: int | None = None
     ) -> None:
         self.plan, self.run_id, self.scheduler, self.workers = plan, run_id, scheduler, workers
-        self.writer = tel.TelemetryWriter(plan.telemetry_path)
+        try:  # a run's files are its own: created here, never opened by name twice
+            self.writer = tel.TelemetryWriter(plan.telemetry_path, exclusive=True)
+            layout = plan.worker_config.layout
+            self.ledger = ledger_mod.LedgerWriter(
+                plan.ledger_path,
+                ledger_mod.header_record(
+                    run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"], layout
+                ),
+                exclusive=True,
+            )
+        except FileExistsError as exc:
+            raise StateError(
+                f"{exc.filename}: this run's file exists already (another run wrote it); nothing was dispatched",
+                fix="start the run again (a new run gets a new id)",
+            ) from None
         self.writer.write(run_header(plan, run_id, ranks))
-        layout = plan.worker_config.layout
         self.store = StoreWriter(plan.output_dir, run_id) if layout == STORE else None
-        self.ledger = ledger_mod.LedgerWriter(
-            plan.ledger_path,
-            ledger_mod.header_record(
-                run_id, plan.meta["manifests"], plan.output_dir, plan.meta["created_at"], plan.meta["fingerprint"], layout
-            ),
-            before_sync=self.store.sync if self.store is not None else None,
-        )
+        self.ledger.before_sync = self.store.sync if self.store is not None else None
         self._unflushed = 0  #: store records appended since the store's last flush
         self._refs: dict[str, StoreRef] = {}  #: chunk key -> its store record, until its ledger line
         self._pending: list[str] = []  #: keys of successes whose ledger lines are not written yet

@@ -11,40 +11,44 @@ detections (HawkEars and model versions, options, species lists); a chunk done b
 another fingerprint stops the resume with exit 2 naming what differs, unless ``--rerun-changed``
 (run such chunks again) or ``--accept-mixed`` (keep them).
 
-A chunk is skipped when its latest record is ``success``, its sha256 still matches the manifest
-(when the manifest has one) and its detections still exist: its file, or its record in the run's
-store, verified against the ledger's reference (:mod:`badc_mpi.storage.store_check`: a record torn
-by a full disk or lost in a node crash makes the chunk run again, never "done"); ``failed`` chunks
-run again unless ``--skip-failed``. Identity is ``(recording_id, chunk_id)`` plus sha256, never row position.
+A chunk is skipped when its latest record is ``success``, was made from the chunk's audio (its
+sha256 still matches the manifest's when the manifest has one; otherwise its source path, ``p``,
+is the chunk's input path: :func:`~badc_mpi.storage.ledger.record_applies`; a record without
+``p``, from an older badc-mpi, is matched by key as then) and its detections still exist: its
+file, or its record in the run's store, verified against the ledger's reference
+(:mod:`badc_mpi.storage.store_check`: a record torn by a full disk or lost in a node crash makes
+the chunk run again, never "done"); ``failed`` chunks run again unless ``--skip-failed``.
+Identity is ``(recording_id, chunk_id)`` plus the source (sha256 or path), never row position.
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 
 Memory: :func:`load_state` reads only the ledgers' headers; :func:`decide` reads each ledger one
 block (1 MiB) at a time into columns (:class:`Layer`: the key, success or not, the first 8 bytes of
 the sha256, has-outputs, a run code) and matches the block against the chunks' sorted key hashes
 (:class:`~badc_mpi.inputs.key_index.KeyIndex`, 8 bytes a chunk; candidates confirmed on the
-strings). What it keeps is the latest record's flags, sha256 prefix and run per chunk (13 bytes);
+strings). What it keeps is the latest record's flags, sha256 prefix, source path hash and run per
+chunk (21 bytes);
 the outcome is an array of positions, not a dict per chunk.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from badc_mpi.coordinator.resume_sources import find_run_ledgers, read_summary_state
 from badc_mpi.errors import StateError
 from badc_mpi.inputs.chunk_table import BLOCK_ROWS, ChunkSet, digest_prefix, hex_digests
+from badc_mpi.inputs.hashing import string_hashes
 from badc_mpi.inputs.key_index import KeyIndex
 from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, STATUS, iter_ledger, ledger_head
+from badc_mpi.storage.ledger import HAS_OUTPUTS, LEDGER_SUFFIX, RUN, SHA256, SOURCE, STATUS, iter_ledger, ledger_head
 from badc_mpi.storage.store import STORE, run_segments
 from badc_mpi.storage.store_check import StoreCheck
 
@@ -63,10 +67,13 @@ class Layer:
     outputs: np.ndarray  #: bool: the success recorded outputs
     run: np.ndarray  #: int32 code in ResumeState.runs
     torn: np.ndarray  #: bool: a success whose store record is torn or missing (not ``ok``, not failed)
+    src: np.ndarray  #: uint64: the hash of the recorded source path (``p``)
+    has_src: np.ndarray  #: bool: the record names its source (older ledgers do not)
 
 
-def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: list[str | None]) -> Layer:
+def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: list[str | None], src: Any) -> Layer:
     digests, has = hex_digests(sha)
+    src = src.combine_chunks() if isinstance(src, pa.ChunkedArray) else src
     run_values = pc.unique(runs).to_pylist()
     table = np.array([_code(codes, r) for r in run_values], dtype=np.int32)
     run_index = pc.index_in(runs, value_set=pa.array(run_values, pa.string())).to_numpy(zero_copy_only=False)
@@ -78,6 +85,8 @@ def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: lis
         pc.fill_null(outputs, False).to_numpy(zero_copy_only=False),
         table[run_index.astype(np.int64)] if len(table) else np.zeros(len(keys), np.int32),
         np.zeros(len(keys), dtype=bool),
+        string_hashes(src),
+        src.is_valid().to_numpy(zero_copy_only=False),
     )
 
 
@@ -133,6 +142,7 @@ class ResumeState:
                     pa.array([bool(v[HAS_OUTPUTS]) for v in values], pa.bool_()),
                     pa.array([v[RUN] for v in values], pa.string()),
                     self.runs,
+                    pa.array([v[SOURCE] if len(v) > SOURCE else None for v in values], pa.string()),
                 )
             )
 
@@ -150,7 +160,8 @@ class ResumeState:
             check = self.checks.get(layer)
             for batch in iter_ledger(layer):
                 keys = pc.binary_join_element_wise(batch.column("r"), batch.column("c"), "/")
-                built = _layer(keys, batch.column("s"), batch.column("h"), batch.column("o"), batch.column("run"), self.runs)
+                status, sha, outputs, runs, src = (batch.column(name) for name in ("s", "h", "o", "run", "p"))
+                built = _layer(keys, status, sha, outputs, runs, self.runs, src)
                 if check is not None:
                     _verify_refs(built, batch, check, self.runs)
                 yield built
@@ -164,6 +175,7 @@ class ResumeDecision:
     orphans: int
     changed_hash: int
     missing_outputs: int
+    changed_source: int = 0  #: recorded from another audio file than the manifest names now
     changed_settings: int = 0  #: done with another fingerprint, run again (--rerun-changed)
     mixed: int = 0  #: done with another fingerprint, kept (--accept-mixed)
     torn_records: int = 0  #: a success whose store record is torn or missing: run again
@@ -175,6 +187,8 @@ class ResumeDecision:
         ]
         if self.changed_hash:
             parts.append(f"{self.changed_hash} rerun because their sha256 changed")
+        if self.changed_source:
+            parts.append(f"{self.changed_source} rerun because their records were made from another audio file")
         if self.missing_outputs:
             parts.append(f"{self.missing_outputs} rerun because their outputs are gone")
         if self.torn_records:
@@ -184,48 +198,6 @@ class ResumeDecision:
         if self.mixed:
             parts.append(f"{self.mixed} kept although done with other settings (--accept-mixed)")
         return "; ".join(parts)
-
-
-def _summary_error(path: str, why: str) -> StateError:
-    return StateError(
-        f"{path}: cannot resume from this summary ({why})",
-        fix="name the .summary.json of an earlier badc-mpi run, or drop --resume-summary to start afresh",
-    )
-
-
-def read_summary_state(path: str) -> tuple[dict[str, tuple[Any, ...]], str | None, dict[str, Any]]:
-    """A summary's final chunk entries as compact records (a summary/2 lists only the failed and
-    unfinished chunks; a summary/1 every chunk), its run's ledger path (if recorded), and the
-    document's head (run id, fingerprint, the ledgers its resume read, ...)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as exc:
-        raise _summary_error(path, exc.strerror or str(exc)) from exc
-    except ValueError as exc:
-        raise _summary_error(path, f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("chunks"), dict):
-        raise _summary_error(path, "no 'chunks' table: not a badc-mpi summary")
-    out: dict[str, tuple[Any, ...]] = {}
-    run_id = doc.get("run_id")
-    for key, e in doc["chunks"].items():
-        if not isinstance(e, dict) or "status" not in e:
-            raise _summary_error(path, f"entry {key!r} has no status")
-        status = e["status"]
-        if status not in ("success", "failed"):
-            continue  # pending / in flight / backoff: not done
-        out[key] = (
-            status,
-            e.get("sha256"),
-            bool(e.get("outputs")) or e.get("has_outputs", False),
-            e.get("attempts", 0),
-            e.get("failure_class"),
-            e.get("last_error", ""),
-            e.get("finished_at"),
-            e.get("run_id", run_id),
-        )
-    head = {k: v for k, v in doc.items() if k != "chunks"}
-    return out, doc.get("ledger"), head
 
 
 def _overlay_ledger(state: ResumeState, path: str) -> None:
@@ -241,23 +213,6 @@ def _overlay_ledger(state: ResumeState, path: str) -> None:
         state.checks[path] = next((c for c in state.checks.values() if c.output_dir == folder), None) or StoreCheck(folder)
     if header.get("run_id"):
         state.fingerprints[header["run_id"]] = header.get("fingerprint")
-
-
-def find_run_ledgers(telemetry_dir: str, output_dir: str) -> list[str]:
-    """Ledgers of earlier runs into the same output folder, oldest first (any manifests)."""
-    found = []
-    for path in sorted(Path(telemetry_dir).glob(f"*{LEDGER_SUFFIX}")):
-        try:
-            with open(path, "rb") as fh:
-                header = json.loads(fh.readline() or b"{}")
-        except (OSError, ValueError) as exc:
-            raise StateError(
-                f"{path}, line 1: unreadable ledger header ({exc})",
-                fix="move the damaged ledger aside (its run's chunks then run again)",
-            ) from exc
-        if header.get("output_dir") == os.path.abspath(output_dir):
-            found.append((header.get("created_at") or "", str(path)))
-    return [p for _, p in sorted(found)]
 
 
 def load_state(*, summaries: Iterable[str], telemetry_dir: str | None, output_dir: str, discover: bool) -> ResumeState:
@@ -311,15 +266,17 @@ def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
     return found.to_numpy(zero_copy_only=False)
 
 
-_SEEN, _OK, _HAS_SHA, _OUTPUTS, _TORN = 1, 2, 4, 8, 16  #: bits of _Latest.flags
+_SEEN, _OK, _HAS_SHA, _OUTPUTS, _TORN, _HAS_SRC = 1, 2, 4, 8, 16, 32  #: bits of _Latest.flags
 
 
 @dataclass
 class _Latest:
-    """The latest record of each chunk, by the chunk's index: flags, sha256 prefix, run code."""
+    """The latest record of each chunk, by the chunk's index: flags, sha256 prefix, source hash,
+    run code."""
 
-    flags: np.ndarray  #: uint8: _SEEN | _OK | _HAS_SHA | _OUTPUTS | _TORN
+    flags: np.ndarray  #: uint8: _SEEN | _OK | _HAS_SHA | _OUTPUTS | _TORN | _HAS_SRC
     sha: np.ndarray  #: uint64
+    src: np.ndarray  #: uint64: hash of the recorded source path
     run: np.ndarray  #: int32 code in ResumeState.runs
     orphans: int  #: distinct keys recorded that are no chunk's
 
@@ -327,7 +284,7 @@ class _Latest:
 def _latest_records(index: KeyIndex, state: ResumeState) -> _Latest:
     """Match the records block by block (a ledger is never in memory whole): later ones win."""
     n = len(index)
-    latest = _Latest(np.zeros(n, np.uint8), np.zeros(n, np.uint64), np.zeros(n, np.int32), 0)
+    latest = _Latest(np.zeros(n, np.uint8), np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.int32), 0)
     unknown: list[pa.Array] = []
     for layer in state.blocks():
         found, at = index.find(layer.keys)
@@ -341,9 +298,11 @@ def _latest_records(index: KeyIndex, state: ResumeState) -> _Latest:
                 | _HAS_SHA * layer.has_sha[records]
                 | _OUTPUTS * layer.outputs[records]
                 | _TORN * layer.torn[records]
+                | _HAS_SRC * layer.has_src[records]
             )
             latest.flags[at] = bits
             latest.sha[at] = layer.sha[records]
+            latest.src[at] = layer.src[records]
             latest.run[at] = layer.run[records]
         if len(records) < len(layer.keys):
             unknown.append(pc.unique(layer.keys.filter(pa.array(~found))))
@@ -372,15 +331,21 @@ def decide(
     orphans = latest.orphans
     rows = np.flatnonzero(latest.flags & _SEEN).astype(np.int32 if n < 2**31 else np.int64)
     flags, run_of = latest.flags[rows], latest.run[rows]
-    record_ok, has_sha, outputs, torn = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS, _TORN))
+    record_ok, has_sha, outputs, torn, has_src = ((flags & bit) != 0 for bit in (_OK, _HAS_SHA, _OUTPUTS, _TORN, _HAS_SRC))
     del flags
     changed = np.zeros(len(rows), dtype=bool)  # a sha256 recorded and another in the manifest
+    moved = np.zeros(len(rows), dtype=bool)  # made from another audio file (the sha256 does not vouch)
     for start in range(0, len(rows), BLOCK_ROWS):
         part = rows[start : start + BLOCK_ROWS]
         digests, has_digest = index.digests_at(part)
         same = has_sha[start : start + BLOCK_ROWS] & (latest.sha[part] == digests)
         changed[start : start + BLOCK_ROWS] = has_digest & ~same
+        named = np.flatnonzero(has_src[start : start + BLOCK_ROWS] & ~has_digest)
+        if len(named):
+            moved[start + named] = latest.src[part[named]] != index.sources_at(part[named])
     del latest
+    changed_source = moved & ~changed
+    changed |= moved
     ok = record_ok & ~changed
     missing = np.zeros(len(rows), dtype=bool)
     if verify_outputs:
@@ -419,7 +384,8 @@ def decide(
         carried_counts={k: v for k, v in (("success", int(keep_ok.sum())), ("failed", int(keep_failed.sum()))) if v},
         skipped=int(carried.sum()),
         orphans=orphans,
-        changed_hash=int(changed.sum()),
+        changed_hash=int((changed & ~changed_source).sum()),
+        changed_source=int(changed_source.sum()),
         missing_outputs=int(missing.sum()),
         changed_settings=stale_count if on_change == "rerun" else 0,
         mixed=stale_count if on_change != "rerun" else 0,

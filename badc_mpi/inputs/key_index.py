@@ -84,6 +84,21 @@ class KeyIndex:
             has[at] = table.has_digest[local]
         return prefix, has
 
+    def sources_at(self, indices: np.ndarray) -> np.ndarray:
+        """The 64-bit hash of each of these chunks' ``input_path`` (resume compares a record's
+        source with it: :func:`~badc_mpi.inputs.hashing.string_hashes` of the same string)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        chunks = self.chunks
+        if not isinstance(chunks, ChunkSet):
+            return string_hashes(pa.array([chunks[i].input_path for i in indices.tolist()], pa.string()))
+        out = np.zeros(len(indices), np.uint64)
+        rows = chunks.global_rows(indices)
+        table_of = np.searchsorted(chunks.offsets, rows, side="right") - 1
+        for t in np.unique(table_of).tolist():
+            at = np.flatnonzero(table_of == t)
+            out[at] = chunks.tables[t].input_path_hashes(rows[at] - chunks.offsets[t])
+        return out
+
     def find(self, keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """(which of ``keys`` are chunks' keys: a mask, the index of each found one, in order)."""
         wanted = string_hashes(keys) & self.high

@@ -134,8 +134,8 @@ def run_scratch_dir(root: str, run_id: str) -> str:
 #: what badc-mpi adds to a chunk id in the longest name it writes: ``.<chunk_id>.detections.jsonl``
 #: plus an atomic write's ``.tmp-<pid>-<8 hex>`` (pid up to 7 digits)
 CHUNK_NAME_EXTRA_BYTES = len(".") + len(".detections.jsonl") + len(".tmp-") + 7 + len("-") + 8
-#: the same for the run's files beside the telemetry: ``.<stem>_<UTC>_NN.summary.json.tmp-...``
-RUN_NAME_EXTRA_BYTES = len(".") + len("_20261201T000000Z_99") + len(".summary.json") + len(".tmp-") + 7 + 1 + 8
+#: the same for the run's files beside the telemetry: ``.<stem>_<run id>.summary.json.tmp-...``
+RUN_NAME_EXTRA_BYTES = len(".") + len("_20261201T000000Z-0123abcd") + len(".summary.json") + len(".tmp-") + 7 + 1 + 8
 
 
 def name_max(folder: str) -> int:

@@ -34,6 +34,14 @@ class MonitorOptions:
     spark_cols: int = SPARK_COLS
 
 
+def _run_stem(name: str) -> str:
+    """``site1.part1_<run id>.ledger.jsonl`` -> ``site1.part1_<run id>`` (manifest stems may hold dots)."""
+    for suffix in (*_SIDECARS, ".summary.json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def resolve_telemetry(path: str, follow: bool) -> Path:
     """The telemetry file ``path`` names: the file itself, or a folder's newest ``*.jsonl`` run log."""
     p = Path(path)
@@ -53,7 +61,7 @@ def resolve_telemetry(path: str, follow: bool) -> Path:
     if p.name.endswith(_SIDECARS) or p.name.endswith(".summary.json"):
         raise UsageError(
             f"{p}: a sidecar, not the run's telemetry",
-            fix=f"name the telemetry beside it: {p.name.split('.')[0]}.jsonl",
+            fix=f"name the telemetry beside it: {_run_stem(p.name)}.jsonl",
         )
     return p
 

@@ -23,7 +23,7 @@ from badc_mpi.inputs.chunk_status import GuardReport, check_chunk_status
 from badc_mpi.inputs.locations import default_locations
 from badc_mpi.inputs.manifest import Manifest, load_manifests
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import SHA256, STATUS, read_ledger
+from badc_mpi.storage.ledger import STATUS, read_ledger, record_applies
 
 PLAN_SCHEMA = "badc-mpi.plan/1"
 PLAN_COLUMNS = ("manifest", "recording_id", "chunks", "chunk_status", "done", "failed", "remaining", "missing_audio")
@@ -136,14 +136,15 @@ def read_plan_file(path: str, dataset: str) -> list[str]:
 def tally(chunks: Iterable[Chunk], records: dict[str, tuple[Any, ...]]) -> dict[str, list[int]]:
     """Per recording (in first-seen order): [chunks, done, failed] from the latest ledger records.
 
-    A success counts as done only when the manifest's sha256 (if any) still matches it, as resume
+    A record counts only when it was made from the chunk's audio (the manifest's sha256, if any,
+    and the record's source path: :func:`~badc_mpi.storage.ledger.record_applies`), as resume
     decides."""
     out: dict[str, list[int]] = {}
     for chunk in chunks:
         counts = out.setdefault(chunk.recording_id, [0, 0, 0])
         counts[0] += 1
         rec = records.get(chunk.key)
-        if rec is None or (chunk.sha256 is not None and rec[SHA256] != chunk.sha256):
+        if rec is None or not record_applies(rec, chunk):
             continue
         if rec[STATUS] == "success":
             counts[1] += 1

@@ -76,7 +76,9 @@ def entry_record(
     device: str | None = None,
 ) -> dict[str, Any]:
     """One final outcome. ``status``: ``success`` or ``failed``; ``ref``: a success's store record;
-    ``device``: the device kind that made it, in a run of CPU and GPU ranks (``d``)."""
+    ``device``: the device kind that made it, in a run of CPU and GPU ranks (``d``);
+    ``p``: the audio it was made from (the chunk's absolute input path): resume and bundles count a
+    record only for that source."""
     record = {
         "r": chunk.recording_id,
         "c": chunk.chunk_id,
@@ -88,6 +90,7 @@ def entry_record(
         "t": finished_at,
         "o": has_outputs,
         "run": run_id,
+        "p": chunk.input_path,
     }
     if ref is not None:
         record.update(g=ref.seq, x=ref.offset, l=ref.length, k=ref.crc32)
@@ -99,11 +102,15 @@ def entry_record(
 class LedgerWriter:
     """Append-only, written per batch with ``os.write``, fsynced in small groups."""
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any], before_sync: Any = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], header: dict[str, Any], before_sync: Any = None, *, exclusive: bool = False
+    ) -> None:
+        """``exclusive``: create the file (FileExistsError when it exists: never two runs in one ledger)."""
         self.path = Path(path)
         self.before_sync = before_sync  #: called before every fsync (the detection store syncs first)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+        self._fd = os.open(self.path, flags, 0o644)
         self._lines: list[str] = []  #: appended, not yet written
         self._successes: list[int] = []  #: indexes in _lines of success records
         self._unsynced = False
@@ -162,11 +169,30 @@ class LedgerWriter:
 
 
 #: what resume keeps per chunk, in this order (see :data:`RECORD_FIELDS` indexes)
-RECORD_FIELDS = ("s", "h", "o", "a", "f", "e", "t", "run", "g", "x", "l", "k")
-STATUS, SHA256, HAS_OUTPUTS, ATTEMPTS, FAILURE_CLASS, ERROR, FINISHED_AT, RUN, SEGMENT, OFFSET, LENGTH, CRC32 = range(
+RECORD_FIELDS = ("s", "h", "o", "a", "f", "e", "t", "run", "g", "x", "l", "k", "p")
+STATUS, SHA256, HAS_OUTPUTS, ATTEMPTS, FAILURE_CLASS, ERROR, FINISHED_AT, RUN, SEGMENT, OFFSET, LENGTH, CRC32, SOURCE = range(
     len(RECORD_FIELDS)
 )
 REF_FIELDS = ("g", "x", "l", "k")  #: a success's store record (null in per-chunk runs and older ledgers)
+
+
+def record_applies(record: tuple[Any, ...], chunk: Chunk) -> bool:
+    """Whether a ledger record was made from this chunk's audio (pure). A sha256 in the manifest
+    must be the record's; a source path in the record (``p``, written since ledger lines carry it)
+    must be the chunk's input path, unless both sha256 agree (the same content, moved). A record
+    without ``p`` (an older badc-mpi) is matched by key and sha256 alone, as then."""
+    sha = chunk.sha256
+    if sha is not None and record[SHA256] != sha:
+        return False
+    source = record[SOURCE] if len(record) > SOURCE else None
+    return source is None or source == chunk.input_path or sha is not None
+
+
+def why_not_applies(records: list[tuple[Any, ...]], chunk: Chunk) -> str:
+    """The note for a chunk none of whose records applies (:func:`record_applies`)."""
+    if chunk.sha256 is not None and all(r[SHA256] != chunk.sha256 for r in records):
+        return "sha256 changed in the manifest since its last result: run it again"
+    return "its records were made from another audio file (source path differs from the manifest's): run it again"
 
 
 @dataclass
@@ -239,6 +265,7 @@ def _schema() -> Any:
             ("x", pa.int64()),
             ("l", pa.int64()),
             ("k", pa.int64()),
+            ("p", text),
         ]
     )
 
@@ -280,7 +307,7 @@ def _locate_damage(path: str, body: bytes) -> None:
 
 # -- streaming: a 10,000,000-record ledger read block by block -----------------------------
 SCAN_BLOCK_BYTES = 1 << 20  #: ledger bytes parsed at a time (one block in memory)
-SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run", *REF_FIELDS)
+SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run", *REF_FIELDS, "p")
 
 
 def _complete_end(fh: Any, size: int) -> int:

@@ -11,14 +11,18 @@ lock is held) and the temporary name removed. A lock that cannot be parsed is th
 held (a writer of another version mid-write, or a damaged file) until its mtime is older than
 :data:`STALE_AFTER_S`.
 
-A second run refuses (exit 4), naming the holder, unless the holder is provably gone:
+A second run refuses (exit 4), naming the holder and ``--force-unlock``, unless the holder is
+provably gone:
 
-- same host and the holder's pid is gone: taken over at once, with a warning;
+- same host and the holder's pid is gone, or now belongs to another process (the lock records the
+  holder's start time, :func:`process_start`; a pid reused since, whose start differs, is not the
+  holder): taken over at once, with a warning. A lock of an older version without a start time,
+  whose pid is alive, counts as held;
 - the lock names a SLURM job (of this cluster) that is no longer running (``squeue`` shows no
   job, or a final state), or an earlier incarnation of this very job (requeued): taken over at
   once; when ``squeue`` is missing or fails the job's fate is unknown and the other rules apply;
-- otherwise only with ``--force-unlock``, or when the heartbeat is older than :data:`STALE_AFTER_S`
-  (the holder's node died; taken over with a warning).
+- ``--force-unlock`` always takes it over (a warning names the holder); on another host a
+  heartbeat older than :data:`STALE_AFTER_S` does too (the holder's node died).
 
 :func:`squeue_state` is the one place that asks SLURM: tests replace it.
 """
@@ -77,6 +81,44 @@ def pid_alive(pid: int) -> bool:
         return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return True
+
+
+BOOT_SLACK_S = 2  #: /proc/stat's btime is derived from the clock: reads may differ by a second
+
+
+def boot_time_s() -> int | None:
+    """This host's boot time (``btime`` of ``/proc/stat``, epoch seconds), or None off Linux."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def process_start(pid: int) -> dict[str, int] | None:
+    """When ``pid`` started: ``{"pid_start_ticks": field 22 of /proc/PID/stat (clock ticks after
+    boot), "boot_time_s": btime}``, or None when it cannot be read (no such process, not Linux).
+    A pid and its start identify one process for good: a reused pid has another start."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of the line; fields[0] is field 3 (the state)
+    except (OSError, ValueError, IndexError):
+        return None
+    boot = boot_time_s()
+    return {"pid_start_ticks": ticks, "boot_time_s": boot} if boot is not None else None
+
+
+def same_process(holder: dict[str, Any], now: dict[str, int] | None) -> bool | None:
+    """Whether the live process with the holder's pid is the holder (pure): True, False (the pid
+    was reused: another start, or the host rebooted since), None (the lock records no start)."""
+    ticks, boot = holder.get("pid_start_ticks"), holder.get("boot_time_s")
+    if not isinstance(ticks, int) or not isinstance(boot, int) or now is None:
+        return None
+    return ticks == now["pid_start_ticks"] and abs(boot - now["boot_time_s"]) <= BOOT_SLACK_S
 
 
 def squeue_state(job_id: str) -> str | None:
@@ -232,29 +274,30 @@ def stale_reason(
         pid = holder.get("pid")
         if isinstance(pid, int) and not pid_alive(pid):
             return f"its process {pid} on this host is gone"
+        if isinstance(pid, int) and same_process(holder, process_start(pid)) is False:
+            return f"its process {pid} on this host is gone (that pid now belongs to a process started later)"
     if job_gone:
         return f"its SLURM job {holder.get('slurm_job_id')} is no longer running"
-    if holder.get("host") == host:
-        return None
     if force:
         return "--force-unlock"
+    if holder.get("host") == host:
+        return None
     if now - mtime > STALE_AFTER_S:
         return f"its heartbeat stopped {int(now - mtime)} s ago"
     return None
 
 
-def _refusal(directory: Path, holder: dict[str, Any], host: str) -> LockError:
+def _refusal(directory: Path, holder: dict[str, Any]) -> LockError:
     if holder.get("unreadable"):
         return LockError(
             f"{directory} holds an unreadable output lock {directory / LOCK_NAME} (being written, or damaged)",
             fix=f"retry in a moment; if no run uses {directory}, pass --force-unlock "
             f"(it is taken over by itself {int(STALE_AFTER_S)} s after its last change)",
         )
-    same_host = holder.get("host") == host
     return LockError(
         f"{directory} is in use by {describe(holder)}",
-        fix="wait for that run to finish, or give this run another --output-dir"
-        + ("" if same_host else "; if that host's run is dead, pass --force-unlock"),
+        fix="wait for that run to finish, or give this run another --output-dir; if that run is gone "
+        f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')} may be another program now), pass --force-unlock",
     )
 
 
@@ -270,6 +313,7 @@ def acquire(output_dir: str | os.PathLike[str], run_id: str, *, force: bool = Fa
         "pid": os.getpid(),
         "run_id": run_id,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(process_start(os.getpid()) or {}),
         **me,
     }
     for _ in range(3):
@@ -285,7 +329,7 @@ def acquire(output_dir: str | os.PathLike[str], run_id: str, *, force: bool = Fa
         if why is None and holder.get("slurm_job_id") and not holder.get("unreadable"):
             why = stale_reason(holder, mtime, host, time.time(), force, job_gone=holder_job_gone(holder, me))
         if why is None:
-            raise _refusal(directory, holder, host)
+            raise _refusal(directory, holder)
         log.warning("taking over the stale output lock of %s: %s", describe(holder), why)
         stale = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:

@@ -51,21 +51,26 @@ def utc_stamp(epoch_s: float) -> str:
     return _dt.datetime.fromtimestamp(epoch_s, tz=_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def telemetry_path(telemetry_dir: str | os.PathLike[str], manifest_paths: list[str], now_s: float) -> Path:
-    """``<telemetry-dir>/<manifest-stem>_<UTC timestamp>.jsonl``, never an existing file.
-
-    Two runs started within one second get ``_2``, ``_3``... which sort after the first.
-    """
+def telemetry_path(telemetry_dir: str | os.PathLike[str], manifest_paths: list[str], run_id: str) -> Path:
+    """``<telemetry-dir>/<manifest-stem>_<run id>.jsonl``: the run id (its UTC start and 8 random
+    hex digits) makes every run's files its own, whatever its manifests are called: two runs of
+    ``site1.part1.csv`` and ``site1.part2.csv`` started in one second (an ``sbatch --array``) get
+    ``site1.part1_<id>.jsonl`` and ``site1.part2_<id>.jsonl``. Names sort by start within a stem.
+    Pure: planning checks that none of the run's files exists (:func:`run_files`), and the writers
+    create them exclusively."""
     stem = Path(manifest_paths[0]).stem if manifest_paths else "run"
     if len(manifest_paths) > 1:
         stem += f"+{len(manifest_paths) - 1}"
-    base = Path(telemetry_dir) / f"{stem}_{utc_stamp(now_s)}"
-    path = base.with_suffix(".jsonl")
-    n = 2
-    while path.exists():
-        path = Path(f"{base}_{n}.jsonl")
-        n += 1
-    return path
+    return Path(telemetry_dir) / f"{stem}_{run_id}.jsonl"
+
+
+#: the files of a run beside its telemetry (the ledger's suffix is ledger.LEDGER_SUFFIX)
+RUN_SIDECARS = (".ledger.jsonl", ".summary.json", ".failed.csv", ".workers.csv")
+
+
+def run_files(path: str | os.PathLike[str]) -> list[Path]:
+    """A run's telemetry and every file named after it."""
+    return [Path(path), *(sidecar(path, suffix) for suffix in RUN_SIDECARS)]
 
 
 def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:
@@ -77,10 +82,12 @@ def sidecar(path: str | os.PathLike[str], suffix: str) -> Path:
 class TelemetryWriter:
     """Append-only JSONL writer: ``write`` buffers, ``flush`` pushes to the OS, fsync every second."""
 
-    def __init__(self, path: str | os.PathLike[str], fsync_interval_s: float = 1.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], fsync_interval_s: float = 1.0, *, exclusive: bool = False) -> None:
+        """``exclusive``: create the file, never append to an existing one (a run's own telemetry:
+        FileExistsError when another run has that name)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
+        self._fh = open(self.path, "x" if exclusive else "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
         self.fsync_interval_s = fsync_interval_s
         self._last_sync = time.monotonic()
         self._dirty = False

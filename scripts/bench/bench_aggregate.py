@@ -81,6 +81,7 @@ def generate(
         + (",location,study_area,recording_start_local" if meta else "")
     ]
     ledger = [json.dumps(header_record(RUN, [str(manifest)], str(out), "2026-01-01T00:00:00.000Z", None, layout))]
+    audio = os.path.abspath(root / "audio")  #: the manifest's ../audio, as ledger lines name it
     telemetry = []
     store = StoreWriter(str(out), RUN) if layout == "store" else None
     vid = versions_id("2.3.0", "main=[hgnet.1:0123456789ab]")
@@ -129,7 +130,8 @@ def generate(
             (out / rec / f"{cid}.detections.jsonl").write_text("".join(lines))
         at = f"2026-01-01T{(i // 3600) % 24:02d}:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
         ledger.append(
-            f'{{"r":"{rec}","c":"{cid}","h":null,"s":"success","a":1,"f":null,"e":"","t":"{at}","o":true,"run":"{RUN}"}}'
+            f'{{"r":"{rec}","c":"{cid}","h":null,"s":"success","a":1,"f":null,"e":"","t":"{at}","o":true,"run":"{RUN}",'
+            f'"p":"{audio}/{cid}.wav"}}'
         )
         telemetry.append(
             f'{{"schema":"badc-mpi.telemetry/1","run_id":"{RUN}","event":"success","recording_id":"{rec}","chunk_id":"{cid}",'

@@ -48,6 +48,7 @@ def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
     for sub in ("manifests", "audio", "tel"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     out = os.path.abspath(folder / "out")
+    audio = os.path.abspath(folder / "audio")  #: as ledger lines name their source
     with open(manifest, "w") as m, open(ledger, "w") as led:
         m.write("recording_id,chunk_id,source_path,start_ms,end_ms,overlap_ms,sha256,notes\n")
         header = {"ledger": "badc-mpi.ledger/1", "run_id": "old", "manifests": [str(manifest)], "output_dir": out}
@@ -65,7 +66,7 @@ def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
             records.append(
                 f'{{"r":"{rec}","c":"{chunk}","h":"{sha}","s":"{"success" if ok else "failed"}","a":1,'
                 f'"f":{"null" if ok else chr(34) + "exit" + chr(34)},"e":"{"" if ok else "exit status 3"}",'
-                f'"t":"2026-01-01T00:00:01.000Z","o":false,"run":"old"}}\n'
+                f'"t":"2026-01-01T00:00:01.000Z","o":false,"run":"old","p":"{audio}/{rec}.wav"}}\n'
             )
             if len(lines) == 100_000:
                 m.write("".join(lines))

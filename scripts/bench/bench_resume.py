@@ -94,9 +94,10 @@ def main() -> int:
         segments = Segments(out.resolve(), "bench") if store else None
 
         class C:  # the fields entry_record reads
-            __slots__ = ("recording_id", "chunk_id", "sha256")
+            __slots__ = ("recording_id", "chunk_id", "sha256", "input_path")
 
         c = C()
+        c.input_path = os.path.normpath(str(root / "a.wav"))  # what the manifest's a.wav resolves to
         for i, (rec, chunk) in enumerate(keys):
             c.recording_id, c.chunk_id, c.sha256 = rec, chunk, None
             with_outputs = i % 10 != 0  # 90 % succeeded (with outputs to verify), 10 % failed

@@ -32,7 +32,13 @@ from badc_mpi.results.aggregate import schema as S
 from badc_mpi.results.aggregate.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.aggregate.readers import READERS
 from badc_mpi.results.aggregate.run_table import attempt_table, final_attempts, run_rows
-from badc_mpi.results.aggregate.runs import Problem, RunFiles, RunSelection, find_runs
+from badc_mpi.results.aggregate.runs import (
+    Problem,
+    RunFiles,
+    RunSelection,
+    distinct_files,
+    find_runs,
+)
 from badc_mpi.results.aggregate.sources import DoneChunk
 from badc_mpi.results.aggregate.times import add_absolute_times, missing_time_columns
 from badc_mpi.results.aggregate.verdicts import FAILED_CSV, Settings, Verdict, decide
@@ -259,7 +265,7 @@ def aggregate(
     problems = list(sel.problems)
     # runs found by chunk keys (a retry through X.failed.csv) lend records, not their manifests
     named = {*(sel.manifest_filter or []), *(m for r in sel.runs if not r.matched_by_keys for m in r.manifests)}
-    manifests = sorted(named, key=lambda m: (m.endswith(FAILED_CSV), m))  # a retry's X.failed.csv after X
+    manifests = sorted(distinct_files(named), key=lambda m: (m.endswith(FAILED_CSV), m))  # a retry's X.failed.csv after X
     options = {"output_dir": output_dir, "reader": reader, "merge_overlaps": merge_overlaps, "accept_mixed": accept_mixed}
     fingerprint = inputs_fingerprint(sel.runs, manifests, options)
     meta_path = os.path.join(dest, "aggregate.json")

@@ -85,6 +85,15 @@ class RunSelection:
     manifest_filter: list[str] | None = None  #: absolute manifests named as sources (None: every run)
 
 
+def distinct_files(paths: Iterable[str]) -> list[str]:
+    """``paths`` sorted, one per file: a manifest named through a symlink by one run and by its
+    real path by another is read once."""
+    seen: dict[str, str] = {}
+    for path in sorted(set(paths)):
+        seen.setdefault(os.path.realpath(path), path)
+    return sorted(seen.values())
+
+
 def run_base(path: str) -> str:
     """``x.ledger.jsonl`` / ``x.summary.json`` / ``x.workers.csv`` / ``x.jsonl`` -> ``x``."""
     for suffix in RUN_SUFFIXES:
@@ -188,9 +197,10 @@ def runs_of_manifest(path: str, runs: list[RunFiles], default_output: str, probl
     """The runs of ``runs`` (one telemetry folder) that belong to the manifest ``path``: those whose
     ledger names it, and those into the same output folder (the manifest's default one, or one
     of the naming runs') whose ledger records any of its chunks (marked ``matched_by_keys``)."""
-    named = [r for r in runs if path in r.manifests]
+    real = os.path.realpath(path)  # a run of the manifest through a symlink is its run too
+    named = [r for r in runs if real in {os.path.realpath(m) for m in r.manifests}]
     folders = {_folder(default_output)} | {_folder(r.output_dir) for r in named}
-    others = [r for r in runs if path not in r.manifests and r.output_dir and _folder(r.output_dir) in folders]
+    others = [r for r in runs if r not in named and r.output_dir and _folder(r.output_dir) in folders]
     if not others:
         return named
     try:

@@ -2,8 +2,9 @@
 
 Runs are read oldest first. Per chunk: the latest ``success`` in any ledger wins (its detections
 are counted, once); a chunk with ledger records but no success is ``failed`` (its latest
-failure); a chunk of the manifests that no ledger names, or whose record no longer applies
-(its sha256 changed in the manifest), is ``not_analysed``; so is a chunk whose only successes
+failure); a chunk of the manifests that no ledger names, or whose records no longer apply (its
+sha256 changed in the manifest, or they were made from another audio file:
+:func:`~badc_mpi.storage.ledger.record_applies`), is ``not_analysed``; so is a chunk whose only successes
 wrote no outputs (``--dry-run``: nothing was analysed).
 
 One fingerprint (:mod:`badc_mpi.results.aggregate.fingerprints`): given the runs' fingerprint ids
@@ -21,7 +22,19 @@ from typing import Any
 
 from badc_mpi.records import Chunk
 from badc_mpi.results.aggregate.schema import ANALYSED, FAILED, NOT_ANALYSED, STALE
-from badc_mpi.storage.ledger import ATTEMPTS, CRC32, ERROR, FAILURE_CLASS, FINISHED_AT, HAS_OUTPUTS, SEGMENT, SHA256, STATUS
+from badc_mpi.storage.ledger import (
+    ATTEMPTS,
+    CRC32,
+    ERROR,
+    FAILURE_CLASS,
+    FINISHED_AT,
+    HAS_OUTPUTS,
+    SEGMENT,
+    SHA256,
+    STATUS,
+    record_applies,
+    why_not_applies,
+)
 
 FAILED_CSV = ".failed.csv"  #: a run's failed chunks as a manifest (a retry runs it)
 
@@ -131,10 +144,10 @@ def _verdict(
         in_manifest=in_manifest,
     )
     note = None
-    if sha is not None and history:
-        current = [(i, rec) for i, rec in history if rec[SHA256] == sha]
+    if chunk is not None and history:  # only records made from this chunk's audio count
+        current = [(i, rec) for i, rec in history if record_applies(rec, chunk)]
         if not current:
-            note = "sha256 changed in the manifest since its last result: run it again"
+            note = why_not_applies([rec for _, rec in history], chunk)
         history = current
     if not history:
         return verdict(
