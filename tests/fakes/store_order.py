@@ -98,8 +98,8 @@ def install(mutate: str | None = None) -> None:
     elif mutate == "no-store-sync":
         real_init = ledger_mod.LedgerWriter.__init__
 
-        def init(self: Any, path: Any, header: Any, before_sync: Any = None) -> None:
-            real_init(self, path, header, None)
+        def init(self: Any, path: Any, header: Any, before_sync: Any = None, **kw: Any) -> None:
+            real_init(self, path, header, None, **kw)
 
         ledger_mod.LedgerWriter.__init__ = init  # type: ignore[method-assign]
     elif mutate is not None:
