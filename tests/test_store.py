@@ -62,7 +62,9 @@ def _observed_run(tmp_path, mutate: str | None = None) -> tuple[list[dict], list
     HawkEars, its store and ledger writes and fsyncs observed (tests/fakes/store_order.py)."""
     manifest = make_dataset(tmp_path / "ds", 2, 2, seconds=0.5)
     log = tmp_path / "order.jsonl"
-    args = ["run", str(manifest), "--runner", "command", "--runner-cmd", FAKE_CMD, "--output-dir", str(tmp_path / "out"),
+    # 0.3 s a chunk: the ledger's periodic fsync (every 0.1 s) certainly falls between two chunks,
+    # not only at the close (which syncs the store first whatever the wiring)
+    args = ["run", str(manifest), "--runner", "command", "--runner-cmd", f"{FAKE_CMD} --sleep-s 0.3", "--output-dir", str(tmp_path / "out"),
             "--telemetry-dir", str(tmp_path / "tel"), "--scratch-dir", str(tmp_path / "scratch")]  # fmt: skip
     cmd = [PYTHON, str(OBSERVER), str(log), *(["--mutate", mutate] if mutate else []), "--", *args]
     proc = run_own(cmd, timeout_s=120, cwd=manifest.parent.parent, env={"PYTHONPATH": str(REPO)})

@@ -96,12 +96,13 @@ def install(mutate: str | None = None) -> None:
 
         recorder_mod.Recorder.flush = swapped_flush  # type: ignore[method-assign]
     elif mutate == "no-store-sync":
-        real_init = ledger_mod.LedgerWriter.__init__
+        real_sync = ledger_mod.LedgerWriter.sync
 
-        def init(self: Any, path: Any, header: Any, before_sync: Any = None, **kw: Any) -> None:
-            real_init(self, path, header, None, **kw)
+        def sync(self: Any) -> None:
+            self.before_sync = None  # whatever the recorder wired in: the ledger syncs alone
+            real_sync(self)
 
-        ledger_mod.LedgerWriter.__init__ = init  # type: ignore[method-assign]
+        ledger_mod.LedgerWriter.sync = sync  # type: ignore[method-assign]
     elif mutate is not None:
         raise SystemExit(f"--mutate {mutate}: swap or no-store-sync")
 
