@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from badc_mpi.errors import StateError
 from badc_mpi.inputs import chunk_table, hashing, key_index
 from badc_mpi.inputs.chunk_table import ChunkSet
 from badc_mpi.inputs.key_index import KeyIndex
@@ -103,3 +104,30 @@ def test_latest_record_wins_across_and_within_ledger_blocks(tmp_path, monkeypatc
     got = decide(chunks, ResumeState(layers=[path], sources=[path]), output_dir="/o", skip_failed=False, verify_outputs=False)
     assert got.to_run.tolist() == [0, 1, *range(20, 30)]
     assert (got.skipped, got.orphans, got.changed_hash) == (18, 2, 1)
+
+
+def test_damage_in_a_block_parsed_ahead_is_named_by_line(tmp_path, monkeypatch):
+    """The block after the one being matched is parsed on a second thread: damage there still
+    stops the read with the ledger's path and the damaged line, after the good blocks."""
+    monkeypatch.setattr(ledger, "SCAN_BLOCK_BYTES", 300)
+    path = str(tmp_path / "old.ledger.jsonl")
+    write_ledger(path, [(f"r/c{i}", "success", None) for i in range(30)])
+    lines = open(path).read().splitlines(keepends=True)
+    lines[25] = '{"r": "r", "c": "c24", "s": "success", oops\n'
+    open(path, "w").write("".join(lines))
+    seen = []
+    with pytest.raises(StateError, match=r"old\.ledger\.jsonl, line 26: the resume ledger is corrupt \(not JSON"):
+        for batch in ledger.iter_ledger(path):
+            seen += batch.column("c").to_pylist()
+    assert seen[:3] == ["c0", "c1", "c2"] and "c24" not in seen
+
+
+def test_repeated_source_paths_hash_as_each_string_would():
+    """Resume hashes each distinct source path of a block once: the same hashes, nulls included."""
+    from badc_mpi.coordinator.resume import _repeated_hashes
+
+    paths = pa.array(["/a/x.wav", None, "/a/x.wav", "/b/y.flac", "", "/a/x.wav"] * 50)
+    want = hashing.string_hashes(pa.array([p or "" for p in paths.to_pylist()]))
+    assert (_repeated_hashes(paths) == want).all()
+    unique = pa.array([f"/r/{i}.wav" for i in range(20)])  # few repeats: hashed directly
+    assert (_repeated_hashes(unique) == hashing.string_hashes(unique)).all()

@@ -22,8 +22,9 @@ Identity is ``(recording_id, chunk_id)`` plus the source (sha256 or path), never
 Unreadable state is a loud :class:`~badc_mpi.errors.StateError`, never "nothing to skip".
 
 Memory: :func:`load_state` reads only the ledgers' headers; :func:`decide` reads each ledger one
-block (1 MiB) at a time into columns (:class:`Layer`: the key, success or not, the first 8 bytes of
-the sha256, has-outputs, a run code) and matches the block against the chunks' sorted key hashes
+block (4 MiB; the next one is parsed ahead on a second thread) at a time into columns
+(:class:`Layer`: the key, success or not, the first 8 bytes of the sha256, has-outputs, a run
+code, the source path's hash, each distinct path hashed once) and matches the block against the chunks' sorted key hashes
 (:class:`~badc_mpi.inputs.key_index.KeyIndex`, 8 bytes a chunk; candidates confirmed on the
 strings). What it keeps is the latest record's flags, sha256 prefix, source path hash and run per
 chunk (21 bytes);
@@ -32,6 +33,7 @@ the outcome is an array of positions, not a dict per chunk.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,9 +87,20 @@ def _layer(keys: Any, status: Any, sha: Any, outputs: Any, runs: Any, codes: lis
         pc.fill_null(outputs, False).to_numpy(zero_copy_only=False),
         table[run_index.astype(np.int64)] if len(table) else np.zeros(len(keys), np.int32),
         np.zeros(len(keys), dtype=bool),
-        string_hashes(src),
+        _repeated_hashes(src),
         src.is_valid().to_numpy(zero_copy_only=False),
     )
+
+
+def _repeated_hashes(values: pa.Array) -> np.ndarray:
+    """:func:`string_hashes` of a column whose values repeat (a recording's chunks share its source
+    path): each distinct value hashed once. Nulls hash like empty strings, as there."""
+    encoded = pc.dictionary_encode(values)
+    if not isinstance(encoded, pa.DictionaryArray) or len(encoded.dictionary) * 2 > len(values):
+        return string_hashes(values)
+    hashes = string_hashes(encoded.dictionary)
+    index = pc.fill_null(encoded.indices, len(hashes)).to_numpy(zero_copy_only=False)
+    return np.append(hashes, string_hashes(pa.array([""]))).take(index)
 
 
 def _verify_refs(layer: Layer, batch: Any, check: StoreCheck, codes: list[str | None]) -> None:
@@ -250,20 +263,24 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
 
 def _with_detections(keys: pa.Array, output_dir: str) -> np.ndarray:
     """Which keys have ``<output_dir>/<recording>/<chunk>.detections.jsonl``: one listing per
-    recording folder, matched in one hash lookup (no stat per chunk)."""
+    recording folder, matched in one hash lookup (no stat per chunk, no Python string per file)."""
     if not len(keys):
         return np.zeros(0, dtype=bool)
-    recordings = pc.list_element(pc.split_pattern(keys, "/", max_splits=1), 0)
-    present: list[str] = []
-    for recording in pc.unique(recordings).to_pylist():
+    recordings = pc.unique(pc.list_element(pc.split_pattern(keys, "/", max_splits=1), 0)).to_pylist()
+    listings: list[list[str]] = []
+    for recording in recordings:
         try:
-            names = os.listdir(os.path.join(output_dir, recording))
+            listings.append(os.listdir(os.path.join(output_dir, recording)))
         except OSError:
-            continue
-        cut = len(DETECTIONS_SUFFIX)
-        present += [f"{recording}/{n[:-cut]}" for n in names if n.endswith(DETECTIONS_SUFFIX)]
-    found = pc.is_in(keys, value_set=pa.array(present, pa.large_string()))
-    return found.to_numpy(zero_copy_only=False)
+            listings.append([])
+    names = pa.array(itertools.chain.from_iterable(listings), pa.large_string())
+    folder_of = pa.array(recordings, pa.large_string()).take(
+        pa.array(np.repeat(np.arange(len(recordings)), [len(names_) for names_ in listings]))
+    )
+    files = pc.ends_with(names, DETECTIONS_SUFFIX)
+    chunk_ids = pc.utf8_slice_codeunits(names.filter(files), 0, -len(DETECTIONS_SUFFIX))
+    present = pc.binary_join_element_wise(folder_of.filter(files), chunk_ids, pa.scalar("/", pa.large_string()))
+    return pc.is_in(keys, value_set=present).to_numpy(zero_copy_only=False)
 
 
 _SEEN, _OK, _HAS_SHA, _OUTPUTS, _TORN, _HAS_SRC = 1, 2, 4, 8, 16, 32  #: bits of _Latest.flags

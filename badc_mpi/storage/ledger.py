@@ -21,10 +21,12 @@ fatal) and refuse anything else that does not parse, naming the file, the line a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,7 +308,7 @@ def _locate_damage(path: str, body: bytes) -> None:
 
 
 # -- streaming: a 10,000,000-record ledger read block by block -----------------------------
-SCAN_BLOCK_BYTES = 1 << 20  #: ledger bytes parsed at a time (one block in memory)
+SCAN_BLOCK_BYTES = 4 << 20  #: ledger bytes parsed at a time (two blocks in memory: one parsed ahead)
 SCAN_COLUMNS = ("r", "c", "s", "h", "o", "run", *REF_FIELDS, "p")
 
 
@@ -352,7 +354,10 @@ def ledger_head(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, int,
 def iter_ledger(path: str | os.PathLike[str], columns: tuple[str, ...] = SCAN_COLUMNS) -> Iterator[Any]:
     """The records of a ledger as Arrow record batches of about SCAN_BLOCK_BYTES, only ``columns``
     parsed, so that no record's strings outlive their block. The checks of :func:`read_ledger`: a
-    torn last line is left out (:func:`ledger_head` reports it), other damage raises."""
+    torn last line is left out (:func:`ledger_head` reports it), other damage raises.
+
+    The next block is parsed on a second thread while the caller works on this one (the JSON
+    parser releases the GIL): at most two blocks are in memory."""
     import pyarrow as pa
     import pyarrow.json as pajson
 
@@ -363,15 +368,25 @@ def iter_ledger(path: str | os.PathLike[str], columns: tuple[str, ...] = SCAN_CO
     schema = pa.schema([f for f in _schema() if f.name in columns])
     read = pajson.ReadOptions(use_threads=False, block_size=SCAN_BLOCK_BYTES + 1)
     parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False)
-    with open(path, "rb") as fh:
+
+    def parsed(block: Any) -> list[Any]:
+        batches = pajson.read_json(pa.BufferReader(block), read_options=read, parse_options=parse).to_batches()
+        if any(b.column(name).null_count for b in batches for name in ("r", "c", "s") if name in columns):
+            raise ValueError("a record without r, c or s")
+        return batches
+
+    with open(path, "rb") as fh, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-parse") as pool:
         fh.seek(start)
         try:
-            for block in _line_blocks(fh, end - start):
-                for batch in pajson.read_json(pa.BufferReader(block), read_options=read, parse_options=parse).to_batches():
-                    if any(batch.column(name).null_count for name in ("r", "c", "s") if name in columns):
-                        raise ValueError("a record without r, c or s")
-                    yield batch
+            blocks = _line_blocks(fh, end - start)
+            ahead = [pool.submit(parsed, block) for block in itertools.islice(blocks, 1)]
+            while ahead:
+                batches = ahead.pop().result()
+                ahead = [pool.submit(parsed, block) for block in itertools.islice(blocks, 1)]
+                yield from batches
         except (pa.ArrowInvalid, ValueError):
+            for pending in ahead:
+                pending.cancel()
             fh.seek(start)
             _locate_damage(path, fh.read(end - start))
             raise _corrupt(path, 2, "unreadable records") from None  # pragma: no cover - located above
