@@ -213,3 +213,62 @@ def test_audiomoth_header_states_the_clock(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert rc == 0 and rows["AM-07~20240601_050000"]["recording_start_utc"] == "2024-06-01T11:00:00Z"
     assert "AM-07/20240601_050000.WAV: its AudioMoth header says the clock kept UTC-6, the site table UTC-07:00" in out
+
+
+# ------------------------------------------------------------------ WildTrax upload names
+#: recording -> (file, location, study area, start UTC, start local): an AudioMoth UTC name, a name
+#: already as WildTrax reads it, a WildTrax-form name kept in UTC (renamed as wildrtrax renames
+#: AudioMoth files), an SM5 name
+UPLOAD = {
+    "m1": ("AM-07/20240601_110000.WAV", "AM-07", "A", "2024-06-01T11:00:00Z", "2024-06-01T05:00:00-06:00"),
+    "w1": ("NWT-01_20240601_050000.wav", "NWT-01", "A", "2024-06-01T11:00:00Z", "2024-06-01T05:00:00-06:00"),
+    "u1": ("NWT-02_20240601_110000.WAV", "NWT-02", "A", "2024-06-01T11:00:00Z", "2024-06-01T05:00:00-06:00"),
+    "s1": ("S5A00032_AC_20240601_050000.wav", "S5A00032", "A", "2024-06-01T11:00:00Z", "2024-06-01T05:00:00-06:00"),
+}
+UPLOAD_CHUNKS = {f"{r}0": (r, 0, 60000, "success", [("AMRO", "American Robin", 0.9, 1.0, 4.0)]) for r in UPLOAD}
+
+
+def wildtrax_reads(file_name: str) -> tuple[str, str]:
+    """Location and date-time as wildRtrax's wt_audio_scanner reads an uploaded name."""
+    stem = Path(file_name).stem
+    location, rest = stem.split("_", 1)
+    return location, datetime.strptime(rest, "%Y%m%d_%H%M%S").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_tasks_carry_the_time_wildtrax_reads_from_the_upload_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_export import _csv_rows, make_campaign
+
+    manifest = make_campaign(tmp_path, UPLOAD_CHUNKS, recordings=UPLOAD)
+    args = ["export", str(manifest), "--telemetry-dir", str(tmp_path / "tel"), "--dest", str(tmp_path / "agg")]
+    assert main([*args, "--output", str(tmp_path / "exp"), "--format", "wildtrax"]) == 0
+    renames = {r["source_path"]: r for r in _csv_rows(tmp_path / "exp" / "wildtrax_rename.csv")}
+    assert {src: (r["action"], r["wildtrax_file_name"]) for src, r in renames.items()} == {
+        "audio/AM-07/20240601_110000.WAV": ("rename", "AM-07_20240601_050000.wav"),
+        "audio/NWT-02_20240601_110000.WAV": ("rename", "NWT-02_20240601_050000.wav"),
+        "audio/S5A00032_AC_20240601_050000.wav": ("rename", "S5A00032_20240601_050000.wav"),
+    }  # NWT-01's own name is what WildTrax reads: not listed
+    uploaded = {src: r["wildtrax_file_name"] for src, r in renames.items()}
+    tasks = _csv_rows(tmp_path / "exp" / "wildtrax_tasks.csv")
+    tags = _csv_rows(tmp_path / "exp" / "wildtrax_tags.csv")
+    assert len(tasks) == 4 and len(tags) == 4
+    for fname, *_ in UPLOAD.values():
+        name = uploaded.get(f"audio/{fname}", Path(fname).name)
+        read = wildtrax_reads(name)
+        assert read in {(t["location"], t["recording_date_time"]) for t in tasks}, name
+        assert read in {(t["location"], t["recording_date_time"]) for t in tags}, name
+    assert "3 recording(s) must be uploaded under another name" in capsys.readouterr().err
+    # two recordings that would be one WildTrax recording (one location, one start): refused, nothing written
+    clash = dict(UPLOAD, u1=("NWT-01_20240601_110000.WAV", *UPLOAD["w1"][1:]))
+    manifest = make_campaign(tmp_path / "clash", UPLOAD_CHUNKS, recordings=clash)
+    args = [
+        "export",
+        str(manifest),
+        "--telemetry-dir",
+        str(tmp_path / "clash" / "tel"),
+        "--dest",
+        str(tmp_path / "clash" / "agg"),
+    ]
+    assert main([*args, "--output", str(tmp_path / "clash" / "exp"), "--format", "wildtrax"]) == 2
+    err = capsys.readouterr().err
+    assert "recordings 'u1' and 'w1'" in err or "recordings 'w1' and 'u1'" in err
+    assert "NWT-01_20240601_050000.wav" in err and not (tmp_path / "clash" / "exp" / "wildtrax_tasks.csv").exists()
