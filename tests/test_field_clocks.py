@@ -272,3 +272,19 @@ def test_tasks_carry_the_time_wildtrax_reads_from_the_upload_name(tmp_path: Path
     err = capsys.readouterr().err
     assert "recordings 'u1' and 'w1'" in err or "recordings 'w1' and 'u1'" in err
     assert "NWT-01_20240601_050000.wav" in err and not (tmp_path / "clash" / "exp" / "wildtrax_tasks.csv").exists()
+
+
+def test_a_gap_of_over_30_days_starts_a_new_deployment(tmp_path: Path) -> None:
+    from badc_mpi.chunker.plan import split_deployments
+
+    days = [datetime(2023, 5, 1), datetime(2023, 6, 30), datetime(2024, 3, 1), datetime(2024, 3, 20)]
+    assert split_deployments(days[::-1]) == [days[:1], days[1:2], days[2:]]
+    root = tmp_path / "seasons"
+    # 2023 deployed in May (MDT), 2024 in early March (MST): each season keeps its own first offset
+    for name in ("ST-1_20230501_050000", "ST-1_20230520_050000", "ST-1_20240301_050000", "ST-1_20240320_050000"):
+        wav(root / "ST-1" / f"{name}.wav")
+    rc, rows = chunk(root, "--layout", "wildtrax", "--time-zone", "America/Edmonton")
+    assert rc == 0
+    assert {rid.split("~")[1][5:13]: r["recording_start_local"][-6:] for rid, r in rows.items()} == {
+        "20230501": "-06:00", "20230520": "-06:00", "20240301": "-07:00", "20240320": "-07:00",
+    }  # fmt: skip

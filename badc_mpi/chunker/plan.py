@@ -3,8 +3,8 @@
 :func:`name_recordings` reads place and time from every path (``inputs/naming.py``), completes
 them from the site table, resolves the time zone (``inputs/clock.py``) and checks the ids; what
 cannot be used comes back as one problem line per file (with the fix). A ``fixed`` clock takes
-one offset per deployment (a location's recordings in this scan): the site table's ``utc_offset``,
-else the zone's offset at its first recording. :func:`plan_recording` adds a header (an AudioMoth
+one offset per deployment (a location's recordings in this scan, cut where none was made for
+30 days): the site table's ``utc_offset``, else the zone's offset at its first recording. :func:`plan_recording` adds a header (an AudioMoth
 header's time zone makes the name exact: ``inputs/header_clock.py``) and the chunk bounds
 (``bounds.py``), or why the recording failed; :func:`same_instants` lists two recordings of one
 location at one instant, which no export could tell apart.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -27,6 +27,8 @@ from badc_mpi.inputs.recordings import Found, Header, id_problem, recording_id_f
 from badc_mpi.inputs.sites import Site
 from badc_mpi.records import MAX_ID_BYTES
 
+#: a location's recordings more than this apart belong to two deployments (each its own fixed offset)
+DEPLOYMENT_GAP = timedelta(days=30)
 #: the longest ``_chunk_<start>_<end>`` suffix a chunk id gets (two 10-digit ms values: 115 days)
 CHUNK_SUFFIX_BYTES = len("_chunk_") + 10 + 1 + 10
 
@@ -115,7 +117,7 @@ def name_recordings(
         pending.append((item, recording_id, facts, site, zone, study))
     offsets = _deployment_offsets(pending)
     for item, recording_id, facts, site, zone, study in pending:
-        offset = offsets.get(facts.location) if facts.clock == FIXED else None
+        offset = offsets.get((facts.location, facts.start)) if facts.clock == FIXED else None
         when = resolve_when(facts.start, facts.clock, zone, facts.offset_min if facts.offset_min is not None else offset)
         named.append(Named(item, recording_id, facts, site, when, study, zone, offset))
     clashes = {rid: rels for rid, rels in by_id.items() if len(rels) > 1}
@@ -130,22 +132,37 @@ def name_recordings(
     return Naming(named, problems, skipped, list(no_zone))
 
 
-def _deployment_offsets(pending: list[tuple[Found, str, NameFacts, Site | None, ZoneInfo | None, str]]) -> dict[str, int]:
-    """Per location: the site table's ``utc_offset``, else the zone's offset at its first name."""
+def _deployment_offsets(
+    pending: list[tuple[Found, str, NameFacts, Site | None, ZoneInfo | None, str]],
+) -> dict[tuple[str, datetime], int]:
+    """Per (location, name time): the site table's ``utc_offset``, else the zone's offset at the
+    first name of its deployment (a gap over :data:`DEPLOYMENT_GAP` starts a new one)."""
     starts: dict[str, list[datetime]] = defaultdict(list)
     zones: dict[str, ZoneInfo | None] = {}
-    fixed: dict[str, int] = {}
+    fixed: dict[tuple[str, datetime], int] = {}
     for _item, _rid, facts, site, zone, _study in pending:
         if site is not None and site.utc_offset_min is not None:
-            fixed[facts.location] = site.utc_offset_min
+            fixed[(facts.location, facts.start)] = site.utc_offset_min
         elif facts.clock == FIXED and facts.offset_min is None:
             starts[facts.location].append(facts.start)
             zones[facts.location] = zone
     for location, names in starts.items():
-        offset = deployment_offset(names, zones[location])
-        if offset is not None and location not in fixed:
-            fixed[location] = offset
+        for deployment in split_deployments(names):
+            offset = deployment_offset(deployment, zones[location])
+            if offset is not None:
+                fixed.update({(location, start): offset for start in deployment})
     return fixed
+
+
+def split_deployments(starts: list[datetime]) -> list[list[datetime]]:
+    """One location's name times, sorted, cut where no recording was made for over
+    :data:`DEPLOYMENT_GAP` (the recorder was collected, and set again when it went back out)."""
+    out: list[list[datetime]] = []
+    for start in sorted(starts):
+        if not out or start - out[-1][-1] > DEPLOYMENT_GAP:
+            out.append([])
+        out[-1].append(start)
+    return out
 
 
 def _offset_text(minutes: int) -> str:
