@@ -132,13 +132,14 @@ def test_field_trees_give_place_utc_and_local_time(tmp_path: Path, capsys: pytes
 
 
 # ------------------------------------------------------------------ clocks
-def test_fixed_clock_keeps_one_offset_across_dst(tmp_path: Path) -> None:
+def test_fixed_clock_keeps_one_offset_across_dst(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "sm4"
     for name in ("ST-1_20240301_050000", "ST-1_20240310_023000", "ST-1_20240310_033000", "ST-1_20240401_050000"):
         wav(root / "ST-1" / f"{name}.wav")
     table = sites(tmp_path, "location,time_zone\nST-1,America/Edmonton\n")
     rc, rows = chunk(root, "--layout", "wildtrax", "--sites", table)  # fixed: MST (-07:00) from the first recording
     assert rc == 0
+    assert "clocks (docs/recordings.md, Clocks): fixed UTC-07:00 (4)" in capsys.readouterr().out
     assert {rid.split("~")[1]: t[1:] for rid, t in place_time(rows).items()} == {
         "ST-1_20240301_050000": ("2024-03-01T12:00:00Z", "2024-03-01T05:00:00-07:00"),
         "ST-1_20240310_023000": ("2024-03-10T09:30:00Z", "2024-03-10T02:30:00-07:00"),  # in the skipped hour: distinct

@@ -69,6 +69,7 @@ class ChunkResult:
     notes: Counter[str] = field(default_factory=Counter)  #: DST resolutions
     no_zone: list[str] = field(default_factory=list)
     clock_notes: list[str] = field(default_factory=list)  #: "path: what its header said of its clock"
+    clocks: Counter[str] = field(default_factory=Counter)  #: how the times were read -> recordings
     seconds: float = 0.0
 
 
@@ -182,6 +183,7 @@ def run_chunk(options: ChunkOptions) -> ChunkResult:
     result.failed = [p for p in plans if not p.ok]
     result.notes = Counter(p.named.when.note for p in plans if p.named.when.note)
     result.clock_notes = [f"{p.named.found.rel}: {p.clock_note}" for p in plans if p.clock_note]
+    result.clocks = Counter(p.named.basis for p in plans if p.named.basis)
     check_status_owners(plans, chunks_dir)  # before anything is written
     write_status_files(plans, chunks_dir, manifest_path=manifest, chunk_s=options.chunk_s, overlap_s=options.overlap_s)
     result.chunks = write_manifest(manifest, plans, overlap_ms)
@@ -208,6 +210,9 @@ def format_summary(result: ChunkResult, limit: int = MAX_LISTED) -> str:
         lines += [f"  {line}" for line in result.skipped[:limit]]
         if len(result.skipped) > limit:
             lines.append(f"  ... and {len(result.skipped) - limit} more")
+    if result.clocks:
+        shown = "; ".join(f"{basis} ({n})" for basis, n in sorted(result.clocks.items()))
+        lines.append(f"clocks (docs/recordings.md, Clocks): {shown}")
     for note, count in sorted(result.notes.items()):
         rule = "first occurrence (daylight time)" if note == "ambiguous" else "offset before the change (standard time)"
         lines.append(f"note: {count} recording(s) start at a local time that is {note} (DST change): read as the {rule}")

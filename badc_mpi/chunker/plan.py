@@ -50,6 +50,7 @@ class Named:
     study_area: str
     zone: ZoneInfo | None = None
     deployment_offset_min: int | None = None  #: ``fixed``: the deployment's offset (None: unknown)
+    basis: str = ""  #: how its time was read, for the summary (e.g. ``fixed UTC-07:00``)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def name_recordings(
     for item, recording_id, facts, site, zone, study in pending:
         offset = offsets.get((facts.location, facts.start)) if facts.clock == FIXED else None
         when = resolve_when(facts.start, facts.clock, zone, facts.offset_min if facts.offset_min is not None else offset)
-        named.append(Named(item, recording_id, facts, site, when, study, zone, offset))
+        named.append(Named(item, recording_id, facts, site, when, study, zone, offset, _basis(facts, offset)))
     clashes = {rid: rels for rid, rels in by_id.items() if len(rels) > 1}
     if clashes:
         for rid, rels in clashes.items():
@@ -165,6 +166,14 @@ def split_deployments(starts: list[datetime]) -> list[list[datetime]]:
     return out
 
 
+def _basis(facts: NameFacts, offset: int | None) -> str:
+    if facts.offset_min is not None:
+        return "the name's own offset"
+    if facts.clock == FIXED:
+        return f"fixed {_offset_text(offset)}" if offset is not None else "fixed, no zone known"
+    return facts.clock
+
+
 def _offset_text(minutes: int) -> str:
     sign = "-" if minutes < 0 else "+"
     return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
@@ -191,7 +200,8 @@ def with_header_clock(named: Named, header: Header) -> tuple[Named, str]:
         expected = int(when.utc.astimezone(named.zone).utcoffset().total_seconds() // 60)  # type: ignore[union-attr]  # an aware time in a zone has an offset
     if offset is not None and expected is not None and offset != expected:
         note = f"its AudioMoth header says the clock kept {clock.zone_text}, the site table {_offset_text(expected)}: read by the header"
-    replaced = Named(named.found, named.recording_id, facts, named.site, when, named.study_area, named.zone, offset)
+    basis = f"AudioMoth header {clock.zone_text}"
+    replaced = Named(named.found, named.recording_id, facts, named.site, when, named.study_area, named.zone, offset, basis)
     return replaced, note
 
 
