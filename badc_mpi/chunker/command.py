@@ -40,7 +40,8 @@ Chunks are virtual (source_path = the recording, start_ms/end_ms = the slice); a
 shorter than 3 s is merged into the one before. Recording ids: the path under ROOT without its
 extension, '/' written '~'.
 exit codes: 0 written; 1 written, but some recordings failed (listed; their status is 'failed');
-2 bad options, site table or names (each listed with its fix; nothing written)"""
+2 bad options, site table or names, or two recordings of one location at one instant (each listed
+with its fix; nothing written)"""
 
 
 @dataclass(frozen=True)
