@@ -118,8 +118,9 @@ def name_recordings(
         pending.append((item, recording_id, facts, site, zone, study))
     offsets = _deployment_offsets(pending)
     for item, recording_id, facts, site, zone, study in pending:
-        offset = offsets.get((facts.location, facts.start)) if facts.clock == FIXED else None
-        when = resolve_when(facts.start, facts.clock, zone, facts.offset_min if facts.offset_min is not None else offset)
+        offset = offsets.get((facts.location, facts.start))
+        exact = facts.offset_min if facts.offset_min is not None else offset if facts.clock == FIXED else None
+        when = resolve_when(facts.start, facts.clock, zone, exact, offset if facts.clock == UTC_CLOCK else None)
         named.append(Named(item, recording_id, facts, site, when, study, zone, offset, _basis(facts, offset)))
     clashes = {rid: rels for rid, rels in by_id.items() if len(rels) > 1}
     if clashes:
@@ -138,18 +139,18 @@ def _deployment_offsets(
 ) -> dict[tuple[str, datetime], int]:
     """Per (location, name time): the site table's ``utc_offset``, else the zone's offset at the
     first name of its deployment (a gap over :data:`DEPLOYMENT_GAP` starts a new one)."""
-    starts: dict[str, list[datetime]] = defaultdict(list)
+    starts: dict[tuple[str, str], list[datetime]] = defaultdict(list)
     zones: dict[str, ZoneInfo | None] = {}
     fixed: dict[tuple[str, datetime], int] = {}
     for _item, _rid, facts, site, zone, _study in pending:
-        if site is not None and site.utc_offset_min is not None:
+        if site is not None and site.utc_offset_min is not None and facts.clock != UTC_CLOCK:
             fixed[(facts.location, facts.start)] = site.utc_offset_min
-        elif facts.clock == FIXED and facts.offset_min is None:
-            starts[facts.location].append(facts.start)
+        elif facts.offset_min is None and facts.clock in (FIXED, UTC_CLOCK):
+            starts[(facts.location, facts.clock)].append(facts.start)
             zones[facts.location] = zone
-    for location, names in starts.items():
+    for (location, clock), names in starts.items():
         for deployment in split_deployments(names):
-            offset = deployment_offset(deployment, zones[location])
+            offset = deployment_offset(deployment, zones[location], clock)
             if offset is not None:
                 fixed.update({(location, start): offset for start in deployment})
     return fixed
@@ -171,6 +172,8 @@ def _basis(facts: NameFacts, offset: int | None) -> str:
         return "the name's own offset"
     if facts.clock == FIXED:
         return f"fixed {_offset_text(offset)}" if offset is not None else "fixed, no zone known"
+    if facts.clock == UTC_CLOCK and offset is not None:
+        return f"utc, local at {_offset_text(offset)}"
     return facts.clock
 
 
@@ -192,7 +195,9 @@ def with_header_clock(named: Named, header: Header) -> tuple[Named, str]:
             f"its name says {facts.start:%Y-%m-%d %H:%M:%S}: renamed, so the name is read by --clock {facts.clock}"
         )
     offset = None if clock.offset_min == 0 else clock.offset_min
-    when = resolve_when(facts.start, UTC_CLOCK if offset is None else facts.clock, named.zone, offset)
+    when = resolve_when(
+        facts.start, UTC_CLOCK if offset is None else facts.clock, named.zone, offset, named.deployment_offset_min
+    )
     note = ""
     site = named.site
     expected = site.utc_offset_min if site is not None and site.utc_offset_min is not None else None

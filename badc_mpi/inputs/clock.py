@@ -59,11 +59,15 @@ def offset_at(start: datetime, zone: ZoneInfo) -> int:
     return int(resolved.local.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]  # asserted just above
 
 
-def deployment_offset(starts: list[datetime], zone: ZoneInfo | None) -> int | None:
-    """The fixed offset of a deployment whose names are ``starts``: the zone's offset at the first."""
+def deployment_offset(starts: list[datetime], zone: ZoneInfo | None, clock: str = "fixed") -> int | None:
+    """The fixed offset of a deployment whose names are ``starts`` (wall clock, or UTC when
+    ``clock`` is ``utc``): the zone's offset at the first."""
     if zone is None or not starts:
         return None
-    return offset_at(min(starts), zone)
+    first = min(starts)
+    if clock == UTC_CLOCK:
+        return int(first.replace(tzinfo=timezone.utc).astimezone(zone).utcoffset().total_seconds() // 60)  # type: ignore[union-attr]  # an aware time in a zone has an offset
+    return offset_at(first, zone)
 
 
 def fixed_zone(offset_min: int) -> timezone:
@@ -81,17 +85,23 @@ def _civil(start: datetime, zone: ZoneInfo) -> When:
     return When(utc, local)
 
 
-def resolve_when(start: datetime, clock: str, zone: ZoneInfo | None, offset_min: int | None = None) -> When:
+def resolve_when(
+    start: datetime, clock: str, zone: ZoneInfo | None, offset_min: int | None = None, local_offset_min: int | None = None
+) -> When:
     """``start`` (naive, by ``clock``) as UTC and local time. ``zone``: the site's zone (None:
     unknown); ``offset_min``: the fixed offset of the name (BAR-LT, an AudioMoth header) or of the
     deployment (``fixed``; the caller picks which): when given, ``start`` is exact whatever
     ``clock`` says, and the local time is written with that offset, as the recorder kept it.
-    ``fixed`` without an offset (no zone known) keeps the wall clock and no UTC."""
+    ``fixed`` without an offset (no zone known) keeps the wall clock and no UTC. ``utc`` names are
+    given their local time with ``local_offset_min`` (the deployment's offset: one offset for all
+    its recordings, so local times never repeat in the autumn hour), else in ``zone``."""
     if offset_min is not None:
         local = start.replace(tzinfo=fixed_zone(offset_min))
         return When(local.astimezone(timezone.utc), local)
     if clock == UTC_CLOCK:
         utc = start.replace(tzinfo=timezone.utc)
+        if local_offset_min is not None:
+            return When(utc, utc.astimezone(fixed_zone(local_offset_min)))
         return When(utc, utc.astimezone(zone) if zone is not None else None)
     if zone is None:
         return When(None, start)
