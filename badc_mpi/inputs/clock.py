@@ -11,7 +11,8 @@ A name's date-time is read by one of three clocks (``--clock``; docs/recordings.
   person renamed to local civil time). Around a change a local time can be **ambiguous** (autumn:
   read as the first occurrence, ``fold=0``) or **nonexistent** (spring: read with the offset in
   force before the change); both are flagged (``When.note``) and counted in the summary;
-- ``utc``: UTC (AudioMoth's default).
+- ``utc``: UTC (AudioMoth's default); the local time is given with the deployment's offset, so a
+  deployment's wall-clock times never repeat (WildTrax's date-time has no zone).
 
 A name that carries its own offset (BAR-LT ``-0600``), or an AudioMoth header that states the
 configured zone, is exact whatever the clock (``offset_min``).
