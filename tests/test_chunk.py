@@ -75,7 +75,9 @@ def test_recording_ids_come_from_the_path() -> None:
 
 
 def test_chunk_writes_manifest_status_and_place_time(dataset: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    rc = main(["chunk", str(dataset / "audio"), "--layout", "wildtrax", "--sites", str(tmp_path / "sites.csv")])
+    rc = main(
+        ["chunk", str(dataset / "audio"), "--layout", "wildtrax", "--sites", str(tmp_path / "sites.csv"), "--clock", "civil"]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     manifest = dataset / "manifests" / "audio.csv"

@@ -112,7 +112,9 @@ def test_streamed_export_is_the_same_whatever_the_batch_size(tmp_path, monkeypat
     small = _run(tmp_path / "small", "--format", "all", "--focus-species", "RUGR,OVEN")
     names = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file() and p.name != "export.json")
     assert names == sorted(p.relative_to(small) for p in small.rglob("*") if p.is_file() and p.name != "export.json")
-    assert len(names) == 3 + 3 + 2 + 4  # wildtrax 3, raven 3, tables all + NWT, histories long/effort/2 species
+    assert (
+        len(names) == 4 + 3 + 2 + 4
+    )  # wildtrax 4 (tags, tasks, clips, rename), raven 3, tables all + NWT, histories long/effort/2 species
     for name in names:
         assert (reference / name).read_bytes() == (small / name).read_bytes(), name
     assert not [p for p in small.iterdir() if p.name.startswith(".")]  # the staging folder is gone

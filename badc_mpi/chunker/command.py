@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from badc_mpi.chunker.bounds import MIN_CHUNK_MS
-from badc_mpi.chunker.plan import RecordingPlan, name_recordings, plan_recording
+from badc_mpi.chunker.plan import RecordingPlan, name_recordings, plan_recording, same_instants
 from badc_mpi.chunker.write import check_status_owners, write_manifest, write_status_files
 from badc_mpi.errors import RecordingsError, UsageError
 from badc_mpi.inputs.locations import default_locations, find_dataset_root
-from badc_mpi.inputs.naming import CLOCKS, LAYOUTS, make_layout
+from badc_mpi.inputs.naming import CLOCK_ALIASES, CLOCKS, LAYOUTS, make_layout
 from badc_mpi.inputs.recordings import find_recordings, probe
 from badc_mpi.inputs.sites import load_site_table, zone_or_error
 
@@ -25,17 +25,23 @@ MAX_LISTED = 50
 
 CHUNK_EPILOG = """\
 layouts (where and when from the path; docs/recordings.md):
-  wildtrax            LOCATION_YYYYMMDD_HHMMSS.wav (location without '_'; '$' = GPS clock), local time
-  wildlife-acoustics  PREFIX_0+1_YYYYMMDD_HHMMSS.wav (or _0_, _1_, none), local time
-  audiomoth           LOCATION/YYYYMMDD_HHMMSS.WAV (location = the folder), UTC
-  lab                 STUDY/.../STATION/[A|B]/[Data]/..._YYYYMMDD_HHMMSS.wav, local time
+  wildtrax            LOCATION_YYYYMMDD_HHMMSS.wav (location without '_'; '$' = GPS clock)
+  wildlife-acoustics  PREFIX_0+1_YYYYMMDD_HHMMSS.wav (or _0_, _1_, SM5's _AC_, none)
+  audiomoth           LOCATION/[YYYYMMDD/][DEVICEID_]YYYYMMDD_HHMMSS[T].WAV (location = the folder), UTC
+                      unless the WAV header states the clock's zone
+  lab                 STUDY/.../STATION/[A|B]/[Data]/..._YYYYMMDD_HHMMSS.wav (BAR-LT: ...T050000-0600...)
   'REGEX'             a Python regular expression searched in the path under ROOT, with named
-                      groups location, date, time (optional study_area); local time unless --clock utc
+                      groups location, date, time (HHMMSS or HHMM; optional study_area, offset)
+A folder that is a date (20240602, 2024-06-02) is never a location. Clocks (--clock): fixed
+(default but audiomoth: one UTC offset per deployment, the site table's utc_offset or the zone's
+at its first recording), civil (the zone's, following daylight saving), utc. A name with its own
+offset (-0600) is exact. Two recordings of one location at one instant are refused.
 Chunks are virtual (source_path = the recording, start_ms/end_ms = the slice); a last chunk
 shorter than 3 s is merged into the one before. Recording ids: the path under ROOT without its
 extension, '/' written '~'.
 exit codes: 0 written; 1 written, but some recordings failed (listed; their status is 'failed');
-2 bad options, site table or names (each listed with its fix; nothing written)"""
+2 bad options, site table or names, or two recordings of one location at one instant (each listed
+with its fix; nothing written)"""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ class ChunkResult:
     skipped: list[str] = field(default_factory=list)  #: --skip-unmatched: problem lines
     notes: Counter[str] = field(default_factory=Counter)  #: DST resolutions
     no_zone: list[str] = field(default_factory=list)
+    clock_notes: list[str] = field(default_factory=list)  #: "path: what its header said of its clock"
+    clocks: Counter[str] = field(default_factory=Counter)  #: how the times were read -> recordings
     seconds: float = 0.0
 
 
@@ -84,7 +92,12 @@ def add_chunk_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--time-zone", metavar="ZONE", help="IANA zone for locations the site table gives none (e.g. America/Edmonton)"
     )
-    p.add_argument("--clock", choices=CLOCKS, help="override the layout's clock: names in local time or UTC")
+    p.add_argument(
+        "--clock",
+        choices=(*CLOCKS, *CLOCK_ALIASES),
+        help="the clock names are written on: fixed (one UTC offset per deployment), civil (follows DST; "
+        "'local' is its old name) or utc (default: fixed, audiomoth utc)",
+    )
     p.add_argument(
         "--out", metavar="CSV", help="manifest path (default: <dataset>/manifests/<ROOT name>.csv, else ./manifests/...)"
     )
@@ -160,9 +173,18 @@ def run_chunk(options: ChunkOptions) -> ChunkResult:
     plans = [plan_recording(named, probe(named.found), chunk_ms, overlap_ms) for named in naming.named]
     if not plans:
         raise RecordingsError("every recording was left out (--skip-unmatched)", fix="fix the names", problems=naming.problems)
+    same = same_instants([p for p in plans if p.ok])
+    if same:
+        raise RecordingsError(
+            f"{len(same)} place(s) hold two or more recordings of one location at one instant: they would be identical tasks",
+            fix="tell them apart as each line says; nothing was written",
+            problems=same,
+        )
     result = ChunkResult(manifest, chunks_dir, recordings=len(plans), skipped=naming.problems, no_zone=naming.no_zone)
     result.failed = [p for p in plans if not p.ok]
     result.notes = Counter(p.named.when.note for p in plans if p.named.when.note)
+    result.clock_notes = [f"{p.named.found.rel}: {p.clock_note}" for p in plans if p.clock_note]
+    result.clocks = Counter(p.named.basis for p in plans if p.named.basis)
     check_status_owners(plans, chunks_dir)  # before anything is written
     write_status_files(plans, chunks_dir, manifest_path=manifest, chunk_s=options.chunk_s, overlap_s=options.overlap_s)
     result.chunks = write_manifest(manifest, plans, overlap_ms)
@@ -189,13 +211,21 @@ def format_summary(result: ChunkResult, limit: int = MAX_LISTED) -> str:
         lines += [f"  {line}" for line in result.skipped[:limit]]
         if len(result.skipped) > limit:
             lines.append(f"  ... and {len(result.skipped) - limit} more")
+    if result.clocks:
+        shown = "; ".join(f"{basis} ({n})" for basis, n in sorted(result.clocks.items()))
+        lines.append(f"clocks (docs/recordings.md, Clocks): {shown}")
     for note, count in sorted(result.notes.items()):
         rule = "first occurrence (daylight time)" if note == "ambiguous" else "offset before the change (standard time)"
         lines.append(f"note: {count} recording(s) start at a local time that is {note} (DST change): read as the {rule}")
+    if result.clock_notes:
+        lines.append(f"note: {len(result.clock_notes)} recording(s) whose WAV header disagrees on the clock:")
+        lines += [f"  {line}" for line in result.clock_notes[:limit]]
+        if len(result.clock_notes) > limit:
+            lines.append(f"  ... and {len(result.clock_notes) - limit} more")
     if result.no_zone:
         shown = ", ".join(result.no_zone[:10]) + (" ..." if len(result.no_zone) > 10 else "")
         lines.append(
             f"note: no time zone for {len(result.no_zone)} location(s) ({shown}): recording_start_utc or the local date "
-            "stays empty; give time_zone in --sites or --time-zone"
+            "stays empty; give time_zone (or utc_offset) in --sites, or --time-zone"
         )
     return "\n".join(lines)

@@ -45,6 +45,7 @@ class Header:
     format: str = ""
     subtype: str = ""
     error: str = ""
+    comment: str = ""  #: the WAV ``ICMT`` comment (AudioMoth writes its clock's time zone there)
 
     @property
     def duration_ms(self) -> int:
@@ -99,7 +100,8 @@ def probe(found: Found) -> Header:
         return Header(error="empty file (0 bytes)")
     try:
         with soundfile.SoundFile(found.path) as audio:
-            header = Header(audio.frames, audio.samplerate, audio.channels, audio.format, audio.subtype)
+            comment = (audio.comment or "") if audio.format in _WAV_FORMATS else ""
+            header = Header(audio.frames, audio.samplerate, audio.channels, audio.format, audio.subtype, comment=comment)
             if header.frames <= 0:
                 return Header(error="no audio samples")
             if audio.format in _WAV_FORMATS:

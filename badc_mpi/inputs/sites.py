@@ -8,7 +8,9 @@ A CSV with a header; ``location`` is required, every other column optional::
 ``latitude``/``longitude`` in decimal degrees (both or neither), ``region`` an eBird region code
 (``CA-NT``, ``US-AK-020``), ``time_zone`` an IANA zone (``America/Edmonton``; ``Etc/GMT+7`` for a
 recorder kept on UTC-7 all year), ``study_area`` free text. Other columns are ignored. A bad row
-is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix.
+is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix. ``utc_offset``
+(``-06:00``, ``-0600``, ``UTC-6``) is the one offset the recorders at that location kept for the
+deployment (``--clock fixed``; without it, the zone's offset at the first recording).
 :func:`parse_site_table` is pure; :func:`load_site_table` reads the file.
 """
 
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from badc_mpi.errors import RecordingsError
+from badc_mpi.inputs.naming import parse_offset
 
-SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area")
+SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area", "utc_offset")
 REGION_RE = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3}){0,2}")
 
 
@@ -34,6 +37,7 @@ class Site:
     region: str = ""
     time_zone: str = ""
     study_area: str = ""
+    utc_offset_min: int | None = None  #: the deployment's fixed offset (``utc_offset``), minutes east
 
     @property
     def zone(self) -> ZoneInfo | None:
@@ -93,7 +97,13 @@ def parse_site_table(text: str, path: str) -> dict[str, Site]:
             )
         if values["time_zone"]:
             zone_or_error(values["time_zone"], f"{where}, column 'time_zone'")
-        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"])
+        offset = parse_offset(values["utc_offset"]) if values["utc_offset"] else None
+        if values["utc_offset"] and offset is None:
+            raise RecordingsError(
+                f"{where}, column 'utc_offset': {values['utc_offset']!r} is not a UTC offset",
+                fix="write it as -06:00 (or -0600, UTC-6): the offset the recorder kept all deployment",
+            )
+        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"], offset)
     return sites
 
 

@@ -112,13 +112,13 @@ def bench_manifest(chunks: int, folder: str, load: bool = False) -> dict:
     def plans():  # noqa: ANN202 - generated lazily, as the command's list would be held
         for i in range(recordings):
             rel = f"Study/ST-{i % 1000:04d}/ST-{i % 1000:04d}_20240601_{i // 1000 % 24:02d}0000.flac"
-            facts = NameFacts(f"ST-{i % 1000:04d}", "Study", datetime(2024, 6, 1, i // 1000 % 24), "local")
+            facts = NameFacts(f"ST-{i % 1000:04d}", "Study", datetime(2024, 6, 1, i // 1000 % 24), "civil")
             named = Named(
                 Found("/data/audio/" + rel, rel),
                 rel.rsplit(".", 1)[0].replace("/", "~"),
                 facts,
                 site,
-                resolve_when(facts.start, "local", zone),
+                resolve_when(facts.start, "civil", zone),
                 "Study",
             )
             yield RecordingPlan(named, header, starts, ends)

@@ -19,6 +19,12 @@ duration cut at the task's end (never straddling two tasks; counted). Tags that 
 their task's end do not sync and are left out (counted; only a fractional last second, a tail
 under 1 s, or beyond ``--task-duration``); a tag at 0 s moves to 0.1 s; ``1SPT`` keeps a
 species' first tag per task, ``1SPM`` its first per minute of the task, ``None`` every tag.
+WildTrax reads a recording's location and date-time from its uploaded file name (wildRtrax's
+``wt_audio_scanner``: the location before the first ``_``, then ``YYYYMMDD_HHMMSS``), so tasks and
+tags sync only when the uploaded name carries exactly their ``location`` and
+``recording_date_time``. ``wildtrax_rename.csv`` lists every recording (or clip) whose upload name
+(``LOCATION_YYYYMMDD_HHMMSS.ext``, the task's own time) differs from its file's name: AudioMoth
+UTC names, SM5 ``_AC_`` names, date folders, clips (docs/results.md, "Upload names").
 Species codes other than four capital letters (HawkEars' ``FROG-WOOD``, ``TOAD-AMER``...) have
 no confirmed WildTrax code: left out and counted, never invented.
 """
@@ -49,6 +55,9 @@ TASK_COLUMNS = [
 CLIP_COLUMNS = [
     "recording_id", "source_path", "clip", "clip_start_s", "clip_end_s", "wildtrax_file_name", "location",
     "recording_date_time", "task_duration", "task_is_complete",
+]  # fmt: skip
+RENAME_COLUMNS = [
+    "source_path", "action", "clip_start_s", "clip_end_s", "wildtrax_file_name", "location", "recording_date_time",
 ]  # fmt: skip
 METHODS = ("None", "1SPT", "1SPM")
 MAX_TASK_S = 1800
@@ -85,6 +94,7 @@ class WildTraxRows:
     tags: list[list[Any]] = field(default_factory=list)
     tasks: list[list[Any]] = field(default_factory=list)
     clips: list[list[Any]] = field(default_factory=list)
+    renames: list[list[Any]] = field(default_factory=list)  #: RENAME_COLUMNS rows
     left_out: Counter[str] = field(default_factory=Counter)  #: reason -> tags
     codes_left_out: Counter[str] = field(default_factory=Counter)  #: species code -> tags
     split: Counter[str] = field(default_factory=Counter)  #: recordings split, clips made, clips without a task
@@ -101,6 +111,17 @@ def _file_name(rec: Recording, when: dt.datetime | None) -> str:
     ext = os.path.splitext(rec.source_path or "")[1].lower()
     stamp = when.strftime("%Y%m%d_%H%M%S") if when else ""
     return f"{rec.location or ''}_{stamp}{ext if ext in WILDTRAX_AUDIO else '.wav'}"
+
+
+def upload_differs(source_path: str | None, file_name: str) -> bool:
+    """Whether a file must be uploaded under ``file_name`` rather than its own name (the stem
+    exactly, the extension in any case: WildTrax takes ``.WAV`` as ``.wav``)."""
+    if not source_path:
+        return True
+    own = os.path.basename(source_path)
+    stem, ext = os.path.splitext(own)
+    want_stem, want_ext = os.path.splitext(file_name)
+    return stem != want_stem or ext.lower() != want_ext.lower()
 
 
 def plan_clips(rec: Recording, requested: int | None = None) -> list[Clip]:
@@ -201,6 +222,11 @@ def recording_rows(
         out.clips.append([rec.recording_id, rec.source_path or "", clip.index, _seconds(clip.start_ms), end_s, clip.file_name,
                           rec.location, clip.recording_date_time, clip.task_duration_s if has_task else "",
                           complete if has_task else ""])  # fmt: skip
+        if len(clips) > 1 or upload_differs(rec.source_path, clip.file_name):
+            action = "cut" if len(clips) > 1 else "rename"
+            out.split["renamed"] += action == "rename"
+            out.renames.append([rec.source_path or "", action, _seconds(clip.start_ms) if action == "cut" else "",
+                                end_s if action == "cut" else "", clip.file_name, rec.location, clip.recording_date_time])  # fmt: skip
         if has_task:
             out.tasks.append([rec.location, clip.recording_date_time, method, rec.sample_rate or "", clip.task_duration_s,
                               complete, "Not Assigned", "", ""])  # fmt: skip
@@ -220,6 +246,11 @@ def notes(rows: WildTraxRows) -> list[str]:
             f"wildtrax: {rows.split['recordings']} recording(s) longer than {MAX_TASK_S} s split into {rows.split['clips']} "
             f"clips ({rows.split['clips without a task']} without an analysed chunk, so without a task): cut their audio "
             "as wildtrax_clips.csv lists and upload the clips under those names"
+        )
+    if rows.split["renamed"]:
+        out.append(
+            f"wildtrax: {rows.split['renamed']} recording(s) must be uploaded under another name than their file's (WildTrax reads "
+            "location and date-time from the uploaded name): rename them as wildtrax_rename.csv lists"
         )
     if rows.split[CUT_AT_TASK_END]:
         out.append(f"wildtrax: {rows.split[CUT_AT_TASK_END]} tag(s) {CUT_AT_TASK_END} (kept in the task they start in)")

@@ -39,10 +39,12 @@ from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, prev
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
 from badc_mpi.results.export.wildtrax import (
     CLIP_COLUMNS,
+    RENAME_COLUMNS,
     TAG_COLUMNS,
     TASK_COLUMNS,
     WildTraxRows,
     check_options,
+    plan_clips,
     recording_rows,
 )
 from badc_mpi.results.export.wildtrax import notes as wildtrax_notes
@@ -103,6 +105,7 @@ class Survey:
     lacking: dict[str, list[Recording]] = field(default_factory=dict)  #: what -> recordings
     raven_names: dict[str, str] = field(default_factory=dict)  #: file name -> recording id
     area_names: dict[str, str] = field(default_factory=dict)  #: file name -> study area
+    upload_names: dict[str, str] = field(default_factory=dict)  #: WildTrax upload name -> recording id
     guessed: Counter[str] = field(default_factory=Counter)  #: start basis -> analysed recordings
     no_study_area: int = 0
 
@@ -133,6 +136,10 @@ def survey(groups: Any, options: ExportOptions) -> Survey:
         for name in ("location", "start_local"):
             if "wildtrax" in formats and getattr(rec, name) is None:
                 out.lack(f"wildtrax {name}", rec)
+        if "wildtrax" in formats and rec.location is not None and rec.start_local is not None:
+            for clip in plan_clips(rec, options.task_duration):  # one location at one time: one WildTrax recording
+                _claim(out.upload_names, clip.file_name, rec.recording_id, "recordings",
+                       "they share a location and start time: tell their locations apart, or fix their start times")  # fmt: skip
         if "raven" in formats:
             _claim(out.raven_names, safe_name(rec.recording_id), rec.recording_id, "recording ids",
                    "rename one recording (the ids come from the paths under the scanned root)")  # fmt: skip
@@ -160,7 +167,7 @@ class Writer:
         self.histories = HistoryBuilder(options.focus_species) if "histories" in self.formats else None
         if "wildtrax" in self.formats:  # header-only files when nothing qualifies
             for rel, header in (("wildtrax_tags.csv", TAG_COLUMNS), ("wildtrax_tasks.csv", TASK_COLUMNS),
-                                ("wildtrax_clips.csv", CLIP_COLUMNS)):  # fmt: skip
+                                ("wildtrax_clips.csv", CLIP_COLUMNS), ("wildtrax_rename.csv", RENAME_COLUMNS)):  # fmt: skip
                 files.writer(rel, header)
         if "tables" in self.formats:
             files.writer("tables/all.csv", TABLE_COLUMNS)
@@ -179,6 +186,7 @@ class Writer:
                 ("wildtrax_tags.csv", rows.tags),
                 ("wildtrax_tasks.csv", rows.tasks),
                 ("wildtrax_clips.csv", rows.clips),
+                ("wildtrax_rename.csv", rows.renames),
             ):
                 self.files.writer(rel).writerows(part)
             for total, counts in ((self.wildtrax.left_out, rows.left_out), (self.wildtrax.codes_left_out, rows.codes_left_out),
