@@ -55,6 +55,9 @@ def _run_bundle(root: Path, manifest: Path, monkeypatch, capsys) -> tuple[Path, 
     assert main(["bundle", str(manifest), "--telemetry-dir", str(root / "tel"), "--bucket-minutes", "15"]) == 0
     out = capsys.readouterr().out
     folder = Path(next(ln.split()[-1] for ln in out.splitlines() if ln.strip().startswith("bundle ")))
+    last = out.strip().splitlines()[-1]  # the next step: open the report, then the exports unless written
+    assert last.startswith("next: open artifacts/aggregate/golden/report.html in a browser"), last
+    assert ("badc-mpi export artifacts/aggregate/golden --format all" in last) != (folder / "exports").is_dir(), last
     return folder, figures
 
 

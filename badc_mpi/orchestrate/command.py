@@ -179,7 +179,7 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
     command = launch.run_command(sys.executable, queue_manifests(plan), run_args + (["--resume"] if resume else []))
     ranks = args.np or launch.default_ranks(os.environ)
     command = launch.launcher(ranks, env=os.environ, mpi_plugin=args.mpi, mpiexec=args.mpiexec) + command
-    record = plan.is_datalad and args.record_datalad
+    record = plan.is_datalad and args.record_datalad and getattr(run_ns, "record_datalad", True)  # either place says no
     wrapped = datalad_command(plan, command, dl.datalad_executable() or "datalad") if record else None
     if args.print_datalad_run:
         if not plan.is_datalad:
