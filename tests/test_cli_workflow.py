@@ -79,3 +79,26 @@ def test_chunk_says_next(dataset: Path, tmp_path: Path, capsys, monkeypatch):  #
     assert main(["chunk", str(dataset / "audio"), "--layout", "wildtrax", "--sites", str(tmp_path / "sites.csv")]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("next: make -C ") and "infer MANIFEST=" in last and str(dataset / "manifests" / "audio.csv") in last
+
+
+def test_commands_run_too_early_name_the_step_to_run_first(tmp_path, capsys, monkeypatch):
+    manifest = make_dataset(tmp_path, recordings=2, chunks_per_recording=1, status="in_progress")
+    monkeypatch.chdir(tmp_path)
+    rel = "manifests/chunks.csv"
+    for argv, step in (
+        (["bundle", rel], f"`make infer MANIFEST={rel}`"),  # not run yet
+        (["export", rel, "--format", "raven"], f"`make infer MANIFEST={rel}`"),
+        (["monitor", "artifacts/telemetry/infer"], "start the run first (`make infer MANIFEST=...`"),
+        (["run", rel, "--dry-run"], "finish chunking them first: `badc-mpi chunk RECORDINGS_DIR`"),
+    ):
+        assert main(argv) in (2, 3), argv
+        err = capsys.readouterr().err
+        errors = [ln for ln in err.splitlines() if ln.startswith("badc-mpi: error:")]
+        assert len(errors) == 1 and step in errors[0], (argv, err)
+    from badc_mpi.errors import UsageError
+    from badc_mpi.results import open_bundle
+
+    with pytest.raises(UsageError, match="not bundled yet") as raised:
+        open_bundle(tmp_path)
+    assert "make bundle MANIFEST=" in str(raised.value)
+    assert manifest.exists()

@@ -53,13 +53,14 @@ def resolve_telemetry(path: str, follow: bool) -> Path:
         if not runs:
             raise UsageError(
                 f"{p}: no telemetry (*.jsonl) in this folder",
-                fix="name the run's telemetry file (badc-mpi run prints it), or the folder once the run started",
+                fix="start the run first (`make infer MANIFEST=...`), or name the run's telemetry file (badc-mpi run prints it)",
             )
         return max(runs, key=lambda f: (f.stat().st_mtime, f.name))
     if not p.exists() and not follow:
         raise UsageError(
             f"{p}: no such telemetry file",
-            fix="check the path (badc-mpi run prints it at the start), or add --follow to wait for it",
+            fix="start the run first (`make infer MANIFEST=...`; badc-mpi run prints the telemetry path), "
+            "check the path, or add --follow to wait for it",
         )
     if p.name.endswith(_SIDECARS) or p.name.endswith(".summary.json"):
         raise UsageError(
