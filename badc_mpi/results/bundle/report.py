@@ -147,7 +147,9 @@ def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
     for r in _rows(con, V.CONFIDENCE_BINS, [HIST_BINS, HIST_BINS, labels[:HIST_LABELS]]):
         hist.setdefault(r["label"], np.zeros(HIST_BINS))[r["bin"]] = r["n"]
     ordered = {lab: hist[lab] for lab in labels if lab in hist}
-    out["confidence"] = charts.confidence_histograms(ordered, HIST_BINS, f"Confidence, top {len(ordered)} species")
+    out["confidence"] = charts.confidence_histograms(
+        ordered, HIST_BINS, f"Confidence, top {len(ordered)} species" if ordered else "Confidence: no detections"
+    )
     series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     points = _rows(con, V.WORKER_SERIES)
     valid = [p["at_ms"] for p in points if p["at_ms"] is not None]
