@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.chunker.command import add_chunk_parser
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
-    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
+    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments, add_run_no_record
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
 
     parser = argparse.ArgumentParser(
@@ -43,13 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p)
     add_record_arguments(p)
     datalad_group = next(g for g in p._action_groups if g.title == "DataLad")
-    datalad_group.add_argument(
-        "--no-record-datalad",
-        dest="record_datalad",
-        action="store_false",
-        help="run never records itself (make infer and orchestrate --apply wrap it in `datalad run`); "
-        "accepted here so the same ARGS work for both, and orchestrate honours it in --run-args",
-    )
+    add_run_no_record(datalad_group)
     arrange_run_help(p)
 
     p = sub.add_parser(

@@ -132,8 +132,11 @@ def save_bundle(folder: str, message: str, what: str = "the bundle") -> None:
 
 # -- the shell -------------------------------------------------------------------------------------
 def _run_parser() -> argparse.ArgumentParser:
+    from badc_mpi.orchestrate.arguments import add_run_no_record
+
     p = argparse.ArgumentParser(prog="badc-mpi orchestrate --run-args", add_help=False)
     add_run_arguments(p)
+    add_run_no_record(p)
     return p
 
 
