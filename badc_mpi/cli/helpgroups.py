@@ -86,3 +86,6 @@ def order_commands(sub: Any) -> None:
     command not named there keeps its place after them."""
     rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
     sub._choices_actions.sort(key=lambda a: rank.get(a.dest, len(rank)))
+    ordered = sorted(sub.choices.items(), key=lambda item: rank.get(item[0], len(rank)))
+    sub.choices.clear()  # the same dict, re-filled in order: the man page's sections follow it
+    sub.choices.update(ordered)
