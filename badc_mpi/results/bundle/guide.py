@@ -44,7 +44,7 @@ def next_steps(summary: dict[str, Any], folder: str, files: dict[str, list[str]]
     if summary.get("tiny_model"):
         steps.append(
             "These detections come from the <b>tiny test model</b>: run again with the real HawkEars model "
-            "(<code>make hawkears</code>, then <code>make infer MANIFEST=...</code>) before using them."
+            "(<code>make hawkears-models</code> stages it, or <code>--hawkears-data-root DIR</code>; then <code>make infer MANIFEST=...</code>) before using them."
         )
     unfinished = c.get("failed", 0) + c.get("not_analysed", 0)
     if unfinished:
