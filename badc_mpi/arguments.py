@@ -164,7 +164,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--progress-interval-s",
         type=_positive_float,
         metavar="S",
-        help="progress line interval (default: live on a TTY, 30 s otherwise)",
+        help="progress line interval (default: live on a TTY; in a log the first line at once, then after 2, 4, 8 ... s up to 30 s)",
     )
     g = p.add_argument_group("GPUs")
     g.add_argument("--max-gpus", type=int, metavar="N", help="use at most N GPUs per node (0 = CPU only)")

@@ -122,6 +122,10 @@ def test_three_chunk_states_and_unreadable_files_are_listed(tmp_path, monkeypatc
     assert len(det2) == len(det) - chunks["rec000/rec000_chunk_0_200"]["detections"]
     meta = json.loads((tmp_path / "agg" / "aggregate.json").read_text())
     assert meta["counts"]["problems"] == len(meta["problems"]) == 3 and meta["counts"]["orphan_outputs"] == 1
+    from badc_mpi.results.aggregate.dataset import iter_problem_lines
+
+    said = list(iter_problem_lines(again.problems))  # what bundle/aggregate print: plain words, no "orphan"
+    assert f"  output no finished chunk claims: {stray}: detections file" in "\n".join(said) and "orphan" not in "\n".join(said)
 
 
 def test_no_run_found_is_a_one_line_error_with_a_fix(tmp_path):

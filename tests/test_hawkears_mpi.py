@@ -84,6 +84,10 @@ def test_two_ranks_score_every_chunk_with_one_resident_worker_each(tmp_path):
     proc = run_badc(hawkears_args(manifest, tmp_path), np=2)
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "TINY" in proc.stderr.upper()  # the loud banner: detections from random weights are meaningless
+    stages = [ln.split("HawkEars start-up: ", 1)[1].split()[0] for ln in proc.stderr.splitlines() if "HawkEars start-up: " in ln]
+    assert sorted(stages) == sorted(["importing", "loading", "ready"] * 2), stages  # each rank names its start-up
+    progress = [ln for ln in proc.stderr.splitlines() if "badc-mpi progress: " in ln]
+    assert progress[0].endswith("ETA --:--:--") and "0/17 chunks" in progress[0]  # a log sees the total at once
     (tfile,) = telemetry_files(tmp_path / "tel")
     events = read_telemetry(tfile)
     finals = {f"{e['recording_id']}/{e['chunk_id']}": e for e in events if e["event"] in ("success", "failure")}

@@ -250,6 +250,14 @@ def test_dirty_dataset_gets_one_line_and_exit_2(dataset):
         env=tool_env(),
     )
     assert plain.returncode == 0 and "[DATALAD RUNCMD]" not in git(["log", "-1", "--format=%s"], root)
+    # the same said among run's options (make infer ARGS='--no-record-datalad'): run accepts it, orchestrate honours it
+    in_args = badc(
+        ["orchestrate", str(root), "--apply", "--np", "1", "--run-args", *RUN_ARGS, "--no-record-datalad"],
+        cwd=root,
+        env=tool_env(),
+    )
+    assert in_args.returncode == 0, in_args.stderr[-2000:]
+    assert "[DATALAD RUNCMD]" not in git(["log", "-1", "--format=%s"], root)
 
 
 def test_print_datalad_run_outside_a_dataset_says_so(tmp_path):

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from badc_mpi.arguments import run_options_from_args
+from badc_mpi.cli import nextstep
 from badc_mpi.cli.exits import end_job
 from badc_mpi.cli.parser import build_parser
 from badc_mpi.cli.resume import own_flags, resume_command, run_flags
@@ -91,6 +92,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             print(f"  ... and {len(exc.problems) - 200} more", file=sys.stderr)
         raise
     print(format_summary(result))
+    if result.recordings > len(result.failed):
+        print(nextstep.after_chunk(result.manifest_path, os.environ, os.getcwd()))
     return ExitCode.CHUNKS_FAILED if result.failed else ExitCode.OK
 
 
@@ -115,6 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.stop_reason and outcome.resume_dirs:
         command = resume_command(args, outcome.resume_dirs, comm.Get_size())
         print(f"badc-mpi: {outcome.stop_reason}; resume with:\n  {command}", flush=True)
+    elif comm.Get_rank() == 0 and outcome.exit_code in (ExitCode.OK, ExitCode.CHUNKS_FAILED):
+        failed = outcome.exit_code == ExitCode.CHUNKS_FAILED
+        print(nextstep.after_run(args.manifests, os.environ, os.getcwd(), failed=failed), flush=True)
     if outcome.lost_ranks:
         end_job(comm, outcome.exit_code, outcome.lost_ranks)
     return outcome.exit_code
@@ -197,6 +203,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         from badc_mpi.orchestrate.command import save_bundle
 
         save_bundle(result.folder, f"badc-mpi bundle {os.path.basename(result.folder)}: {_counts_line(summary['counts'])}")
+    manifests = [s for s in args.sources if s.endswith(".csv")]
+    print(
+        nextstep.after_bundle(
+            result.folder,
+            manifests,
+            os.environ,
+            os.getcwd(),
+            exported=bool(summary.get("exports")) or os.path.isdir(os.path.join(result.folder, "exports")),
+        )
+    )
     return ExitCode.OK
 
 

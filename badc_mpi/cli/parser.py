@@ -9,6 +9,7 @@ import argparse
 
 from badc_mpi._version import __version__
 from badc_mpi.arguments import EXIT_CODES_HELP, RUN_EPILOG, add_run_arguments
+from badc_mpi.cli.helpgroups import MAIN_EPILOG, arrange_run_help, order_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,14 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.chunker.command import add_chunk_parser
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
-    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
+    from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments, add_run_no_record
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
         description="Run the HawkEars bird classifier over chunk manifests on every GPU of an MPI job "
         "(mpiexec/srun), losing nothing and recording what ran.",
-        epilog=EXIT_CODES_HELP,
+        epilog=MAIN_EPILOG + "\n\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"badc-mpi {__version__}")
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(p)
     add_record_arguments(p)
+    datalad_group = next(g for g in p._action_groups if g.title == "DataLad")
+    add_run_no_record(datalad_group)
+    arrange_run_help(p)
 
     p = sub.add_parser(
         "check-chunks",
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("-f", "--follow", action="store_true", help="refresh until the run is over or Ctrl-C")
     mode.add_argument("--once", action="store_true", help="print one plain snapshot and exit (the default)")
     p.add_argument("--interval-s", type=float, default=2.0, metavar="S", help="refresh interval (default 2)")
+    order_commands(sub)
     return parser
 
 

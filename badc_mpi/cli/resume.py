@@ -30,8 +30,8 @@ def run_flags(args: argparse.Namespace) -> list[str]:
     run_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
     words: list[str] = []
     for action in run_parser._actions:
-        if not action.option_strings or action.dest in _RESUME_OWN:
-            continue
+        if not action.option_strings or action.dest in _RESUME_OWN or action.help == argparse.SUPPRESS:
+            continue  # a hidden old name (--min-score) shares its dest with the new one
         value = getattr(args, action.dest, action.default)
         if value == action.default or (isinstance(value, list) and not value):
             continue

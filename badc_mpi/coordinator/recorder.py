@@ -254,7 +254,8 @@ class Recorder:
 
 def run_header(plan: RunPlan, run_id: str, ranks: int | None) -> dict[str, Any]:
     """The telemetry's first line: the run's facts (rank 0's host and pid, version, manifests,
-    output folder, runner), written once instead of in every line."""
+    output and telemetry folders, runner, chunks in all and carried over by resume), written once
+    instead of in every line."""
     meta = plan.meta
     runner = meta.get("runner") or {}
     return tel.run_record(
@@ -269,4 +270,7 @@ def run_header(plan: RunPlan, run_id: str, ranks: int | None) -> dict[str, Any]:
         output_dir=plan.output_dir,
         runner=runner.get("runner") if isinstance(runner, dict) else runner,
         model_version=runner.get("model_version") if isinstance(runner, dict) else None,
+        total=len(plan.chunks) + sum(plan.carried_counts.values()),  #: what the monitor shows from the first line
+        skipped=sum(plan.carried_counts.values()),
+        telemetry_dir=os.path.dirname(os.path.abspath(str(plan.summary_path))),
     )

@@ -195,8 +195,12 @@ class ResumeDecision:
 
     def note(self) -> str:
         parts = [
-            f"resume: {self.skipped} skipped (done earlier), {len(self.to_run)} to run, "
-            f"{self.orphans} orphan(s) (in earlier runs, not in the manifest)"
+            f"resume: {self.skipped} skipped (done earlier), {len(self.to_run)} to run"
+            + (
+                f", {self.orphans} chunk(s) that earlier runs did are no longer in the manifest (left as they are)"
+                if self.orphans
+                else ""
+            )
         ]
         if self.changed_hash:
             parts.append(f"{self.changed_hash} rerun because their sha256 changed")

@@ -153,7 +153,7 @@ def enforce_chunk_status(report: GuardReport, allow_partial: bool) -> None:
     if allow_partial:
         log.warning("%s: %s%s; --allow-partial-chunks: running the chunks that exist", summary, listed, more)
         return
-    fix = "finish chunking them (the chunker writes status completed)"
+    fix = "finish chunking them first: `badc-mpi chunk RECORDINGS_DIR` writes status completed"
     if not os.path.isdir(report.chunks_dir):
         fix += f"; {report.chunks_dir} does not exist: point the run at the chunker's output folder"
     raise ChunkStatusError(

@@ -7,6 +7,8 @@ refresh has every line. ``--follow`` ends there (or on Ctrl-C); ``--once`` shows
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import sys
 import time
 from collections import deque
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from badc_mpi.errors import UsageError
+from badc_mpi.monitor.liveness import rank0_gone, resume_hint
 from badc_mpi.monitor.state import MonitorState, Snapshot
 from badc_mpi.monitor.tail import SummaryWatcher, TelemetryTail
 from badc_mpi.monitor.view import SPARK_COLS, format_snapshot
@@ -50,13 +53,14 @@ def resolve_telemetry(path: str, follow: bool) -> Path:
         if not runs:
             raise UsageError(
                 f"{p}: no telemetry (*.jsonl) in this folder",
-                fix="name the run's telemetry file (badc-mpi run prints it), or the folder once the run started",
+                fix="start the run first (`make infer MANIFEST=...`), or name the run's telemetry file (badc-mpi run prints it)",
             )
         return max(runs, key=lambda f: (f.stat().st_mtime, f.name))
     if not p.exists() and not follow:
         raise UsageError(
             f"{p}: no such telemetry file",
-            fix="check the path (badc-mpi run prints it at the start), or add --follow to wait for it",
+            fix="start the run first (`make infer MANIFEST=...`; badc-mpi run prints the telemetry path), "
+            "check the path, or add --follow to wait for it",
         )
     if p.name.endswith(_SIDECARS) or p.name.endswith(".summary.json"):
         raise UsageError(
@@ -64,6 +68,13 @@ def resolve_telemetry(path: str, follow: bool) -> Path:
             fix=f"name the telemetry beside it: {_run_stem(p.name)}.jsonl",
         )
     return p
+
+
+def _age_s(path: Path, now_s: float) -> float | None:
+    try:
+        return max(0.0, now_s - path.stat().st_mtime)
+    except OSError:
+        return None
 
 
 class Monitor:
@@ -91,9 +102,20 @@ class Monitor:
                 self.notices.append(note)
             head = None
         self.over = bool(status.exists and head is not None and head.final)
-        return self.state.snapshot(
+        snap = self.state.snapshot(
             str(self.path), now_s, head, exists=status.exists, size_bytes=status.size_bytes, notices=list(self.notices)
         )
+        gone = rank0_gone(
+            self.state.header,
+            final=head is not None and head.final,
+            summary_age_s=snap.summary_age_s,
+            telemetry_age_s=_age_s(self.path, now_s),
+            host=socket.gethostname(),
+        )
+        if gone is None:
+            return snap
+        self.over = True  # --follow ends: nothing more will come
+        return dataclasses.replace(snap, gone=gone, resume=resume_hint(self.state.header), eta_s=None)
 
     def close(self) -> None:
         self.tail.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -133,6 +134,8 @@ class Snapshot:
     bad_lines: int
     workers: list[WorkerRow] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    gone: str | None = None  #: why rank 0 is taken to be gone (monitor.liveness), else None
+    resume: str | None = None  #: the resume command, when gone
 
     @property
     def finished(self) -> int:
@@ -172,6 +175,7 @@ class MonitorState:
         self.lines = 0
         self.bad_lines = 0
         self.run_id: str | None = None
+        self.header: dict[str, Any] | None = None  #: the run header (the telemetry's first line)
         self._rank_worker: dict[int, int] = {}  # rank -> worker id, from lines that name both
 
     def _worker(self, name: str) -> int:
@@ -220,6 +224,7 @@ class MonitorState:
     def apply(self, block: bytes | memoryview) -> None:
         """Fold in a block of complete telemetry lines."""
         if self.run_id is None:
+            self.header = _header(block)
             self.run_id = _run_id(block)
         self.fold(parse_block(block))
 
@@ -341,8 +346,9 @@ class MonitorState:
             rate = sum(n for s, n in self.recent.items() if s > lo_s) / window_s
         elapsed_s = (self.newest_ms - self.first_ms) / 1000 if self.first_ms >= 0 else None
         mean_rate = finished / elapsed_s if elapsed_s else 0.0
-        skipped = summary.skipped if summary else 0
-        total = summary.total if summary else None
+        head = self.header or {}
+        skipped = summary.skipped if summary else int(head.get("skipped") or 0)
+        total = summary.total if summary else head.get("total")  # the header has it from the first line
         eta_s = None
         if total is not None and live and rate > 0:
             eta_s = max(0, total - finished - skipped) / rate
@@ -398,6 +404,16 @@ class MonitorState:
             retry_buckets=self.timeline.row(RETRIED, i, used),
             last_error=self.last_error[i],
         )
+
+
+def _header(block: bytes | memoryview) -> dict[str, Any] | None:
+    """The run header, when the block starts with it (telemetry 2's first line)."""
+    head = bytes(block[:65536])
+    try:
+        first = json.loads(head[: head.find(b"\n")])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return first if isinstance(first, dict) and first.get("event") == "run" else None
 
 
 def _run_id(block: bytes | memoryview) -> str | None:

@@ -88,15 +88,17 @@ def format_header(snap: Snapshot) -> list[str]:
     if not snap.exists:
         lines.append("  waiting for the telemetry file to appear (badc-mpi run creates it when rank 0 has planned)")
         return lines + [f"  {n}" for n in snap.notices]
-    state = snap.state or "running? (no summary yet; rank 0 writes one every 30 s)"
+    state = snap.state or "running (no summary yet; rank 0 writes one every 30 s)"
     if snap.summary_age_s is not None:
         state += f" (summary {_ago(snap.summary_age_s)})"
+    if snap.gone:
+        state = f"DEAD: {snap.gone}"
     lines.append(f"run       {snap.run_id or '-'}  {state}  last event {_ago(snap.last_event_age_s)}")
     done = f"{snap.finished:,}"
     if snap.total:
         done += f" / {snap.total:,} chunks ({100.0 * snap.finished / snap.total:.1f}%)"
     else:
-        done += " chunks (total unknown until the first summary)"
+        done += " chunks (total not known: a run before the total was in its header; the first summary brings it)"
     skipped = f", {snap.skipped:,} skipped (resume)" if snap.skipped else ""
     lines.append(
         f"progress  {done}: {snap.success:,} succeeded, {snap.failure:,} failed{skipped} | "
@@ -105,6 +107,8 @@ def format_header(snap: Snapshot) -> list[str]:
     eta = "-" if snap.eta_s is None else format_duration(snap.eta_s)
     if snap.state in ("finished", "interrupted", "stopped", "aborted"):
         eta = f"- (run {snap.state})"
+    elif snap.gone:
+        eta = "- (rank 0 gone)"
     lines.append(
         f"rate      {snap.rate_chunks_per_s:,.2f} chunks/s (last {snap.rate_window_s:.0f} s), "
         f"{snap.mean_rate_chunks_per_s:,.2f} mean over {format_duration(snap.elapsed_s)} | ETA {eta}"
@@ -115,6 +119,8 @@ def format_header(snap: Snapshot) -> list[str]:
     )
     bad = f" ({snap.bad_lines:,} unreadable, skipped)" if snap.bad_lines else ""
     lines.append(f"telemetry {snap.size_bytes:,} bytes, {snap.lines:,} lines{bad}")
+    if snap.resume:
+        lines.append(f"resume    {snap.resume}")
     return lines + [f"note      {n}" for n in snap.notices]
 
 

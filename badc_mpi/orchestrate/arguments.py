@@ -23,6 +23,18 @@ exit codes: 0 planned (and done what was asked); 2 bad input or options; 3 chunk
 with --apply, the run's own exit code."""
 
 
+def add_run_no_record(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``run --no-record-datalad``: run never records itself; accepted so the same ARGS serve
+    ``run`` and ``make infer`` (orchestrate honours it among its --run-args)."""
+    p.add_argument(
+        "--no-record-datalad",
+        dest="record_datalad",
+        action="store_false",
+        help="run never records itself (make infer and orchestrate --apply wrap it in `datalad run`); "
+        "accepted here so the same ARGS work for both, and orchestrate honours it in --run-args",
+    )
+
+
 def add_record_arguments(p: argparse.ArgumentParser) -> None:
     """DataLad options shared by ``run`` and ``orchestrate``."""
     g = p.add_argument_group("DataLad")

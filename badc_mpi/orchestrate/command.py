@@ -132,8 +132,11 @@ def save_bundle(folder: str, message: str, what: str = "the bundle") -> None:
 
 # -- the shell -------------------------------------------------------------------------------------
 def _run_parser() -> argparse.ArgumentParser:
+    from badc_mpi.orchestrate.arguments import add_run_no_record
+
     p = argparse.ArgumentParser(prog="badc-mpi orchestrate --run-args", add_help=False)
     add_run_arguments(p)
+    add_run_no_record(p)
     return p
 
 
@@ -179,7 +182,7 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
     command = launch.run_command(sys.executable, queue_manifests(plan), run_args + (["--resume"] if resume else []))
     ranks = args.np or launch.default_ranks(os.environ)
     command = launch.launcher(ranks, env=os.environ, mpi_plugin=args.mpi, mpiexec=args.mpiexec) + command
-    record = plan.is_datalad and args.record_datalad
+    record = plan.is_datalad and args.record_datalad and getattr(run_ns, "record_datalad", True)  # either place says no
     wrapped = datalad_command(plan, command, dl.datalad_executable() or "datalad") if record else None
     if args.print_datalad_run:
         if not plan.is_datalad:

@@ -368,9 +368,13 @@ def _time_note(columns: list[str]) -> str:
     return "from " + " and ".join(c for c in ("recording_start_utc", "recording_start_local") if c not in missing)
 
 
+#: problem kinds said in plain words on a terminal (aggregate.json keeps the kind)
+PLAIN_KINDS = {"orphan_output": "output no finished chunk claims"}
+
+
 def iter_problem_lines(problems: Sequence[Problem], limit: int = 20) -> Iterator[str]:
     """Problems for a terminal: the first ``limit``, then how many more."""
     for p in problems[:limit]:
-        yield f"  {p.kind}: {p.path}: {p.reason}"
+        yield f"  {PLAIN_KINDS.get(p.kind, p.kind)}: {p.path}: {p.reason}"
     if len(problems) > limit:
         yield f"  ... and {len(problems) - limit} more (aggregate.json lists every one)"

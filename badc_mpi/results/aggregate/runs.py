@@ -182,9 +182,11 @@ def find_runs(sources: Iterable[str], *, telemetry_dir: str | None = None) -> Ru
         sel.manifest_filter = manifests
     sel.runs = sorted(by_base.values(), key=lambda r: (r.created_at, os.path.basename(r.base)))
     if not sel.runs:
+        first = next((s for s in sources if s.endswith(".csv")), "<manifest.csv>")
         raise BadcError(
-            f"no run found for {', '.join(sources)}",
-            fix="run `badc-mpi run` first, or name the telemetry folder (--telemetry-dir) or a run's .ledger.jsonl",
+            f"not run yet: no run found for {', '.join(sources)}",
+            fix=f"run it first: `make infer MANIFEST={first}` (or `badc-mpi run {first}`); "
+            "if it ran elsewhere, name its telemetry folder (--telemetry-dir) or a run's .ledger.jsonl",
         )
     return sel
 

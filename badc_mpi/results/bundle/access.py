@@ -59,7 +59,8 @@ def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     db = os.path.join(folder, DB_NAME)
     if not os.path.isfile(db):
         raise UsageError(
-            f"{folder}: no {DB_NAME} here: not a bundle", fix="build it with `badc-mpi bundle MANIFEST` (make bundle)"
+            f"{folder}: not bundled yet (no {DB_NAME} here)",
+            fix="bundle the runs first: `make bundle MANIFEST=...` (or `badc-mpi bundle MANIFEST`)",
         )
     summary: dict[str, Any] = {}
     if os.path.isfile(os.path.join(folder, "summary.json")):

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,22 @@ class HawkearsOptions:
         return dataclasses.replace(self, label=label, **files)
 
 
+class RenamedOption(argparse.Action):
+    """An old option name kept working (hidden from --help): stores as its new name does and
+    says, once, on rank 0's stderr, which name to use (``--min-score`` -> ``--min-confidence``)."""
+
+    NEW = {"--min-score": "--min-confidence"}
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("SLURM_PROCID") or "0"
+        if rank == "0":
+            new = self.NEW.get(option or "", "the new name")
+            print(f"badc-mpi: warning: {option} is now called {new} (the same threshold); use {new}", file=sys.stderr)
+
+
 def add_hawkears_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The "HawkEars runner" argument group (read back with :meth:`HawkearsOptions.from_namespace`)."""
     g = parser.add_argument_group("HawkEars runner", "how HawkEars 2.x is run (see vendor/HawkEars/README.md)")
@@ -161,7 +178,16 @@ def add_hawkears_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         default=None,
         help="python of the HawkEars environment (default: $BADC_MPI_HAWKEARS_PYTHON, then the `make hawkears` env)",
     )
-    g.add_argument("--min-score", type=float, default=None, help="HawkEars score threshold 0..1 (HawkEars default 0.7)")
+    g.add_argument(
+        "--min-confidence",
+        dest="min_score",
+        type=float,
+        default=None,
+        metavar="X",
+        help="leave out detections below confidence X, 0..1 (HawkEars' score threshold; HawkEars default 0.7); "
+        "export and bundle take the same option",
+    )
+    g.add_argument("--min-score", dest="min_score", type=float, default=None, action=RenamedOption, help=argparse.SUPPRESS)
     g.add_argument("--models", type=int, default=None, help="ensemble size 1..6 (HawkEars default: 6 on GPU, 3 on CPU)")
     g.add_argument(
         "--low-band",

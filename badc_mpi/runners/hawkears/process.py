@@ -18,7 +18,11 @@ import threading
 import time
 from typing import IO, Any
 
+from badc_mpi.logs import get_logger
 from badc_mpi.runners.process import die_with_parent, kill_group
+
+log = get_logger(__name__)
+STAGE_PREFIX = "badc-stage: "  #: the resident worker's start-up stage lines (resident.stage)
 
 
 class StderrPump(threading.Thread):
@@ -33,6 +37,8 @@ class StderrPump(threading.Thread):
         try:
             for raw in iter(self.stream.readline, b""):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith(STAGE_PREFIX):  # the resident worker names its start-up stages
+                    log.info("HawkEars start-up: %s", line[len(STAGE_PREFIX) :])
                 self.ring.append(line)
                 if sink:
                     sink.write(line + "\n")

@@ -182,8 +182,10 @@ class Resident:
         )
 
     def load(self) -> dict:
-        """Version check, caches, then one warm-up analyze() that loads every model once."""
+        """Version check, caches, then one warm-up analyze() that loads every model once; each
+        stage named on stderr (:func:`stage`: the rank logs it, so a slow start-up is not silent)."""
         start = time.perf_counter()
+        stage("importing HawkEars, BriteKit and torch")
         hk_version, bk_version, torch_version = check_version(self.args.require_version)
         import torch
         from britekit.core import util
@@ -200,6 +202,7 @@ class Resident:
                 self.batcher = batcher
         predictors = sibling("resident_caches").install_caches(_STATS, self.batcher)
         extra: dict = {}
+        stage(f"loading the models and one warm-up analysis (HawkEars {hk_version}, torch {torch_version})")
         with tempfile.TemporaryDirectory(prefix="badc-hawkears-warmup-") as tmp:
             wav = os.path.join(tmp, "warmup.wav")
             sibling("resident_caches").write_silence(wav)
@@ -226,6 +229,7 @@ class Resident:
                 max_models, main_models = count, loaded
                 if self.cache is not None and self.args.prefetch == "on":
                     self.cache.start((int(predictor.cfg.audio.sampling_rate), bool(predictor.cfg.audio.choose_channel)))
+        stage(f"ready in {time.perf_counter() - start:.1f} s: {len(main_models)} model(s) on {util.get_device()}")
         return {
             **extra,
             "prefetch": self.args.prefetch == "on",
@@ -348,6 +352,14 @@ class Resident:
         if self.cache is not None and not in_batch:
             self.cache.forget()
         return reply
+
+
+STAGE_PREFIX = "badc-stage: "  #: stderr lines the rank logs as start-up stages (process.StderrPump)
+
+
+def stage(text: str) -> None:
+    """Name a start-up stage on stderr (the rank reads it: runners/hawkears/process.py)."""
+    print(STAGE_PREFIX + text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
