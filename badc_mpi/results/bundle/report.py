@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from badc_mpi.errors import BadcError
 from badc_mpi.results.bundle import charts
 from badc_mpi.results.bundle import views as V
+from badc_mpi.results.calibrate.report import calibration_section
 from badc_mpi.results.export.histories import FOCUS_DEFAULT, HistoryBuilder
 from badc_mpi.results.export.meta import recordings
 from badc_mpi.results.export.stream import chunks_relation, detections_relation, recording_groups
@@ -160,7 +161,11 @@ def site_panel(con: Any, summary: dict[str, Any]) -> bytes:
 
 
 def render_html(
-    summary: dict[str, Any], images: dict[str, bytes], failed: list[dict[str, Any]], workers: list[dict[str, Any]]
+    summary: dict[str, Any],
+    images: dict[str, bytes],
+    failed: list[dict[str, Any]],
+    workers: list[dict[str, Any]],
+    calibration: str = "",
 ) -> str:
     """The page (pure)."""
     c = summary["counts"]
@@ -214,6 +219,7 @@ def render_html(
     parts.append("<h2>Species over time</h2>" + _img(images["heatmap"], "species by time bucket heat map", "chart-heatmap"))
     parts.append("<h2>Confidence</h2>" + _img(images["confidence"], "confidence histograms", "chart-confidence"))
     parts.append("<h2>Sites</h2>" + _img(images["sites"], "focus species per location per day", "chart-sites"))
+    parts.append(calibration)  # the Calibration section (results/calibrate/report.py), "" without one
     parts.append("<h2>Workers</h2>" + _img(images["workers"], "throughput and GPU utilisation per worker", "chart-workers"))
     parts.append(_table(workers, "worker-table"))
     parts.append(f"<h2 id='failures'>Chunks not analysed (first {FAILED_ROWS})</h2>" + _table(failed, "failure-table"))
@@ -248,6 +254,6 @@ def write_report(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
     failed = _rows(con, V.FAILED_CHUNKS, [FAILED_ROWS])
     workers = views["worker_throughput"].to_pylist()
     options = {r["run_id"]: json.loads(r["options"] or "{}") for r in _rows(con, "SELECT run_id, options FROM runs")}
-    page = render_html({**summary, "options": options}, images, failed, workers)
+    page = render_html({**summary, "options": options}, images, failed, workers, calibration_section(con, summary))
     atomic_write_text(path, page)
     return path
