@@ -35,8 +35,8 @@ def refresh_report(folder: str) -> str:
         summary = json.load(fh)
     con = duckdb.connect(os.path.join(folder, DB_NAME), read_only=True)
     try:
-        row = con.execute("SELECT top_n FROM bundle_settings").fetchone()
-        top_n = int(row[0]) if row else 20
+        rows = con.execute("SELECT top_n FROM bundle_settings").fetchall()
+        top_n = int(rows[0][0]) if rows else 20
         return write_report(con, view_tables(con), summary, os.path.join(folder, "report.html"), top_n=top_n)
     finally:
         con.close()

@@ -40,8 +40,8 @@ def _rows(con: Any, sql: str) -> list[dict[str, Any]]:
 
 
 def has_calibration(con: Any) -> bool:
-    found = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'calibrated_detections'").fetchone()
-    return bool(found and found[0])
+    found = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'calibrated_detections'").fetchall()
+    return bool(found[0][0])
 
 
 def curves_png(fits: Sequence[dict[str, Any]], points: dict[str, list[tuple[float, bool]]]) -> bytes:

@@ -82,7 +82,7 @@ def _copy(con: Any, name: str, table: pa.Table) -> None:
 
 
 def has_detection_ids(con: Any) -> bool:
-    return bool(con.execute("SELECT count(*) FROM (DESCRIBE detections) WHERE column_name = 'detection_id'").fetchone()[0])
+    return bool(con.execute("SELECT count(*) FROM (DESCRIBE detections) WHERE column_name = 'detection_id'").fetchall()[0][0])
 
 
 def lookup(con: Any, ids: Iterable[str]) -> dict[str, Detection]:
