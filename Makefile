@@ -116,6 +116,11 @@ export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make e
 	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
 	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
+.PHONY: calibrate
+calibrate: install ## per-species thresholds from listeners' verdicts: make calibrate BUNDLE=dir VERDICTS='round1.csv round2.csv' [ARGS='--target-precision 0.95']
+	@test -n "$(BUNDLE)" || { echo "usage: make calibrate BUNDLE=path/to/bundle VERDICTS='verdicts.csv ...' [ARGS='--target-precision 0.9 --min-verdicts 20'] (no VERDICTS: the ones kept in the bundle)" >&2; exit 2; }
+	$(BADC) calibrate $(BUNDLE) $(if $(VERDICTS),--verdicts $(VERDICTS)) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
+
 # Debian packages the suite needs, installed when root and missing (apt-get; `apt-get update` and
 # again when the first try fails). Not root, or the install fails: a note, and their tests skip;
 # under CI=true (.ci/run) the target fails instead, as would the tests.
@@ -148,6 +153,10 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
+	$(PY) scripts/demo/demo_verdicts.py $(DEMO_BUNDLE) --species $(DEMO_FOCUS) --out $(DEMO_BUNDLE)/review/synthetic-verdicts.csv
+	$(MAKE) --no-print-directory calibrate BUNDLE=$(DEMO_BUNDLE) VERDICTS=$(DEMO_BUNDLE)/review/synthetic-verdicts.csv \
+	  ARGS="--min-verdicts 8 --note 'synthetic verdicts written by scripts/demo/demo_verdicts.py for the tiny model: no listener, meaningless thresholds'"
+	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,tables ARGS='--thresholds $(DEMO_BUNDLE)/thresholds.csv --output $(DEMO_BUNDLE)/exports_calibrated'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
 	@echo "  report.html                                      open it in a browser"
 	@echo "  exports/wildtrax_tags.csv, wildtrax_tasks.csv    WildTrax upload templates"
@@ -155,6 +164,8 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  exports/tables/all.csv, <study_area>.csv         the lab's tables, overall and per study area"
 	@echo "  exports/histories/                               detection histories of $(DEMO_FOCUS)"
 	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
+	@echo "  thresholds.csv, verdicts/                        calibration from synthetic verdicts (report.html: Calibration)"
+	@echo "  exports_calibrated/                              WildTrax tags and tables held to thresholds.csv"
 
 bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench/bench_manifest.py

@@ -96,27 +96,36 @@ def fit_point(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(model.intercept_[0]), float(model.coef_[0, 0])
 
 
-def fit_many(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = RIDGE_C) -> tuple[np.ndarray, np.ndarray]:
+def fit_many(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = RIDGE_C, start: tuple[float, float] = (0.0, 0.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """The same penalised fit for each row of ``weights`` (B x n case weights: bootstrap counts),
-    all at once by Newton's method with closed-form 2 x 2 steps; rows whose weighted outcomes are
-    all one class diverge (their results are meaningless: the caller replaces them)."""
+    all at once by Newton's method with closed-form 2 x 2 steps, from ``start`` (the point fit:
+    a few steps), each row until its step is below 1e-8; rows whose weighted outcomes are all one
+    class diverge (their results are meaningless: the caller replaces them)."""
     n_rows = weights.shape[0]
-    a, b = np.zeros(n_rows), np.zeros(n_rows)
+    a, b = np.full(n_rows, float(start[0])), np.full(n_rows, float(start[1]))
     lam = 1.0 / c
+    active = np.arange(n_rows)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for _ in range(MAX_ITER):
-            eta = np.clip(a[:, None] + b[:, None] * x[None, :], -35, 35)
+            w = weights[active]
+            eta = np.clip(a[active, None] + b[active, None] * x[None, :], -35, 35)
             p = 1.0 / (1.0 + np.exp(-eta))
-            r = weights * (p - y[None, :])
-            wv = weights * p * (1 - p)
-            g_a, g_b = r.sum(1), (r * x).sum(1) + lam * b
-            h_aa, h_ab, h_bb = wv.sum(1), (wv * x).sum(1), (wv * x * x).sum(1) + lam
+            r = w * (p - y[None, :])
+            wv = w * p * (1 - p)
+            wvx = wv * x
+            g_a, g_b = r.sum(1), r @ x + lam * b[active]
+            h_aa, h_ab, h_bb = wv.sum(1), wvx.sum(1), wvx @ x + lam
             det = h_aa * h_bb - h_ab * h_ab
-            d_a = np.where(det > 0, (h_bb * g_a - h_ab * g_b) / det, 0.0)
-            d_b = np.where(det > 0, (h_aa * g_b - h_ab * g_a) / det, 0.0)
+            ok = det > 0
+            d_a = np.where(ok, (h_bb * g_a - h_ab * g_b) / np.where(ok, det, 1.0), 0.0)
+            d_b = np.where(ok, (h_aa * g_b - h_ab * g_a) / np.where(ok, det, 1.0), 0.0)
             d_a, d_b = np.clip(np.nan_to_num(d_a), -5, 5), np.clip(np.nan_to_num(d_b), -5, 5)
-            a, b = a - d_a, b - d_b
-            if max(np.abs(d_a).max(initial=0), np.abs(d_b).max(initial=0)) < 1e-10:
+            a[active] -= d_a
+            b[active] -= d_b
+            active = active[np.maximum(np.abs(d_a), np.abs(d_b)) >= 1e-8]
+            if not len(active):
                 break
     return a, b
 
@@ -125,11 +134,14 @@ def species_rng(seed: int, species_code: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(species_code.encode("utf-8"))])
 
 
-def bootstrap_thresholds(x: np.ndarray, y: np.ndarray, options: FitOptions, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_thresholds(
+    x: np.ndarray, y: np.ndarray, options: FitOptions, rng: np.random.Generator, start: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """The thresholds of ``options.bootstrap`` resamples (see the module doc for one-class resamples)."""
     n = len(x)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=options.bootstrap).astype(float)
-    a, b = fit_many(x, y, counts)
+    draws = rng.integers(0, n, size=(options.bootstrap, n)) + n * np.arange(options.bootstrap)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=options.bootstrap * n).reshape(options.bootstrap, n).astype(float)
+    a, b = fit_many(x, y, counts, start=start)
     z = math.log(options.target_precision / (1 - options.target_precision))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         t = 1.0 / (1.0 + np.exp(-np.clip((z - a) / b, -700, 700)))
@@ -164,7 +176,7 @@ def fit_species(
         return replace(base, intercept=a, slope=b, reason="P(correct) does not rise with the score: no threshold")
     low = high = None
     if options.bootstrap > 0:
-        boot = bootstrap_thresholds(x, y, options, species_rng(options.seed, species_code))
+        boot = bootstrap_thresholds(x, y, options, species_rng(options.seed, species_code), (a, b))
         tail = (1 - options.interval) / 2 * 100
         low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
     note = ""
