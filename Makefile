@@ -167,7 +167,7 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  thresholds.csv, verdicts/                        calibration from synthetic verdicts (report.html: Calibration)"
 	@echo "  exports_calibrated/                              WildTrax tags and tables held to thresholds.csv"
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, calibration, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench/bench_manifest.py
 	$(PY) scripts/bench/bench_manifest.py --check-sources
 	$(PY) scripts/bench/bench_dispatch.py
@@ -177,6 +177,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench/bench_aggregate.py
 	$(PY) scripts/bench/bench_export.py
 	$(PY) scripts/bench/bench_chunk.py
+	$(PY) scripts/bench/bench_calibrate.py
 	$(PY) scripts/bench/bench_hawkears.py
 	$(PY) scripts/bench/bench_hawkears.py --variants all --rounds 4
 

@@ -65,6 +65,7 @@ def test_intervals_are_seeded_per_species():
         (list(np.linspace(0.1, 0.9, 30)), [True] * 30, "all 30 verdicts correct"),
         (list(np.linspace(0.1, 0.9, 30)), [False] * 30, "none of 30 verdicts correct"),
         (list(np.linspace(0.1, 0.9, 30)), [s < 0.5 for s in np.linspace(0.1, 0.9, 30)], "does not rise with the score"),
+        ([0.77] * 30, [True, False] * 15, "all 30 reviewed scores are equal (0.770)"),
     ],
 )
 def test_no_threshold_comes_with_a_plain_reason(scores, correct, needle):

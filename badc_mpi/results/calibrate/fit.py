@@ -21,7 +21,8 @@ their thresholds. A resample with only correct verdicts reads as threshold 0 (ev
 one with only wrong verdicts or a slope <= 0 as 1 (nothing kept).
 
 No threshold (``reason`` says why, in plain words): fewer than ``min_verdicts`` correct + wrong
-verdicts, all correct, none correct, or P(correct) not rising with the score.
+verdicts, all correct, none correct, all reviewed scores equal (the tiny model's), or P(correct)
+not rising with the score.
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ def fit_species(
         return replace(base, reason=f"all {n_correct} verdicts correct: no wrong detection to fit (scores from {s.min():.3f})")
     if n_correct == 0:
         return replace(base, reason=f"none of {n_wrong} verdicts correct: no score reaches the target")
+    if s.max() - s.min() < 1e-6:
+        return replace(
+            base, reason=f"all {len(y)} reviewed scores are equal ({s.min():.3f}): the score cannot tell correct from wrong"
+        )
     x = logit_scores(s)
     a, b = fit_point(x, y)
     t = threshold_for(a, b, options.target_precision)
