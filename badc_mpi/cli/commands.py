@@ -241,6 +241,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from badc_mpi.results.review.arguments import run_review
+
+    return run_review(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-chunks": cmd_check_chunks,
@@ -250,6 +256,7 @@ COMMANDS = {
     "aggregate": cmd_aggregate,
     "bundle": cmd_bundle,
     "export": cmd_export,
+    "review": cmd_review,
     "orchestrate": cmd_orchestrate,
     "chunk": cmd_chunk,
 }

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.inputs.locations import LOCATIONS_HELP
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
+    from badc_mpi.results.review.arguments import add_review_command
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_results_commands(sub)
     add_export_command(sub)
+    add_review_command(sub)
     add_orchestrate_parser(sub)
     add_chunk_parser(sub)
 
