@@ -38,8 +38,8 @@ def recording_samples(rid: str) -> np.ndarray:
     return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=(120 * SR, 1)).astype(np.int32)
 
 
-@pytest.fixture()
-def bundle(tmp_path: Path) -> Path:
+def make_review_bundle(tmp_path: Path) -> Path:
+    """An aggregate of test_export's campaign (plus r3) whose recordings r1 and r3 are on disk."""
     manifest = make_campaign(tmp_path, MORE)
     audio = manifest.parent / "audio"
     audio.mkdir(exist_ok=True)
@@ -57,6 +57,11 @@ def bundle(tmp_path: Path) -> Path:
     folder = tmp_path / "bundle"
     aggregate([str(manifest)], str(folder), telemetry_dir=str(tmp_path / "tel"))
     return folder
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path) -> Path:
+    return make_review_bundle(tmp_path)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
