@@ -9,10 +9,11 @@ import shutil
 import time
 from pathlib import Path
 
-from ci_rules import require_or_skip
 from test_review import make_review_bundle
 
 from badc_mpi.cli import main
+
+from ci_rules import require_or_skip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -26,9 +27,7 @@ def _driver(downloads: Path):
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"):
         opts.add_argument(arg)
     opts.binary_location = str(CHROMIUM)
-    opts.add_experimental_option(
-        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
-    )
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
     return webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
 
 

@@ -48,6 +48,8 @@ def add_review_command(sub: Any) -> None:
     p.add_argument("--thresholds", metavar="FILE", help="thresholds.csv (species_code,threshold); default: the bundle's")
     p.add_argument("--pad-s", type=float, default=1.5, metavar="S", help="seconds of audio either side (default 1.5)")
     p.add_argument("--force", action="store_true", help="replace the pack of this round")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="processes cutting clips (default: this machine's cores; used from 200 clips)")  # fmt: skip
 
 
 def run_review(args: argparse.Namespace) -> int:
@@ -61,7 +63,9 @@ def run_review(args: argparse.Namespace) -> int:
         seed=args.seed,
         near_threshold=args.near_threshold,
     )
-    opts = ReviewOptions(selection, round=args.round, pad_s=args.pad_s, thresholds=args.thresholds, force=args.force)
+    opts = ReviewOptions(
+        selection, round=args.round, pad_s=args.pad_s, thresholds=args.thresholds, force=args.force, jobs=args.jobs
+    )
     result = build_pack(args.bundle, opts)
     for m in result.missing:
         print(f"badc-mpi: clip {m['detection_id']} missing: {m['reason']}: {m['path']}; fix: {m['fix']}")

@@ -35,6 +35,7 @@ REVIEW_COLUMNS = [
     "recording_id", "start_s", "end_s", "source", "problem",
 ]  # fmt: skip
 VERDICT_COLUMNS = ["detection_id", "species_code", "verdict"]
+POOL_FROM = 200  #: clips from which the cutting runs in ``jobs`` processes
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ReviewOptions:
     pad_s: float = 1.5
     thresholds: str | None = None  #: thresholds.csv (default: the bundle's, if any)
     force: bool = False  #: replace an existing pack of this round
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)  #: processes cutting clips
 
 
 @dataclass
@@ -114,6 +116,47 @@ def _roots(bundle: str) -> list[str]:
     return list(dict.fromkeys(roots)) or [bundle]
 
 
+def _row(pick: Candidate, d: dict[str, Any]) -> dict[str, Any]:
+    stem = f"{raven.safe_name(pick.species_code)}/{pick.detection_id}"
+    return {
+        "detection_id": str(pick.detection_id), "species_code": pick.species_code, "species_name": d.get("label_name") or "",
+        "score": f"{float(d['confidence']):.4f}", "location": d.get("location") or "",
+        "local_time": d.get("detection_start_local") or "", "clip": f"clips/{stem}.flac", "image": f"images/{stem}.png",
+        "verdict": "", "recording_id": d["recording_id"], "start_s": f"{d['start_ms'] / 1000:.3f}",
+        "end_s": f"{d['end_ms'] / 1000:.3f}", "source": d.get("source_path") or "", "problem": "",
+    }  # fmt: skip
+
+
+def _det(d: dict[str, Any]) -> tuple[int, int, int | None, int | None]:
+    return int(d["start_ms"]), int(d["end_ms"]), d.get("chunk_start_ms"), d.get("chunk_end_ms")
+
+
+Task = tuple[str, list[str], tuple[int, int, int | None, int | None], float, str, str]
+
+
+def cut_one(task: Task) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """One clip and spectrogram: (review.csv fields to update, the missing source's facts or None)."""
+    source_path, roots, det, pad_s, flac, png = task
+    try:
+        cut, _ = cut_clip(resolve(source_path, roots), det, pad_s, flac, png)
+    except SourceMissing as exc:
+        update = {"clip": "", "image": "", "problem": f"{exc.reason}: {exc.path}; fix: {exc.fix}"}
+        return update, {"path": exc.path, "reason": exc.reason, "fix": exc.fix}
+    span = cut.detection_end_s - cut.detection_start_s
+    return {"offset_s": cut.detection_start_s, "length_s": span, "clip_s": cut.frames / cut.sample_rate}, None
+
+
+def _cut_all(tasks: list[Task], jobs: int) -> list[tuple[dict[str, Any], dict[str, str] | None]]:
+    """Every task, in order: in this process for a small pack, else ``jobs`` processes (spawned)."""
+    if jobs <= 1 or len(tasks) < POOL_FROM:
+        return [cut_one(t) for t in tasks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(cut_one, tasks, chunksize=32))
+
+
 def _csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -154,28 +197,17 @@ def build_pack(bundle: str, opts: ReviewOptions) -> PackResult:
     details = _rows(parquet, picks)
     roots = _roots(bundle)
     os.makedirs(folder, exist_ok=True)
-    rows, missing = [], []
-    for pick in picks:
-        d = details[pick.detection_id]
-        species = pick.species_code
-        stem = f"{raven.safe_name(species)}/{pick.detection_id}"
-        row: dict[str, Any] = {
-            "detection_id": str(pick.detection_id), "species_code": species, "species_name": d.get("label_name") or "",
-            "score": f"{float(d['confidence']):.4f}", "location": d.get("location") or "",
-            "local_time": d.get("detection_start_local") or "", "clip": f"clips/{stem}.flac", "image": f"images/{stem}.png",
-            "verdict": "", "recording_id": d["recording_id"], "start_s": f"{d['start_ms'] / 1000:.3f}",
-            "end_s": f"{d['end_ms'] / 1000:.3f}", "source": d.get("source_path") or "", "problem": "",
-        }  # fmt: skip
-        try:
-            source = resolve(str(d.get("source_path") or ""), roots)
-            det = (int(d["start_ms"]), int(d["end_ms"]), d.get("chunk_start_ms"), d.get("chunk_end_ms"))
-            cut, _ = cut_clip(source, det, opts.pad_s, os.path.join(folder, row["clip"]), os.path.join(folder, row["image"]))
-            row.update(offset_s=cut.detection_start_s, length_s=cut.detection_end_s - cut.detection_start_s,
-                       clip_s=cut.frames / cut.sample_rate)  # fmt: skip
-        except SourceMissing as exc:
-            row.update(clip="", image="", problem=f"{exc.reason}: {exc.path}; fix: {exc.fix}")
-            missing.append({"detection_id": row["detection_id"], "path": exc.path, "reason": exc.reason, "fix": exc.fix})
-        rows.append(row)
+    rows = [_row(pick, details[pick.detection_id]) for pick in picks]
+    tasks = [
+        (str(details[p.detection_id].get("source_path") or ""), roots, _det(details[p.detection_id]), opts.pad_s,
+         os.path.join(folder, r["clip"]), os.path.join(folder, r["image"]))
+        for p, r in zip(picks, rows)
+    ]  # fmt: skip
+    missing = []
+    for row, (update, problem) in zip(rows, _cut_all(tasks, opts.jobs)):
+        row.update(update)
+        if problem:
+            missing.append({"detection_id": row["detection_id"], **problem})
     t_cut = time.monotonic()
     _write(folder, bundle, opts, sel, rows, missing, len(exclude))
     seconds = {"draw": t_draw - t0, "cut": t_cut - t_draw, "write": time.monotonic() - t_cut}
