@@ -91,9 +91,8 @@ def _rows(parquet: str, picks: Sequence[Candidate]) -> dict[int, dict[str, Any]]
     import pyarrow.parquet as pq
 
     names = set(pq.read_schema(parquet).names)
-    optional = [c for c in ("location", "detection_start_local") if c in names]
-    cols = ["detection_id", "recording_id", "label", "label_code", "label_name", "confidence", "start_ms", "end_ms",
-            "chunk_start_ms", "chunk_end_ms", "source_path", *optional]  # fmt: skip
+    optional = [c for c in ("chunk_start_ms", "chunk_end_ms", "source_path", "location", "detection_start_local") if c in names]
+    cols = ["detection_id", "recording_id", "label", "label_code", "label_name", "confidence", "start_ms", "end_ms", *optional]
     sql = f"SELECT {', '.join(cols)} FROM read_parquet(?) WHERE detection_id IN (SELECT unnest(?::BIGINT[]))"
     con = duckdb.connect()
     try:

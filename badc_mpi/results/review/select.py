@@ -28,14 +28,16 @@ from badc_mpi.results.review.errors import ReviewError
 
 STRATA = ("score", "location", "hour", "none")
 NEAR_SD = 0.1  #: the weight's standard deviation around the threshold (score units)
-_PRIME = 2305843009213693951  #: 2^61 - 1
-_A, _C = 6364136223846793005, 1442695040888963407
+_P = 2147483647  #: 2^61 - 1 would need 128-bit products; keys stay in BIGINT arithmetic (fast)
+_A1, _A2, _A3, _A4, _B = 1103515245, 1664525013, 2013265921, 48271, 12345
+_M30 = (1 << 30) - 1
+_M31 = (1 << 31) - 1
 
 #: SQL for each stratum (constant text; no data pasted in)
 _STRATUM_SQL = {
-    "score": "CAST(least(floor(confidence * 10), 9) AS INTEGER)::VARCHAR",
-    "location": "coalesce(CAST(location AS VARCHAR), '')",
-    "hour": "coalesce(substr(CAST(detection_start_local AS VARCHAR), 12, 2), '')",
+    "score": "CAST(least(floor(confidence * 10), 9) AS INTEGER)",
+    "location": "coalesce(location, '')",
+    "hour": "coalesce(substr(detection_start_local, 12, 2), '')",
     "none": "''",
 }
 
@@ -71,17 +73,24 @@ class Candidate:
 
 
 def seed_masks(seed: int) -> tuple[int, int]:
-    """Two 62-bit masks from the seed (BLAKE2b of its decimal text)."""
+    """Two masks from the seed (BLAKE2b of its decimal text): 62 and 31 bits."""
     digest = hashlib.blake2b(str(int(seed)).encode(), digest_size=16).digest()
-    return int.from_bytes(digest[:8], "little") >> 2, int.from_bytes(digest[8:], "little") >> 2
+    return int.from_bytes(digest[:8], "little") >> 2, int.from_bytes(digest[8:], "little") & _M31
+
+
+def mixed(detection_id: int, seed: int) -> int:
+    """``y`` in [0, P) of one detection for one seed, as the SQL computes it: ``z = id xor m1``;
+    ``x = (lo30(z) * A1 + mid30(z) * A2 + (z >> 60) * A3) mod P``; ``y = ((x xor m2) * A4 + B) mod P``
+    (every product below 2^62: BIGINT arithmetic)."""
+    m1, m2 = seed_masks(seed)
+    z = detection_id ^ m1
+    x = ((z & _M30) * _A1 + ((z >> 30) & _M30) * _A2 + (z >> 60) * _A3) % _P
+    return ((x ^ m2) * _A4 + _B) % _P
 
 
 def uniform(detection_id: int, seed: int) -> float:
-    """The pseudo-random uniform in (0, 1) of one detection for one seed, as the SQL computes it:
-    ``x = ((id xor m1) * A) mod P``, ``u = (((x xor m2) * C) mod P + 1) / (P + 1)``."""
-    m1, m2 = seed_masks(seed)
-    x = ((detection_id ^ m1) * _A) % _PRIME
-    return (((x ^ m2) * _C) % _PRIME + 1) / (_PRIME + 1)
+    """The pseudo-random uniform in (0, 1] of one detection for one seed: ``(y + 1) / (P + 1)``."""
+    return (mixed(detection_id, seed) + 1) / (_P + 1)
 
 
 def allocate(candidates: Iterable[Candidate], per_species: int) -> list[Candidate]:
@@ -121,29 +130,31 @@ def read_thresholds(path: str) -> dict[str, float]:
     return out
 
 
-def _query(strata: str, near: bool, columns: Sequence[str]) -> str:
+def _query(strata: str, near: bool, columns: Sequence[str], all_species: bool, exclude: bool) -> str:
+    """The draw's SQL, assembled from constant pieces only (every value is a parameter)."""
     stratum = _STRATUM_SQL[strata] if strata in ("score", "none") or strata_column(strata) in columns else "''"
-    x = f"((xor(d.detection_id, $m1)::HUGEINT * {_A}) % {_PRIME})::BIGINT"
-    u = f"((xor({x}, $m2)::HUGEINT * {_C}) % {_PRIME} + 1)::DOUBLE / {_PRIME + 1}"
+    z = "xor(detection_id, $m1)"
+    x = f"(({z} & {_M30}) * {_A1} + (({z} >> 30) & {_M30}) * {_A2} + ({z} >> 60) * {_A3}) % {_P}"
+    y = f"((xor({x}, $m2) * {_A4} + {_B}) % {_P})"
+    u = f"(({y} + 1)::DOUBLE / {_P + 1})"
+    species = "coalesce(label_code, label)"
+    where = [] if all_species else [f"{species} IN (SELECT unnest($species::VARCHAR[]))"]
+    if exclude:
+        where.append("detection_id NOT IN (SELECT unnest($exclude::BIGINT[]))")
     if near:
-        weight = f"exp(-0.5 * pow((d.confidence - coalesce(t.threshold, $default)) / {NEAR_SD}, 2)) + 1e-12"
-        key = f"-ln({u}) / ({weight})"
+        weight = f"exp(-0.5 * pow((confidence - coalesce(t.threshold, $default)) / {NEAR_SD}, 2)) + 1e-12"
+        key, order = f"-ln({u}) / ({weight})", "key"
+        join = "LEFT JOIN (SELECT unnest($t_codes::VARCHAR[]) AS code, unnest($t_values::DOUBLE[]) AS threshold) t ON t.code = d.species"
     else:
-        key = u
+        key, order, join = u, f"{y} * {1 << 31} + (detection_id & {_M31})", ""
     return f"""
 WITH d AS (
-  SELECT detection_id, coalesce(CAST(label_code AS VARCHAR), CAST(label AS VARCHAR)) AS species, confidence,
-         {stratum} AS stratum
-  FROM read_parquet($path)
-  WHERE coalesce(CAST(label_code AS VARCHAR), CAST(label AS VARCHAR)) IN (SELECT unnest($species::VARCHAR[]))
-     OR $all_species
+  SELECT detection_id, {species} AS species, confidence, {stratum} AS stratum
+  FROM read_parquet($path) {"WHERE " + " AND ".join(where) if where else ""}
 ), k AS (
-  SELECT d.species, d.stratum, d.detection_id, {key} AS key
-  FROM d LEFT JOIN (SELECT unnest($t_codes::VARCHAR[]) AS code, unnest($t_values::DOUBLE[]) AS threshold) t
-    ON t.code = d.species
-  WHERE d.detection_id NOT IN (SELECT unnest($exclude::BIGINT[]))
+  SELECT species, stratum, detection_id, {key} AS key, {order} AS ord FROM d {join}
 )
-SELECT species, stratum, min_by(struct_pack(id := detection_id, key := key), key, $n) AS picks
+SELECT species, stratum::VARCHAR AS stratum, min_by(struct_pack(id := detection_id, key := key), ord, $n) AS picks
 FROM k GROUP BY species, stratum
 """
 
@@ -162,20 +173,17 @@ def draw(parquet: str, sel: Selection, exclude: Sequence[int] = ()) -> list[Cand
     thresholds = dict(sel.thresholds)
     con = duckdb.connect(config={"memory_limit": "1GB", "threads": os.cpu_count() or 1})
     try:
-        params: dict[str, object] = {
-            "path": parquet,
-            "species": list(sel.species),
-            "all_species": sel.all_species,
-            "exclude": sorted(set(exclude)),
-            "t_codes": list(thresholds),
-            "t_values": [float(v) for v in thresholds.values()],
-            "m1": seed_masks(sel.seed)[0],
-            "m2": seed_masks(sel.seed)[1],
-            "n": int(sel.per_species),
-        }
+        m1, m2 = seed_masks(sel.seed)
+        params: dict[str, object] = {"path": parquet, "m1": m1, "m2": m2, "n": int(sel.per_species)}
+        if not sel.all_species:
+            params["species"] = list(sel.species)
+        if exclude:
+            params["exclude"] = sorted(set(exclude))
         if sel.near_threshold:
-            params["default"] = float(sel.default_threshold)
-        rows = con.execute(_query(sel.strata, sel.near_threshold, columns), params).fetchall()
+            params.update(t_codes=list(thresholds), t_values=[float(v) for v in thresholds.values()],
+                          default=float(sel.default_threshold))  # fmt: skip
+        sql = _query(sel.strata, sel.near_threshold, columns, sel.all_species, bool(exclude))
+        rows = con.execute(sql, params).fetchall()
     finally:
         con.close()
     candidates = [
