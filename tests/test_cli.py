@@ -55,6 +55,7 @@ def test_version_and_help():
         "aggregate",
         "bundle",
         "export",
+        "review",
         "orchestrate",
         "chunk",
     }

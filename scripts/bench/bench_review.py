@@ -182,7 +182,9 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
     out = bench_draw(args) if args.what == "draw" else bench_cut(args)
-    out.update(host=platform.node(), cpus=os.cpu_count(), load=os.getloadavg()[0], at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    out.update(
+        host=platform.node(), cpus=os.cpu_count(), load=os.getloadavg()[0], at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
     print(json.dumps(out))
 
 
