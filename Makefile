@@ -17,6 +17,7 @@ TELEMETRY ?=
 RECORD_DATALAD ?= 1
 DATASET ?=
 BUNDLE ?=
+SPECIES ?=
 FORMAT ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 # HawkEars' python given (an overlay's bin/python, docs/howto/gpu-overlay.md): gpu-check and
@@ -25,7 +26,7 @@ HAWKEARS_PYTHON ?= $(BADC_MPI_HAWKEARS_PYTHON)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test test-slurm man chunk check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
+.PHONY: help install lint test test-slurm man chunk check-chunks infer resume monitor aggregate bundle export review browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -120,6 +121,10 @@ export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make e
 calibrate: install ## per-species thresholds from listeners' verdicts: make calibrate BUNDLE=dir VERDICTS='round1.csv round2.csv' [ARGS='--target-precision 0.95']
 	@test -n "$(BUNDLE)" || { echo "usage: make calibrate BUNDLE=path/to/bundle VERDICTS='verdicts.csv ...' [ARGS='--target-precision 0.9 --min-verdicts 20'] (no VERDICTS: the ones kept in the bundle)" >&2; exit 2; }
 	$(BADC) calibrate $(BUNDLE) $(if $(VERDICTS),--verdicts $(VERDICTS)) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
+
+review: install ## a review pack (clips, spectrograms, review.html) of a bundle: make review BUNDLE=dir [SPECIES=RUGR,OVEN] [ARGS='--per-species 50 --strata score --seed 1 --round 2 --near-threshold']
+	@test -n "$(BUNDLE)" || { echo "usage: make review BUNDLE=path/to/bundle [SPECIES=CODE,CODE (default: all species)] [ARGS='--per-species 50 --strata score|location|hour --seed N --round 2 --near-threshold --pad-s 1.5']" >&2; exit 2; }
+	$(BADC) review $(BUNDLE) $(if $(SPECIES),--species $(SPECIES),--all-species) $(ARGS)
 
 # Debian packages the suite needs, installed when root and missing (apt-get; `apt-get update` and
 # again when the first try fails). Not root, or the install fails: a note, and their tests skip;

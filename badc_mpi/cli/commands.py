@@ -276,6 +276,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from badc_mpi.results.review.arguments import run_review
+
+    return run_review(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-chunks": cmd_check_chunks,
@@ -286,6 +292,7 @@ COMMANDS = {
     "bundle": cmd_bundle,
     "export": cmd_export,
     "calibrate": cmd_calibrate,
+    "review": cmd_review,
     "orchestrate": cmd_orchestrate,
     "chunk": cmd_chunk,
 }

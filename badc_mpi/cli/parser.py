@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
     from badc_mpi.results.calibrate.arguments import add_calibrate_parser
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
+    from badc_mpi.results.review.arguments import add_review_command
 
     parser = argparse.ArgumentParser(
         prog="badc-mpi",
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_results_commands(sub)
     add_export_command(sub)
     add_calibrate_parser(sub)
+    add_review_command(sub)
     add_orchestrate_parser(sub)
     add_chunk_parser(sub)
 
