@@ -158,8 +158,10 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
-	$(PY) scripts/demo/demo_verdicts.py $(DEMO_BUNDLE) --species $(DEMO_FOCUS) --out $(DEMO_BUNDLE)/review/synthetic-verdicts.csv
-	$(MAKE) --no-print-directory calibrate BUNDLE=$(DEMO_BUNDLE) VERDICTS=$(DEMO_BUNDLE)/review/synthetic-verdicts.csv \
+	$(MAKE) --no-print-directory review BUNDLE=$(DEMO_BUNDLE) SPECIES=$(DEMO_FOCUS) ARGS='--force'
+	$(PY) scripts/demo/demo_verdicts.py $(DEMO_BUNDLE) --species $(DEMO_FOCUS) --review $(DEMO_BUNDLE)/review/1/review.csv \
+	  --out $(DEMO_BUNDLE)/review/1/verdicts.csv
+	$(MAKE) --no-print-directory calibrate BUNDLE=$(DEMO_BUNDLE) VERDICTS=$(DEMO_BUNDLE)/review/1/verdicts.csv \
 	  ARGS="--min-verdicts 8 --note 'synthetic verdicts written by scripts/demo/demo_verdicts.py for the tiny model: no listener, meaningless thresholds'"
 	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,tables ARGS='--thresholds $(DEMO_BUNDLE)/thresholds.csv --output $(DEMO_BUNDLE)/exports_calibrated'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
@@ -169,6 +171,7 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  exports/tables/all.csv, <study_area>.csv         the lab's tables, overall and per study area"
 	@echo "  exports/histories/                               detection histories of $(DEMO_FOCUS)"
 	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
+	@echo "  review/1/review.html                             review pack of $(DEMO_FOCUS): listen, judge, export verdicts.csv"
 	@echo "  thresholds.csv, verdicts/                        calibration from synthetic verdicts (report.html: Calibration)"
 	@echo "  exports_calibrated/                              WildTrax tags and tables held to thresholds.csv"
 
