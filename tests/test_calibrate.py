@@ -139,6 +139,8 @@ def test_bad_verdicts_are_one_line_each_exit_2_and_nothing_is_written(campaign, 
     ]
     assert err[4].startswith("badc-mpi: error: 4 problem(s) in the verdicts; nothing was written. Fix:")
     assert {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+    assert main(["calibrate", str(bundle), "--verdicts", str(one), "--target-precision", "1.2"]) == 2
+    assert "--target-precision 1.2 is outside [0.5, 1)" in capsys.readouterr().err
 
 
 def test_a_later_round_adds_to_the_kept_verdicts_and_a_rebuilt_bundle_keeps_the_calibration(campaign, capsys):

@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from badc_mpi.errors import UsageError
 from badc_mpi.results.calibrate import tables
 from badc_mpi.results.calibrate.fit import FitOptions, SpeciesFit, fit_species
 from badc_mpi.results.calibrate.verdicts import (
@@ -87,10 +88,11 @@ def plan_calibration(folder: str, con: Any, paths: Sequence[str], options: FitOp
     """Read and check every verdict (stored and new) against the bundle on ``con``, then fit;
     raises :class:`VerdictsError` (one line per problem) before anything is written."""
     if not 0.5 <= options.target_precision < 1.0:
-        raise VerdictsError([f"--target-precision {options.target_precision} is outside [0.5, 1)"], "give e.g. 0.9")
+        raise UsageError(f"--target-precision {options.target_precision} is outside [0.5, 1)", fix="give e.g. 0.9")
     if options.min_verdicts < 2 or options.bootstrap < 0 or not 0 < options.interval < 1:
-        raise VerdictsError(
-            ["--min-verdicts must be >= 2, --bootstrap >= 0, --interval in (0, 1)"], "see badc-mpi calibrate --help"
+        raise UsageError(
+            "--min-verdicts must be >= 2, --bootstrap >= 0, --interval in (0, 1)",
+            fix="e.g. --min-verdicts 20 --bootstrap 1000 --interval 0.95",
         )
     problems: list[str] = []
     stored = read_verdict_files(stored_paths(folder), problems)
