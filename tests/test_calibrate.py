@@ -158,7 +158,12 @@ def test_a_later_round_adds_to_the_kept_verdicts_and_a_rebuilt_bundle_keeps_the_
     assert main(["calibrate", str(bundle), "--verdicts", str(disagree)]) == 2
     assert "verdicts/round1-" in capsys.readouterr().err
     (ledger,) = (campaign / "tel").glob("*.ledger.jsonl")  # its runs (the copied manifest names none)
-    assert main(["bundle", str(ledger), "--dest", str(bundle), "--force"]) == 0
+    rebuild = ["bundle", str(ledger), "--dest", str(bundle), "--force", "--export", "tables"]
+    assert main([*rebuild, "--thresholds", str(bundle / "thresholds.csv")]) == 0  # bundle --export takes them too
+    listing = json.loads((bundle / "exports" / "export.json").read_text())
+    assert listing["thresholds"]["species"] == {"RUGR": pytest.approx(float(row["threshold"]))}
+    kept_rugr = [r for r in _rows(bundle / "exports" / "tables" / "all.csv") if r["class_code"] == "RUGR"]
+    assert kept_rugr and min(float(r["score"]) for r in kept_rugr) >= float(row["threshold"]) - 1e-6
     con = duckdb.connect(str(bundle / "bundle.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 60
