@@ -173,3 +173,27 @@ def test_the_sql_key_is_the_documented_uniform(bundle):
     ids = duckdb.connect().execute("SELECT detection_id FROM read_parquet(?)", [parquet]).fetchall()
     assert {p.detection_id for p in picks} == {i for (i,) in ids}
     assert all(abs(p.key - uniform(p.detection_id, 11)) < 1e-12 for p in picks)
+
+
+def test_a_filled_raven_table_reads_back_as_verdicts(tmp_path):
+    from badc_mpi.results.review.errors import ReviewError
+    from badc_mpi.results.review.raven import read_verdicts, selection_table
+
+    rows = [
+        {"detection_id": str(10 + i), "species_code": "RUGR", "score": 0.5 + i / 10, "clip": f"clips/RUGR/{10 + i}.flac",
+         "offset_s": 1.5, "length_s": 3.0, "clip_s": 6.0, "problem": ""}
+        for i in range(3)
+    ]  # fmt: skip
+    text = selection_table(rows)
+    lines = [line.split("\t") for line in text.splitlines()]
+    assert [line[3] for line in lines[1:]] == ["1.500", "7.500", "13.500"]  # clips laid end to end
+    filled = "\n".join("\t".join(line[:-1] + [v]) for line, v in zip(lines, ["Verdict", "Correct", "", "wrong"])) + "\n"
+    path = tmp_path / "RUGR.review.selections.txt"
+    path.write_text(filled)
+    assert read_verdicts(str(path)) == [
+        {"detection_id": "10", "species_code": "RUGR", "verdict": "correct"},
+        {"detection_id": "12", "species_code": "RUGR", "verdict": "wrong"},
+    ]
+    path.write_text(filled.replace("wrong", "maybe"))
+    with pytest.raises(ReviewError, match="row 4"):
+        read_verdicts(str(path))
