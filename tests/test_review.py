@@ -18,6 +18,7 @@ from test_export import CHUNKS, RECORDINGS, make_campaign
 from badc_mpi.cli import main
 from badc_mpi.results.aggregate.dataset import aggregate
 from badc_mpi.results.review import pack as pack_module
+from badc_mpi.results.review.pack import earlier_ids
 from badc_mpi.results.review.select import Candidate, Selection, allocate, draw, uniform
 
 from ci_rules import check_golden
@@ -150,6 +151,13 @@ def test_round_two_never_draws_round_ones_detections(bundle, capsys):
     assert one and two and not {r["detection_id"] for r in one} & {r["detection_id"] for r in two}
     doc = json.loads((bundle / "review" / "2" / "review.json").read_text())
     assert doc["selection"]["thresholds"] == [["AMRO", 0.6], ["RUGR", 0.7]] and doc["excluded_earlier"] == len(one)
+    import duckdb  # verdicts that calibrate keeps in bundle.duckdb count as reviewed too
+
+    con = duckdb.connect(str(bundle / "bundle.duckdb"))
+    con.execute("CREATE TABLE verdicts AS SELECT unnest(?::BIGINT[]) AS detection_id", [[int(r["detection_id"]) for r in two]])
+    con.close()
+    assert earlier_ids(str(bundle), 3) == {int(r["detection_id"]) for r in one + two}
+    assert earlier_ids(str(bundle), 1) == {int(r["detection_id"]) for r in two}
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bundle, capsys):

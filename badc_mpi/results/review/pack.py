@@ -58,8 +58,9 @@ class PackResult:
 
 
 def earlier_ids(bundle: str, this_round: int) -> set[int]:
-    """Detection ids drawn in other rounds (their review.csv) or given a verdict there (verdicts.csv)."""
-    ids: set[int] = set()
+    """Detection ids drawn in other rounds (their review.csv), given a verdict there (verdicts.csv),
+    or in the ``verdicts`` table ``badc-mpi calibrate`` keeps in ``bundle.duckdb``."""
+    ids = _verdict_table_ids(os.path.join(bundle, "bundle.duckdb"))
     root = os.path.join(bundle, REVIEW_DIR)
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         if name == str(this_round):
@@ -70,6 +71,24 @@ def earlier_ids(bundle: str, this_round: int) -> set[int]:
                 with open(path, newline="", encoding="utf-8") as fh:
                     ids.update(int(r["detection_id"]) for r in csv.DictReader(fh) if (r.get("detection_id") or "").isdigit())
     return ids
+
+
+def _verdict_table_ids(db: str) -> set[int]:
+    if not os.path.isfile(db):
+        return set()
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'verdicts' AND column_name = 'detection_id'"
+        ).fetchall()
+        if not found[0][0]:
+            return set()
+        rows = con.execute("SELECT DISTINCT TRY_CAST(detection_id AS BIGINT) FROM verdicts").fetchall()
+    finally:
+        con.close()
+    return {int(r[0]) for r in rows if r[0] is not None}
 
 
 def _default_threshold(bundle: str, parquet: str) -> float:
