@@ -41,20 +41,21 @@ def recording_samples(rid: str) -> np.ndarray:
 
 
 def make_review_bundle(tmp_path: Path) -> Path:
-    """An aggregate of test_export's campaign (plus r3) whose recordings r1 and r3 are on disk."""
+    """An aggregate of test_export's campaign (plus r3) whose recordings r1 (a WAV) and r3 (an
+    annexed FLAC, fetched) are on disk; r2 is annexed and not fetched."""
     manifest = make_campaign(tmp_path, MORE)
     audio = manifest.parent / "audio"
     audio.mkdir(exist_ok=True)
+    annex = tmp_path / ".git" / "annex" / "objects" / "Qx"
+    annex.mkdir(parents=True)
     for rid, subtype in HERE.items():
         data = recording_samples(rid)
         fmt = "WAV" if subtype == "PCM_16" else "FLAC"
-        sf.write(
-            audio / RECORDINGS[rid][0],
-            data.astype(np.int16) if subtype == "PCM_16" else data << 8,
-            SR,
-            format=fmt,
-            subtype=subtype,
-        )
+        # r3 is annexed and fetched: a symlink into the annex, read through it
+        target = audio / RECORDINGS[rid][0] if rid == "r1" else annex / "SHA256E-s1--r3.flac"
+        sf.write(target, data.astype(np.int16) if subtype == "PCM_16" else data << 8, SR, format=fmt, subtype=subtype)
+        if rid != "r1":
+            os.symlink(os.path.relpath(target, audio), audio / RECORDINGS[rid][0])
     os.symlink("../../.git/annex/objects/XX/missing.wav", audio / RECORDINGS["r2"][0])
     folder = tmp_path / "bundle"
     aggregate([str(manifest)], str(folder), telemetry_dir=str(tmp_path / "tel"))
@@ -83,7 +84,7 @@ def test_clips_hold_the_recordings_samples_and_missing_sources_name_their_fix(bu
     assert missing and all(r["recording_id"] == "r2" and "datalad get" in r["problem"] and not r["clip"] for r in missing)
     assert "datalad get" in out and "missing" in out
     cut = [r for r in rows if not r["problem"]]
-    assert len(cut) == len(rows) - len(missing) >= 5
+    assert len(cut) == len(rows) - len(missing) >= 5 and {r["recording_id"] for r in cut} == {"r1", "r3"}
     for r in cut:
         clip, sr = sf.read(pack / r["clip"], dtype="int32", always_2d=True)
         assert sr == SR
