@@ -159,6 +159,9 @@ def test_round_two_never_draws_round_ones_detections(bundle, capsys):
     con.close()
     assert earlier_ids(str(bundle), 3) == {int(r["detection_id"]) for r in one + two}
     assert earlier_ids(str(bundle), 1) == {int(r["detection_id"]) for r in two}
+    (bundle / "verdicts").mkdir()  # and the verdict files calibrate keeps in the bundle
+    (bundle / "verdicts" / "v-0123456789ab.csv").write_text("detection_id,species_code,verdict\n42,AMRO,wrong\n")
+    assert 42 in earlier_ids(str(bundle), 1)
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bundle, capsys):
