@@ -18,6 +18,7 @@ from test_export import CHUNKS, RECORDINGS, make_campaign
 from badc_mpi.cli import main
 from badc_mpi.results.aggregate.dataset import aggregate
 from badc_mpi.results.review import pack as pack_module
+from badc_mpi.results.review.pack import earlier_ids
 from badc_mpi.results.review.select import Candidate, Selection, allocate, draw, uniform
 
 from ci_rules import check_golden
@@ -40,20 +41,21 @@ def recording_samples(rid: str) -> np.ndarray:
 
 
 def make_review_bundle(tmp_path: Path) -> Path:
-    """An aggregate of test_export's campaign (plus r3) whose recordings r1 and r3 are on disk."""
+    """An aggregate of test_export's campaign (plus r3) whose recordings r1 (a WAV) and r3 (an
+    annexed FLAC, fetched) are on disk; r2 is annexed and not fetched."""
     manifest = make_campaign(tmp_path, MORE)
     audio = manifest.parent / "audio"
     audio.mkdir(exist_ok=True)
+    annex = tmp_path / ".git" / "annex" / "objects" / "Qx"
+    annex.mkdir(parents=True)
     for rid, subtype in HERE.items():
         data = recording_samples(rid)
         fmt = "WAV" if subtype == "PCM_16" else "FLAC"
-        sf.write(
-            audio / RECORDINGS[rid][0],
-            data.astype(np.int16) if subtype == "PCM_16" else data << 8,
-            SR,
-            format=fmt,
-            subtype=subtype,
-        )
+        # r3 is annexed and fetched: a symlink into the annex, read through it
+        target = audio / RECORDINGS[rid][0] if rid == "r1" else annex / "SHA256E-s1--r3.flac"
+        sf.write(target, data.astype(np.int16) if subtype == "PCM_16" else data << 8, SR, format=fmt, subtype=subtype)
+        if rid != "r1":
+            os.symlink(os.path.relpath(target, audio), audio / RECORDINGS[rid][0])
     os.symlink("../../.git/annex/objects/XX/missing.wav", audio / RECORDINGS["r2"][0])
     folder = tmp_path / "bundle"
     aggregate([str(manifest)], str(folder), telemetry_dir=str(tmp_path / "tel"))
@@ -82,7 +84,7 @@ def test_clips_hold_the_recordings_samples_and_missing_sources_name_their_fix(bu
     assert missing and all(r["recording_id"] == "r2" and "datalad get" in r["problem"] and not r["clip"] for r in missing)
     assert "datalad get" in out and "missing" in out
     cut = [r for r in rows if not r["problem"]]
-    assert len(cut) == len(rows) - len(missing) >= 5
+    assert len(cut) == len(rows) - len(missing) >= 5 and {r["recording_id"] for r in cut} == {"r1", "r3"}
     for r in cut:
         clip, sr = sf.read(pack / r["clip"], dtype="int32", always_2d=True)
         assert sr == SR
@@ -150,6 +152,16 @@ def test_round_two_never_draws_round_ones_detections(bundle, capsys):
     assert one and two and not {r["detection_id"] for r in one} & {r["detection_id"] for r in two}
     doc = json.loads((bundle / "review" / "2" / "review.json").read_text())
     assert doc["selection"]["thresholds"] == [["AMRO", 0.6], ["RUGR", 0.7]] and doc["excluded_earlier"] == len(one)
+    import duckdb  # verdicts that calibrate keeps in bundle.duckdb count as reviewed too
+
+    con = duckdb.connect(str(bundle / "bundle.duckdb"))
+    con.execute("CREATE TABLE verdicts AS SELECT unnest(?::BIGINT[]) AS detection_id", [[int(r["detection_id"]) for r in two]])
+    con.close()
+    assert earlier_ids(str(bundle), 3) == {int(r["detection_id"]) for r in one + two}
+    assert earlier_ids(str(bundle), 1) == {int(r["detection_id"]) for r in two}
+    (bundle / "verdicts").mkdir()  # and the verdict files calibrate keeps in the bundle
+    (bundle / "verdicts" / "v-0123456789ab.csv").write_text("detection_id,species_code,verdict\n42,AMRO,wrong\n")
+    assert 42 in earlier_ids(str(bundle), 1)
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bundle, capsys):
@@ -173,3 +185,27 @@ def test_the_sql_key_is_the_documented_uniform(bundle):
     ids = duckdb.connect().execute("SELECT detection_id FROM read_parquet(?)", [parquet]).fetchall()
     assert {p.detection_id for p in picks} == {i for (i,) in ids}
     assert all(abs(p.key - uniform(p.detection_id, 11)) < 1e-12 for p in picks)
+
+
+def test_a_filled_raven_table_reads_back_as_verdicts(tmp_path):
+    from badc_mpi.results.review.errors import ReviewError
+    from badc_mpi.results.review.raven import read_verdicts, selection_table
+
+    rows = [
+        {"detection_id": str(10 + i), "species_code": "RUGR", "score": 0.5 + i / 10, "clip": f"clips/RUGR/{10 + i}.flac",
+         "offset_s": 1.5, "length_s": 3.0, "clip_s": 6.0, "problem": ""}
+        for i in range(3)
+    ]  # fmt: skip
+    text = selection_table(rows)
+    lines = [line.split("\t") for line in text.splitlines()]
+    assert [line[3] for line in lines[1:]] == ["1.500", "7.500", "13.500"]  # clips laid end to end
+    filled = "\n".join("\t".join(line[:-1] + [v]) for line, v in zip(lines, ["Verdict", "Correct", "", "wrong"])) + "\n"
+    path = tmp_path / "RUGR.review.selections.txt"
+    path.write_text(filled)
+    assert read_verdicts(str(path)) == [
+        {"detection_id": "10", "species_code": "RUGR", "verdict": "correct"},
+        {"detection_id": "12", "species_code": "RUGR", "verdict": "wrong"},
+    ]
+    path.write_text(filled.replace("wrong", "maybe"))
+    with pytest.raises(ReviewError, match="row 4"):
+        read_verdicts(str(path))

@@ -58,18 +58,42 @@ class PackResult:
 
 
 def earlier_ids(bundle: str, this_round: int) -> set[int]:
-    """Detection ids drawn in other rounds (their review.csv) or given a verdict there (verdicts.csv)."""
-    ids: set[int] = set()
+    """Detection ids drawn in other rounds (their review.csv), given a verdict there (verdicts.csv),
+    or kept by ``badc-mpi calibrate`` (``<bundle>/verdicts/*.csv``, the ``verdicts`` table of
+    ``bundle.duckdb``)."""
+    ids = _verdict_table_ids(os.path.join(bundle, "bundle.duckdb"))
     root = os.path.join(bundle, REVIEW_DIR)
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        if name == str(this_round):
-            continue
-        for fname in ("review.csv", "verdicts.csv"):
-            path = os.path.join(root, name, fname)
-            if os.path.isfile(path):
-                with open(path, newline="", encoding="utf-8") as fh:
-                    ids.update(int(r["detection_id"]) for r in csv.DictReader(fh) if (r.get("detection_id") or "").isdigit())
+    paths = [
+        os.path.join(root, name, fname)
+        for name in (sorted(os.listdir(root)) if os.path.isdir(root) else [])
+        if name != str(this_round)
+        for fname in ("review.csv", "verdicts.csv")
+    ]
+    kept = os.path.join(bundle, "verdicts")
+    paths += [os.path.join(kept, n) for n in (sorted(os.listdir(kept)) if os.path.isdir(kept) else []) if n.endswith(".csv")]
+    for path in paths:
+        if os.path.isfile(path):
+            with open(path, newline="", encoding="utf-8") as fh:
+                ids.update(int(r["detection_id"]) for r in csv.DictReader(fh) if (r.get("detection_id") or "").strip().isdigit())
     return ids
+
+
+def _verdict_table_ids(db: str) -> set[int]:
+    if not os.path.isfile(db):
+        return set()
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'verdicts' AND column_name = 'detection_id'"
+        ).fetchall()
+        if not found[0][0]:
+            return set()
+        rows = con.execute("SELECT DISTINCT TRY_CAST(detection_id AS BIGINT) FROM verdicts").fetchall()
+    finally:
+        con.close()
+    return {int(r[0]) for r in rows if r[0] is not None}
 
 
 def _default_threshold(bundle: str, parquet: str) -> float:
