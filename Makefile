@@ -17,6 +17,7 @@ TELEMETRY ?=
 RECORD_DATALAD ?= 1
 DATASET ?=
 BUNDLE ?=
+SPECIES ?=
 FORMAT ?=
 STAMP := $(VENV)/.badc-installed-$(MPI)
 # HawkEars' python given (an overlay's bin/python, docs/howto/gpu-overlay.md): gpu-check and
@@ -25,7 +26,7 @@ HAWKEARS_PYTHON ?= $(BADC_MPI_HAWKEARS_PYTHON)
 
 NP_DEFAULT = $$($(PY) -c 'from badc_mpi.gpu.binding import default_np; print(default_np())' 2>/dev/null || echo 2)
 
-.PHONY: help install lint test test-slurm man chunk check-chunks infer resume monitor aggregate bundle export browser shellcheck demo bench gpu-check clean
+.PHONY: help install lint test test-slurm man chunk check-chunks infer resume monitor aggregate bundle export review browser shellcheck demo bench gpu-check clean
 
 help: ## list every target with one line
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -116,6 +117,15 @@ export: install ## WildTrax/Raven/tables/histories from a bundle or runs: make e
 	@test -n "$(MANIFEST)$(DATASET)$(BUNDLE)" || { echo "usage: make export MANIFEST=m.csv | DATASET=dir | BUNDLE=dir [FORMAT=wildtrax,raven,tables,histories|all] [ARGS='--output DIR --min-confidence 0.3']" >&2; exit 2; }
 	$(BADC) export $(MANIFEST) $(DATASET) $(BUNDLE) --format $(or $(FORMAT),all) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
 
+.PHONY: calibrate
+calibrate: install ## per-species thresholds from listeners' verdicts: make calibrate BUNDLE=dir VERDICTS='round1.csv round2.csv' [ARGS='--target-precision 0.95']
+	@test -n "$(BUNDLE)" || { echo "usage: make calibrate BUNDLE=path/to/bundle VERDICTS='verdicts.csv ...' [ARGS='--target-precision 0.9 --min-verdicts 20'] (no VERDICTS: the ones kept in the bundle)" >&2; exit 2; }
+	$(BADC) calibrate $(BUNDLE) $(if $(VERDICTS),--verdicts $(VERDICTS)) $(if $(filter 0,$(RECORD_DATALAD)),,--record-datalad) $(ARGS)
+
+review: install ## a review pack (clips, spectrograms, review.html) of a bundle: make review BUNDLE=dir [SPECIES=RUGR,OVEN] [ARGS='--per-species 50 --strata score --seed 1 --round 2 --near-threshold']
+	@test -n "$(BUNDLE)" || { echo "usage: make review BUNDLE=path/to/bundle [SPECIES=CODE,CODE (default: all species)] [ARGS='--per-species 50 --strata score|location|hour --seed N --round 2 --near-threshold --pad-s 1.5']" >&2; exit 2; }
+	$(BADC) review $(BUNDLE) $(if $(SPECIES),--species $(SPECIES),--all-species) $(ARGS)
+
 # Debian packages the suite needs, installed when root and missing (apt-get; `apt-get update` and
 # again when the first try fails). Not root, or the install fails: a note, and their tests skip;
 # under CI=true (.ci/run) the target fails instead, as would the tests.
@@ -148,6 +158,12 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
 	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
+	$(MAKE) --no-print-directory review BUNDLE=$(DEMO_BUNDLE) SPECIES=$(DEMO_FOCUS) ARGS='--force'
+	$(PY) scripts/demo/demo_verdicts.py $(DEMO_BUNDLE) --species $(DEMO_FOCUS) --review $(DEMO_BUNDLE)/review/1/review.csv \
+	  --out $(DEMO_BUNDLE)/review/1/verdicts.csv
+	$(MAKE) --no-print-directory calibrate BUNDLE=$(DEMO_BUNDLE) VERDICTS=$(DEMO_BUNDLE)/review/1/verdicts.csv \
+	  ARGS="--min-verdicts 8 --note 'synthetic verdicts written by scripts/demo/demo_verdicts.py for the tiny model: no listener, meaningless thresholds'"
+	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,tables ARGS='--thresholds $(DEMO_BUNDLE)/thresholds.csv --output $(DEMO_BUNDLE)/exports_calibrated'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
 	@echo "  report.html                                      open it in a browser"
 	@echo "  exports/wildtrax_tags.csv, wildtrax_tasks.csv    WildTrax upload templates"
@@ -155,8 +171,11 @@ demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording t
 	@echo "  exports/tables/all.csv, <study_area>.csv         the lab's tables, overall and per study area"
 	@echo "  exports/histories/                               detection histories of $(DEMO_FOCUS)"
 	@echo "  bundle.duckdb, *.parquet                         views and tables (docs/results.md)"
+	@echo "  review/1/review.html                             review pack of $(DEMO_FOCUS): listen, judge, export verdicts.csv"
+	@echo "  thresholds.csv, verdicts/                        calibration from synthetic verdicts (report.html: Calibration)"
+	@echo "  exports_calibrated/                              WildTrax tags and tables held to thresholds.csv"
 
-bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, HawkEars); record figures in docs/benchmarks.md
+bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume, monitor, aggregate, export + overlap merge, chunk scan, calibration, HawkEars); record figures in docs/benchmarks.md
 	$(PY) scripts/bench/bench_manifest.py
 	$(PY) scripts/bench/bench_manifest.py --check-sources
 	$(PY) scripts/bench/bench_dispatch.py
@@ -166,6 +185,7 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench/bench_aggregate.py
 	$(PY) scripts/bench/bench_export.py
 	$(PY) scripts/bench/bench_chunk.py
+	$(PY) scripts/bench/bench_calibrate.py
 	$(PY) scripts/bench/bench_hawkears.py
 	$(PY) scripts/bench/bench_hawkears.py --variants all --rounds 4
 

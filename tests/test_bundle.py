@@ -139,6 +139,7 @@ def make_golden(root: Path, *, with_utc: bool = True) -> Path:
 
 
 DETECTION_COLUMNS = [
+    ("detection_id", "int64"),
     ("run_id", "dictionary<values=string, indices=int32, ordered=0>"),
     ("recording_id", "dictionary<values=string, indices=int32, ordered=0>"),
     ("chunk_id", "dictionary<values=string, indices=int32, ordered=0>"),

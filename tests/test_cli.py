@@ -55,6 +55,8 @@ def test_version_and_help():
         "aggregate",
         "bundle",
         "export",
+        "review",
+        "calibrate",
         "orchestrate",
         "chunk",
     }

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"records", "errors", "logs", "_version"},
 ]
 #: inside ``results/``, top to bottom: a room may import lower rooms only (``results/__init__`` is the top)
-RESULTS_ROOMS: list[set[str]] = [{"__init__"}, {"bundle"}, {"export"}, {"aggregate"}]
+RESULTS_ROOMS: list[set[str]] = [{"__init__"}, {"review"}, {"bundle"}, {"calibrate"}, {"export"}, {"aggregate"}]
 #: runs inside HawkEars' own environment: must not import badc_mpi at all
 STANDALONE = {
     "badc_mpi.runners.hawkears.resident",

@@ -257,6 +257,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from badc_mpi.results.bundle.calibration import calibrate_bundle
+    from badc_mpi.results.calibrate.arguments import fit_options
+    from badc_mpi.results.calibrate.verdicts import VerdictsError
+
+    try:
+        cal, written = calibrate_bundle(args.bundle, args.verdicts, fit_options(args), args.note)
+    except VerdictsError as exc:  # one line per file and row, then the error line (main)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        raise
+    s = cal.settings
+    print(
+        f"calibrate: {s['verdicts']} verdicts ({cal.blank} rows without a verdict skipped), {s['species']} species, "
+        f"{s['species_with_threshold']} with a threshold at target precision {s['target_precision']:g}"
+    )
+    for f in cal.fits:
+        if f.threshold is None:
+            print(f"  {f.species_code:<12} no threshold: {f.reason}")
+        else:
+            interval = f" ({f.threshold_low:.3f}-{f.threshold_high:.3f})" if f.threshold_low is not None else ""
+            extra = f"; {f.note}" if f.note else ""
+            print(f"  {f.species_code:<12} {f.threshold:.3f}{interval}  {f.correct}/{f.correct + f.wrong} correct{extra}")
+    folder = os.path.dirname(written[-1])
+    print(f"  thresholds  {os.path.join(folder, 'thresholds.csv')}   (badc-mpi export ... --thresholds FILE)")
+    print(f"  report      {written[-1]}")
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        save_bundle(
+            folder, f"badc-mpi calibrate: {s['verdicts']} verdicts, {s['species_with_threshold']} thresholds", "the calibration"
+        )
+    return ExitCode.OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from badc_mpi.results.review.arguments import run_review
+
+    return run_review(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "check-chunks": cmd_check_chunks,
@@ -266,6 +307,8 @@ COMMANDS = {
     "aggregate": cmd_aggregate,
     "bundle": cmd_bundle,
     "export": cmd_export,
+    "calibrate": cmd_calibrate,
+    "review": cmd_review,
     "orchestrate": cmd_orchestrate,
     "chunk": cmd_chunk,
 }

@@ -29,6 +29,7 @@ from badc_mpi.logs import get_logger
 from badc_mpi.records import Chunk
 from badc_mpi.results.aggregate import fingerprints as F
 from badc_mpi.results.aggregate import schema as S
+from badc_mpi.results.aggregate.detection_id import with_detection_ids
 from badc_mpi.results.aggregate.overlap import MergeReport, check_mode, chunks_overlap, merge_file
 from badc_mpi.results.aggregate.readers import READERS
 from badc_mpi.results.aggregate.run_table import attempt_table, final_attempts, run_rows
@@ -214,7 +215,7 @@ def _take_batch(
         offset += n
     if wrong:
         table = table.filter(pa.array(keep))
-    out.write(F.with_fingerprints(add_absolute_times(S.normalise_detections(table, schema)), fingerprints))
+    out.write(with_detection_ids(F.with_fingerprints(add_absolute_times(S.normalise_detections(table, schema)), fingerprints)))
 
 
 def _orphan_outputs(verdicts: list[Verdict], done: set[str], output_dirs: set[str], problems: list[Problem]) -> int:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from badc_mpi.errors import UsageError
+from badc_mpi.results.aggregate.detection_id import with_detection_ids
 from badc_mpi.results.aggregate.times import add_absolute_times
 
 MODES = ("auto", "on", "off")
@@ -139,7 +140,7 @@ def apply_groups(batch: pa.Table, offset: int, groups: dict[str, np.ndarray]) ->
         batch = batch.set_column(
             batch.schema.get_field_index(name), name, pa.array(np.nan_to_num(new).astype(np.int64), mask=mask)
         )
-    batch = add_absolute_times(batch)
+    batch = with_detection_ids(add_absolute_times(batch))
     return batch.filter(pa.array(~drop))
 
 

@@ -60,6 +60,7 @@ METADATA_TEXT_FIELDS = [
 RAW_READ_SCHEMA = pa.schema(list(RAW_DETECTION_SCHEMA) + METADATA_TEXT_FIELDS)
 
 DETECTION_FIELDS = [
+    ("detection_id", pa.int64()),  #: stable across rebuilds (results/aggregate/detection_id.py)
     ("run_id", DICT),
     ("recording_id", DICT),
     ("chunk_id", DICT),

@@ -12,6 +12,8 @@ from badc_mpi.errors import UsageError
 from badc_mpi.results.aggregate.dataset import TABLES
 from badc_mpi.results.bundle.build import DB_NAME
 from badc_mpi.results.bundle.views import VIEWS
+from badc_mpi.results.calibrate.tables import TABLES as CALIBRATION_TABLES
+from badc_mpi.results.calibrate.tables import VIEWS as CALIBRATION_VIEWS
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Bundle:
     con: Any
     summary: dict[str, Any]
 
-    names = TABLES + VIEWS
+    names = TABLES + VIEWS + CALIBRATION_TABLES + CALIBRATION_VIEWS  #: the calibration's: after `badc-mpi calibrate`
 
     def relation(self, name: str) -> Any:
         if name not in self.names:

@@ -27,6 +27,7 @@ from badc_mpi.results.aggregate.dataset import TABLES, AggregateResult, aggregat
 from badc_mpi.results.aggregate.folders import bundle_folder
 from badc_mpi.results.aggregate.runs import find_runs
 from badc_mpi.results.bundle import views as V
+from badc_mpi.results.calibrate.run import reinstall
 from badc_mpi.results.export.histories import FOCUS_DEFAULT
 from badc_mpi.results.export.write import ExportOptions, ExportResult, write_exports
 from badc_mpi.storage.atomic import atomic_write_text, ensure_dir, fsync_dir, temp_path_for
@@ -67,6 +68,10 @@ def build_database(folder: str, *, bucket_minutes: float, top_n: int) -> str:
             columns = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE detections)").fetchall()}
             for statement in V.view_statements("recording_start_utc" in columns):
                 con.execute(statement)
+            if "detection_id" in columns:  # a kept calibration (<bundle>/thresholds.csv, verdicts/) again
+                note = reinstall(folder, con)
+                if note:
+                    log.warning("%s", note)
             con.execute("CHECKPOINT")
         finally:
             con.close()

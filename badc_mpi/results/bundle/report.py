@@ -25,6 +25,7 @@ from badc_mpi.results.bundle import charts
 from badc_mpi.results.bundle import views as V
 from badc_mpi.results.bundle.guide import guide_html
 from badc_mpi.results.bundle.places import site_tables, species_by_time_of_day
+from badc_mpi.results.calibrate.report import calibration_section
 from badc_mpi.results.export.histories import FOCUS_DEFAULT, HistoryBuilder
 from badc_mpi.results.export.meta import recordings
 from badc_mpi.results.export.stream import chunks_relation, detections_relation, recording_groups
@@ -254,6 +255,7 @@ def render_html(
     sites: list[dict[str, Any]] | None = None,
     recordings: list[dict[str, Any]] | None = None,
     guide: str = "",
+    calibration: str = "",
 ) -> str:
     """The page (pure); ``guide``: the "next steps" and files section (:mod:`guide`)."""
     c = summary["counts"]
@@ -316,6 +318,7 @@ def render_html(
         else ""
     )
     parts.append(f"<h3 id='recordings'>Per recording{shown}</h3>" + _table(recordings or [], "recording-table"))
+    parts.append(calibration)  # the Calibration section (results/calibrate/report.py), "" without one
     parts.append("<h2>Workers</h2>" + _img(images["workers"], "throughput and GPU utilisation per worker", "chart-workers"))
     parts.append(_table(worker_rows(workers), "worker-table"))
     parts.append(f"<h2 id='failures'>Chunks not analysed (first {FAILED_ROWS})</h2>" + _table(failed, "failure-table"))
@@ -337,6 +340,15 @@ def write_report(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
     options = {r["run_id"]: json.loads(r["options"] or "{}") for r in _rows(con, "SELECT run_id, options FROM runs")}
     sites, recs = site_tables(con, views["recording_summary"].to_pylist(), RECORDING_ROWS)
     guide = guide_html(summary, os.path.dirname(os.path.abspath(path)))
-    page = render_html({**summary, "options": options}, images, failed, workers, sites=sites, recordings=recs, guide=guide)
+    page = render_html(
+        {**summary, "options": options},
+        images,
+        failed,
+        workers,
+        sites=sites,
+        recordings=recs,
+        guide=guide,
+        calibration=calibration_section(con, summary),
+    )
     atomic_write_text(path, page)
     return path

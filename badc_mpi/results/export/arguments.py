@@ -125,6 +125,13 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
         + ", e.g. ROPT,RUGR,STGR,SPGR,WIPT",
     )
     p.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        help="per-species thresholds (the thresholds.csv `badc-mpi calibrate` writes) in "
+        + ("the exports" if bundle else "every format")
+        + "; species without one use --min-confidence and are listed in a note and export.json",
+    )
+    p.add_argument(
         "--task-method", default="None", choices=("None", "1SPT", "1SPM"), help="WildTrax task method (default None: every tag)"
     )
     p.add_argument(
@@ -148,5 +155,12 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
     if "histories" in formats and not species:
         species = tuple(parse_species(None))
     return ExportOptions(
-        formats, output, args.min_confidence, species, args.task_method, args.task_duration, bool(args.accept_mixed)
+        formats,
+        output,
+        args.min_confidence,
+        species,
+        args.task_method,
+        args.task_duration,
+        bool(args.accept_mixed),
+        getattr(args, "thresholds", None),
     )

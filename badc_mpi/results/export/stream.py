@@ -51,15 +51,24 @@ def connect(temp_dir: str | None = None, memory_limit: str = MEMORY_LIMIT) -> An
 
 
 def detections_relation(
-    rel: Any, min_confidence: float, species: Sequence[str] | None = None, only_fingerprint: Any = ANY_FINGERPRINT
+    rel: Any,
+    min_confidence: float,
+    species: Sequence[str] | None = None,
+    only_fingerprint: Any = ANY_FINGERPRINT,
+    thresholds: Any = None,
 ) -> Any:
     """``rel`` (the ``detections`` table) filtered by confidence (compared as FLOAT, the column's
     type: a score equal to the threshold passes), optionally species codes and one fingerprint
-    id (None: rows without one), sorted by recording."""
+    id (None: rows without one), sorted by recording. ``thresholds``: a relation of
+    (:data:`THRESHOLD_SPECIES`, :data:`THRESHOLD_VALUE`) on ``rel``'s cursor (:func:`thresholds_relation`):
+    a species it names is held to its own threshold instead of ``min_confidence``."""
     import duckdb
 
-    threshold = duckdb.ConstantExpression(float(min_confidence)).cast(duckdb.sqltypes.FLOAT)
-    rel = rel.filter(duckdb.ColumnExpression("confidence") >= threshold)
+    threshold = duckdb.ConstantExpression(float(min_confidence))
+    if thresholds is not None:
+        rel = rel.join(thresholds, THRESHOLD_JOIN, how="left")
+        threshold = duckdb.CoalesceOperator(duckdb.ColumnExpression(THRESHOLD_VALUE), threshold)
+    rel = rel.filter(duckdb.ColumnExpression("confidence") >= threshold.cast(duckdb.sqltypes.FLOAT))
     if only_fingerprint is not ANY_FINGERPRINT:
         column = duckdb.ColumnExpression("fingerprint")
         rel = rel.filter(column.isnull() if only_fingerprint is None else column == duckdb.ConstantExpression(only_fingerprint))
@@ -69,6 +78,21 @@ def detections_relation(
             code.isin(*(duckdb.ConstantExpression(s) for s in species)) if species else duckdb.ConstantExpression(False)
         )
     return rel.project(DETECTION_COLUMNS).order(DETECTION_ORDER)
+
+
+#: the columns of a thresholds relation (named apart from every detections column)
+THRESHOLD_SPECIES, THRESHOLD_VALUE = "threshold_species_code", "threshold_value"
+THRESHOLD_JOIN = "coalesce(label_code, label) = threshold_species_code"
+
+
+def thresholds_relation(cursor: Any, by_species: dict[str, float] | None) -> Any:
+    """Per-species thresholds as a relation on ``cursor`` (None when there are none)."""
+    if not by_species:
+        return None
+    import pyarrow as pa
+
+    table = pa.table({THRESHOLD_SPECIES: list(by_species), THRESHOLD_VALUE: pa.array(list(by_species.values()), pa.float64())})
+    return cursor.from_arrow(table)
 
 
 def chunks_relation(rel: Any) -> Any:
@@ -133,11 +157,16 @@ def parquet_groups(
     species: Sequence[str] | None = None,
     batch_rows: int | None = None,
     only_fingerprint: Any = ANY_FINGERPRINT,
+    thresholds: dict[str, float] | None = None,
 ) -> Iterator[Group]:
     """:func:`recording_groups` over an aggregate's Parquet files (``detections_path`` None:
-    chunks only; ``species``: only these codes' detections; ``only_fingerprint``: see the module doc)."""
+    chunks only; ``species``: only these codes' detections; ``only_fingerprint``: see the module doc;
+    ``thresholds``: per-species thresholds, ``min_confidence`` for the others)."""
     chunks = chunks_relation(con.cursor().read_parquet(chunks_path))
     dets = None
     if detections_path is not None:
-        dets = detections_relation(con.cursor().read_parquet(detections_path), min_confidence, species, only_fingerprint)
+        cur = con.cursor()
+        dets = detections_relation(
+            cur.read_parquet(detections_path), min_confidence, species, only_fingerprint, thresholds_relation(cur, thresholds)
+        )
     return recording_groups(chunks, dets, batch_rows=batch_rows or BATCH_ROWS, only_fingerprint=only_fingerprint)

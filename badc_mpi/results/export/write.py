@@ -37,6 +37,7 @@ from badc_mpi.results.export.meta import ExportError, Recording, recordings, req
 from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
 from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, previous_files
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
+from badc_mpi.results.export.thresholds import Thresholds, read_thresholds
 from badc_mpi.results.export.wildtrax import (
     CLIP_COLUMNS,
     RENAME_COLUMNS,
@@ -63,6 +64,7 @@ class ExportOptions:
     task_method: str = "None"
     task_duration: int | None = None
     accept_mixed: bool = False  #: also export chunks analysed with another fingerprint than the aggregate's
+    thresholds: str | None = None  #: a thresholds.csv: per-species thresholds; other species: min_confidence
 
     def check(self) -> None:
         """Raise :class:`ExportError` for a bad option (before anything is read or written)."""
@@ -240,27 +242,59 @@ def _fingerprint(folder: str, options: ExportOptions) -> tuple[Any, dict[str, An
     return ANY_FINGERPRINT, facts, []
 
 
+def _thresholds_used(
+    con: Any, det_path: str, thresholds: Thresholds | None, options: ExportOptions
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """``export.json``'s ``thresholds`` (which file, which species held to which threshold, which
+    fell back to ``min_confidence``) and the note listing the latter."""
+    if thresholds is None:
+        return None, []
+    rows = con.cursor().read_parquet(det_path).project("coalesce(label_code, label) AS code").distinct().fetchall()
+    present = sorted({r[0] for r in rows if r[0] is not None})
+    fallback = [c for c in present if c not in thresholds.by_species]
+    used = {
+        "file": os.path.abspath(thresholds.path),
+        "sha256": thresholds.sha256,
+        "species": dict(sorted(thresholds.by_species.items())),
+        "fallback_min_confidence": options.min_confidence,
+        "fallback_species": fallback,
+    }
+    if not fallback:
+        return used, []
+    shown = ", ".join(fallback[:30]) + (f" and {len(fallback) - 30} more" if len(fallback) > 30 else "")
+    note = f"thresholds: {len(fallback)} species without a threshold in {thresholds.path} use --min-confidence {options.min_confidence:g}: {shown}"
+    return used, [note]
+
+
 def write_exports(folder: str, options: ExportOptions) -> ExportResult:
     """Write the export of the aggregate ``folder`` (see the module doc)."""
     options.check()
     out_dir = os.path.abspath(options.output or os.path.join(folder, EXPORT_DIR))
     det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
     only, facts, fp_notes = _fingerprint(folder, options)
+    thresholds = read_thresholds(options.thresholds) if options.thresholds else None
     with tempfile.TemporaryDirectory(prefix="badc-mpi-export-") as spill:
         con = connect(spill)
         try:
+            used, thr_notes = _thresholds_used(con, det_path, thresholds, options)
             found = survey(parquet_groups(con, chunk_path, None, only_fingerprint=only), options)
             files = StagedFiles(out_dir)
             try:
                 writer = Writer(files, options)
                 species = options.focus_species if set(options.formats) == {"histories"} else None
                 groups = parquet_groups(
-                    con, chunk_path, det_path, min_confidence=options.min_confidence, species=species, only_fingerprint=only
+                    con,
+                    chunk_path,
+                    det_path,
+                    min_confidence=options.min_confidence,
+                    species=species,
+                    only_fingerprint=only,
+                    thresholds=thresholds.by_species if thresholds else None,
                 )
                 for group in groups:
                     writer.add(group)
                 earlier, listing_note = previous_files(out_dir, EXPORT_SCHEMA)
-                notes = fp_notes + writer.finish(found) + ([listing_note] if listing_note else [])
+                notes = fp_notes + thr_notes + writer.finish(found) + ([listing_note] if listing_note else [])
                 removing = sorted(r for r in set(earlier) - set(files.names) if os.path.lexists(os.path.join(out_dir, r)))
                 doc = {
                     "schema": EXPORT_SCHEMA,
@@ -268,6 +302,7 @@ def write_exports(folder: str, options: ExportOptions) -> ExportResult:
                     "aggregate": folder,
                     "options": asdict(options),
                     "fingerprint": {k: facts.get(k) for k in ("id", "run_id", "settings", "stale", "mixed")},
+                    "thresholds": used,
                     "files": sorted(files.names),
                     "removing": removing,  #: the previous export's files this one replaces (removed after this listing)
                     "notes": notes,
