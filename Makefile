@@ -147,7 +147,7 @@ DEMO_FOCUS := ROPT,RUGR,STGR,SPGR,WIPT
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording tree, sites.csv, `badc-mpi chunk`), infer (2 ranks), bundle with exports
 	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
-	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
+	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS) --allow-tiny-model'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
 	@echo "  report.html                                      open it in a browser"
 	@echo "  exports/wildtrax_tags.csv, wildtrax_tasks.csv    WildTrax upload templates"

@@ -125,6 +125,11 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
         + ", e.g. ROPT,RUGR,STGR,SPGR,WIPT",
     )
     p.add_argument(
+        "--allow-tiny-model",
+        action="store_true",
+        help="export detections of the tiny random-weight test model (tests, demos): refused otherwise; every file then says so",
+    )
+    p.add_argument(
         "--task-method", default="None", choices=("None", "1SPT", "1SPM"), help="WildTrax task method (default None: every tag)"
     )
     p.add_argument(
@@ -145,8 +150,17 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
     species = tuple(parse_species(args.focus_species)) if args.focus_species else ()
     if species and "histories" not in formats:
         formats += ("histories",)
-    if "histories" in formats and not species:
+    default = "histories" in formats and not species
+    if default:
         species = tuple(parse_species(None))
     return ExportOptions(
-        formats, output, args.min_confidence, species, args.task_method, args.task_duration, bool(args.accept_mixed)
+        formats,
+        output,
+        args.min_confidence,
+        species,
+        args.task_method,
+        args.task_duration,
+        bool(args.accept_mixed),
+        allow_tiny_model=bool(getattr(args, "allow_tiny_model", False)),
+        species_default=default,
     )
