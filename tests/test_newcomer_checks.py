@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
-
-from badc_mpi.cli import main
 from test_chunk import tone
 from test_export import _agg, make_campaign
+
+from badc_mpi.cli import main
 
 CLASSES = (
     "Name,Code,AltName,AltCode\n"

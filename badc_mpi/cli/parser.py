@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments
+    from badc_mpi.orchestrate.init import add_init_parser
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
 
     parser = argparse.ArgumentParser(
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_orchestrate_parser(sub)
     add_chunk_parser(sub)
+    add_init_parser(sub)
 
     p = sub.add_parser(
         "gpus",

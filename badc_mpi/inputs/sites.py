@@ -102,8 +102,11 @@ def site_header(names: list[str], path: str) -> tuple[list[str], list[str]]:
     if unknown:
         raise RecordingsError(
             f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown)}",
-            fix="use the columns " + ",".join(SITE_COLUMNS) + " (also read: lat, lon, long, timezone, tz, site, ...; "
-            + "/".join(SITE_IGNORED[:3]) + " are kept out)",
+            fix="use the columns "
+            + ",".join(SITE_COLUMNS)
+            + " (also read: lat, lon, long, timezone, tz, site, ...; "
+            + "/".join(SITE_IGNORED[:3])
+            + " are kept out)",
         )
     return header, notes
 

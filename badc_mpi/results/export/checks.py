@@ -79,7 +79,9 @@ def check_focus_species(species: Sequence[str], facts: AggregateFacts) -> tuple[
         return (), []
     taxonomy = find_taxonomy(facts.data_roots)
     if taxonomy is None:
-        return tuple(species), ["--focus-species not checked: no HawkEars taxonomy found (stage models, or set HAWKEARS_DATA_ROOT)"]
+        return tuple(species), [
+            "--focus-species not checked: no HawkEars taxonomy found (stage models, or set HAWKEARS_DATA_ROOT)"
+        ]
     codes, notes = resolve_species(species, taxonomy, "--focus-species")
     return tuple(codes), notes
 

@@ -241,7 +241,9 @@ def write_exports(folder: str, options: ExportOptions) -> ExportResult:
     options.check()
     options, agg_facts, check_notes = checked(options, folder)
     if options.species_default and "histories" in options.formats:
-        check_notes.append(f"histories of the default focus species {','.join(options.focus_species)} (--focus-species to choose)")
+        check_notes.append(
+            f"histories of the default focus species {','.join(options.focus_species)} (--focus-species to choose)"
+        )
     out_dir = os.path.abspath(options.output or os.path.join(folder, EXPORT_DIR))
     det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
     only, facts, fp_notes = _fingerprint(folder, options)
