@@ -33,24 +33,6 @@ def badc(args: list[str], cwd: Path, timeout_s: float = 180) -> subprocess.Compl
     return run_own([PYTHON, "-m", "badc_mpi", *args], cwd=cwd, env=tool_env(), timeout_s=timeout_s)
 
 
-@pytest.mark.usefixtures("needs_datalad")
-def test_init_annexes_audio_keeps_text_in_git_and_chunk_export_leave_it_clean(tmp_path):
-    data = tmp_path / "field"
-    tone(data / "KAK-01" / "KAK-01_20240601_050000.wav", 4)
-    (data / "sites.csv").write_text("location,lat,lon,timezone\nKAK-01,61.2,-117.2,America/Yellowknife\n")
-    out = badc(["init", str(data)], tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "1 recording(s) annexed" in out.stdout and "next: badc-mpi chunk" in out.stdout
-    wav = data / "KAK-01" / "KAK-01_20240601_050000.wav"
-    assert wav.is_symlink() and ".git/annex/objects" in os.readlink(wav)
-    assert not (data / "sites.csv").is_symlink() and "sites.csv" in git(["ls-files"], data)
-    assert git(["status", "--porcelain"], data) == ""
-    chunked = badc(["chunk", str(data), "--layout", "wildtrax", "--sites", str(data / "sites.csv")], data)
-    assert chunked.returncode == 0, chunked.stderr
-    assert "recording the manifest and chunk status" in chunked.stdout and git(["status", "--porcelain"], data) == ""
-    assert (data / "manifests" / "field.csv").exists() and "manifests/field.csv" in git(["ls-files"], data)
-
-
 def test_init_without_git_annex_refuses_and_leaves_no_git(tmp_path, monkeypatch, capsys):
     data = tmp_path / "field"
     tone(data / "KAK-01_20240601_050000.wav", 1)
