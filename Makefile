@@ -46,6 +46,7 @@ endif
 
 install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
 	@echo "installed: $(VENV) (MPI=$(MPI): $$($(PY) -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())'))"
+	@echo "  in any shell: source $(VENV)/bin/activate  (puts badc-mpi, datalad and git-annex on PATH)"
 
 lint: install ## ruff (ruff.toml) over badc_mpi/, scripts/, tests/, then mypy over badc_mpi/ (setup.cfg [mypy])
 	$(VENV)/bin/ruff check badc_mpi scripts tests

@@ -123,3 +123,18 @@ def test_sites_unknown_column_exit_2_naming_the_expected_ones(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "unknown column(s) 'lattitude'" in err and "location,latitude,longitude,region,time_zone,study_area" in err
     assert not list(tmp_path.rglob("manifests/*.csv"))
+
+
+def test_low_band_off_on_cpu_is_named(caplog):
+    from badc_mpi.records import Binding
+    from badc_mpi.runners.hawkears.env import DataRoot
+    from badc_mpi.runners.hawkears.options import HawkearsOptions
+    from badc_mpi.runners.hawkears.startup import low_band_choice
+
+    root = DataRoot("/models", False, "m", "cli", ("a.ckpt",), ("low.ckpt",))
+    cpu = Binding("vm", 0, 0, "cpu0@vm", "")
+    with caplog.at_level("WARNING"):
+        assert low_band_choice(HawkearsOptions(), root, cpu) is None  # HawkEars' own CPU default: off
+        assert low_band_choice(HawkearsOptions(low_band=False), root, cpu) is False
+    said = [r.getMessage() for r in caplog.records if "low-band" in r.getMessage()]
+    assert len(said) == 1 and "off: HawkEars' default on CPU" in said[0] and "--low-band" in said[0]
