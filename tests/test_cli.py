@@ -57,6 +57,7 @@ def test_version_and_help():
         "export",
         "orchestrate",
         "chunk",
+        "init",
     }
 
 

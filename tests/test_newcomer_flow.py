@@ -87,3 +87,7 @@ def test_ctrl_c_to_the_process_group_exits_75_with_outputs_saved_and_badc_mpi_la
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert git(["status", "--porcelain"], root) == ""  # DataLad lived on and saved what the ranks wrote
     assert git(["log", "-1", "--format=%s"], root).startswith("[DATALAD RUNCMD] badc-mpi run")
+    exported = badc(["export", str(manifest), "--format", "tables", "--record-datalad"], root)
+    assert exported.returncode == 0, exported.stderr
+    assert git(["status", "--porcelain"], root) == ""  # the export and the aggregate it made, both saved
+    assert "artifacts/aggregate/chunks/chunks.parquet" in git(["ls-files"], root)

@@ -215,8 +215,6 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         enforce_chunk_status(plan.guard, args.allow_partial_chunks or run_ns.allow_partial_chunks)
     run_args = list(args.run_args)
     resume = args.resume_completed and bool(plan.earlier_runs) and not run_ns.resume
-    if (args.apply or args.sockeye_script) and not nothing_remains(plan, args.resume_completed or run_ns.resume):
-        return 0
     command = launch.run_command(sys.executable, queue_manifests(plan), run_args + (["--resume"] if resume else []))
     ranks = args.np or launch.default_ranks(os.environ)
     command = launch.launcher(ranks, env=os.environ, mpi_plugin=args.mpi, mpiexec=args.mpiexec) + command
@@ -233,6 +231,9 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         print(f"plan csv   {atomic_write_text(args.plan_csv, plan_csv(plan))}")
     if args.plan_json:
         print(f"plan json  {atomic_write_text(args.plan_json, json.dumps(plan_document(plan), indent=1) + chr(10))}")
+    resuming = (args.sockeye_resume_completed if args.sockeye_script else args.resume_completed) or run_ns.resume
+    if (args.apply or args.sockeye_script) and not nothing_remains(plan, resuming):
+        return 0
     if args.sockeye_script:
         script = os.path.abspath(args.sockeye_script)
         spec = JobSpec(
