@@ -54,6 +54,8 @@ def test_make_infer_twice_resumes_and_orchestrate_writes_no_script_when_nothing_
     assert again.returncode == 0, again.stderr[-2000:]
     assert "nothing remains: earlier runs did all 4 chunks" in again.stdout and "make bundle" in again.stdout
     assert len(list((tmp_path / "tel").glob("*.ledger.jsonl"))) == 1  # nothing re-analysed
+    resume = run_own(["make", "-n", "-C", str(REPO), *this_venv(), "resume", f"MANIFEST={manifest}"], timeout_s=60)
+    assert "orchestrate --manifest" in resume.stdout and "--apply" in resume.stdout  # recorded as make infer is
     script = tmp_path / "job.sbatch"
     rc = main(["orchestrate", "--manifest", str(manifest), "--sockeye-script", str(script), "--run-args", *args.split()])
     assert rc == 0 and "nothing remains" in capsys.readouterr().out and not script.exists()
