@@ -80,6 +80,10 @@ def test_include_list_typo_refused_before_any_rank_starts(tmp_path, data_root, c
     rc = main(["run", str(manifest), "--include", str(include), "--hawkears-data-root", str(data_root)])
     err = capsys.readouterr().err
     assert rc == 2 and "line 2: 'Rufed Grouse'" in err and "Ruffed Grouse" in err
+    script = tmp_path / "job.sbatch"
+    flags = ["--include", str(include), "--hawkears-data-root", str(data_root)]
+    rc = main(["orchestrate", "--manifest", str(manifest), "--sockeye-script", str(script), "--run-args", *flags])
+    assert rc == 2 and "'Rufed Grouse'" in capsys.readouterr().err and not script.exists()  # no script made of a typo
 
 
 def test_tiny_model_exports_refused_without_the_flag_and_marked_with_it(tmp_path, data_root, capsys):

@@ -110,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from badc_mpi.orchestrate.command import print_run_record
 
         return print_run_record(args.manifests, run_flags(args) + own_flags(args), args.np)
+    from badc_mpi.orchestrate.command import check_species_lists
+
     check_species_lists(args)
     from mpi4py import MPI
 
@@ -124,20 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.lost_ranks:
         end_job(comm, outcome.exit_code, outcome.lost_ranks)
     return outcome.exit_code
-
-
-def check_species_lists(args: argparse.Namespace) -> None:
-    """--include/--exclude lists checked against the data root's taxonomy before any rank starts
-    HawkEars (a line HawkEars would not match silently reports nothing for that species)."""
-    if args.runner != "hawkears" or args.dry_run or not (args.include or args.exclude):
-        return
-    from badc_mpi.inputs.species import check_list_file, load_taxonomy
-    from badc_mpi.runners.hawkears.env import resolve_data_root
-
-    taxonomy = load_taxonomy(resolve_data_root(args.hawkears_data_root, allow_tiny=args.allow_tiny_model).path)
-    for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
-        if path and taxonomy is not None:
-            check_list_file(path, taxonomy, flag)
 
 
 def _print_problems(problems: list[Any]) -> None:

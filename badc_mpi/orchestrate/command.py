@@ -133,6 +133,20 @@ def save_bundle(folder: str, message: str, what: str = "the bundle", also: Seque
         raise UsageError(f"datalad save of {folder} failed (above)", fix=f"run it yourself: {shlex.join(argv)}")
 
 
+def check_species_lists(args: argparse.Namespace) -> None:
+    """--include/--exclude lists checked against the data root's taxonomy before any rank starts
+    HawkEars (a line HawkEars would not match silently reports nothing for that species)."""
+    if args.runner != "hawkears" or args.dry_run or not (args.include or args.exclude):
+        return
+    from badc_mpi.inputs.species import check_list_file, load_taxonomy
+    from badc_mpi.runners.hawkears.env import resolve_data_root
+
+    taxonomy = load_taxonomy(resolve_data_root(args.hawkears_data_root, allow_tiny=args.allow_tiny_model).path)
+    for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
+        if path and taxonomy is not None:
+            check_list_file(path, taxonomy, flag)
+
+
 def closing_line(code: int, args: argparse.Namespace, plan: Plan) -> str:
     """What a recorded run ended with, said after DataLad's lines (the resume command when stopped)."""
     if code != 75:
@@ -197,6 +211,7 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         raise UsageError("--apply runs here; --sockeye-script/--sockeye-array write a batch script", fix="choose one")
     dataset, manifests = _manifests(args)
     run_ns = _run_parser().parse_args([*manifests, *args.run_args])
+    check_species_lists(run_ns)  # before a batch script or a recorded run is made of a typo
     options = sbatch_options(args)  # bad --sockeye-* values fail before anything is written
     if args.sockeye_script:
         validate(options)
