@@ -138,8 +138,8 @@ def check_species_lists(args: argparse.Namespace) -> None:
     HawkEars (a line HawkEars would not match silently reports nothing for that species)."""
     if args.runner != "hawkears" or args.dry_run or not (args.include or args.exclude):
         return
-    from badc_mpi.inputs.species import check_list_file, load_taxonomy
     from badc_mpi.runners.hawkears.env import resolve_data_root
+    from badc_mpi.runners.hawkears.species import check_list_file, load_taxonomy
 
     taxonomy = load_taxonomy(resolve_data_root(args.hawkears_data_root, allow_tiny=args.allow_tiny_model).path)
     for flag, path in (("--include", args.include), ("--exclude", args.exclude)):

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from badc_mpi.inputs.species import Taxonomy, load_taxonomy, resolve_species
 from badc_mpi.results.export.meta import ExportError
+from badc_mpi.runners.hawkears.species import Taxonomy, load_taxonomy, resolve_species
 
 TINY_WARNING = "TINY TEST MODEL: meaningless detections, never for science"
 WARNING_COLUMN = "model_warning"
