@@ -71,6 +71,9 @@ def test_default_focus_species_are_named(tmp_path, data_root, capsys):
     folder = _agg(tmp_path, make_campaign(tmp_path))
     assert main(["export", str(folder), "--format", "histories", "--output", str(tmp_path / "e")]) == 0
     assert "histories of the default focus species ROPT,RUGR,STGR,SPGR,WIPT" in capsys.readouterr().err
+    manifest = tmp_path / "manifests" / "campaign.csv"
+    rc = main(["bundle", str(manifest), "--telemetry-dir", str(tmp_path / "tel"), "--dest", str(tmp_path / "b")])
+    assert rc == 0 and "Sites panel shows the default focus species ROPT,RUGR,STGR,SPGR,WIPT" in capsys.readouterr().out
 
 
 def test_include_list_typo_refused_before_any_rank_starts(tmp_path, data_root, capsys):
