@@ -47,6 +47,7 @@ endif
 
 install: $(STAMP) ## create .venv with badc-mpi (editable), test extras, MPI (MPICH wheel; MPI=system: site mpicc) and git-annex
 	@echo "installed: $(VENV) (MPI=$(MPI): $$($(PY) -c 'from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0].strip())'))"
+	@echo "  in any shell: source $(VENV)/bin/activate  (puts badc-mpi, datalad and git-annex on PATH)"
 
 lint: install ## ruff (ruff.toml) over badc_mpi/, scripts/, tests/, then mypy over badc_mpi/ (setup.cfg [mypy])
 	$(VENV)/bin/ruff check badc_mpi scripts tests
@@ -86,20 +87,21 @@ man: install ## man page from the argparse parser into docs/man/ (read: man ./do
 
 chunk: install ## recordings into a manifest of virtual chunks: make chunk ROOT=dir LAYOUT=wildtrax|wildlife-acoustics|audiomoth|lab|'REGEX' [ARGS='--sites sites.csv']
 	@test -n "$(ROOT)" -a -n "$(LAYOUT)" || { echo "usage: make chunk ROOT=path/to/recordings LAYOUT=wildtrax [ARGS='--sites sites.csv --out manifests/a.csv']" >&2; exit 2; }
-	$(BADC) chunk $(ROOT) --layout '$(LAYOUT)' $(ARGS)
+	$(BADC) chunk $(ROOT) --layout '$(LAYOUT)' $(if $(filter 0,$(RECORD_DATALAD)),--no-record-datalad) $(ARGS)
 
 check-chunks: install ## refuse unless every recording of MANIFEST is fully chunked (.chunk_status.json)
 	@test -n "$(MANIFEST)" || { echo "usage: make check-chunks MANIFEST=path/to/manifest.csv" >&2; exit 2; }
 	$(BADC) check-chunks $(MANIFEST) $(ARGS)
 
-infer: install ## plan + chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2); recorded with `datalad run` inside a DataLad dataset (RECORD_DATALAD=0: not)
+infer: install ## plan + chunk-status guard, then mpiexec -n NP badc-mpi run MANIFEST (NP: usable local GPUs, or 2); resumes what earlier runs left (FRESH=1: re-analyse all); recorded with `datalad run` inside a DataLad dataset (RECORD_DATALAD=0: not)
 	@test -n "$(MANIFEST)" || { echo "usage: make infer MANIFEST=path/to/manifest.csv [NP=4] [ARGS='--max-retries 3'] [RECORD_DATALAD=0]" >&2; exit 2; }
-	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(BADC) orchestrate --manifest $(MANIFEST) --apply --no-resume-completed \
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(BADC) orchestrate --manifest $(MANIFEST) --apply $(if $(filter 1,$(FRESH)),--no-resume-completed) \
 	  --np $$np --mpiexec '$(TEST_MPIEXEC)' $(if $(filter 0,$(RECORD_DATALAD)),--no-record-datalad) --run-args $(ARGS)
 
-resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs)
+resume: install ## rerun MANIFEST skipping chunks earlier runs finished (same output/telemetry dirs); recorded with `datalad run` in a dataset, as make infer
 	@test -n "$(MANIFEST)" || { echo "usage: make resume MANIFEST=path/to/manifest.csv [NP=4] [ARGS=...]" >&2; exit 2; }
-	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(MPIEXEC) -n $$np $(PY) -m badc_mpi run $(MANIFEST) --resume $(ARGS)
+	np=$(if $(NP),$(NP),$(NP_DEFAULT)); BADC_MPI_VIA_MAKE=1 $(BADC) orchestrate --manifest $(MANIFEST) --apply \
+	  --np $$np --mpiexec '$(TEST_MPIEXEC)' $(if $(filter 0,$(RECORD_DATALAD)),--no-record-datalad) --run-args $(ARGS)
 
 monitor: install ## live view of a run from its telemetry: make monitor TELEMETRY=run.jsonl|folder [ARGS=--follow]
 	@test -n "$(TELEMETRY)" || { echo "usage: make monitor TELEMETRY=path/to/run.jsonl (or its folder) [ARGS='--follow --interval-s 5']" >&2; exit 2; }
@@ -157,13 +159,13 @@ DEMO_FOCUS := ROPT,RUGR,STGR,SPGR,WIPT
 demo: install hawkears-tiny ## build examples/demo (DataLad dataset: recording tree, sites.csv, `badc-mpi chunk`), infer (2 ranks), bundle with exports
 	$(PY) scripts/demo/make_demo.py $(DEMO)
 	$(MAKE) --no-print-directory infer MANIFEST=$(DEMO_MANIFEST) NP=2 ARGS="--allow-tiny-model $(DEMO_ARGS) $(ARGS)"
-	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS)'
+	$(MAKE) --no-print-directory bundle MANIFEST=$(DEMO_MANIFEST) ARGS='--export wildtrax,raven,tables --focus-species $(DEMO_FOCUS) --allow-tiny-model'
 	$(MAKE) --no-print-directory review BUNDLE=$(DEMO_BUNDLE) SPECIES=$(DEMO_FOCUS) ARGS='--force'
 	$(PY) scripts/demo/demo_verdicts.py $(DEMO_BUNDLE) --species $(DEMO_FOCUS) --review $(DEMO_BUNDLE)/review/1/review.csv \
 	  --out $(DEMO_BUNDLE)/review/1/verdicts.csv
 	$(MAKE) --no-print-directory calibrate BUNDLE=$(DEMO_BUNDLE) VERDICTS=$(DEMO_BUNDLE)/review/1/verdicts.csv \
 	  ARGS="--min-verdicts 8 --note 'synthetic verdicts written by scripts/demo/demo_verdicts.py for the tiny model: no listener, meaningless thresholds'"
-	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,tables ARGS='--thresholds $(DEMO_BUNDLE)/thresholds.csv --output $(DEMO_BUNDLE)/exports_calibrated'
+	$(MAKE) --no-print-directory export BUNDLE=$(DEMO_BUNDLE) FORMAT=wildtrax,tables ARGS='--thresholds $(DEMO_BUNDLE)/thresholds.csv --output $(DEMO_BUNDLE)/exports_calibrated --allow-tiny-model'
 	@echo "demo: results in $(DEMO_BUNDLE)/ (tiny random-weight model: the detections are meaningless)"
 	@echo "  report.html                                      open it in a browser"
 	@echo "  exports/wildtrax_tags.csv, wildtrax_tasks.csv    WildTrax upload templates"

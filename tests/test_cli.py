@@ -59,6 +59,7 @@ def test_version_and_help():
         "calibrate",
         "orchestrate",
         "chunk",
+        "init",
     }
 
 

@@ -139,7 +139,8 @@ def test_site_table_parses_and_validates() -> None:
         ("location,time_zone\nA,Mountain\n", "not an IANA time zone"),
         ("location,region\nA,Alberta\n", "not an eBird region code"),
         ("location\nA\nA\n", "line 3: location 'A' is listed twice"),
-        ("site,lat\nA,1\n", "no 'location' column"),
+        ("where,lat\nA,1\n", r"unknown column\(s\) 'where'"),
+        ("lat,lon\n1,2\n", "no 'location' column"),
     ]
     for bad, needle in cases:
         with pytest.raises(RecordingsError, match=needle) as info:

@@ -140,7 +140,15 @@ def test_apply_runs_the_plan_as_one_queue_here(tmp_path):
     assert "8 chunks on 1 rank" in out.stdout + out.stderr  # both manifests, one run
     assert len(list((tmp_path / "ds" / "data" / "telemetry" / "infer").glob("*.ledger.jsonl"))) == 1
     again = badc(["orchestrate", str(tmp_path / "ds"), "--apply", "--np", "1", "--run-args", *RUN_ARGS], cwd=tmp_path)
+    assert again.returncode == 0 and "nothing remains: earlier runs did all 8 chunks" in again.stdout  # issue 21
+    assert len(list((tmp_path / "ds" / "data" / "telemetry" / "infer").glob("*.ledger.jsonl"))) == 1  # nothing ran
+    rec, chunk, rest = renamed[0].split(",", 2)  # one more recording: a resume runs just it
+    other.write_text(other.read_text() + ",".join(["recC00", chunk.replace("recB", "recC"), rest]) + "\n")
+    (tmp_path / "ds" / "artifacts" / "chunks" / "recC00").mkdir(parents=True)
+    (tmp_path / "ds" / "artifacts" / "chunks" / "recC00" / ".chunk_status.json").write_text('{"status": "completed"}')
+    again = badc(["orchestrate", str(tmp_path / "ds"), "--apply", "--np", "1", "--run-args", *RUN_ARGS], cwd=tmp_path)
     assert again.returncode == 0 and "--resume" in again.stdout and "8 skipped" in again.stdout + again.stderr
+    assert "resuming: 1 of 9 chunks remain" in again.stdout
 
 
 # -- DataLad ---------------------------------------------------------------------------------------

@@ -108,6 +108,13 @@ def add_chunk_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "--skip-unmatched", action="store_true", help="list files whose names give no place or time, and leave them out"
     )
     p.add_argument("--force", action="store_true", help="replace an existing manifest")
+    p.add_argument(
+        "--no-record-datalad",
+        dest="record_datalad",
+        action="store_false",
+        help="inside a DataLad dataset, do not `datalad save` the manifest and chunk-status files (saved by default, "
+        "so that `make infer` finds the dataset clean)",
+    )
     return p
 
 

@@ -92,6 +92,11 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             print(f"  ... and {len(exc.problems) - 200} more", file=sys.stderr)
         raise
     print(format_summary(result))
+    if args.record_datalad:
+        from badc_mpi.orchestrate.command import save_bundle
+
+        note = f"badc-mpi chunk: {result.recordings} recording(s), {result.chunks} chunk(s)"
+        save_bundle(result.manifest_path, note, "the manifest and chunk status", also=[result.chunks_dir])
     if result.recordings > len(result.failed):
         print(nextstep.after_chunk(result.manifest_path, os.environ, os.getcwd()))
     return ExitCode.CHUNKS_FAILED if result.failed else ExitCode.OK
@@ -108,6 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from badc_mpi.orchestrate.command import print_run_record
 
         return print_run_record(args.manifests, run_flags(args) + own_flags(args), args.np)
+    from badc_mpi.orchestrate.command import check_species_lists
+
+    check_species_lists(args)
     from mpi4py import MPI
 
     from badc_mpi.api import run
@@ -175,6 +183,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from badc_mpi.results.export.write import parse_formats
 
     formats = parse_formats(args.export) if args.export else ()
+    if not args.focus_species:
+        from badc_mpi.results.export.histories import FOCUS_DEFAULT
+
+        print(
+            f"badc-mpi: note: the report's Sites panel shows the default focus species {','.join(FOCUS_DEFAULT)} (--focus-species to choose)"
+        )
     result = build_bundle(
         args.sources,
         export=export_options(args, formats),
@@ -253,7 +267,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.record_datalad:
         from badc_mpi.orchestrate.command import save_bundle
 
-        save_bundle(result.folder, f"badc-mpi export {', '.join(formats)}: {len(result.files)} file(s)", "the exports")
+        message = f"badc-mpi export {', '.join(formats)}: {len(result.files)} file(s)"
+        save_bundle(result.folder, message, "the exports and their aggregate", also=[result.aggregate])
+    return ExitCode.OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from badc_mpi.orchestrate.init import init_dataset
+
+    print(init_dataset(args.folder))
     return ExitCode.OK
 
 
@@ -299,6 +321,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "init": cmd_init,
     "run": cmd_run,
     "check-chunks": cmd_check_chunks,
     "validate": cmd_validate,

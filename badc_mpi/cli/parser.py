@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from badc_mpi.gpu.binding import BINDING_HELP
     from badc_mpi.inputs.locations import LOCATIONS_HELP
     from badc_mpi.orchestrate.arguments import add_orchestrate_parser, add_record_arguments, add_run_no_record
+    from badc_mpi.orchestrate.init import add_init_parser
     from badc_mpi.results.calibrate.arguments import add_calibrate_parser
     from badc_mpi.results.export.arguments import add_export_command, add_results_commands
     from badc_mpi.results.review.arguments import add_review_command
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_review_command(sub)
     add_orchestrate_parser(sub)
     add_chunk_parser(sub)
+    add_init_parser(sub)
 
     p = sub.add_parser(
         "gpus",

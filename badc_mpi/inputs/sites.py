@@ -7,8 +7,12 @@ A CSV with a header; ``location`` is required, every other column optional::
 
 ``latitude``/``longitude`` in decimal degrees (both or neither), ``region`` an eBird region code
 (``CA-NT``, ``US-AK-020``), ``time_zone`` an IANA zone (``America/Edmonton``; ``Etc/GMT+7`` for a
-recorder kept on UTC-7 all year), ``study_area`` free text. Other columns are ignored. A bad row
-is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix. ``utc_offset``
+recorder kept on UTC-7 all year), ``study_area`` free text. Headers are read case-blind and
+common aliases are accepted and said (:data:`SITE_ALIASES`: ``lat``, ``lon``/``long``,
+``timezone``/``tz``, ``site``, ...); ``notes``/``comments``/``description`` are kept out; any other
+column is an error naming the expected ones (a misspelt ``lattitude`` would otherwise turn
+HawkEars' location filter off in silence). A bad row is a
+:class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix. ``utc_offset``
 (``-06:00``, ``-0600``, ``UTC-6``) is the one offset the recorders at that location kept for the
 deployment (``--clock fixed``; without it, the zone's offset at the first recording).
 :func:`parse_site_table` is pure; :func:`load_site_table` reads the file.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,6 +32,18 @@ from badc_mpi.inputs.naming import parse_offset
 
 SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area", "utc_offset")
 REGION_RE = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3}){0,2}")
+#: other spellings of the columns (compared lower-case, spaces and hyphens as ``_``)
+SITE_ALIASES = {
+    "location": ("site", "site_id", "station", "location_id", "loc", "location_name"),
+    "latitude": ("lat", "decimal_latitude", "latitude_dd", "y"),
+    "longitude": ("lon", "long", "lng", "decimal_longitude", "longitude_dd", "x"),
+    "region": ("ebird_region", "region_code"),
+    "time_zone": ("timezone", "tz", "zone", "tz_name", "time_zone_name", "olson"),
+    "study_area": ("study", "studyarea", "project", "area", "study_area_name"),
+}
+#: columns people keep beside the sites: read past, never used
+SITE_IGNORED = ("notes", "note", "comments", "comment", "description")
+_ALIAS_OF = {alias: column for column, aliases in SITE_ALIASES.items() for alias in aliases}
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,41 @@ def _degrees(value: str, low: float, high: float, where: str, column: str) -> fl
     return number
 
 
-def parse_site_table(text: str, path: str) -> dict[str, Site]:
-    """Sites by location from the CSV ``text`` of ``path`` (pure)."""
+def site_header(names: list[str], path: str) -> tuple[list[str], list[str]]:
+    """(the header in :data:`SITE_COLUMNS` names, one note per alias read); RecordingsError for
+    an unknown or doubled column (pure)."""
+    header: list[str] = []
+    notes: list[str] = []
+    unknown: list[str] = []
+    for raw in names:
+        key = re.sub(r"[\s-]+", "_", raw.strip().lower())
+        column = key if key in SITE_COLUMNS or key in SITE_IGNORED else _ALIAS_OF.get(key)
+        if column is None:
+            unknown.append(raw.strip())
+            column = raw.strip()
+        elif column != key:
+            notes.append(f"{path}: column {raw.strip()!r} read as {column!r}")
+        if column in header and column in SITE_COLUMNS:
+            raise RecordingsError(f"{path}: two columns mean {column!r}", fix="keep one of them")
+        header.append(column)
+    if unknown:
+        raise RecordingsError(
+            f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown)}",
+            fix="use the columns "
+            + ",".join(SITE_COLUMNS)
+            + " (also read: lat, lon, long, timezone, tz, site, ...; "
+            + "/".join(SITE_IGNORED[:3])
+            + " are kept out)",
+        )
+    return header, notes
+
+
+def parse_site_table(text: str, path: str, notes: list[str] | None = None) -> dict[str, Site]:
+    """Sites by location from the CSV ``text`` of ``path`` (pure); aliases read are added to ``notes``."""
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
+    header, said = site_header(list(reader.fieldnames or []), path)
+    if notes is not None:
+        notes.extend(said)
     if "location" not in header:
         raise RecordingsError(
             f"{path}: no 'location' column (header: {', '.join(header) or 'empty'})", fix="header: " + ",".join(SITE_COLUMNS)
@@ -114,4 +162,8 @@ def load_site_table(path: str) -> dict[str, Site]:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingsError(f"--sites {path}: cannot be read ({exc})", fix="give a UTF-8 CSV file") from None
-    return parse_site_table(text, path)
+    notes: list[str] = []
+    sites = parse_site_table(text, path, notes)
+    for note in notes:
+        print(f"badc-mpi: note: {note}", file=sys.stderr)
+    return sites

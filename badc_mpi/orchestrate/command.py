@@ -118,16 +118,69 @@ def print_run_record(manifests: Sequence[str], flags: Sequence[str], np: int | N
     return 0
 
 
-def save_bundle(folder: str, message: str, what: str = "the bundle") -> None:
-    """``datalad save`` a bundle (or export) folder when it lies in a DataLad dataset (else nothing)."""
+def save_bundle(folder: str, message: str, what: str = "the bundle", also: Sequence[str] = ()) -> None:
+    """``datalad save`` a bundle (or export, manifest) folder and ``also`` (other paths of the same
+    dataset: the aggregate an export made, chunk-status files) when it lies in a DataLad dataset
+    (else nothing), so the next ``make infer`` finds the dataset clean."""
     root = find_dataset_root(folder)
     datalad = dl.datalad_executable()
-    if root is None or datalad is None:
-        return
-    argv = dl.save_argv(root, message, [os.path.relpath(folder, root)], datalad=datalad)
+    if root is None or datalad is None or not os.path.exists(os.path.join(root, ".git")):
+        return  # no dataset, or only a .datalad/ marker (nothing DataLad could record)
+    paths = [os.path.relpath(p, root) for p in dict.fromkeys([folder, *also]) if dl.inside(p, root) and os.path.exists(p)]
+    argv = dl.save_argv(root, message, paths, datalad=datalad)
     print(f"recording {what}: {shlex.join(argv)}", flush=True)
     if launch.execute(argv, cwd=root, env=dl.tool_env()) != 0:
         raise UsageError(f"datalad save of {folder} failed (above)", fix=f"run it yourself: {shlex.join(argv)}")
+
+
+def check_species_lists(args: argparse.Namespace) -> None:
+    """--include/--exclude lists checked against the data root's taxonomy before any rank starts
+    HawkEars (a line HawkEars would not match silently reports nothing for that species)."""
+    if args.runner != "hawkears" or args.dry_run or not (args.include or args.exclude):
+        return
+    from badc_mpi.runners.hawkears.env import resolve_data_root
+    from badc_mpi.runners.hawkears.species import check_list_file, load_taxonomy
+
+    taxonomy = load_taxonomy(resolve_data_root(args.hawkears_data_root, allow_tiny=args.allow_tiny_model).path)
+    for flag, path in (("--include", args.include), ("--exclude", args.exclude)):
+        if path and taxonomy is not None:
+            check_list_file(path, taxonomy, flag)
+
+
+def closing_line(code: int, args: argparse.Namespace, plan: Plan) -> str:
+    """What a recorded run ended with, said after DataLad's lines (the resume command when stopped)."""
+    if code != 75:
+        return f"badc-mpi: run recorded with datalad run in {plan.dataset} (exit {code})"
+    manifests = " ".join(shlex.quote(plan.show(m)) for m in plan.manifests)
+    if os.environ.get("BADC_MPI_VIA_MAKE"):
+        extra = f" ARGS={shlex.quote(shlex.join(args.run_args))}" if args.run_args else ""
+        again = f"make resume MANIFEST={shlex.quote(args.manifest[0]) if args.manifest else manifests}{extra}"
+    else:
+        which = [w for m in args.manifest for w in ("--manifest", m)] if args.manifest else [plan.dataset]
+        again = shlex.join(
+            ["badc-mpi", "orchestrate", *which, "--apply", *(["--run-args", *args.run_args] if args.run_args else [])]
+        )
+    return f"badc-mpi: stopped (exit 75); what the ranks wrote is saved (datalad run, {plan.dataset}); resume with:\n  {again}"
+
+
+def nothing_remains(plan: Plan, resuming: bool) -> bool:
+    """Say what a resume leaves to do; False (nothing to run or write) when earlier runs did every chunk."""
+    if not resuming or not plan.earlier_runs:
+        return True
+    t = plan.totals()
+    if t["remaining"] == 0:
+        print(
+            f"badc-mpi: nothing remains: earlier runs did all {t['chunks']} chunks; nothing run, no script written "
+            "(next: `make bundle MANIFEST=...` or `badc-mpi bundle`; --no-resume-completed, FRESH=1 for make, re-analyses all)",
+            flush=True,
+        )
+        return False
+    print(
+        f"badc-mpi: resuming: {t['remaining']} of {t['chunks']} chunks remain ({t['done']} done by earlier runs; "
+        "--no-resume-completed, FRESH=1 for make, re-analyses all)",
+        flush=True,
+    )
+    return True
 
 
 # -- the shell -------------------------------------------------------------------------------------
@@ -161,6 +214,7 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         raise UsageError("--apply runs here; --sockeye-script/--sockeye-array write a batch script", fix="choose one")
     dataset, manifests = _manifests(args)
     run_ns = _run_parser().parse_args([*manifests, *args.run_args])
+    check_species_lists(run_ns)  # before a batch script or a recorded run is made of a typo
     options = sbatch_options(args)  # bad --sockeye-* values fail before anything is written
     if args.sockeye_script:
         validate(options)
@@ -195,6 +249,9 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
         print(f"plan csv   {atomic_write_text(args.plan_csv, plan_csv(plan))}")
     if args.plan_json:
         print(f"plan json  {atomic_write_text(args.plan_json, json.dumps(plan_document(plan), indent=1) + chr(10))}")
+    resuming = (args.sockeye_resume_completed if args.sockeye_script else args.resume_completed) or run_ns.resume
+    if (args.apply or args.sockeye_script) and not nothing_remains(plan, resuming):
+        return 0
     if args.sockeye_script:
         script = os.path.abspath(args.sockeye_script)
         spec = JobSpec(
@@ -221,6 +278,8 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
             raise UsageError("datalad is not installed", fix="make install (it installs datalad), or pass --no-record-datalad")
         dl.require_clean(plan.dataset)
         print(f"recording with datalad run: {shlex.join(wrapped or [])}", flush=True)
-        return launch.execute(wrapped or [], cwd=plan.dataset, env=dl.tool_env())
+        code = launch.execute(wrapped or [], cwd=plan.dataset, env=dl.tool_env(), shield_sigint=True)
+        print(closing_line(code, args, plan), flush=True)  # after DataLad's own lines: badc-mpi's word is the last
+        return code
     print(f"running: {shlex.join(command)}", flush=True)
     return launch.execute(command, cwd=plan.dataset)

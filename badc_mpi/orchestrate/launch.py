@@ -44,16 +44,23 @@ def run_command(python: str, manifests: Sequence[str], run_args: Sequence[str]) 
     return [python, "-m", "badc_mpi", "run", *manifests, *run_args]
 
 
-def execute(argv: Sequence[str], *, cwd: str, env: Mapping[str, str] | None = None) -> int:
+def execute(argv: Sequence[str], *, cwd: str, env: Mapping[str, str] | None = None, shield_sigint: bool = False) -> int:
     """Run ``argv`` and return its exit status. SIGTERM to this process is passed on to it; a
-    terminal's Ctrl-C reaches it directly (this process ignores SIGINT meanwhile)."""
+    terminal's Ctrl-C reaches it directly (this process ignores SIGINT meanwhile).
+
+    ``shield_sigint`` (``datalad run``): the child starts with SIGINT ignored, which a Python
+    such as DataLad keeps, so a Ctrl-C stops only the ranks (``mpiexec`` and badc-mpi set their
+    own handlers), and DataLad lives on to record and save what they wrote."""
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if shield_sigint else None
     try:
         child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env) if env is not None else None)
     except OSError as exc:
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
         raise UsageError(f"cannot start {argv[0]} ({exc.strerror})", fix="check that it is installed and on PATH") from None
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum)),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN) if previous_int is None else previous_int,
     }
     try:
         return child.wait()

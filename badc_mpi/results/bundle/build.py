@@ -11,6 +11,7 @@ and ``summary.json`` last, each to a temporary name renamed into place: a bundle
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -205,6 +206,7 @@ def build_bundle(
     if export.formats:
         te = time.monotonic()
         exported = write_exports(folder, export)
+        export = dataclasses.replace(export, focus_species=exported.focus_species or export.focus_species)
         seconds["export"] = time.monotonic() - te
     t1 = time.monotonic()
     build_database(folder, bucket_minutes=bucket_minutes, top_n=top_n)

@@ -5,6 +5,7 @@ commands themselves are in :mod:`badc_mpi.cli`). ``export`` and ``bundle --expor
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 RESULTS_SOURCES_HELP = (
@@ -132,6 +133,11 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
         + "; species without one use --min-confidence and are listed in a note and export.json",
     )
     p.add_argument(
+        "--allow-tiny-model",
+        action="store_true",
+        help="export detections of the tiny random-weight test model (tests, demos): refused otherwise; every file then says so",
+    )
+    p.add_argument(
         "--task-method", default="None", choices=("None", "1SPT", "1SPM"), help="WildTrax task method (default None: every tag)"
     )
     p.add_argument(
@@ -143,6 +149,10 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
     )
 
 
+#: set to 1: exports of tiny-model detections are allowed without --allow-tiny-model (CI running the README as written)
+ALLOW_TINY_VAR = "BADC_MPI_ALLOW_TINY_MODEL"
+
+
 def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: str | None = None) -> Any:
     """ExportOptions from the shared options: --focus-species adds histories; histories alone
     take the default focus species."""
@@ -152,7 +162,8 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
     species = tuple(parse_species(args.focus_species)) if args.focus_species else ()
     if species and "histories" not in formats:
         formats += ("histories",)
-    if "histories" in formats and not species:
+    default = "histories" in formats and not species
+    if default:
         species = tuple(parse_species(None))
     return ExportOptions(
         formats,
@@ -163,4 +174,6 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
         args.task_duration,
         bool(args.accept_mixed),
         getattr(args, "thresholds", None),
+        allow_tiny_model=bool(getattr(args, "allow_tiny_model", False)) or os.environ.get(ALLOW_TINY_VAR) == "1",
+        species_default=default,
     )

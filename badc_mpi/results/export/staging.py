@@ -103,6 +103,10 @@ class StagedFiles:
         with open(self._path(rel), "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
 
+    def close(self) -> None:
+        """Close the files still open (before they are read back; :meth:`commit` also does)."""
+        self._close()
+
     def _close(self) -> None:
         for handle, _ in self._open.values():
             handle.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 from badc_mpi.results.aggregate.folders import find_aggregate
 from badc_mpi.results.aggregate.schema import ANALYSED
+from badc_mpi.results.export.checks import checked, mark_tiny
 from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lacks_days
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
@@ -65,6 +66,8 @@ class ExportOptions:
     task_duration: int | None = None
     accept_mixed: bool = False  #: also export chunks analysed with another fingerprint than the aggregate's
     thresholds: str | None = None  #: a thresholds.csv: per-species thresholds; other species: min_confidence
+    allow_tiny_model: bool = False  #: export the tiny test model's detections (each file then says so)
+    species_default: bool = False  #: focus_species are the default ones (said in a note)
 
     def check(self) -> None:
         """Raise :class:`ExportError` for a bad option (before anything is read or written)."""
@@ -81,6 +84,7 @@ class ExportResult:
     aggregate: str
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    focus_species: tuple[str, ...] = ()  #: as codes of the taxonomy (names mapped)
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -269,6 +273,11 @@ def _thresholds_used(
 def write_exports(folder: str, options: ExportOptions) -> ExportResult:
     """Write the export of the aggregate ``folder`` (see the module doc)."""
     options.check()
+    options, agg_facts, check_notes = checked(options, folder)
+    if options.species_default and "histories" in options.formats:
+        check_notes.append(
+            f"histories of the default focus species {','.join(options.focus_species)} (--focus-species to choose)"
+        )
     out_dir = os.path.abspath(options.output or os.path.join(folder, EXPORT_DIR))
     det_path, chunk_path = (os.path.join(folder, f) for f in ("detections.parquet", "chunks.parquet"))
     only, facts, fp_notes = _fingerprint(folder, options)
@@ -294,13 +303,17 @@ def write_exports(folder: str, options: ExportOptions) -> ExportResult:
                 for group in groups:
                     writer.add(group)
                 earlier, listing_note = previous_files(out_dir, EXPORT_SCHEMA)
-                notes = fp_notes + thr_notes + writer.finish(found) + ([listing_note] if listing_note else [])
+                notes = check_notes + fp_notes + thr_notes + writer.finish(found) + ([listing_note] if listing_note else [])
+                if agg_facts.tiny:
+                    files.close()
+                    mark_tiny(files.staging, files.names)
                 removing = sorted(r for r in set(earlier) - set(files.names) if os.path.lexists(os.path.join(out_dir, r)))
                 doc = {
                     "schema": EXPORT_SCHEMA,
                     "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "aggregate": folder,
                     "options": asdict(options),
+                    "tiny_model": agg_facts.tiny,
                     "fingerprint": {k: facts.get(k) for k in ("id", "run_id", "settings", "stale", "mixed")},
                     "thresholds": used,
                     "files": sorted(files.names),
@@ -314,7 +327,7 @@ def write_exports(folder: str, options: ExportOptions) -> ExportResult:
                 raise
         finally:
             con.close()
-    return ExportResult(out_dir, folder, [p for p in written if not p.endswith(LISTING)], notes)
+    return ExportResult(out_dir, folder, [p for p in written if not p.endswith(LISTING)], notes, options.focus_species)
 
 
 def export(sources: Sequence[str], options: ExportOptions, **kwargs: Any) -> ExportResult:

@@ -50,6 +50,11 @@ def low_band_choice(options: HawkearsOptions, data_root: hawkears_env.DataRoot, 
     if options.low_band is None and binding.uses_gpu and not data_root.has_low_band:
         log.warning("no low-band checkpoints in %s: low-band classifier off (HawkEars' GPU default is on)", data_root.path)
         return False
+    if options.low_band is None and not binding.uses_gpu and data_root.has_low_band:
+        log.warning(
+            "low-band (grouse) classifier off: HawkEars' default on CPU; grouse drumming goes undetected "
+            "(--low-band turns it on, slower)"
+        )
     return options.low_band
 
 
