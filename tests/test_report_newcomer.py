@@ -135,7 +135,7 @@ def test_report_tables_fit_1400px_with_next_steps_and_links_in_chromium(tmp_path
     review = folder / "review" / "round-1" / "review.html"
     review.parent.mkdir(parents=True)
     review.write_text("<!DOCTYPE html><title>review round-1</title><p>pack</p>")
-    assert main(["export", str(folder), "--format", "raven"]) == 0  # exports/raven/ beside the report
+    assert main(["export", str(folder), "--format", "raven", "--allow-tiny-model"]) == 0  # exports/raven/ beside the report
     folder, _ = _run_bundle(tmp_path, manifest, monkeypatch, capsys)  # the report now links both
     driver = _driver()
     try:
