@@ -162,3 +162,20 @@ def test_report_tables_fit_1400px_with_next_steps_and_links_in_chromium(tmp_path
         assert driver.title == "review round-1"
     finally:
         driver.quit()
+
+
+def test_next_steps_lead_from_bundle_to_review_to_calibration():
+    """The loop the README shows: no pack yet -> the review command; a pack without thresholds ->
+    the calibrate command; thresholds there -> neither."""
+    from badc_mpi.results.bundle.guide import next_steps
+
+    summary = {"counts": {"failed": 0, "not_analysed": 0}}
+    files = {"exports": ["exports/raven"], "export_list": [], "review": [], "thresholds": []}
+    first = " ".join(next_steps(summary, "/b/golden", files))
+    assert "badc-mpi review /b/golden --all-species" in first and "calibrate" not in first
+    files["review"] = ["review/1/review.html"]
+    second = " ".join(next_steps(summary, "/b/golden", files))
+    assert "badc-mpi calibrate /b/golden --verdicts" in second and "badc-mpi review" not in second
+    files["thresholds"] = ["thresholds.csv"]
+    third = " ".join(next_steps(summary, "/b/golden", files))
+    assert "badc-mpi calibrate" not in third and "badc-mpi review" not in third

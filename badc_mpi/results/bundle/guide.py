@@ -33,6 +33,7 @@ def found_files(folder: str) -> dict[str, list[str]]:
         "exports": rel([p for p in glob.glob(os.path.join(exports, "*")) if os.path.basename(p) != "export.json"]),
         "export_list": rel(glob.glob(os.path.join(exports, "export.json"))),
         "review": rel(glob.glob(os.path.join(folder, "review", "*", "review.html"))),
+        "thresholds": rel(glob.glob(os.path.join(folder, "thresholds.csv"))),
     }
 
 
@@ -59,8 +60,16 @@ def next_steps(summary: dict[str, Any], folder: str, files: dict[str, list[str]]
         )
     if not files["review"]:
         steps.append(
-            "Check a sample of detections by ear: a review pack, once made, is at <code>review/&lt;round&gt;/review.html</code> "
-            "in this folder and linked here."
+            "Check a sample of detections by ear: "
+            f"<code>badc-mpi review {html.escape(q)} --all-species</code> (or <code>make review BUNDLE=...</code>) "
+            "writes a pack at <code>review/&lt;round&gt;/review.html</code> in this folder, linked here; "
+            "open it, give verdicts, export <code>verdicts.csv</code>."
+        )
+    elif not files.get("thresholds"):
+        steps.append(
+            "Turn the verdicts into per-species thresholds: "
+            f"<code>badc-mpi calibrate {html.escape(q)} --verdicts verdicts.csv</code>, then export with "
+            "<code>--thresholds thresholds.csv</code>."
         )
     steps.append(
         "Query everything: <code>bundle.duckdb</code> (views label_summary, recording_summary, timeline, "
