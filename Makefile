@@ -186,6 +186,8 @@ bench: install hawkears-tiny ## all benchmarks (manifest load, dispatch, resume,
 	$(PY) scripts/bench/bench_monitor.py
 	$(PY) scripts/bench/bench_aggregate.py
 	$(PY) scripts/bench/bench_export.py
+	$(PY) scripts/bench/bench_review.py draw --detections 100000000
+	$(PY) scripts/bench/bench_review.py cut --per-species 50
 	$(PY) scripts/bench/bench_chunk.py
 	$(PY) scripts/bench/bench_calibrate.py
 	$(PY) scripts/bench/bench_hawkears.py

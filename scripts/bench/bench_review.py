@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def child(code: str, *args: str) -> dict:
 
 
 def bench_draw(args: argparse.Namespace) -> dict:
-    folder = Path(args.folder or f"/tmp/badc_review_draw_{args.detections}")
+    folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     parquet = folder / "detections.parquet"
     t0 = time.monotonic()
@@ -141,7 +142,7 @@ def bench_cut(args: argparse.Namespace) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = Path(args.folder or "/tmp/badc_review_cut")
+    folder = Path(args.folder)
     (folder / "manifests").mkdir(parents=True, exist_ok=True)
     names = make_recordings(folder / "manifests", args.recordings, args.minutes, args.sample_rate)
     n = SPECIES * args.per_species
@@ -175,13 +176,15 @@ def main() -> None:
     p.add_argument("what", choices=("draw", "cut"))
     p.add_argument("--detections", type=int, default=100_000_000)
     p.add_argument("--per-species", type=int, default=50)
-    p.add_argument("--folder")
+    p.add_argument("--folder", help="keep (and reuse) the generated data here; default: a temporary folder, removed")
     p.add_argument("--recordings", type=int, default=60)
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--sample-rate", type=int, default=32000)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
-    out = bench_draw(args) if args.what == "draw" else bench_cut(args)
+    with tempfile.TemporaryDirectory(prefix="badc-review-bench-") as scratch:  # removed after, unless --folder
+        args.folder = args.folder or scratch
+        out = bench_draw(args) if args.what == "draw" else bench_cut(args)
     out.update(
         host=platform.node(), cpus=os.cpu_count(), load=os.getloadavg()[0], at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )

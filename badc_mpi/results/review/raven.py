@@ -1,7 +1,7 @@
 """A Raven Pro selection table per species of a review pack, and its ``Verdict`` column read back (pure).
 
-Multi-file table: each row names its clip (``Begin Path``, relative to the table's folder... Raven
-resolves it from the pack folder) and ``File Offset (s)`` (the detection's start inside the clip);
+Multi-file table: each row names its clip (``Begin Path``, relative to the pack's folder: open the
+table with the pack as Raven's working folder) and ``File Offset (s)`` (the detection's start in the clip);
 ``Begin Time (s)`` runs on across the clips in order, as Raven lays a file list end to end.
 Columns after the standard ones: ``detection_id``, ``Species``, ``Score`` and an empty
 ``Verdict`` the reviewer fills with correct / wrong / unsure; :func:`read_verdicts` turns a
