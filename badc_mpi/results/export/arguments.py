@@ -129,10 +129,42 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
     )
     p.add_argument(
         "--task-duration",
-        type=int,
+        type=float,
         metavar="S",
-        help="WildTrax task duration in s (default: the recording's, at most 1800; longer recordings are split into "
-        "1800-s clips)",
+        help="WildTrax task duration in s, up to two decimals (default: the recording's, at most 1799.99; longer "
+        "recordings are split into 1800-s clips)",
+    )
+    p.add_argument(
+        "--task-status",
+        default="incomplete",
+        choices=("incomplete", "complete"),
+        help="WildTrax task_is_complete: incomplete (default, f: a classifier did not listen, as wildrtrax writes tasks) "
+        "or complete (t, unless a chunk of the task was not analysed)",
+    )
+    p.add_argument(
+        "--wildtrax-species",
+        metavar="FILE",
+        help="a WildTrax project's species list (CSV with a species_code column, or one code a line): tags of other "
+        "species are left out and counted (export.json, a note)",
+    )
+    p.add_argument(
+        "--occasion",
+        default="day",
+        metavar="KIND",
+        help="detection-history occasions: day (default: a local calendar day), dawn (the survey window of each day, "
+        "default 04:00-10:00) or N-min (e.g. 10-min: consecutive local N-minute blocks)",
+    )
+    p.add_argument(
+        "--survey-window",
+        metavar="HH:MM-HH:MM",
+        help="detection histories: only this local time of day counts (e.g. 04:00-10:00); dawn's default 04:00-10:00",
+    )
+    p.add_argument(
+        "--min-effort-min",
+        type=float,
+        default=1.0,
+        metavar="MIN",
+        help="detection histories: minutes analysed an occasion needs to be surveyed (default 1; less is NA)",
     )
 
 
@@ -148,5 +180,7 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
     if "histories" in formats and not species:
         species = tuple(parse_species(None))
     return ExportOptions(
-        formats, output, args.min_confidence, species, args.task_method, args.task_duration, bool(args.accept_mixed)
-    )
+        formats, output, args.min_confidence, species, args.task_method, args.task_duration, bool(args.accept_mixed),
+        task_status=args.task_status, wildtrax_species=args.wildtrax_species, occasion=args.occasion,
+        survey_window=args.survey_window, min_effort_min=args.min_effort_min,
+    )  # fmt: skip
