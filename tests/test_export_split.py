@@ -97,7 +97,9 @@ def test_recordings_longer_than_1800_s_split_into_tasks_golden(tmp_path, capsys)
     assert "2 detection(s) cut at their task's end (1 continued into the next task" in err
     assert "1 tag(s) left out: in a tail under 1 s" in err
     complete = _run(tmp_path / "complete", "--format", "wildtrax", "--task-status", "complete")
-    states = {(t["location"], t["recording_date_time"]): t["task_is_complete"] for t in _csv_rows(complete / "wildtrax_tasks.csv")}
+    states = {
+        (t["location"], t["recording_date_time"]): t["task_is_complete"] for t in _csv_rows(complete / "wildtrax_tasks.csv")
+    }
     assert states[("NWT-03", "2024-06-01 05:00:00")] == "t" and states[("NWT-03", "2024-06-01 05:30:00")] == "f"
     doc = json.loads((exp / "export.json").read_text())
     assert "wildtrax_clips.csv" in doc["files"]

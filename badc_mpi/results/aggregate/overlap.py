@@ -139,11 +139,7 @@ def plan_events(
     for i in range(n_rows):
         c = ch[i]
         joins = (
-            current >= 0
-            and not fl[i]
-            and st[i] <= ev_end
-            and c not in ev_chunks
-            and max(ev_lo, lo_w[i]) < min(ev_hi, hi_w[i])
+            current >= 0 and not fl[i] and st[i] <= ev_end and c not in ev_chunks and max(ev_lo, lo_w[i]) < min(ev_hi, hi_w[i])
         )
         if joins:
             ev_chunks.add(c)
@@ -220,10 +216,14 @@ def merge_file(path: str, writer: Any, schema: pa.Schema, *, mode: str, chunks_o
         return MergeReport(mode, chunks_overlapping, False, before, before)
     table = _islands(path)
     chunk_ids = pc.dictionary_encode(table.column("chunk_id")).combine_chunks().indices
+    ints = {n: table.column(n).to_numpy(zero_copy_only=False).astype(np.int64) for n in ("start_ms", "end_ms", "w_lo", "w_hi")}
     events = plan_events(
         table.column("first").to_numpy(zero_copy_only=False).astype(bool),
         chunk_ids.to_numpy(zero_copy_only=False).astype(np.int64),
-        *(table.column(name).to_numpy(zero_copy_only=False).astype(np.int64) for name in ("start_ms", "end_ms", "w_lo", "w_hi")),
+        ints["start_ms"],
+        ints["end_ms"],
+        ints["w_lo"],
+        ints["w_hi"],
         table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64),
         table.column("merged_count").to_numpy(zero_copy_only=False).astype(np.int64),
     )

@@ -137,7 +137,7 @@ class WildTraxRows:
 def check_options(method: str, requested: float | None, task_status: str = "incomplete") -> None:
     if method not in METHODS:
         raise ExportError(f"--task-method {method!r} is not a WildTrax method", fix=f"use one of: {', '.join(METHODS)}")
-    if requested is not None and not (1 <= requested and round(requested * 1000) <= MAX_TASK_MS):
+    if requested is not None and not (requested >= 1 and round(requested * 1000) <= MAX_TASK_MS):
         raise ExportError(
             f"--task-duration {requested} is outside WildTrax's 1..1799.99 s (wildrtrax refuses 1800)",
             fix="give seconds in 1..1799.99, at most two decimals",
@@ -333,7 +333,9 @@ def parse_species_list(text: str, path: str) -> frozenset[str]:
     rows = list(csv.reader(io.StringIO(text)))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
-        raise ExportError(f"--wildtrax-species {path}: no species codes", fix="give the project's species list (species_code column)")
+        raise ExportError(
+            f"--wildtrax-species {path}: no species codes", fix="give the project's species list (species_code column)"
+        )
     header = [h.strip().lower() for h in rows[0]]
     column = next((header.index(h) for h in _SPECIES_HEADERS if h in header), None)
     if column is None and len(header) > 1:
@@ -345,7 +347,9 @@ def parse_species_list(text: str, path: str) -> frozenset[str]:
     column = column or 0
     codes = frozenset(r[column].strip().upper() for r in body if len(r) > column and r[column].strip())
     if not codes:
-        raise ExportError(f"--wildtrax-species {path}: no species codes", fix="give the project's species list (species_code column)")
+        raise ExportError(
+            f"--wildtrax-species {path}: no species codes", fix="give the project's species list (species_code column)"
+        )
     return codes
 
 

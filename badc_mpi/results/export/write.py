@@ -32,9 +32,9 @@ from typing import Any
 from badc_mpi.results.aggregate.folders import find_aggregate
 from badc_mpi.results.aggregate.schema import ANALYSED
 from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lacks_days
-from badc_mpi.results.export.occasions import OccasionRule, occasion_rule
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
+from badc_mpi.results.export.occasions import OccasionRule, occasion_rule
 from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
 from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, previous_files
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
@@ -200,7 +200,9 @@ class Writer:
                                   (self.wildtrax.split, rows.split), (self.wildtrax.not_in_project, rows.not_in_project)):  # fmt: skip
                 total.update(counts)
         if "raven" in self.formats:
-            self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets, rec.sample_rate), RAVEN_COLUMNS, "\t")
+            self.files.write_rows(
+                f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets, rec.sample_rate), RAVEN_COLUMNS, "\t"
+            )
         if "tables" in self.formats:
             text = csv_text(table_rows(dets, rec))
             self.files.append_text("tables/all.csv", text)
