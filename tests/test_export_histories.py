@@ -95,3 +95,30 @@ def test_occasion_rules():
     for bad in (("week", None, 1.0), ("day", "10:00-04:00", 1.0), ("5-min", None, 6.0), ("day", "4-10", 1.0)):
         with pytest.raises(ExportError):
             occasion_rule(*bad)
+
+
+def test_the_site_tables_deployment_window_reaches_the_manifest(tmp_path, monkeypatch):
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    from badc_mpi.cli import main
+    from badc_mpi.errors import RecordingsError
+    from badc_mpi.inputs.sites import parse_site_table
+
+    monkeypatch.chdir(tmp_path)
+    wav = tmp_path / "ds" / "audio" / "NWT-08" / "NWT-08_20240601_050000.wav"
+    wav.parent.mkdir(parents=True)
+    sf.write(wav, (np.sin(np.arange(8000 * 5) * 0.05) * 8000).astype(np.int16), 8000, subtype="PCM_16")
+    (tmp_path / "ds" / ".datalad").mkdir()
+    sites = tmp_path / "sites.csv"
+    sites.write_text("location,time_zone,deploy_start,deploy_end\nNWT-08,America/Edmonton,2024-05-25,2024-06-30\n")
+    assert main(["chunk", str(tmp_path / "ds" / "audio"), "--layout", "wildtrax", "--sites", str(sites)]) == 0
+    row = next(csv.DictReader((tmp_path / "ds" / "manifests" / "audio.csv").open()))
+    assert (row["deploy_start"], row["deploy_end"]) == ("2024-05-25", "2024-06-30")  # as written: an end date includes its day
+    for bad in ("2024-13-01", "2024-06-01T05:00:00-06:00"):
+        with pytest.raises(RecordingsError, match="deploy_start"):
+            parse_site_table(f"location,deploy_start\nNWT-08,{bad}\n", "sites.csv")
+    with pytest.raises(RecordingsError, match="before deploy_start"):
+        parse_site_table("location,deploy_start,deploy_end\nNWT-08,2024-06-02,2024-06-01\n", "sites.csv")

@@ -7,7 +7,9 @@ A CSV with a header; ``location`` is required, every other column optional::
 
 ``latitude``/``longitude`` in decimal degrees (both or neither), ``region`` an eBird region code
 (``CA-NT``, ``US-AK-020``), ``time_zone`` an IANA zone (``America/Edmonton``; ``Etc/GMT+7`` for a
-recorder kept on UTC-7 all year), ``study_area`` free text. Other columns are ignored. A bad row
+recorder kept on UTC-7 all year), ``study_area`` free text, ``deploy_start``/``deploy_end`` the
+deployment window (``2024-05-25`` or a local ``2024-05-25T14:00``; detection histories leave out
+and list chunks outside it, docs/results.md). Other columns are ignored. A bad row
 is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix.
 :func:`parse_site_table` is pure; :func:`load_site_table` reads the file.
 """
@@ -15,6 +17,7 @@ is a :class:`~badc_mpi.errors.RecordingsError` naming the file, line and fix.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from badc_mpi.errors import RecordingsError
 
 SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area")
+DEPLOY_COLUMNS = ("deploy_start", "deploy_end")  #: optional: the deployment window (detection histories)
 REGION_RE = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3}){0,2}")
 
 
@@ -34,6 +38,8 @@ class Site:
     region: str = ""
     time_zone: str = ""
     study_area: str = ""
+    deploy_start: str = ""
+    deploy_end: str = ""
 
     @property
     def zone(self) -> ZoneInfo | None:
@@ -65,6 +71,21 @@ def _degrees(value: str, low: float, high: float, where: str, column: str) -> fl
     return number
 
 
+def _deploy_time(value: str, where: str, column: str) -> str:
+    """A deploy_start/deploy_end value made comparable ("" when empty); RecordingsError when bad."""
+    if not value:
+        return ""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordingsError(
+            f"{where}, column {column!r}: {value!r} is not a date", fix="give YYYY-MM-DD or a local YYYY-MM-DDTHH:MM"
+        ) from None
+    if parsed.tzinfo is not None:
+        raise RecordingsError(f"{where}, column {column!r}: {value!r} has a UTC offset", fix="give the local date or time")
+    return (parsed + dt.timedelta(days=1) if len(value) == 10 and column == "deploy_end" else parsed).isoformat()
+
+
 def parse_site_table(text: str, path: str) -> dict[str, Site]:
     """Sites by location from the CSV ``text`` of ``path`` (pure)."""
     reader = csv.DictReader(io.StringIO(text))
@@ -77,7 +98,7 @@ def parse_site_table(text: str, path: str) -> dict[str, Site]:
     sites: dict[str, Site] = {}
     for row in reader:
         where = f"{path}, line {reader.line_num}"
-        values = {k: (row.get(k) or "").strip() for k in SITE_COLUMNS}
+        values = {k: (row.get(k) or "").strip() for k in SITE_COLUMNS + DEPLOY_COLUMNS}
         location = values["location"]
         if not location:
             raise RecordingsError(f"{where}: empty location", fix="name the location, or delete the row")
@@ -93,7 +114,13 @@ def parse_site_table(text: str, path: str) -> dict[str, Site]:
             )
         if values["time_zone"]:
             zone_or_error(values["time_zone"], f"{where}, column 'time_zone'")
-        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"])
+        deploy = [_deploy_time(values[c], where, c) for c in DEPLOY_COLUMNS]
+        if all(deploy) and deploy[1] <= deploy[0]:
+            raise RecordingsError(
+                f"{where}: deploy_end is before deploy_start (an empty deployment)", fix="swap them, or fix the dates"
+            )
+        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"],
+                               values["deploy_start"], values["deploy_end"])  # fmt: skip
     return sites
 
 

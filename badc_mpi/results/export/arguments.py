@@ -62,13 +62,15 @@ def add_results_commands(sub: Any) -> None:
 
 EXPORT_EPILOG = """\
 formats (comma-separated, or all; files under --output, default <aggregate>/exports/):
-  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration)
-             + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s clips, a task each (the cut list)
+  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration,
+             --task-status, --wildtrax-species) + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s
+             clips, a task each (the cut list); a tag in every task (and 1SPM minute) a species was heard in
   raven      raven/<recording>.HawkEars.selections.txt, one Raven Pro selection table per analysed recording
   tables     tables/all.csv and tables/<study_area>.csv (filename, start_time, end_time, class_name, class_code,
              score, study_area, location, recording_date_time)
-  histories  histories/: detection histories (location x day: 1, 0, NA = not surveyed) per --focus-species
-             species, the long table with minutes analysed, and effort_minutes.csv
+  histories  histories/: detection histories (location x occasion: 1, 0, NA = not surveyed; --occasion,
+             --survey-window, --min-effort-min) per --focus-species species, the long table with minutes
+             analysed and doy/hr covariates, and effort_minutes.csv; each location spans its own deployment
 Location, study area and date-time come from the manifest's columns (location, study_area,
 recording_start_local), else from file names (LOCATION_YYYYMMDD_HHMMSS). A missing field the format
 needs is a one-line error (exit 2) and nothing is written. Details: docs/results.md."""
