@@ -233,7 +233,8 @@ class HistoryBuilder:
                 if interval is None:
                     continue
                 when = interval[0]
-            for key, _, _ in self.rule.pieces(when, when):
+            key = self.rule.key_of(when)
+            if key is not None:
                 self._counts[(code, location, key)] += 1
 
     def result(self) -> Histories:

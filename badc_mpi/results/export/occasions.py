@@ -41,6 +41,15 @@ class OccasionRule:
     def label(self) -> str:
         return f"{self.block_min}-min" if self.kind == "block" else self.kind
 
+    def key_of(self, when: dt.datetime) -> Key | None:
+        """The occasion of the instant ``when`` (None: outside the survey window)."""
+        minute = when.hour * 60 + when.minute
+        if self.window is not None and not self.window[0] <= minute < self.window[1]:
+            return None
+        if self.kind != "block":
+            return when.date()
+        return dt.datetime(when.year, when.month, when.day) + dt.timedelta(minutes=minute // self.block_min * self.block_min)
+
     def pieces(self, start: dt.datetime, end: dt.datetime) -> Iterator[tuple[Key, dt.datetime, dt.datetime]]:
         """The parts of local ``[start, end)`` in occasions: (key, part start, part end); a
         zero-length span gives its one point's occasion (when inside the window)."""

@@ -240,6 +240,7 @@ def recording_rows(
     heads = {c.index: [rec.location, c.recording_date_time, c.task_duration_s, method, "Not Assigned"] for c in clips}
     rate = rec.sample_rate or ""
     bands: dict[str, tuple[str, int, int]] = {}
+    per_minute = method == "1SPM"
     for d in detections:
         code = d.get("label_code") or d.get("label") or ""
         ok = valid.get(code)
@@ -252,7 +253,17 @@ def recording_rows(
             out.not_in_project[code] += 1
             continue
         start_ms, end_ms = int(d["start_ms"]), int(d["end_ms"])
-        pieces = _pieces(tasked, start_ms, end_ms, method == "1SPM")
+        home = clips[start_ms // CLIP_MS] if 0 <= start_ms < CLIP_MS * len(clips) else None
+        if (
+            home is not None
+            and home.index in with_task
+            and end_ms <= home.task_end_ms
+            and start_ms < home.task_end_ms
+            and (not per_minute or (start_ms - home.start_ms) // 60000 == (max(start_ms, end_ms - 1) - home.start_ms) // 60000)
+        ):  # the common case: inside one task (and one minute): one piece
+            pieces = [(home, start_ms, end_ms)]
+        else:
+            pieces = _pieces(tasked, start_ms, end_ms, per_minute)
         if not pieces:
             home = _clip_of(clips, start_ms)
             out.left_out[LEFT_AFTER_TASK if home is not None and home.index in with_task else NO_TASK] += 1
