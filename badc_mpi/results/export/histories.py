@@ -233,9 +233,9 @@ class HistoryBuilder:
                 if interval is None:
                     continue
                 when = interval[0]
-            key = self.rule.key_of(when)
-            if key is not None:
-                self._counts[(code, location, key)] += 1
+            occasion = self.rule.key_of(when)
+            if occasion is not None:
+                self._counts[(code, location, occasion)] += 1
 
     def result(self) -> Histories:
         occasions = {loc: self.rule.grid(first, last) for loc, (first, last) in sorted(self._span.items())}
