@@ -41,7 +41,7 @@ BATCH_ROWS = 1 << 20
 MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the window query (beyond it, it spills under $TMPDIR)
 
 #: rows of islands spanning two or more chunks, in island order (constant SQL; the Parquet path is
-#: the one parameter): file row, whether it opens its island, chunk, span, the chunk's span (the
+#: the one parameter): file row, whether it opens its island, the chunk id's hash, span, the chunk's span (the
 #: row's own when unknown), confidence and count
 ISLANDS_SQL = """
 WITH d AS (
@@ -63,7 +63,7 @@ WITH d AS (
   FROM g
   WINDOW p AS (PARTITION BY recording_id, label, grp)
 )
-SELECT rid, k = 1 AS first, chunk_id, start_ms, end_ms, coalesce(chunk_start_ms, start_ms) AS w_lo,
+SELECT rid, k = 1 AS first, hash(chunk_id) AS chunk, start_ms, end_ms, coalesce(chunk_start_ms, start_ms) AS w_lo,
        coalesce(chunk_end_ms, end_ms) AS w_hi, confidence, merged_count
 FROM m WHERE c_lo <> c_hi ORDER BY recording_id, label, grp, k
 """
@@ -215,11 +215,10 @@ def merge_file(path: str, writer: Any, schema: pa.Schema, *, mode: str, chunks_o
     if not applied or before == 0:
         return MergeReport(mode, chunks_overlapping, False, before, before)
     table = _islands(path)
-    chunk_ids = pc.dictionary_encode(table.column("chunk_id")).combine_chunks().indices
     ints = {n: table.column(n).to_numpy(zero_copy_only=False).astype(np.int64) for n in ("start_ms", "end_ms", "w_lo", "w_hi")}
     events = plan_events(
         table.column("first").to_numpy(zero_copy_only=False).astype(bool),
-        chunk_ids.to_numpy(zero_copy_only=False).astype(np.int64),
+        table.column("chunk").to_numpy(zero_copy_only=False).view(np.int64),  # a chunk id's hash: equal ids, equal numbers
         ints["start_ms"],
         ints["end_ms"],
         ints["w_lo"],
