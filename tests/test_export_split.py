@@ -53,11 +53,13 @@ def test_clips_of_a_long_recording_are_1800_s_wildtrax_recordings():
     rec.start_local = __import__("datetime").datetime(2024, 6, 1, 5, 0, 0)
     clips = plan_clips(rec)
     assert [(c.start_ms, c.end_ms, c.task_duration_s, c.recording_date_time, c.file_name) for c in clips] == [
-        (0, 1800 * S, 1800, "2024-06-01 05:00:00", "NWT-03_20240601_050000.flac"),
-        (1800 * S, 3600 * S, 1800, "2024-06-01 05:30:00", "NWT-03_20240601_053000.flac"),
-        (3600 * S, 4000 * S, 400, "2024-06-01 06:00:00", "NWT-03_20240601_060000.flac"),
+        (0, 1800 * S, "1799.99", "2024-06-01 05:00:00", "NWT-03_20240601_050000.flac"),  # wildrtrax: under 1800
+        (1800 * S, 3600 * S, "1799.99", "2024-06-01 05:30:00", "NWT-03_20240601_053000.flac"),
+        (3600 * S, 4000 * S, "400", "2024-06-01 06:00:00", "NWT-03_20240601_060000.flac"),
     ]
-    assert [c.task_duration_s for c in plan_clips(rec, 600)] == [600, 600, 400]  # --task-duration, capped at the clip
+    assert [c.task_duration_s for c in plan_clips(rec, 600)] == ["600", "600", "400"]  # --task-duration, capped at the clip
+    rec.duration_ms = 62500
+    assert [c.task_duration_s for c in plan_clips(rec)] == ["62.5"]  # two decimals kept
     rec.duration_ms = 1800 * S
     assert len(plan_clips(rec)) == 1
     rec.duration_ms = 3600 * S + 999
@@ -71,7 +73,7 @@ def test_recordings_longer_than_1800_s_split_into_tasks_golden(tmp_path, capsys)
     _golden("wildtrax_split_clips.csv", exp / "wildtrax_clips.csv")
     tags = _csv_rows(exp / "wildtrax_tags.csv")
     for t in tags:  # every tag inside its task
-        assert 0 < float(t["tag_start_time"]) < float(t["task_duration"]) <= 1800
+        assert 0 < float(t["tag_start_time"]) < float(t["task_duration"]) < 1800
         assert float(t["tag_start_time"]) + float(t["tag_duration"]) <= float(t["task_duration"]) + 1e-9
     r1 = [
         (t["recording_date_time"], t["species_code"], t["tag_start_time"], t["tag_duration"])
@@ -80,18 +82,25 @@ def test_recordings_longer_than_1800_s_split_into_tasks_golden(tmp_path, capsys)
     ]
     assert r1 == [
         ("2024-06-01 05:00:00", "RUGR", "0.1", "3.0"), ("2024-06-01 05:00:00", "OVEN", "100.0", "3.0"),
-        ("2024-06-01 05:00:00", "RUGR", "1799.0", "1.0"),  # cut at the task's end
+        ("2024-06-01 05:00:00", "RUGR", "1799.0", "0.99"),  # cut at the task's end (1799.99 s)
+        ("2024-06-01 05:30:00", "RUGR", "0.1", "2.0"),  # ... and continued in the next task: heard there too
         ("2024-06-01 05:30:00", "RUGR", "0.1", "3.0"), ("2024-06-01 05:30:00", "OVEN", "300.0", "3.0"),
         ("2024-06-01 06:00:00", "RUGR", "5.5", "3.0"), ("2024-06-01 06:00:00", "OVEN", "399.0", "1.0"),
     ]  # fmt: skip
     tasks = {(t["location"], t["recording_date_time"]): (t["task_duration"], t["task_is_complete"])
              for t in _csv_rows(exp / "wildtrax_tasks.csv")}  # fmt: skip
-    assert tasks[("NWT-03", "2024-06-01 05:30:00")] == ("1800", "f")  # its 2400-3600 s chunk failed
-    assert tasks[("NWT-03", "2024-06-01 06:00:00")] == ("400", "t")
+    assert tasks[("NWT-03", "2024-06-01 05:30:00")] == ("1799.99", "f")  # its 2400-3600 s chunk failed
+    assert tasks[("NWT-03", "2024-06-01 06:00:00")] == ("400", "f")  # incomplete by default, as wildrtrax writes
     assert ("NWT-04", "2024-06-01 05:30:00") not in tasks  # no analysed chunk: no task
     err = capsys.readouterr().err
     assert "3 recording(s) longer than 1800 s split into 8 clips (2 without an analysed chunk" in err
-    assert "1 tag(s) cut at their task's end" in err and "1 tag(s) left out: in a tail under 1 s" in err
+    assert "2 detection(s) cut at their task's end (1 continued into the next task" in err
+    assert "1 tag(s) left out: in a tail under 1 s" in err
+    complete = _run(tmp_path / "complete", "--format", "wildtrax", "--task-status", "complete")
+    states = {
+        (t["location"], t["recording_date_time"]): t["task_is_complete"] for t in _csv_rows(complete / "wildtrax_tasks.csv")
+    }
+    assert states[("NWT-03", "2024-06-01 05:00:00")] == "t" and states[("NWT-03", "2024-06-01 05:30:00")] == "f"
     doc = json.loads((exp / "export.json").read_text())
     assert "wildtrax_clips.csv" in doc["files"]
 

@@ -41,6 +41,8 @@ PLACE_TIME_COLUMNS = (
     "latitude",
     "longitude",
     "sample_rate",  #: Hz, from the header (WildTrax's recording_sample_frequency)
+    "deploy_start",  #: the site table's deployment window (detection histories)
+    "deploy_end",
 )
 MANIFEST_COLUMNS = (
     *STANDARD_COLUMNS,
@@ -74,6 +76,8 @@ def recording_values(plan: RecordingPlan, manifest_dir: str) -> dict[str, str]:
         "latitude": lat,
         "longitude": lon,
         "sample_rate": str(plan.header.samplerate) if plan.header.samplerate else "",
+        "deploy_start": site.deploy_start if site else "",
+        "deploy_end": site.deploy_end if site else "",
     }
 
 

@@ -7,7 +7,9 @@ A CSV with a header; ``location`` is required, every other column optional::
 
 ``latitude``/``longitude`` in decimal degrees (both or neither), ``region`` an eBird region code
 (``CA-NT``, ``US-AK-020``), ``time_zone`` an IANA zone (``America/Edmonton``; ``Etc/GMT+7`` for a
-recorder kept on UTC-7 all year), ``study_area`` free text. Headers are read case-blind and
+recorder kept on UTC-7 all year), ``study_area`` free text, ``deploy_start``/``deploy_end`` the
+deployment window (``2024-05-25`` or a local ``2024-05-25T14:00``; detection histories leave out
+and list chunks outside it, docs/results.md). Headers are read case-blind and
 common aliases are accepted and said (:data:`SITE_ALIASES`: ``lat``, ``lon``/``long``,
 ``timezone``/``tz``, ``site``, ...); ``notes``/``comments``/``description`` are kept out; any other
 column is an error naming the expected ones (a misspelt ``lattitude`` would otherwise turn
@@ -21,6 +23,7 @@ deployment (``--clock fixed``; without it, the zone's offset at the first record
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 import sys
@@ -31,6 +34,7 @@ from badc_mpi.errors import RecordingsError
 from badc_mpi.inputs.naming import parse_offset
 
 SITE_COLUMNS = ("location", "latitude", "longitude", "region", "time_zone", "study_area", "utc_offset")
+DEPLOY_COLUMNS = ("deploy_start", "deploy_end")  #: optional: the deployment window (detection histories)
 REGION_RE = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3}){0,2}")
 #: other spellings of the columns (compared lower-case, spaces and hyphens as ``_``)
 SITE_ALIASES = {
@@ -55,6 +59,8 @@ class Site:
     time_zone: str = ""
     study_area: str = ""
     utc_offset_min: int | None = None  #: the deployment's fixed offset (``utc_offset``), minutes east
+    deploy_start: str = ""
+    deploy_end: str = ""
 
     @property
     def zone(self) -> ZoneInfo | None:
@@ -86,6 +92,21 @@ def _degrees(value: str, low: float, high: float, where: str, column: str) -> fl
     return number
 
 
+def _deploy_time(value: str, where: str, column: str) -> str:
+    """A deploy_start/deploy_end value made comparable ("" when empty); RecordingsError when bad."""
+    if not value:
+        return ""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordingsError(
+            f"{where}, column {column!r}: {value!r} is not a date", fix="give YYYY-MM-DD or a local YYYY-MM-DDTHH:MM"
+        ) from None
+    if parsed.tzinfo is not None:
+        raise RecordingsError(f"{where}, column {column!r}: {value!r} has a UTC offset", fix="give the local date or time")
+    return (parsed + dt.timedelta(days=1) if len(value) == 10 and column == "deploy_end" else parsed).isoformat()
+
+
 def site_header(names: list[str], path: str) -> tuple[list[str], list[str]]:
     """(the header in :data:`SITE_COLUMNS` names, one note per alias read); RecordingsError for
     an unknown or doubled column (pure)."""
@@ -94,7 +115,7 @@ def site_header(names: list[str], path: str) -> tuple[list[str], list[str]]:
     unknown: list[str] = []
     for raw in names:
         key = re.sub(r"[\s-]+", "_", raw.strip().lower())
-        column = key if key in SITE_COLUMNS or key in SITE_IGNORED else _ALIAS_OF.get(key)
+        column = key if key in SITE_COLUMNS + DEPLOY_COLUMNS + SITE_IGNORED else _ALIAS_OF.get(key)
         if column is None:
             unknown.append(raw.strip())
             column = raw.strip()
@@ -107,7 +128,7 @@ def site_header(names: list[str], path: str) -> tuple[list[str], list[str]]:
         raise RecordingsError(
             f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown)}",
             fix="use the columns "
-            + ",".join(SITE_COLUMNS)
+            + ",".join(SITE_COLUMNS + DEPLOY_COLUMNS)
             + " (also read: lat, lon, long, timezone, tz, site, ...; "
             + "/".join(SITE_IGNORED[:3])
             + " are kept out)",
@@ -129,7 +150,7 @@ def parse_site_table(text: str, path: str, notes: list[str] | None = None) -> di
     sites: dict[str, Site] = {}
     for row in reader:
         where = f"{path}, line {reader.line_num}"
-        values = {k: (row.get(k) or "").strip() for k in SITE_COLUMNS}
+        values = {k: (row.get(k) or "").strip() for k in SITE_COLUMNS + DEPLOY_COLUMNS}
         location = values["location"]
         if not location:
             raise RecordingsError(f"{where}: empty location", fix="name the location, or delete the row")
@@ -151,7 +172,13 @@ def parse_site_table(text: str, path: str, notes: list[str] | None = None) -> di
                 f"{where}, column 'utc_offset': {values['utc_offset']!r} is not a UTC offset",
                 fix="write it as -06:00 (or -0600, UTC-6): the offset the recorder kept all deployment",
             )
-        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"], offset)
+        deploy = [_deploy_time(values[c], where, c) for c in DEPLOY_COLUMNS]
+        if all(deploy) and deploy[1] <= deploy[0]:
+            raise RecordingsError(
+                f"{where}: deploy_end is before deploy_start (an empty deployment)", fix="swap them, or fix the dates"
+            )
+        sites[location] = Site(location, lat, lon, values["region"], values["time_zone"], values["study_area"],
+                               offset, values["deploy_start"], values["deploy_end"])  # fmt: skip
     return sites
 
 

@@ -1,16 +1,26 @@
-"""The overlap merge: one detection where overlapping chunks saw the same seconds twice.
+"""The overlap merge: one detection where overlapping chunks scored the same seconds twice.
 
 Rule (docs/results.md, "Overlap merge"): within one recording and one label, detections whose
-recording-relative spans ``[start_ms, end_ms]`` overlap or touch form a group (sorted by start,
-a row joins the group while its start is at or before the latest end so far). A group whose
-rows come from **two or more chunks** becomes one row: the union span (``min(start_ms)``,
-``max(end_ms)``), the highest confidence, ``merged_count`` = the detections it stands for, and
-every other field (chunk, run, provenance) from the group's earliest row (ties: higher
-confidence). Groups from one chunk are left as they are, so chunks that do not overlap change
-nothing. ``auto`` (the default) merges only when some chunks of a recording overlap.
+recording-relative spans ``[start_ms, end_ms]`` overlap or touch form an island (sorted by start, a
+row joins while its start is at or before the latest end so far). Only islands holding rows of
+**two or more chunks** are looked at. Inside one, rows are taken by start (ties: higher
+confidence) and *events* grow greedily: a row joins the current event when it overlaps or touches
+it, comes from a chunk none of the event's rows came from, and its chunk shares time with every
+chunk of the event (one window scored by each of them); otherwise it starts the next event. An
+event of two or more rows becomes one row: the union span, the highest confidence,
+``merged_count`` = the detections it stands for, every other field from its first row.
+
+The bound: an event's chunks all share one stretch of the recording and it never reaches past
+their rows; with chunks of length L overlapping by O < L/2 an event holds rows of at most two
+chunks, so it is at most ``2 L - O`` long. A species heard without a break across many chunks
+stays one row per pair of chunks, never one row for the whole recording (continuous presence is
+never chained). A chunk whose span is unknown counts as the row's own span. ``auto`` (the
+default) merges only when some chunks of a recording overlap.
 
 Streaming: DuckDB sorts per recording and label (spilling to $TMPDIR past 512 MB) and returns only
-the rows of merged groups; the Parquet file is then rewritten batch by batch with numpy masks.
+the rows of islands spanning two or more chunks, in island order; the events are planned over
+those rows (:func:`plan_events`, pure) and the Parquet file is rewritten batch by batch with
+numpy masks.
 """
 
 from __future__ import annotations
@@ -31,12 +41,13 @@ MODES = ("auto", "on", "off")
 BATCH_ROWS = 1 << 20
 MEMORY_LIMIT = "512MB"  #: DuckDB's cap for the window query (beyond it, it spills under $TMPDIR)
 
-#: rows of groups spanning two or more chunks: file row, whether it is the row kept, the union
-#: span, the best confidence and how many detections the group stands for (constant SQL; the
-#: Parquet path is the one parameter)
-GROUPS_SQL = """
+#: rows of islands spanning two or more chunks, in island order (constant SQL; the Parquet path is
+#: the one parameter): file row, whether it opens its island, the chunk id's hash, span, the chunk's span (the
+#: row's own when unknown), confidence and count
+ISLANDS_SQL = """
 WITH d AS (
-  SELECT file_row_number AS rid, recording_id, label, chunk_id, start_ms, end_ms, confidence, merged_count
+  SELECT file_row_number AS rid, recording_id, label, chunk_id, start_ms, end_ms, confidence, merged_count,
+         chunk_start_ms, chunk_end_ms
   FROM read_parquet(?, file_row_number = true)
 ), o AS (
   SELECT *, max(end_ms) OVER (PARTITION BY recording_id, label ORDER BY start_ms, end_ms, rid
@@ -47,14 +58,15 @@ WITH d AS (
               OVER (PARTITION BY recording_id, label ORDER BY start_ms, end_ms, rid ROWS UNBOUNDED PRECEDING) AS grp
   FROM o
 ), m AS (
-  SELECT rid, min(chunk_id) OVER p AS c_lo, max(chunk_id) OVER p AS c_hi,
-         min(start_ms) OVER p AS lo, max(end_ms) OVER p AS hi, max(confidence) OVER p AS best,
-         sum(merged_count) OVER p AS n,
-         row_number() OVER (PARTITION BY recording_id, label, grp ORDER BY start_ms, confidence DESC, chunk_id, rid) AS pos
+  SELECT *, min(chunk_id) OVER p AS c_lo, max(chunk_id) OVER p AS c_hi,
+         row_number() OVER (PARTITION BY recording_id, label, grp
+                            ORDER BY start_ms, confidence DESC, end_ms, chunk_id, rid) AS k
   FROM g
   WINDOW p AS (PARTITION BY recording_id, label, grp)
 )
-SELECT rid, pos = 1 AS keep, lo, hi, best, n FROM m WHERE c_lo <> c_hi ORDER BY rid
+SELECT rid, k = 1 AS first, hash(chunk_id) AS chunk, start_ms, end_ms, coalesce(chunk_start_ms, start_ms) AS w_lo,
+       coalesce(chunk_end_ms, end_ms) AS w_hi, confidence, merged_count
+FROM m WHERE c_lo <> c_hi ORDER BY recording_id, label, grp, k
 """
 
 
@@ -92,7 +104,7 @@ def chunks_overlap(chunks: pa.Table) -> bool:
     return bool(np.any(same & (start[1:] < end[:-1])))
 
 
-def _groups(path: str) -> pa.Table:
+def _islands(path: str) -> pa.Table:
     import tempfile
 
     import duckdb
@@ -100,9 +112,60 @@ def _groups(path: str) -> pa.Table:
     with tempfile.TemporaryDirectory(prefix="badc-mpi-merge-") as spill:
         con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": spill})
         try:
-            return con.sql(GROUPS_SQL, params=[path]).to_arrow_table()
+            return con.sql(ISLANDS_SQL, params=[path]).to_arrow_table()
         finally:
             con.close()
+
+
+def plan_events(
+    first: np.ndarray,
+    chunk: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    w_lo: np.ndarray,
+    w_hi: np.ndarray,
+    confidence: np.ndarray,
+    count: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The events of island-ordered rows (see the module doc; pure). ``first``: the row opens
+    its island; ``chunk``: an integer per chunk; ``w_lo``/``w_hi``: the row's chunk span. Returns,
+    for the rows of events of two or more rows only: ``row`` (index into the inputs), ``keep``
+    (the event's first row), ``lo``/``hi`` (union span), ``best`` (confidence), ``n`` (count)."""
+    n_rows = len(first)
+    event = np.empty(n_rows, dtype=np.int64)
+    fl, ch, st, en, lo_w, hi_w = (a.tolist() for a in (first, chunk, start, end, w_lo, w_hi))
+    current = -1
+    ev_end = ev_lo = ev_hi = 0
+    ev_chunks: set[int] = set()
+    for i in range(n_rows):
+        c = ch[i]
+        joins = (
+            current >= 0 and not fl[i] and st[i] <= ev_end and c not in ev_chunks and max(ev_lo, lo_w[i]) < min(ev_hi, hi_w[i])
+        )
+        if joins:
+            ev_chunks.add(c)
+            ev_end, ev_lo, ev_hi = max(ev_end, en[i]), max(ev_lo, lo_w[i]), min(ev_hi, hi_w[i])
+        else:
+            current += 1
+            ev_chunks = {c}
+            ev_end, ev_lo, ev_hi = en[i], lo_w[i], hi_w[i]
+        event[i] = current
+    sizes = np.bincount(event, minlength=current + 1) if n_rows else np.zeros(0, dtype=np.int64)
+    rows = np.flatnonzero(sizes[event] > 1) if n_rows else np.zeros(0, dtype=np.int64)
+    ev = event[rows]
+    n_events = current + 1
+    lo = np.full(n_events, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n_events, np.iinfo(np.int64).min, dtype=np.int64)
+    best = np.full(n_events, -np.inf)
+    total = np.zeros(n_events, dtype=np.int64)
+    np.minimum.at(lo, ev, start[rows].astype(np.int64))
+    np.maximum.at(hi, ev, end[rows].astype(np.int64))
+    np.maximum.at(best, ev, confidence[rows].astype(np.float64))
+    np.add.at(total, ev, count[rows].astype(np.int64))
+    keep = np.ones(len(rows), dtype=bool)
+    if len(rows):
+        keep[1:] = ev[1:] != ev[:-1]  # an event's rows are consecutive; its first is kept
+    return {"row": rows, "keep": keep, "lo": lo[ev], "hi": hi[ev], "best": best[ev], "n": total[ev]}
 
 
 def apply_groups(batch: pa.Table, offset: int, groups: dict[str, np.ndarray]) -> pa.Table:
@@ -152,15 +215,21 @@ def merge_file(path: str, writer: Any, schema: pa.Schema, *, mode: str, chunks_o
     applied = mode == "on" or (mode == "auto" and chunks_overlapping)
     if not applied or before == 0:
         return MergeReport(mode, chunks_overlapping, False, before, before)
-    table = _groups(path)
-    groups = {
-        "rid": table.column("rid").to_numpy().astype(np.int64),
-        "keep": table.column("keep").to_numpy(zero_copy_only=False).astype(bool),
-        "lo": table.column("lo").to_numpy().astype(np.int64),
-        "hi": table.column("hi").to_numpy().astype(np.int64),
-        "best": table.column("best").to_numpy().astype(np.float64),
-        "n": table.column("n").to_numpy().astype(np.int64),
-    }
+    table = _islands(path)
+    ints = {n: table.column(n).to_numpy(zero_copy_only=False).astype(np.int64) for n in ("start_ms", "end_ms", "w_lo", "w_hi")}
+    events = plan_events(
+        table.column("first").to_numpy(zero_copy_only=False).astype(bool),
+        table.column("chunk").to_numpy(zero_copy_only=False).view(np.int64),  # a chunk id's hash: equal ids, equal numbers
+        ints["start_ms"],
+        ints["end_ms"],
+        ints["w_lo"],
+        ints["w_hi"],
+        table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64),
+        table.column("merged_count").to_numpy(zero_copy_only=False).astype(np.int64),
+    )
+    rid = table.column("rid").to_numpy(zero_copy_only=False).astype(np.int64)[events["row"]]
+    order = np.argsort(rid, kind="stable")
+    groups = {"rid": rid[order], **{k: v[order] for k, v in events.items() if k != "row"}}
     merged = int(groups["keep"].sum())
     after = before - (len(groups["rid"]) - merged)
     if not len(groups["rid"]):

@@ -54,6 +54,7 @@ METADATA_TEXT_FIELDS = [
     (name, TEXT)
     for name in (
         "recording_start_utc", "recording_start_local", "date", "location", "study_area", "latitude", "longitude", "region",
+        "deploy_start", "deploy_end",
     )
 ]  # fmt: skip
 #: what the per-chunk reader parses with

@@ -63,13 +63,15 @@ def add_results_commands(sub: Any) -> None:
 
 EXPORT_EPILOG = """\
 formats (comma-separated, or all; files under --output, default <aggregate>/exports/):
-  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration)
-             + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s clips, a task each (the cut list)
+  wildtrax   wildtrax_tags.csv + wildtrax_tasks.csv (WildTrax's upload templates; --task-method, --task-duration,
+             --task-status, --wildtrax-species) + wildtrax_clips.csv: recordings over 1800 s are split into 1800-s
+             clips, a task each (the cut list); a tag in every task (and 1SPM minute) a species was heard in
   raven      raven/<recording>.HawkEars.selections.txt, one Raven Pro selection table per analysed recording
   tables     tables/all.csv and tables/<study_area>.csv (filename, start_time, end_time, class_name, class_code,
              score, study_area, location, recording_date_time)
-  histories  histories/: detection histories (location x day: 1, 0, NA = not surveyed) per --focus-species
-             species, the long table with minutes analysed, and effort_minutes.csv
+  histories  histories/: detection histories (location x occasion: 1, 0, NA = not surveyed; --occasion,
+             --survey-window, --min-effort-min) per --focus-species species, the long table with minutes
+             analysed and doy/hr covariates, and effort_minutes.csv; each location spans its own deployment
 Location, study area and date-time come from the manifest's columns (location, study_area,
 recording_start_local), else from file names (LOCATION_YYYYMMDD_HHMMSS). A missing field the format
 needs is a one-line error (exit 2) and nothing is written. Details: docs/results.md."""
@@ -142,10 +144,42 @@ def add_export_options(p: Any, *, bundle: bool) -> None:
     )
     p.add_argument(
         "--task-duration",
-        type=int,
+        type=float,
         metavar="S",
-        help="WildTrax task duration in s (default: the recording's, at most 1800; longer recordings are split into "
-        "1800-s clips)",
+        help="WildTrax task duration in s, up to two decimals (default: the recording's, at most 1799.99; longer "
+        "recordings are split into 1800-s clips)",
+    )
+    p.add_argument(
+        "--task-status",
+        default="incomplete",
+        choices=("incomplete", "complete"),
+        help="WildTrax task_is_complete: incomplete (default, f: a classifier did not listen, as wildrtrax writes tasks) "
+        "or complete (t, unless a chunk of the task was not analysed)",
+    )
+    p.add_argument(
+        "--wildtrax-species",
+        metavar="FILE",
+        help="a WildTrax project's species list (CSV with a species_code column, or one code a line): tags of other "
+        "species are left out and counted (export.json, a note)",
+    )
+    p.add_argument(
+        "--occasion",
+        default="day",
+        metavar="KIND",
+        help="detection-history occasions: day (default: a local calendar day), dawn (the survey window of each day, "
+        "default 04:00-10:00) or N-min (e.g. 10-min: consecutive local N-minute blocks)",
+    )
+    p.add_argument(
+        "--survey-window",
+        metavar="HH:MM-HH:MM",
+        help="detection histories: only this local time of day counts (e.g. 04:00-10:00); dawn's default 04:00-10:00",
+    )
+    p.add_argument(
+        "--min-effort-min",
+        type=float,
+        default=1.0,
+        metavar="MIN",
+        help="detection histories: minutes analysed an occasion needs to be surveyed (default 1; less is NA)",
     )
 
 
@@ -176,4 +210,9 @@ def export_options(args: argparse.Namespace, formats: tuple[str, ...], output: s
         getattr(args, "thresholds", None),
         allow_tiny_model=bool(getattr(args, "allow_tiny_model", False)) or os.environ.get(ALLOW_TINY_VAR) == "1",
         species_default=default,
+        task_status=args.task_status,
+        wildtrax_species=args.wildtrax_species,
+        occasion=args.occasion,
+        survey_window=args.survey_window,
+        min_effort_min=args.min_effort_min,
     )

@@ -3,7 +3,10 @@
 Raven: tab-separated ``Selection View Channel Begin Time (s) End Time (s) Low Freq (Hz) High Freq
 (Hz) Species Score``, one row per detection in recording time (open the recording, then the
 table), ``View`` "Spectrogram 1", ``Channel`` 1, frequencies 200 / 13000 Hz as HawkEars' own Raven
-output, ``Species`` the species code (else the label), ``Score`` the confidence. Every analysed
+output (20 / 120 Hz for the low-band species, RUGR and SPGR; never above half the recording's
+sample rate: :func:`~badc_mpi.results.export.wildtrax.band_hz`), ``Species`` the species code
+(else the label), ``Score`` the confidence. Rows are the aggregate's detections, merged only where
+overlapping chunks scored one window twice (results/aggregate/overlap.py). Every analysed
 recording gets a file; one without detections gets the header alone (analysed, nothing found).
 
 The lab's tables: ``filename, start_time, end_time, class_name, class_code, score, study_area,
@@ -17,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from badc_mpi.results.export.meta import Recording
-from badc_mpi.results.export.wildtrax import HIGH_FREQ_HZ, LOW_FREQ_HZ
+from badc_mpi.results.export.wildtrax import band_hz
 
 RAVEN_COLUMNS = [
     "Selection",
@@ -51,13 +54,19 @@ def safe_name(text: str) -> str:
     return name
 
 
-def raven_rows(detections: Iterable[dict[str, Any]]) -> list[list[Any]]:
-    """One recording's detections (sorted by start) -> selection rows."""
+def raven_rows(detections: Iterable[dict[str, Any]], sample_rate: str | None = None) -> list[list[Any]]:
+    """One recording's detections (sorted by start) -> selection rows (``sample_rate``: Hz, the
+    recording's, caps the frequencies)."""
     rows = []
+    bands: dict[str, tuple[int, int]] = {}
     for n, d in enumerate(detections, start=1):
+        code = d.get("label_code") or d.get("label")
+        band = bands.get(code or "")
+        if band is None:
+            band = bands[code or ""] = band_hz(code or "", sample_rate)
         rows.append(
-            [n, "Spectrogram 1", 1, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", LOW_FREQ_HZ, HIGH_FREQ_HZ,
-             d.get("label_code") or d.get("label"), f"{float(d['confidence']):.3f}"]
+            [n, "Spectrogram 1", 1, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", band[0], band[1],
+             code, f"{float(d['confidence']):.3f}"]
         )  # fmt: skip
     return rows
 

@@ -35,6 +35,7 @@ from badc_mpi.results.export.checks import checked, mark_tiny
 from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lacks_days
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
+from badc_mpi.results.export.occasions import OccasionRule, occasion_rule
 from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
 from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, previous_files
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
@@ -46,6 +47,7 @@ from badc_mpi.results.export.wildtrax import (
     TASK_COLUMNS,
     WildTraxRows,
     check_options,
+    load_species_list,
     plan_clips,
     recording_rows,
 )
@@ -63,11 +65,16 @@ class ExportOptions:
     min_confidence: float = 0.0
     focus_species: tuple[str, ...] = ()
     task_method: str = "None"
-    task_duration: int | None = None
+    task_duration: float | None = None
     accept_mixed: bool = False  #: also export chunks analysed with another fingerprint than the aggregate's
     thresholds: str | None = None  #: a thresholds.csv: per-species thresholds; other species: min_confidence
     allow_tiny_model: bool = False  #: export the tiny test model's detections (each file then says so)
     species_default: bool = False  #: focus_species are the default ones (said in a note)
+    task_status: str = "incomplete"  #: WildTrax task_is_complete: incomplete (f) | complete (t)
+    wildtrax_species: str | None = None  #: a WildTrax project species list (file)
+    occasion: str = "day"  #: detection-history occasions: day | dawn | N-min
+    survey_window: str | None = None  #: HH:MM-HH:MM local
+    min_effort_min: float = 1.0  #: minutes analysed an occasion needs to be surveyed
 
     def check(self) -> None:
         """Raise :class:`ExportError` for a bad option (before anything is read or written)."""
@@ -75,7 +82,12 @@ class ExportOptions:
             raise ExportError(f"--min-confidence {self.min_confidence} is outside 0..1", fix="give a score such as 0.3")
         if "histories" in self.formats and not self.focus_species:
             raise ExportError("detection histories need species", fix="give --focus-species ROPT,RUGR,STGR,SPGR,WIPT")
-        check_options(self.task_method, self.task_duration)
+        check_options(self.task_method, self.task_duration, self.task_status)
+        self.occasions()
+
+    def occasions(self) -> OccasionRule:
+        """The detection histories' occasion rule (ExportError for a bad one)."""
+        return occasion_rule(self.occasion, self.survey_window, self.min_effort_min)
 
 
 @dataclass
@@ -170,7 +182,9 @@ class Writer:
     def __init__(self, files: StagedFiles, options: ExportOptions) -> None:
         self.files, self.options, self.formats = files, options, options.formats
         self.wildtrax = WildTraxRows()
-        self.histories = HistoryBuilder(options.focus_species) if "histories" in self.formats else None
+        self.left_out: dict[str, dict[str, int]] = {}  #: export.json's left_out (what and how many)
+        self.project_species = load_species_list(options.wildtrax_species) if options.wildtrax_species else None
+        self.histories = HistoryBuilder(options.focus_species, options.occasions()) if "histories" in self.formats else None
         if "wildtrax" in self.formats:  # header-only files when nothing qualifies
             for rel, header in (("wildtrax_tags.csv", TAG_COLUMNS), ("wildtrax_tasks.csv", TASK_COLUMNS),
                                 ("wildtrax_clips.csv", CLIP_COLUMNS), ("wildtrax_rename.csv", RENAME_COLUMNS)):  # fmt: skip
@@ -187,7 +201,8 @@ class Writer:
             return
         if "wildtrax" in self.formats:
             o = self.options
-            rows = recording_rows(rec, group.chunks, dets, method=o.task_method, task_duration=o.task_duration)
+            rows = recording_rows(rec, group.chunks, dets, method=o.task_method, task_duration=o.task_duration,
+                                  task_status=o.task_status, project_species=self.project_species)  # fmt: skip
             for rel, part in (
                 ("wildtrax_tags.csv", rows.tags),
                 ("wildtrax_tasks.csv", rows.tasks),
@@ -196,10 +211,12 @@ class Writer:
             ):
                 self.files.writer(rel).writerows(part)
             for total, counts in ((self.wildtrax.left_out, rows.left_out), (self.wildtrax.codes_left_out, rows.codes_left_out),
-                                  (self.wildtrax.split, rows.split)):  # fmt: skip
+                                  (self.wildtrax.split, rows.split), (self.wildtrax.not_in_project, rows.not_in_project)):  # fmt: skip
                 total.update(counts)
         if "raven" in self.formats:
-            self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets), RAVEN_COLUMNS, "\t")
+            self.files.write_rows(
+                f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets, rec.sample_rate), RAVEN_COLUMNS, "\t"
+            )
         if "tables" in self.formats:
             text = csv_text(table_rows(dets, rec))
             self.files.append_text("tables/all.csv", text)
@@ -216,10 +233,14 @@ class Writer:
             )
         if "wildtrax" in self.formats:
             notes.extend(wildtrax_notes(self.wildtrax))
+            if self.project_species is not None:
+                self.left_out["not_in_wildtrax_species"] = dict(sorted(self.wildtrax.not_in_project.items()))
         if "tables" in self.formats and found.no_study_area:
             notes.append(f"tables: {found.no_study_area} recording(s) have no study_area column value: only in tables/all.csv")
         if self.histories is not None:
             hist = self.histories.result()
+            notes.extend(hist.notes())
+            self.left_out["outside_deployment"] = dict(sorted(hist.outside.items()))
             self.files.write_rows("histories/detection_history_long.csv", hist.long_rows(), LONG_COLUMNS)
             self.files.write_rows("histories/effort_minutes.csv", hist.wide_rows(None), None)
             for sp in hist.species:
@@ -319,6 +340,7 @@ def write_exports(folder: str, options: ExportOptions) -> ExportResult:
                     "files": sorted(files.names),
                     "removing": removing,  #: the previous export's files this one replaces (removed after this listing)
                     "notes": notes,
+                    "left_out": writer.left_out,  #: tags not in the WildTrax species list, chunks outside a deployment
                 }
                 files.write_text(LISTING, json.dumps(doc, indent=1) + "\n")
                 written = files.commit(last=LISTING, remove=removing)
