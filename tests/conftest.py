@@ -152,11 +152,23 @@ def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001 - pytest hook
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+#: the ``badc_mpi`` logger as the session found it (no handler, propagating): what every test ends with
+_PRISTINE_LOGGING = (
+    list(logging.getLogger("badc_mpi").handlers),
+    logging.getLogger("badc_mpi").propagate,
+    logging.getLogger("badc_mpi").level,
+)
+
+
 @pytest.fixture(autouse=True)
 def _restore_badc_logging():
-    """Tests that call the CLI in-process configure logging; give every test the same start."""
+    """Tests that call the CLI in-process configure logging; give every test the same start.
+
+    Restored to the session's first state, not to what the test found: a module-scoped fixture
+    that called the CLI ran before this fixture saved anything, and pytest attaches its capture
+    handlers to every non-propagating logger when a test phase begins (a test that then lets
+    ``badc_mpi`` propagate would see each record twice)."""
     logger = logging.getLogger("badc_mpi")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
     yield
-    logger.handlers[:] = saved[0]
-    logger.propagate, logger.level = saved[1], saved[2]
+    logger.handlers[:] = _PRISTINE_LOGGING[0]
+    logger.propagate, logger.level = _PRISTINE_LOGGING[1], _PRISTINE_LOGGING[2]
