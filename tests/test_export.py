@@ -271,3 +271,72 @@ def test_record_datalad_outside_a_dataset_saves_nothing(tmp_path, capsys):
     assert _export(tmp_path, "--format", "raven", "--record-datalad") == 0
     out = capsys.readouterr().out
     assert "exports  " in out and "recording the exports" not in out
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_rows_built_as_text_are_the_bytes_the_csv_module_writes(delimiter):
+    import io
+
+    from badc_mpi.results.export.staging import field_text
+
+    values = [
+        "NWT-01",
+        "Robin, American",
+        'the "red" one',
+        "a\tb",
+        "two\nlines",
+        "",
+        None,
+        0,
+        12.5,
+        3.0,
+        48000,
+        "Grive à dos olive",
+    ]
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerow(values)
+    assert delimiter.join(field_text(v, delimiter) for v in values) + "\n" == buf.getvalue()
+    assert field_text("a\rb", delimiter) == '"a\rb"'  # quoted as Python 3.12's csv does (3.11 with "\n" lines did not)
+
+
+def test_label_names_with_commas_and_quotes_read_back_whole(tmp_path):
+    chunks = {"a0": ("r1", 0, 60000, "success", [("AMRO", 'Robin, "American"', 0.7, 5.0, 8.0)])}
+    manifest = make_campaign(tmp_path, chunks)
+    assert main(["export", str(manifest), "--telemetry-dir", str(tmp_path / "tel"), "--dest", str(tmp_path / "agg"),
+                 "--output", str(tmp_path / "exp"), "--format", "tables,raven,wildtrax"]) == 0  # fmt: skip
+    (row,) = _csv_rows(tmp_path / "exp" / "tables" / "all.csv")
+    assert (row["class_name"], row["class_code"], row["start_time"], row["score"]) == (
+        'Robin, "American"',
+        "AMRO",
+        "5.000",
+        "0.700",
+    )
+    (sel,) = _csv_rows(tmp_path / "exp" / "raven" / "r1.HawkEars.selections.txt", "\t")
+    assert (sel["Species"], sel["Begin Time (s)"], sel["End Time (s)"], sel["Score"]) == ("AMRO", "5.000", "8.000", "0.700")
+    (tag,) = _csv_rows(tmp_path / "exp" / "wildtrax_tags.csv")
+    assert (tag["tag_start_time"], tag["tag_duration"], tag["species_individual_comments"]) == (
+        "5.0",
+        "3.0",
+        "HawkEars 2.3.0 Confidence: 0.70",
+    )
+
+
+def test_detections_tied_on_time_and_species_come_in_one_order_highest_score_first(tmp_path):
+    # a sort that spills to disk is not stable: ties are broken by score, then chunk, so an export is
+    # the same bytes whatever DuckDB's memory cap (and 1SPT keeps the best-scored of simultaneous tags)
+    dets = [
+        ("AMRO", "American Robin", 0.6, 5.0, 8.0),
+        ("AMRO", "American Robin", 0.9, 5.0, 8.0),
+        ("AMRO", "American Robin", 0.7, 5.0, 8.0),
+    ]
+    manifest = make_campaign(tmp_path, {"a0": ("r1", 0, 60000, "success", dets)})
+    assert main(["export", str(manifest), "--telemetry-dir", str(tmp_path / "tel"), "--dest", str(tmp_path / "agg"),
+                 "--output", str(tmp_path / "exp"), "--format", "tables,raven,wildtrax", "--task-method", "1SPT"]) == 0  # fmt: skip
+    assert [r["score"] for r in _csv_rows(tmp_path / "exp" / "tables" / "all.csv")] == ["0.900", "0.700", "0.600"]
+    assert [r["Score"] for r in _csv_rows(tmp_path / "exp" / "raven" / "r1.HawkEars.selections.txt", "\t")] == [
+        "0.900",
+        "0.700",
+        "0.600",
+    ]
+    (tag,) = _csv_rows(tmp_path / "exp" / "wildtrax_tags.csv")
+    assert tag["species_individual_comments"] == "HawkEars 2.3.0 Confidence: 0.90"

@@ -29,6 +29,7 @@ from badc_mpi.results.aggregate.schema import ANALYSED, FAILED
 from badc_mpi.results.aggregate.times import parse_iso
 from badc_mpi.results.export.meta import Recording, chunk_day, require
 from badc_mpi.results.export.occasions import Key, OccasionRule, key_text
+from badc_mpi.results.export.stream import Detections
 
 FOCUS_DEFAULT = ("ROPT", "RUGR", "STGR", "SPGR", "WIPT")
 LONG_COLUMNS = [
@@ -219,16 +220,16 @@ class HistoryBuilder:
                     e.minutes += (pb - pa).total_seconds() / 60.0
                     e.first = pa if e.first is None else min(e.first, pa)
             reach = b if reach is None else max(reach, b)
-        for d in detections:
-            code = d.get("label_code") or d.get("label")
-            if code not in self._wanted or d["chunk_id"] not in inside:
+        dets = Detections.of(detections)
+        for code, chunk_id, start_ms in zip(dets.codes(), dets.column("chunk_id"), dets.column("start_ms")):
+            if code not in self._wanted or chunk_id not in inside:
                 continue
             if rec.start_local is not None:
-                when = rec.start_local + dt.timedelta(milliseconds=d.get("start_ms") or 0)
+                when = rec.start_local + dt.timedelta(milliseconds=start_ms or 0)
                 if (lo is not None and when < lo) or (hi is not None and when >= hi):
                     continue
             else:
-                chunk = next(c for c in chunks if c["chunk_id"] == d["chunk_id"])
+                chunk = next(c for c in chunks if c["chunk_id"] == chunk_id)
                 interval = self._interval(chunk, rec)
                 if interval is None:
                     continue

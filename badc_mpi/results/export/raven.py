@@ -16,10 +16,11 @@ location, recording_date_time`` (times in seconds from the recording start).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from badc_mpi.results.export.meta import Recording
+from badc_mpi.results.export.staging import field_text
+from badc_mpi.results.export.stream import Detections
 from badc_mpi.results.export.wildtrax import band_hz
 
 RAVEN_COLUMNS = [
@@ -54,29 +55,42 @@ def safe_name(text: str) -> str:
     return name
 
 
-def raven_rows(detections: Iterable[dict[str, Any]], sample_rate: str | None = None) -> list[list[Any]]:
-    """One recording's detections (sorted by start) -> selection rows (``sample_rate``: Hz, the
-    recording's, caps the frequencies)."""
-    rows = []
-    bands: dict[str, tuple[int, int]] = {}
-    for n, d in enumerate(detections, start=1):
-        code = d.get("label_code") or d.get("label")
-        band = bands.get(code or "")
-        if band is None:
-            band = bands[code or ""] = band_hz(code or "", sample_rate)
-        rows.append(
-            [n, "Spectrogram 1", 1, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", band[0], band[1],
-             code, f"{float(d['confidence']):.3f}"]
-        )  # fmt: skip
-    return rows
+def raven_text(detections: Detections, sample_rate: str | None = None) -> str:
+    """One recording's detections (sorted by start, with the :data:`~badc_mpi.results.export.stream.DETECTION_TEXT`
+    columns) -> its selection rows as tab-separated text (``sample_rate``: Hz, the recording's,
+    caps the frequencies)."""
+    bands: dict[str | None, str] = {}
+    lines = []
+    for n, (code, begin, end, score) in enumerate(
+        zip(detections.codes(), detections.column("begin_s3"), detections.column("end_s3"), detections.column("score3")),
+        start=1,
+    ):
+        middle = bands.get(code)
+        if middle is None:
+            low, high = band_hz(code or "", sample_rate)
+            middle = bands[code] = f"\t{low}\t{high}\t{field_text(code, chr(9))}\t"
+        lines.append(f"{n}\tSpectrogram 1\t1\t{begin}\t{end}{middle}{score}\n")
+    return "".join(lines)
 
 
-def table_rows(detections: Iterable[dict[str, Any]], rec: Recording) -> list[list[Any]]:
-    """One recording's detections -> the lab's table rows (its constant fields computed once)."""
-    tail = [rec.study_area or "", rec.location or "", rec.recording_date_time()]
-    filename = rec.filename
-    return [
-        [filename, f"{d['start_ms'] / 1000:.3f}", f"{d['end_ms'] / 1000:.3f}", d.get("label_name") or d.get("label") or "",
-         d.get("label_code") or d.get("label") or "", f"{float(d['confidence']):.3f}", *tail]
-        for d in detections
-    ]  # fmt: skip
+def table_text(detections: Detections, rec: Recording) -> str:
+    """One recording's detections -> the lab's table rows as CSV text (its constant fields
+    computed once)."""
+    head = field_text(rec.filename) + ","
+    tail = "," + ",".join(field_text(v) for v in (rec.study_area or "", rec.location or "", rec.recording_date_time())) + "\n"
+    names: dict[tuple[Any, Any], str] = {}
+    lines = []
+    for name, label, code, begin, end, score in zip(
+        detections.column("label_name"),
+        detections.column("label"),
+        detections.column("label_code"),
+        detections.column("begin_s3"),
+        detections.column("end_s3"),
+        detections.column("score3"),
+    ):
+        key = (name or label, code or label)
+        shown = names.get(key)
+        if shown is None:
+            shown = names[key] = f"{field_text(key[0] or '')},{field_text(key[1] or '')}"
+        lines.append(f"{head}{begin},{end},{shown},{score}{tail}")
+    return "".join(lines)

@@ -15,7 +15,6 @@ and the next export removes what is left. Nothing else in the folder is ever tou
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -25,11 +24,14 @@ from typing import IO, Any
 from badc_mpi.storage.atomic import ensure_dir, fsync_dir, fsync_paths, temp_path_for
 
 
-def csv_text(rows: Sequence[Sequence[Any]], delimiter: str = ",") -> str:
-    """Rows as CSV text (the ``csv`` module's quoting), to write once into several files."""
-    buf = io.StringIO()
-    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerows(rows)
-    return buf.getvalue()
+def field_text(value: Any, delimiter: str = ",") -> str:
+    """One field as the ``csv`` module writes it with minimal quoting (None: empty; a text with
+    the delimiter, a quote or a line break: quoted, its quotes doubled; as Python 3.12's ``csv``
+    quotes), to build rows as text where millions are written."""
+    text = "" if value is None else str(value)
+    if delimiter in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 LISTING = "export.json"
@@ -87,17 +89,21 @@ class StagedFiles:
         return self._open[rel][1]
 
     def append_text(self, rel: str, text: str, header: Sequence[str] | None = None, delimiter: str = ",") -> None:
-        """Rows already formatted (:func:`csv_text`) onto ``rel``, opened like :meth:`writer`."""
+        """Rows already formatted (:func:`field_text`) onto ``rel``, opened like :meth:`writer`."""
         self.writer(rel, header, delimiter)
         self._open[rel][0].write(text)
 
-    def write_rows(self, rel: str, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",") -> None:
-        """A whole small file (one recording's Raven table, a history), closed at once."""
+    def write_rows(
+        self, rel: str, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",", text: str = ""
+    ) -> None:
+        """A whole small file (one recording's Raven table, a history), closed at once: ``header``,
+        ``rows``, then ``text`` (rows already formatted)."""
         with open(self._path(rel), "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
             if header is not None:
                 writer.writerow(header)
             writer.writerows(rows)
+            handle.write(text)
 
     def write_text(self, rel: str, text: str) -> None:
         with open(self._path(rel), "w", encoding="utf-8", newline="") as handle:

@@ -52,6 +52,8 @@ from typing import Any
 
 from badc_mpi.results.aggregate.schema import ANALYSED
 from badc_mpi.results.export.meta import ExportError, Recording
+from badc_mpi.results.export.staging import field_text
+from badc_mpi.results.export.stream import Detections
 
 TAG_COLUMNS = [
     "location", "recording_date_time", "task_duration", "task_method", "observer", "species_code",
@@ -134,7 +136,7 @@ class Clip:
 class WildTraxRows:
     """Rows of one recording (or, added up, of the whole export) and what was left out."""
 
-    tags: list[list[Any]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  #: TAG_COLUMNS rows as CSV lines (millions: built as text)
     tasks: list[list[Any]] = field(default_factory=list)
     clips: list[list[Any]] = field(default_factory=list)
     renames: list[list[Any]] = field(default_factory=list)  #: RENAME_COLUMNS rows
@@ -202,6 +204,25 @@ def _seconds(ms: float) -> float:
     return round(ms / 1000.0, 3)
 
 
+_TIMINGS: dict[tuple[int, int, int], str] = {}
+
+
+def _timing(offset_ms: int, length_ms: int, task_ms: int) -> str:
+    """A tag's ``tag_start_time,tag_duration`` (a piece at ``offset_ms`` in its clip, ``length_ms``
+    long, in a task of ``task_ms``): the start in seconds (at least 0.1 s), the length cut at the
+    task's end; memoised (windows repeat on HawkEars' grid)."""
+    key = (offset_ms, length_ms, task_ms)
+    text = _TIMINGS.get(key)
+    if text is None:
+        start_s = _seconds(offset_ms)
+        shown = start_s if start_s > MIN_TAG_START_S else MIN_TAG_START_S
+        duration = max(0.0, min(_seconds(length_ms), round(task_ms / 1000.0 - shown, 3)))
+        if len(_TIMINGS) > 65_536:
+            _TIMINGS.clear()
+        text = _TIMINGS[key] = f"{shown!r},{duration!r}"
+    return text
+
+
 def _pieces(clips: Sequence[Clip], start_ms: int, end_ms: int, per_minute: bool) -> list[tuple[Clip, int, int]]:
     """The parts of ``[start_ms, end_ms]`` inside tasks: (clip, start, end) in recording ms, cut
     at every task end (and, ``per_minute``, at every minute of the task; pure)."""
@@ -231,7 +252,7 @@ def _pieces(clips: Sequence[Clip], start_ms: int, end_ms: int, per_minute: bool)
 def recording_rows(
     rec: Recording,
     chunks: Iterable[dict[str, Any]],
-    detections: Iterable[dict[str, Any]],
+    detections: Detections,
     *,
     method: str = "None",
     task_duration: float | None = None,
@@ -240,8 +261,9 @@ def recording_rows(
 ) -> WildTraxRows:
     """Tag, task and clip rows of one analysed recording. ``chunks``: its rows of the ``chunks``
     table (a clip with a chunk not analysed is always ``task_is_complete`` ``f``; a clip with no
-    analysed chunk gets no task); ``detections``: dicts with ``label_code, label, confidence,
-    start_ms, end_ms, hawkears_version``, filtered by confidence, sorted by start;
+    analysed chunk gets no task); ``detections``: columns ``label_code, label, start_ms,
+    end_ms, hawkears_version, score2`` (:data:`~badc_mpi.results.export.stream.DETECTION_TEXT`),
+    filtered by confidence, sorted by start;
     ``project_species``: the codes a WildTrax project accepts (None: any)."""
     out = WildTraxRows()
     clips = plan_clips(rec, task_duration)
@@ -258,12 +280,24 @@ def recording_rows(
         out.split.update({"recordings": 1, "clips": len(clips), "clips without a task": len(clips) - len(with_task)})
     seen: set[tuple[Any, ...]] = set()
     valid: dict[str, bool] = {}
-    heads = {c.index: [rec.location, c.recording_date_time, c.task_duration_s, method, "Not Assigned"] for c in clips}
+    heads = {
+        c.index: ",".join(field_text(v) for v in (rec.location, c.recording_date_time, c.task_duration_s, method, "Not Assigned"))
+        for c in clips
+    }
     rate = rec.sample_rate or ""
-    bands: dict[str, tuple[str, int, int]] = {}
+    tail = f",FALSE,{field_text(rate)},\n"
+    bands: dict[str, tuple[str, str]] = {}
+    comments: dict[tuple[Any, str], str] = {}
     per_minute = method == "1SPM"
-    for d in detections:
-        code = d.get("label_code") or d.get("label") or ""
+    tasked_ends = {clip.index: clip.task_end_ms for clip in tasked}
+    for code, start_ms, end_ms, version, score in zip(
+        detections.codes(),
+        detections.column("start_ms"),
+        detections.column("end_ms"),
+        detections.column("hawkears_version"),
+        detections.column("score2"),
+    ):
+        code = code or ""
         ok = valid.get(code)
         if ok is None:
             ok = valid[code] = _CODE_RE.match(code) is not None
@@ -273,21 +307,22 @@ def recording_rows(
         if project_species is not None and code not in project_species:
             out.not_in_project[code] += 1
             continue
-        start_ms, end_ms = int(d["start_ms"]), int(d["end_ms"])
+        start_ms, end_ms = int(start_ms), int(end_ms)
         home = clips[start_ms // CLIP_MS] if 0 <= start_ms < CLIP_MS * len(clips) else None
+        pieces: list[tuple[Clip, int, int]]
         if (
             home is not None
-            and home.index in with_task
-            and end_ms <= home.task_end_ms
-            and start_ms < home.task_end_ms
+            and (home_end := tasked_ends.get(home.index)) is not None
+            and end_ms <= home_end
+            and start_ms < home_end
             and (not per_minute or (start_ms - home.start_ms) // 60000 == (max(start_ms, end_ms - 1) - home.start_ms) // 60000)
         ):  # the common case: inside one task (and one minute): one piece
             pieces = [(home, start_ms, end_ms)]
         else:
             pieces = _pieces(tasked, start_ms, end_ms, per_minute)
         if not pieces:
-            home = _clip_of(clips, start_ms)
-            out.left_out[LEFT_AFTER_TASK if home is not None and home.index in with_task else NO_TASK] += 1
+            at = _clip_of(clips, start_ms)
+            out.left_out[LEFT_AFTER_TASK if at is not None and at.index in with_task else NO_TASK] += 1
             continue
         if end_ms > pieces[0][0].task_end_ms:
             out.split[CUT_AT_TASK_END] += 1
@@ -296,22 +331,21 @@ def recording_rows(
         band = bands.get(code)
         if band is None:
             low, high = band_hz(code, rate)
-            band = bands[code] = (NON_VOCAL if code in LOW_BAND_CODES else SONG, low, high)
-        version = d.get("hawkears_version") or "?"
-        comment = f"HawkEars {version} Confidence: {float(d['confidence']):.2f}"
+            band = bands[code] = (f"{code},1,{NON_VOCAL if code in LOW_BAND_CODES else SONG},1,", f",{low},{high},")
+        comment = comments.get((version, score))
+        if comment is None:
+            comment = comments[(version, score)] = field_text(f"HawkEars {version or '?'} Confidence: {score}")
         for clip, lo, hi in pieces:
-            start_s = _seconds(lo - clip.start_ms)
+            offset_ms = lo - clip.start_ms
             if method != "None":
+                start_s = _seconds(offset_ms)
                 key = (clip.index, code) if method == "1SPT" else (clip.index, code, int(start_s // 60))
                 if key in seen:
                     out.left_out[f"not the first of its species ({method})"] += 1
                     continue
                 seen.add(key)
-            shown = start_s if start_s > MIN_TAG_START_S else MIN_TAG_START_S
-            duration = max(0.0, min(_seconds(hi - lo), round(clip.task_duration_ms / 1000.0 - shown, 3)))
-            out.tags.append(
-                [*heads[clip.index], code, 1, band[0], 1, shown, duration, band[1], band[2], comment, "FALSE", rate, ""]
-            )
+            timing = _timing(offset_ms, hi - lo, clip.task_duration_ms)
+            out.tags.append(f"{heads[clip.index]},{band[0]}{timing}{band[1]}{comment}{tail}")
     for clip in clips:
         complete = "f" if missing[clip.index] or task_status != "complete" else "t"
         end_s = "" if clip.end_ms is None else _seconds(clip.end_ms)

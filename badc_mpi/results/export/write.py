@@ -36,8 +36,8 @@ from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lack
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
 from badc_mpi.results.export.occasions import OccasionRule, occasion_rule
-from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_rows, safe_name, table_rows
-from badc_mpi.results.export.staging import LISTING, StagedFiles, csv_text, previous_files
+from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_text, safe_name, table_text
+from badc_mpi.results.export.staging import LISTING, StagedFiles, previous_files
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
 from badc_mpi.results.export.thresholds import Thresholds, read_thresholds
 from badc_mpi.results.export.wildtrax import (
@@ -203,8 +203,8 @@ class Writer:
             o = self.options
             rows = recording_rows(rec, group.chunks, dets, method=o.task_method, task_duration=o.task_duration,
                                   task_status=o.task_status, project_species=self.project_species)  # fmt: skip
+            self.files.append_text("wildtrax_tags.csv", "".join(rows.tags))
             for rel, part in (
-                ("wildtrax_tags.csv", rows.tags),
                 ("wildtrax_tasks.csv", rows.tasks),
                 ("wildtrax_clips.csv", rows.clips),
                 ("wildtrax_rename.csv", rows.renames),
@@ -214,11 +214,10 @@ class Writer:
                                   (self.wildtrax.split, rows.split), (self.wildtrax.not_in_project, rows.not_in_project)):  # fmt: skip
                 total.update(counts)
         if "raven" in self.formats:
-            self.files.write_rows(
-                f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_rows(dets, rec.sample_rate), RAVEN_COLUMNS, "\t"
-            )
+            self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", [], RAVEN_COLUMNS, "\t",
+                                  text=raven_text(dets, rec.sample_rate))  # fmt: skip
         if "tables" in self.formats:
-            text = csv_text(table_rows(dets, rec))
+            text = table_text(dets, rec)
             self.files.append_text("tables/all.csv", text)
             if rec.study_area:
                 self.files.append_text(f"tables/{safe_name(rec.study_area)}.csv", text, TABLE_COLUMNS)
