@@ -61,14 +61,9 @@ def test_make_infer_twice_resumes_and_orchestrate_writes_no_script_when_nothing_
     assert rc == 0 and "nothing remains" in capsys.readouterr().out and not script.exists()
 
 
-@pytest.mark.usefixtures("needs_datalad")
-def test_ctrl_c_to_the_process_group_exits_75_with_outputs_saved_and_badc_mpi_last(tmp_path):
-    root = tmp_path / "ds"
-    manifest = make_dataset(root, 2, 4)
-    assert badc(["init", str(root)], tmp_path).returncode == 0
-    tel = root / "artifacts" / "telemetry" / "infer"
-    cmd = [PYTHON, "-m", "badc_mpi", "orchestrate", "--manifest", str(manifest), "--apply", "--np", "2",
-           "--mpiexec", MPIEXEC, "--run-args", "--dry-run", "--stub-sleep-s", "1.5"]  # fmt: skip
+def _interrupted(cmd: list[str], root: Path, tel: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """Start ``cmd`` in its own process group in ``root``, Ctrl-C it (SIGINT to the whole group,
+    as a terminal does) once a chunk succeeded, and wait for it."""
     proc = subprocess.Popen(
         cmd, cwd=root, env={**os.environ, **tool_env()}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -82,14 +77,51 @@ def test_ctrl_c_to_the_process_group_exits_75_with_outputs_saved_and_badc_mpi_la
     except BaseException:
         stop_tree(proc)
         raise
-    assert stopped_exit_ok(proc.returncode), (proc.returncode, out[-2000:], err[-2000:])
+    return proc, out, err
+
+
+def _dataset(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A DataLad dataset of 2 recordings x 4 chunks made by `badc-mpi init`: (root, manifest, telemetry folder)."""
+    root = tmp_path / "ds"
+    manifest = make_dataset(root, 2, 4)
+    assert badc(["init", str(root)], tmp_path).returncode == 0
+    return root, manifest, root / "artifacts" / "telemetry" / "infer"
+
+
+def _saved_after_the_summary(out: str, err: str, root: Path, resume: str) -> None:
+    """badc-mpi's stop summary and resume command end stdout, no traceback, and DataLad saved the run."""
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines[-2].startswith("badc-mpi: stopped (exit 75); what the ranks wrote is saved"), out[-2000:]
-    assert lines[-1].strip().startswith("badc-mpi orchestrate --manifest") and "--apply" in lines[-1]
+    assert lines[-1].strip().startswith(resume), out[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert git(["status", "--porcelain"], root) == ""  # DataLad lived on and saved what the ranks wrote
     assert git(["log", "-1", "--format=%s"], root).startswith("[DATALAD RUNCMD] badc-mpi run")
+
+
+@pytest.mark.usefixtures("needs_datalad")
+def test_ctrl_c_to_the_process_group_exits_75_with_outputs_saved_and_badc_mpi_last(tmp_path):
+    root, manifest, tel = _dataset(tmp_path)
+    cmd = [PYTHON, "-m", "badc_mpi", "orchestrate", "--manifest", str(manifest), "--apply", "--np", "2",
+           "--mpiexec", MPIEXEC, "--run-args", "--dry-run", "--stub-sleep-s", "1.5"]  # fmt: skip
+    proc, out, err = _interrupted(cmd, root, tel)
+    assert stopped_exit_ok(proc.returncode), (proc.returncode, out[-2000:], err[-2000:])
+    _saved_after_the_summary(out, err, root, "badc-mpi orchestrate --manifest")
+    assert "--apply" in out.strip().splitlines()[-1]
     exported = badc(["export", str(manifest), "--format", "tables", "--record-datalad"], root)
     assert exported.returncode == 0, exported.stderr
     assert git(["status", "--porcelain"], root) == ""  # the export and the aggregate it made, both saved
     assert "artifacts/aggregate/chunks/chunks.parquet" in git(["ls-files"], root)
+
+
+@pytest.mark.usefixtures("needs_datalad")
+def test_ctrl_c_during_make_infer_saves_the_outputs_and_make_only_adds_its_own_line(tmp_path):
+    # GNU make, hit by the same Ctrl-C, waits for its recipe and then dies of the signal (status 130 in
+    # a shell) after one line of its own on stderr; badc-mpi's summary and `make resume` end stdout
+    root, manifest, tel = _dataset(tmp_path)
+    cmd = ["make", "-s", "-C", str(REPO), *this_venv(), "infer", f"MANIFEST={manifest}", "NP=2",
+           "ARGS=--dry-run --stub-sleep-s 1.5"]  # fmt: skip
+    proc, out, err = _interrupted(cmd, root, tel)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, out[-2000:], err[-2000:])
+    _saved_after_the_summary(out, err, root, f"make resume MANIFEST={manifest}")
+    make_lines = [line for line in err.splitlines() if line.startswith("make")]
+    assert len(make_lines) == 1 and "infer]" in make_lines[0], err[-2000:]
