@@ -122,3 +122,28 @@ def test_the_site_tables_deployment_window_reaches_the_manifest(tmp_path, monkey
             parse_site_table(f"location,deploy_start\nNWT-08,{bad}\n", "sites.csv")
     with pytest.raises(RecordingsError, match="before deploy_start"):
         parse_site_table("location,deploy_start,deploy_end\nNWT-08,2024-06-02,2024-06-01\n", "sites.csv")
+
+
+def test_recordings_known_only_by_their_date_count_each_detection_on_its_chunks_day():
+    # no recording start (no recording_start_local, no time in the name): a chunk's `date` column is its
+    # day, and a detection counts there; a detection in a chunk outside the deployment does not count
+    from badc_mpi.results.export.histories import build_histories
+    from badc_mpi.results.export.meta import Recording
+
+    recs = {"r1": Recording("r1", "ARU-1/night.wav", "ARU-1")}
+    window = {"deploy_start": "2024-06-01", "deploy_end": "2024-06-02"}
+    chunks = [
+        {"recording_id": "r1", "chunk_id": "c0", "start_ms": 0, "end_ms": 600 * S, "status": "success", "date": "2024-06-01", **window},
+        {"recording_id": "r1", "chunk_id": "c1", "start_ms": 600 * S, "end_ms": 1200 * S, "status": "success", "date": "2024-06-02", **window},
+        {"recording_id": "r1", "chunk_id": "c2", "start_ms": 1200 * S, "end_ms": 1800 * S, "status": "success", "date": "2024-06-05", **window},
+    ]  # fmt: skip
+    dets = [
+        {"recording_id": "r1", "chunk_id": c, "label_code": "OVEN", "start_ms": s}
+        for c, s in (("c0", 5 * S), ("c1", 700 * S), ("c1", 900 * S), ("c2", 1300 * S))
+    ]
+    hist = build_histories(chunks, recs, dets, ["OVEN"], occasion_rule("day", None, 1.0))
+    assert {(sp, loc, key.isoformat()): n for (sp, loc, key), n in hist.counts.items()} == {
+        ("OVEN", "ARU-1", "2024-06-01"): 1,
+        ("OVEN", "ARU-1", "2024-06-02"): 2,
+    }
+    assert hist.outside == {"r1": 1}

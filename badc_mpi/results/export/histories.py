@@ -190,7 +190,7 @@ class HistoryBuilder:
         location = str(rec.location)
         lo, hi = deployment_window(chunks)
         spans: list[tuple[dt.datetime, dt.datetime]] = []
-        inside: set[str] = set()
+        inside: dict[str, dt.datetime] = {}  #: chunk id -> its start, for the chunks inside the deployment
         for c in chunks:
             interval = self._interval(c, rec)
             assert interval is not None  # checked above
@@ -198,8 +198,8 @@ class HistoryBuilder:
             if (lo is not None and b <= lo and not (a == b == lo)) or (hi is not None and a >= hi):
                 self._outside[rec.recording_id] += 1
                 continue
+            inside[c["chunk_id"]] = a
             a, b = max(a, lo) if lo else a, min(b, hi) if hi else b
-            inside.add(c["chunk_id"])
             for key, _, _ in self.rule.pieces(a, b):
                 self._touch(location, key)
                 e = self._effort[(location, key)]
@@ -228,12 +228,8 @@ class HistoryBuilder:
                 when = rec.start_local + dt.timedelta(milliseconds=start_ms or 0)
                 if (lo is not None and when < lo) or (hi is not None and when >= hi):
                     continue
-            else:
-                chunk = next(c for c in chunks if c["chunk_id"] == chunk_id)
-                interval = self._interval(chunk, rec)
-                if interval is None:
-                    continue
-                when = interval[0]
+            else:  # only the day is known: the detection counts at its chunk's start
+                when = inside[chunk_id]
             occasion = self.rule.key_of(when)
             if occasion is not None:
                 self._counts[(code, location, occasion)] += 1

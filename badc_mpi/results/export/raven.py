@@ -34,6 +34,7 @@ RAVEN_COLUMNS = [
     "Species",
     "Score",
 ]
+RAVEN_HEADER = "\t".join(RAVEN_COLUMNS) + "\n"
 RAVEN_SUFFIX = ".HawkEars.selections.txt"
 TABLE_COLUMNS = [
     "filename",
@@ -57,10 +58,10 @@ def safe_name(text: str) -> str:
 
 def raven_text(detections: Detections, sample_rate: str | None = None) -> str:
     """One recording's detections (sorted by start, with the :data:`~badc_mpi.results.export.stream.DETECTION_TEXT`
-    columns) -> its selection rows as tab-separated text (``sample_rate``: Hz, the recording's,
-    caps the frequencies)."""
+    columns) -> its selection table, header and rows, as tab-separated text (``sample_rate``: Hz,
+    the recording's, caps the frequencies)."""
     bands: dict[str | None, str] = {}
-    lines = []
+    lines = [RAVEN_HEADER]
     for n, (code, begin, end, score) in enumerate(
         zip(detections.codes(), detections.column("begin_s3"), detections.column("end_s3"), detections.column("score3")),
         start=1,

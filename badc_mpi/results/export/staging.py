@@ -93,17 +93,13 @@ class StagedFiles:
         self.writer(rel, header, delimiter)
         self._open[rel][0].write(text)
 
-    def write_rows(
-        self, rel: str, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",", text: str = ""
-    ) -> None:
-        """A whole small file (one recording's Raven table, a history), closed at once: ``header``,
-        ``rows``, then ``text`` (rows already formatted)."""
+    def write_rows(self, rel: str, rows: Sequence[Sequence[Any]], header: Sequence[str] | None, delimiter: str = ",") -> None:
+        """A whole small file (one recording's Raven table, a history), closed at once."""
         with open(self._path(rel), "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
             if header is not None:
                 writer.writerow(header)
             writer.writerows(rows)
-            handle.write(text)
 
     def write_text(self, rel: str, text: str) -> None:
         with open(self._path(rel), "w", encoding="utf-8", newline="") as handle:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import os
 import re
@@ -204,23 +205,15 @@ def _seconds(ms: float) -> float:
     return round(ms / 1000.0, 3)
 
 
-_TIMINGS: dict[tuple[int, int, int], str] = {}
-
-
+@functools.lru_cache(maxsize=1 << 16)
 def _timing(offset_ms: int, length_ms: int, task_ms: int) -> str:
     """A tag's ``tag_start_time,tag_duration`` (a piece at ``offset_ms`` in its clip, ``length_ms``
     long, in a task of ``task_ms``): the start in seconds (at least 0.1 s), the length cut at the
-    task's end; memoised (windows repeat on HawkEars' grid)."""
-    key = (offset_ms, length_ms, task_ms)
-    text = _TIMINGS.get(key)
-    if text is None:
-        start_s = _seconds(offset_ms)
-        shown = start_s if start_s > MIN_TAG_START_S else MIN_TAG_START_S
-        duration = max(0.0, min(_seconds(length_ms), round(task_ms / 1000.0 - shown, 3)))
-        if len(_TIMINGS) > 65_536:
-            _TIMINGS.clear()
-        text = _TIMINGS[key] = f"{shown!r},{duration!r}"
-    return text
+    task's end; cached (windows repeat on HawkEars' grid)."""
+    start_s = _seconds(offset_ms)
+    shown = start_s if start_s > MIN_TAG_START_S else MIN_TAG_START_S
+    duration = max(0.0, min(_seconds(length_ms), round(task_ms / 1000.0 - shown, 3)))
+    return f"{shown!r},{duration!r}"
 
 
 def _pieces(clips: Sequence[Clip], start_ms: int, end_ms: int, per_minute: bool) -> list[tuple[Clip, int, int]]:

@@ -36,7 +36,7 @@ from badc_mpi.results.export.histories import LONG_COLUMNS, HistoryBuilder, lack
 from badc_mpi.results.export.histories import check as check_histories
 from badc_mpi.results.export.meta import ExportError, Recording, recordings, require
 from badc_mpi.results.export.occasions import OccasionRule, occasion_rule
-from badc_mpi.results.export.raven import RAVEN_COLUMNS, RAVEN_SUFFIX, TABLE_COLUMNS, raven_text, safe_name, table_text
+from badc_mpi.results.export.raven import RAVEN_SUFFIX, TABLE_COLUMNS, raven_text, safe_name, table_text
 from badc_mpi.results.export.staging import LISTING, StagedFiles, previous_files
 from badc_mpi.results.export.stream import ANY_FINGERPRINT, Group, connect, parquet_groups
 from badc_mpi.results.export.thresholds import Thresholds, read_thresholds
@@ -214,8 +214,7 @@ class Writer:
                                   (self.wildtrax.split, rows.split), (self.wildtrax.not_in_project, rows.not_in_project)):  # fmt: skip
                 total.update(counts)
         if "raven" in self.formats:
-            self.files.write_rows(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", [], RAVEN_COLUMNS, "\t",
-                                  text=raven_text(dets, rec.sample_rate))  # fmt: skip
+            self.files.write_text(f"raven/{safe_name(rec.recording_id)}{RAVEN_SUFFIX}", raven_text(dets, rec.sample_rate))
         if "tables" in self.formats:
             text = table_text(dets, rec)
             self.files.append_text("tables/all.csv", text)
