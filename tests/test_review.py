@@ -18,6 +18,7 @@ from test_export import CHUNKS, RECORDINGS, make_campaign
 from badc_mpi.cli import main
 from badc_mpi.results.aggregate.dataset import aggregate
 from badc_mpi.results.review import pack as pack_module
+from badc_mpi.results.review.errors import ReviewError
 from badc_mpi.results.review.pack import earlier_ids
 from badc_mpi.results.review.select import Candidate, Selection, allocate, draw, uniform
 
@@ -152,16 +153,21 @@ def test_round_two_never_draws_round_ones_detections(bundle, capsys):
     assert one and two and not {r["detection_id"] for r in one} & {r["detection_id"] for r in two}
     doc = json.loads((bundle / "review" / "2" / "review.json").read_text())
     assert doc["selection"]["thresholds"] == [["AMRO", 0.6], ["RUGR", 0.7]] and doc["excluded_earlier"] == len(one)
-    import duckdb  # verdicts that calibrate keeps in bundle.duckdb count as reviewed too
-
-    con = duckdb.connect(str(bundle / "bundle.duckdb"))
-    con.execute("CREATE TABLE verdicts AS SELECT unnest(?::BIGINT[]) AS detection_id", [[int(r["detection_id"]) for r in two]])
-    con.close()
     assert earlier_ids(str(bundle), 3) == {int(r["detection_id"]) for r in one + two}
     assert earlier_ids(str(bundle), 1) == {int(r["detection_id"]) for r in two}
-    (bundle / "verdicts").mkdir()  # and the verdict files calibrate keeps in the bundle
+    (bundle / "verdicts").mkdir()  # and the verdict files calibrate keeps in the bundle (its verdicts table's source)
     (bundle / "verdicts" / "v-0123456789ab.csv").write_text("detection_id,species_code,verdict\n42,AMRO,wrong\n")
     assert 42 in earlier_ids(str(bundle), 1)
+    # read as calibrate reads them: a spreadsheet's byte-order mark and header case do not hide a verdict
+    (bundle / "verdicts" / "excel-0123456789ab.csv").write_bytes(
+        "\ufeffDetection_ID,Species_Code,Verdict\r\n43,AMRO,correct\r\n".encode()
+    )
+    assert {42, 43} <= earlier_ids(str(bundle), 1)
+    (bundle / "verdicts" / "latin1-0123456789ab.csv").write_bytes(
+        "detection_id,species_code,verdict,note\n44,AMRO,wrong,caf\xe9\n".encode("latin-1")
+    )
+    with pytest.raises(ReviewError, match="latin1-0123456789ab.csv: not UTF-8"):
+        earlier_ids(str(bundle), 1)
 
 
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bundle, capsys):
@@ -174,6 +180,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(bundle, capsys):
     bad.write_text("species_code,threshold\nAMRO,high\n")
     assert main(["review", str(bundle), "--species", "AMRO", "--round", "3", "--near-threshold", "--thresholds", str(bad)]) == 2
     assert "row 2" in capsys.readouterr().err and not (bundle / "review" / "3").exists()
+    for text, said in (("AMRO,1.5\n", "not in 0..1"), ("AMRO,0.5\nAMRO,0.6\n", "named twice")):  # the exports' checks
+        bad.write_text("species_code,threshold\n" + text)
+        assert (
+            main(["review", str(bundle), "--species", "AMRO", "--round", "3", "--near-threshold", "--thresholds", str(bad)]) == 2
+        )
+        assert said in capsys.readouterr().err and not (bundle / "review" / "3").exists()
     assert main(["review", str(bundle.parent), "--all-species"]) == 2
 
 

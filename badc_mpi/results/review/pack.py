@@ -19,11 +19,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from badc_mpi.logs import get_logger
+from badc_mpi.results.calibrate.verdicts import stored_paths
+from badc_mpi.results.export.meta import ExportError
+from badc_mpi.results.export.thresholds import read_thresholds
 from badc_mpi.results.review import raven
 from badc_mpi.results.review.clips import SourceMissing, cut_clip, resolve
 from badc_mpi.results.review.errors import ReviewError
 from badc_mpi.results.review.page import review_html
-from badc_mpi.results.review.select import Candidate, Selection, draw, read_thresholds
+from badc_mpi.results.review.select import Candidate, Selection, draw
 from badc_mpi.storage.atomic import atomic_write_text
 
 log = get_logger(__name__)
@@ -59,9 +62,9 @@ class PackResult:
 
 def earlier_ids(bundle: str, this_round: int) -> set[int]:
     """Detection ids drawn in other rounds (their review.csv), given a verdict there (verdicts.csv),
-    or kept by ``badc-mpi calibrate`` (``<bundle>/verdicts/*.csv``, the ``verdicts`` table of
-    ``bundle.duckdb``)."""
-    ids = _verdict_table_ids(os.path.join(bundle, "bundle.duckdb"))
+    or kept by ``badc-mpi calibrate`` (``<bundle>/verdicts/*.csv``, which the bundle's ``verdicts``
+    table is made from). Files are read as ``calibrate`` reads verdicts: UTF-8 with or without a
+    byte-order mark (a spreadsheet's), headers in any case."""
     root = os.path.join(bundle, REVIEW_DIR)
     paths = [
         os.path.join(root, name, fname)
@@ -69,31 +72,38 @@ def earlier_ids(bundle: str, this_round: int) -> set[int]:
         if name != str(this_round)
         for fname in ("review.csv", "verdicts.csv")
     ]
-    kept = os.path.join(bundle, "verdicts")
-    paths += [os.path.join(kept, n) for n in (sorted(os.listdir(kept)) if os.path.isdir(kept) else []) if n.endswith(".csv")]
-    for path in paths:
+    ids: set[int] = set()
+    for path in [*paths, *stored_paths(bundle)]:
         if os.path.isfile(path):
-            with open(path, newline="", encoding="utf-8") as fh:
-                ids.update(int(r["detection_id"]) for r in csv.DictReader(fh) if (r.get("detection_id") or "").strip().isdigit())
+            ids.update(_ids_in(path))
     return ids
 
 
-def _verdict_table_ids(db: str) -> set[int]:
-    if not os.path.isfile(db):
-        return set()
-    import duckdb
-
-    con = duckdb.connect(db, read_only=True)
+def _ids_in(path: str) -> set[int]:
+    """The integer ``detection_id`` values of a CSV file (rows without one are skipped)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
     try:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'verdicts' AND column_name = 'detection_id'"
-        ).fetchall()
-        if not found[0][0]:
-            return set()
-        rows = con.execute("SELECT DISTINCT TRY_CAST(detection_id AS BIGINT) FROM verdicts").fetchall()
-    finally:
-        con.close()
-    return {int(r[0]) for r in rows if r[0] is not None}
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ReviewError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): its detections cannot be left out of this draw",
+            fix="save it as UTF-8 CSV (a spreadsheet's 'CSV UTF-8'), or move it out of the bundle",
+        ) from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in next(rows, [])]
+    if "detection_id" not in header:
+        return set()
+    at = header.index("detection_id")
+    return {int(r[at].strip()) for r in rows if len(r) > at and r[at].strip().isdigit()}
+
+
+def _thresholds(path: str) -> dict[str, float]:
+    """``thresholds.csv`` read as the exports read it (one reader, one set of checks)."""
+    try:
+        return read_thresholds(path).by_species
+    except ExportError as exc:
+        raise ReviewError(exc.message.replace("--thresholds ", "", 1), fix=exc.fix) from None
 
 
 def _default_threshold(bundle: str, parquet: str) -> float:
@@ -106,7 +116,11 @@ def _default_threshold(bundle: str, parquet: str) -> float:
         pass
     import duckdb
 
-    row = duckdb.connect().execute("SELECT min(confidence) FROM read_parquet(?)", [parquet]).fetchall()
+    con = duckdb.connect()
+    try:
+        row = con.execute("SELECT min(confidence) FROM read_parquet(?)", [parquet]).fetchall()
+    finally:
+        con.close()
     return float(row[0][0] or 0.0)
 
 
@@ -209,7 +223,7 @@ def build_pack(bundle: str, opts: ReviewOptions) -> PackResult:
     sel = opts.selection
     if sel.near_threshold:
         path = opts.thresholds or os.path.join(bundle, "thresholds.csv")
-        found = read_thresholds(path) if os.path.isfile(path) else {}
+        found = _thresholds(path) if os.path.isfile(path) else {}
         if opts.thresholds and not found:
             raise ReviewError(f"{opts.thresholds}: no thresholds read", fix="give the thresholds.csv `badc-mpi calibrate` wrote")
         sel = Selection(**{**asdict(sel), "thresholds": tuple(sorted(found.items())),

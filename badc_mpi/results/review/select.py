@@ -17,7 +17,6 @@ seed and options draw the same detections, and so does a rebuilt bundle.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
@@ -109,24 +108,6 @@ def allocate(candidates: Iterable[Candidate], per_species: int) -> list[Candidat
                     out.append(q[depth])
                     taken += 1
             depth += 1
-    return out
-
-
-def read_thresholds(path: str) -> dict[str, float]:
-    """``thresholds.csv`` (``species_code,threshold``; other columns ignored, empty thresholds skipped)."""
-    out: dict[str, float] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"species_code", "threshold"} <= set(reader.fieldnames):
-            raise ReviewError(f"{path}: no species_code,threshold header", fix="write it with `badc-mpi calibrate`")
-        for n, row in enumerate(reader, start=2):
-            text = (row.get("threshold") or "").strip()
-            if not text:
-                continue
-            try:
-                out[row["species_code"]] = float(text)
-            except ValueError:
-                raise ReviewError(f"{path}, row {n}: threshold {text!r} is not a number", fix="give a score 0..1") from None
     return out
 
 
