@@ -300,3 +300,31 @@ def test_a_gap_of_over_30_days_starts_a_new_deployment(tmp_path: Path) -> None:
     assert {rid.split("~")[1][5:13]: r["recording_start_local"][-6:] for rid, r in rows.items()} == {
         "20230501": "-06:00", "20230520": "-06:00", "20240301": "-07:00", "20240320": "-07:00",
     }  # fmt: skip
+
+
+def test_a_header_keeping_the_deployments_offset_across_dst_is_not_a_disagreement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an AudioMoth configured to UTC-7 in Edmonton keeps UTC-7 after the spring change, as the fixed
+    # clock does: nothing disagrees (the note named "the site table", which said nothing)
+    root = tmp_path / "moths"
+    for day in ("01/03/2024", "20/03/2024"):  # one deployment (no gap over 30 days), across 10 March
+        d, m, y = day.split("/")
+        comment = AUDIOMOTH_COMMENT.replace("05:00:00 01/06/2024 (UTC-6)", f"05:00:00 {day} (UTC-7)")
+        wav(root / "AM-07" / f"{y}{m}{d}_050000.WAV", comment=comment)
+    rc, rows = chunk(root, "--layout", "audiomoth", "--sites", sites(tmp_path, "location,time_zone\nAM-07,America/Edmonton\n"))
+    out = capsys.readouterr().out
+    assert rc == 0 and "says the clock kept" not in out, out
+    assert rows["AM-07~20240320_050000"]["recording_start_utc"] == "2024-03-20T12:00:00Z"  # 05:00 at UTC-7
+    # with --clock civil the zone's own offset at that instant is what a header is compared with
+    rc, rows = chunk(
+        root,
+        "--layout",
+        "audiomoth",
+        "--clock",
+        "civil",
+        "--sites",
+        sites(tmp_path, "location,time_zone\nAM-07,America/Edmonton\n"),
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "20240320_050000.WAV: its AudioMoth header says the clock kept UTC-7, the zone UTC-06:00" in out, out

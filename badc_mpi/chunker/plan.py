@@ -22,7 +22,7 @@ import numpy as np
 from badc_mpi.chunker.bounds import MIN_CHUNK_MS, chunk_bounds
 from badc_mpi.inputs.clock import When, deployment_offset, resolve_when
 from badc_mpi.inputs.header_clock import audiomoth_clock
-from badc_mpi.inputs.naming import FIXED, UTC_CLOCK, Layout, NameFacts, NameProblem, parse_path
+from badc_mpi.inputs.naming import CIVIL, FIXED, UTC_CLOCK, Layout, NameFacts, NameProblem, parse_path
 from badc_mpi.inputs.recordings import Found, Header, id_problem, recording_id_for
 from badc_mpi.inputs.sites import Site
 from badc_mpi.records import MAX_ID_BYTES
@@ -200,11 +200,14 @@ def with_header_clock(named: Named, header: Header) -> tuple[Named, str]:
     )
     note = ""
     site = named.site
-    expected = site.utc_offset_min if site is not None and site.utc_offset_min is not None else None
+    expected, source = (site.utc_offset_min, "the site table") if site is not None else (None, "")
+    if expected is None and facts.clock != CIVIL and named.deployment_offset_min is not None:
+        # a recorder keeps the offset in force at the deployment's start, across a DST change
+        expected, source = named.deployment_offset_min, "the zone at the deployment's start"
     if expected is None and named.zone is not None and when.utc is not None:
-        expected = int(when.utc.astimezone(named.zone).utcoffset().total_seconds() // 60)  # type: ignore[union-attr]  # an aware time in a zone has an offset
+        expected, source = int(when.utc.astimezone(named.zone).utcoffset().total_seconds() // 60), "the zone"  # type: ignore[union-attr]  # an aware time in a zone has an offset
     if offset is not None and expected is not None and offset != expected:
-        note = f"its AudioMoth header says the clock kept {clock.zone_text}, the site table {_offset_text(expected)}: read by the header"
+        note = f"its AudioMoth header says the clock kept {clock.zone_text}, {source} {_offset_text(expected)}: read by the header"
     basis = f"AudioMoth header {clock.zone_text}"
     replaced = Named(named.found, named.recording_id, facts, named.site, when, named.study_area, named.zone, offset, basis)
     return replaced, note

@@ -123,7 +123,8 @@ def mark_tiny(staging: str, names: Sequence[str]) -> None:
             if comments:
                 row = list(row)
                 for i in comments:
-                    row[i] = f"{TINY_WARNING}. {row[i]}".rstrip(". ") if i < len(row) else row[i]
+                    if i < len(row):  # a short row has no comment to mark
+                        row[i] = f"{TINY_WARNING}. {row[i]}".rstrip(". ")
                 out.append(row)
             else:
                 out.append([*row, TINY_WARNING])
