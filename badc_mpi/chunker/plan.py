@@ -207,7 +207,9 @@ def with_header_clock(named: Named, header: Header) -> tuple[Named, str]:
     if expected is None and named.zone is not None and when.utc is not None:
         expected, source = int(when.utc.astimezone(named.zone).utcoffset().total_seconds() // 60), "the zone"  # type: ignore[union-attr]  # an aware time in a zone has an offset
     if offset is not None and expected is not None and offset != expected:
-        note = f"its AudioMoth header says the clock kept {clock.zone_text}, {source} {_offset_text(expected)}: read by the header"
+        note = (
+            f"its AudioMoth header says the clock kept {clock.zone_text}, {source} {_offset_text(expected)}: read by the header"
+        )
     basis = f"AudioMoth header {clock.zone_text}"
     replaced = Named(named.found, named.recording_id, facts, named.site, when, named.study_area, named.zone, offset, basis)
     return replaced, note
