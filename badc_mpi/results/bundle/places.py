@@ -34,7 +34,8 @@ GROUP BY 1, 2, 3
 """
 
 
-def _rows(con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def rows_of(con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """A query's rows as dicts (small results only)."""
     cur = con.execute(sql, list(params))
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
@@ -42,7 +43,7 @@ def _rows(con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]
 
 def recording_places(con: Any) -> dict[str, Recording]:
     """Per recording id: its location and local start (from its first chunk's row)."""
-    return recordings(_rows(con, FIRST_CHUNKS))
+    return recordings(rows_of(con, FIRST_CHUNKS))
 
 
 def _start_text(rec: Recording | None) -> str:
@@ -113,10 +114,11 @@ def site_rows(
     return out
 
 
-def site_tables(con: Any, summary_rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(per-site rows, the first ``limit`` per-recording rows)."""
-    places = recording_places(con)
-    return site_rows(summary_rows, places, _rows(con, RECORDING_SPECIES)), recording_rows(summary_rows, places, limit)
+def site_tables(
+    con: Any, summary_rows: list[dict[str, Any]], limit: int, places: dict[str, Recording]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per-site rows, the first ``limit`` per-recording rows); ``places``: :func:`recording_places`."""
+    return site_rows(summary_rows, places, rows_of(con, RECORDING_SPECIES)), recording_rows(summary_rows, places, limit)
 
 
 @dataclass(frozen=True)
@@ -165,5 +167,6 @@ def day_grid(labels: Sequence[str], cells: list[dict[str, Any]], places: dict[st
     return DayGrid(list(labels), [f"{s // 60:d}:{s % 60:02d}" for s in starts], grid, width, left_out, utc)
 
 
-def species_by_time_of_day(con: Any, labels: Sequence[str], bucket_minutes: float) -> DayGrid:
-    return day_grid(labels, _rows(con, SPECIES_MINUTES, [list(labels)]), recording_places(con), bucket_minutes)
+def species_by_time_of_day(con: Any, labels: Sequence[str], bucket_minutes: float, places: dict[str, Recording]) -> DayGrid:
+    """``places``: :func:`recording_places` (one query over every chunk: made once per report)."""
+    return day_grid(labels, rows_of(con, SPECIES_MINUTES, [list(labels)]), places, bucket_minutes)

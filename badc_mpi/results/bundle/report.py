@@ -24,10 +24,10 @@ from badc_mpi.errors import BadcError
 from badc_mpi.results.bundle import charts
 from badc_mpi.results.bundle import views as V
 from badc_mpi.results.bundle.guide import guide_html
-from badc_mpi.results.bundle.places import site_tables, species_by_time_of_day
+from badc_mpi.results.bundle.places import recording_places, rows_of, site_tables, species_by_time_of_day
 from badc_mpi.results.calibrate.report import calibration_section
 from badc_mpi.results.export.histories import FOCUS_DEFAULT, HistoryBuilder
-from badc_mpi.results.export.meta import recordings
+from badc_mpi.results.export.meta import Recording, recordings
 from badc_mpi.results.export.stream import chunks_relation, detections_relation, recording_groups
 from badc_mpi.storage.atomic import atomic_write_text
 
@@ -120,12 +120,6 @@ def worker_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _rows(con: Any, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-    cur = con.execute(sql, list(params))
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def _bucket_text(ms: int, basis: str) -> str:
     if basis == "utc":
         return np.datetime64(int(ms), "ms").astype("datetime64[m]").astype(str).replace("T", " ")
@@ -133,8 +127,10 @@ def _bucket_text(ms: int, basis: str) -> str:
     return f"{minutes // 60:d}:{minutes % 60:02d}"
 
 
-def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], top_n: int) -> dict[str, bytes]:
-    """Every chart of the report, from the views (computed once) and two queries."""
+def chart_images(
+    con: Any, views: dict[str, pa.Table], summary: dict[str, Any], top_n: int, places: dict[str, Recording]
+) -> dict[str, bytes]:
+    """Every chart of the report, from the views and ``places`` (computed once) and two queries."""
     top = views["label_summary"].slice(0, top_n).to_pylist()
     names = [_species_name(r) for r in top]
     out = {
@@ -143,16 +139,16 @@ def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
         )
     }
     labels = [r["label"] for r in top]
-    out["heatmap"] = species_time_chart(con, views, summary, top)
+    out["heatmap"] = species_time_chart(con, views, summary, top, places)
     hist: dict[str, np.ndarray] = {}
-    for r in _rows(con, V.CONFIDENCE_BINS, [HIST_BINS, HIST_BINS, labels[:HIST_LABELS]]):
+    for r in rows_of(con, V.CONFIDENCE_BINS, [HIST_BINS, HIST_BINS, labels[:HIST_LABELS]]):
         hist.setdefault(r["label"], np.zeros(HIST_BINS))[r["bin"]] = r["n"]
     ordered = {lab: hist[lab] for lab in labels if lab in hist}
     out["confidence"] = charts.confidence_histograms(
         ordered, HIST_BINS, f"Confidence, top {len(ordered)} species" if ordered else "Confidence: no detections"
     )
     series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    points = _rows(con, V.WORKER_SERIES)
+    points = rows_of(con, V.WORKER_SERIES)
     valid = [p["at_ms"] for p in points if p["at_ms"] is not None]
     t0 = min(valid) if valid else 0
     for worker in sorted({p["worker"] for p in points if p["worker"]}):
@@ -166,14 +162,16 @@ def chart_images(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], 
     return out
 
 
-def species_time_chart(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], top: list[dict[str, Any]]) -> bytes:
+def species_time_chart(
+    con: Any, views: dict[str, pa.Table], summary: dict[str, Any], top: list[dict[str, Any]], places: dict[str, Recording]
+) -> bytes:
     """Species (named) x local time of day; without any known recording start, x time in recording."""
     labels = [r["label"] for r in top]
     names = [_species_name(r) for r in top]
     title = f"Species x local time of day ({summary['bucket_minutes']:g}-minute buckets)"
     if not labels:
         return charts.heatmap([], [], np.zeros((0, 0)), "Species x local time of day: no detections", "")
-    day = species_by_time_of_day(con, labels, float(summary["bucket_minutes"]))
+    day = species_by_time_of_day(con, labels, float(summary["bucket_minutes"]), places)
     if day.buckets:
         if day.bucket_minutes != int(round(summary["bucket_minutes"])):
             title = f"Species x local time of day ({day.bucket_minutes}-minute buckets)"
@@ -334,11 +332,12 @@ def render_html(
 
 
 def write_report(con: Any, views: dict[str, pa.Table], summary: dict[str, Any], path: str, *, top_n: int) -> str:
-    images = chart_images(con, views, summary, top_n)
-    failed = _rows(con, V.FAILED_CHUNKS, [FAILED_ROWS])
+    places = recording_places(con)
+    images = chart_images(con, views, summary, top_n, places)
+    failed = rows_of(con, V.FAILED_CHUNKS, [FAILED_ROWS])
     workers = views["worker_throughput"].to_pylist()
-    options = {r["run_id"]: json.loads(r["options"] or "{}") for r in _rows(con, "SELECT run_id, options FROM runs")}
-    sites, recs = site_tables(con, views["recording_summary"].to_pylist(), RECORDING_ROWS)
+    options = {r["run_id"]: json.loads(r["options"] or "{}") for r in rows_of(con, "SELECT run_id, options FROM runs")}
+    sites, recs = site_tables(con, views["recording_summary"].to_pylist(), RECORDING_ROWS, places)
     guide = guide_html(summary, os.path.dirname(os.path.abspath(path)))
     page = render_html(
         {**summary, "options": options},
