@@ -135,7 +135,7 @@ def test_man_page_builds_from_the_parser(tmp_path):
     assert page.startswith(".TH") and "check\\-chunks" in page and "resume" in page and "monitor" in page
     # the commands in workflow order, run's everyday options first (cli/helpgroups.py)
     sections = [line.split("'badc\\-mpi ")[1].split("'")[0] for line in page.splitlines() if line.startswith(".SH COMMAND")]
-    assert sections[:7] == ["chunk", "validate", "check\\-chunks", "orchestrate", "run", "monitor", "bundle"], sections
+    assert sections[:8] == ["init", "chunk", "validate", "check\\-chunks", "orchestrate", "run", "monitor", "bundle"], sections
     run_groups = [line for line in page.splitlines() if line.startswith(".SH ") and "'badc\\-mpi run'" in line]
     assert run_groups[1].startswith(".SH EVERYDAY OPTIONS"), run_groups
 

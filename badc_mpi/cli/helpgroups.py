@@ -9,6 +9,7 @@ from typing import Any
 
 #: ``badc-mpi --help``'s command list, in the order of the work
 WORKFLOW_ORDER = (
+    "init",
     "chunk",
     "validate",
     "check-chunks",
@@ -17,6 +18,8 @@ WORKFLOW_ORDER = (
     "monitor",
     "bundle",
     "export",
+    "review",
+    "calibrate",
     "aggregate",
     "gpus",
 )

@@ -14,8 +14,6 @@ import os
 import shlex
 from typing import Any
 
-EXPORT_FORMATS = ("wildtrax", "raven", "tables", "histories")
-
 
 def _link(rel: str, text: str | None = None) -> str:
     href = html.escape("/".join(rel.split(os.sep)), quote=True)
