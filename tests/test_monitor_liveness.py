@@ -75,6 +75,7 @@ def test_a_run_whose_rank_0_died_is_called_dead_with_its_resume_command(tmp_path
     resume = done.stdout.split("resume    ")[1].split("\n")[0]
     assert resume.startswith(f"make resume MANIFEST={manifest}") and "--resume" in resume
     assert f"--telemetry-dir {telemetry.parent}" in resume
+    assert f"--telemetry-dir {telemetry.parent}" in resume.split("  (or:")[0]  # make resume too: into the run's own folders
 
 
 def test_a_silent_run_on_another_host_is_called_gone_after_minutes(tmp_path, real_run):

@@ -58,10 +58,13 @@ def resume_hint(header: dict[str, Any] | None) -> str | None:
     if not header or not header.get("manifests"):
         return None
     manifests = [str(m) for m in header["manifests"]]
-    words = ["badc-mpi", "run", *manifests]
-    if header.get("output_dir"):
-        words += ["--output-dir", str(header["output_dir"])]
-    if header.get("telemetry_dir"):
-        words += ["--telemetry-dir", str(header["telemetry_dir"])]
-    make = f"make resume MANIFEST={shlex.quote(' '.join(manifests))}"
-    return f"{make}  (or: {shlex.join([*words, '--resume'])}, with the run's other options)"
+    pinned = [
+        w
+        for name in ("output_dir", "telemetry_dir")
+        if header.get(name)
+        for w in (f"--{name.replace('_', '-')}", str(header[name]))
+    ]
+    make = f"make resume MANIFEST={shlex.quote(' '.join(manifests))}" + (
+        f" ARGS={shlex.quote(shlex.join(pinned))}" if pinned else ""
+    )
+    return f"{make}  (or: {shlex.join(['badc-mpi', 'run', *manifests, *pinned, '--resume'])}, with the run's other options)"
