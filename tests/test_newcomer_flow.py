@@ -125,3 +125,32 @@ def test_ctrl_c_during_make_infer_saves_the_outputs_and_make_only_adds_its_own_l
     _saved_after_the_summary(out, err, root, f"make resume MANIFEST={manifest}")
     make_lines = [line for line in err.splitlines() if line.startswith("make")]
     assert len(make_lines) == 1 and "infer]" in make_lines[0], err[-2000:]
+
+
+def test_nothing_remains_only_for_the_same_settings_else_the_run_decides(tmp_path):
+    # `make infer` after a full run with another result setting is not "nothing remains": the run's
+    # own resume compares fingerprints (refuses naming what differs; here the dry-run stub's results do
+    # not depend on HawkEars' threshold, so it skips all 4)
+    manifest = make_dataset(tmp_path, 2, 2)
+    chunks = tmp_path / "artifacts" / "chunks"
+    args = f"--dry-run --chunks-dir {chunks} --output-dir {tmp_path / 'out'} --telemetry-dir {tmp_path / 'tel'}"
+    make = ["make", "-s", "-C", str(REPO), *this_venv(), "infer", f"MANIFEST={manifest}"]
+    assert run_own([*make, f"ARGS={args}"], timeout_s=90).returncode == 0
+    other = run_own([*make, f"ARGS={args} --min-confidence 0.5"], timeout_s=90)
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "nothing remains" not in other.stdout
+    assert "earlier runs did all 4 chunks, but an earlier run was started with other hawkears options" in other.stdout
+    assert "resume: 4 skipped (done earlier), 0 to run" in other.stdout
+
+
+def test_settings_change_names_what_keeps_an_earlier_run_from_counting():
+    from badc_mpi.orchestrate.plan import settings_change
+
+    now = {"runner": "hawkears", "dry_run": False, "hawkears": {"min_score": 0.7}, "rerun_changed": False, "max_retries": 3}
+    assert settings_change([{**now, "max_retries": 1}], now) is None  # not a result setting
+    assert (
+        settings_change([{**now, "hawkears": {"min_score": 0.5}}], now)
+        == "an earlier run was started with other hawkears options"
+    )
+    assert settings_change([None], now) == "an earlier run's options were not found"
+    assert settings_change([now], {**now, "rerun_changed": True}) == "--rerun-changed or --accept-mixed was given"

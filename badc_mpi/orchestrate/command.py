@@ -9,13 +9,23 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from badc_mpi.arguments import add_run_arguments
+from badc_mpi.arguments import add_run_arguments, run_options_from_args
 from badc_mpi.errors import UsageError
 from badc_mpi.inputs.chunk_status import enforce_chunk_status
 from badc_mpi.inputs.locations import find_dataset_root
 from badc_mpi.orchestrate import datalad as dl
 from badc_mpi.orchestrate import launch
-from badc_mpi.orchestrate.plan import Plan, build_plan, find_manifests, format_plan, plan_csv, plan_document, read_plan_file
+from badc_mpi.orchestrate.plan import (
+    Plan,
+    build_plan,
+    earlier_options,
+    find_manifests,
+    format_plan,
+    plan_csv,
+    plan_document,
+    read_plan_file,
+    settings_change,
+)
 from badc_mpi.orchestrate.sbatch import JobSpec, SbatchOptions, directives, render, validate
 from badc_mpi.storage.atomic import atomic_write_text
 
@@ -163,12 +173,23 @@ def closing_line(code: int, args: argparse.Namespace, plan: Plan) -> str:
     return f"badc-mpi: stopped (exit 75); what the ranks wrote is saved (datalad run, {plan.dataset}); resume with:\n  {again}"
 
 
-def nothing_remains(plan: Plan, resuming: bool) -> bool:
-    """Say what a resume leaves to do; False (nothing to run or write) when earlier runs did every chunk."""
+def nothing_remains(plan: Plan, resuming: bool, run_ns: argparse.Namespace) -> bool:
+    """Say what a resume leaves to do; False (nothing to run or write) when earlier runs did every
+    chunk with this run's settings. Other settings (or options not found): the run itself decides
+    (``run --resume`` refuses naming what differs, or reruns with ``--rerun-changed``)."""
     if not resuming or not plan.earlier_runs:
         return True
     t = plan.totals()
     if t["remaining"] == 0:
+        now = json.loads(json.dumps(run_options_from_args(run_ns).public()))
+        changed = settings_change(earlier_options(plan), now)
+        if changed:
+            print(
+                f"badc-mpi: earlier runs did all {t['chunks']} chunks, but {changed}: "
+                "`badc-mpi run --resume` decides (it refuses naming what differs, or reruns with --rerun-changed)",
+                flush=True,
+            )
+            return True
         print(
             f"badc-mpi: nothing remains: earlier runs did all {t['chunks']} chunks; nothing run, no script written "
             "(next: `make bundle MANIFEST=...` or `badc-mpi bundle`; --no-resume-completed, FRESH=1 for make, re-analyses all)",
@@ -250,7 +271,7 @@ def cmd_orchestrate(args: argparse.Namespace) -> int:
     if args.plan_json:
         print(f"plan json  {atomic_write_text(args.plan_json, json.dumps(plan_document(plan), indent=1) + chr(10))}")
     resuming = (args.sockeye_resume_completed if args.sockeye_script else args.resume_completed) or run_ns.resume
-    if (args.apply or args.sockeye_script) and not nothing_remains(plan, resuming):
+    if (args.apply or args.sockeye_script) and not nothing_remains(plan, resuming, run_ns):
         return 0
     if args.sockeye_script:
         script = os.path.abspath(args.sockeye_script)

@@ -23,7 +23,7 @@ from badc_mpi.inputs.chunk_status import GuardReport, check_chunk_status
 from badc_mpi.inputs.locations import default_locations
 from badc_mpi.inputs.manifest import Manifest, load_manifests
 from badc_mpi.records import Chunk
-from badc_mpi.storage.ledger import STATUS, read_ledger, record_applies
+from badc_mpi.storage.ledger import LEDGER_SUFFIX, STATUS, read_ledger, record_applies
 
 PLAN_SCHEMA = "badc-mpi.plan/1"
 PLAN_COLUMNS = ("manifest", "recording_id", "chunks", "chunk_status", "done", "failed", "remaining", "missing_audio")
@@ -302,3 +302,39 @@ def build_plan(
         guard=guard,
         source_dirs=tuple(sorted({os.path.dirname(c.input_path) for m in loaded for c in m.chunks})),
     )
+
+
+#: the run options that decide what a chunk's detections are (RunOptions.public() keys): an earlier
+#: run's "done" counts here only when it was started with the same values
+RESULT_OPTIONS = ("runner", "dry_run", "stub_detections", "runner_cmd", "output_format", "hawkears")
+
+
+def settings_change(earlier: Sequence[dict[str, Any] | None], now: dict[str, Any]) -> str | None:
+    """Why earlier runs' results may not be this run's (pure): their recorded options (each run's
+    summary's ``options``; None: not found) against ``now`` (``RunOptions.public()``), on
+    :data:`RESULT_OPTIONS`, and ``--rerun-changed``/``--accept-mixed`` given now. None: the same."""
+    if now.get("rerun_changed") or now.get("accept_mixed"):
+        return "--rerun-changed or --accept-mixed was given"
+    for options in earlier:
+        if options is None:
+            return "an earlier run's options were not found"
+        differ = [k for k in RESULT_OPTIONS if options.get(k) != now.get(k)]
+        if differ:
+            return f"an earlier run was started with other {', '.join(differ)} options"
+    return None
+
+
+def earlier_options(plan: Plan) -> list[dict[str, Any] | None]:
+    """Each earlier run's recorded options: the ``options`` of the summary beside its ledger
+    (``<run>.summary.json``, which rank 0 writes from its start; None when unreadable)."""
+    out: list[dict[str, Any] | None] = []
+    for ledger in plan.earlier_runs:
+        summary = ledger[: -len(LEDGER_SUFFIX)] + ".summary.json" if ledger.endswith(LEDGER_SUFFIX) else ""
+        try:
+            with open(summary, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            doc = None
+        options = doc.get("options") if isinstance(doc, dict) else None
+        out.append(options if isinstance(options, dict) else None)
+    return out
